@@ -1,0 +1,759 @@
+"""The cache: the one object ``fs`` talks to, over the LMDB index and the content store.
+
+Owns the local truth: namespace operations, attributes, content and the dirty set. Every
+operation on cached data is synchronous and local. Only two things can wait on the network,
+and only through the ``RemoteSource`` that ``daemon.py`` passes in (sync implements it; this
+package never imports sync): listing a directory never listed before, and reading bytes of a
+file that are not present yet. Both obey the folder's mode and the source's deadline.
+
+Each logical change is one LMDB write transaction (node + namespace entries + dirty mark).
+No await happens inside a transaction. News for the kernel (a node or a name changed under
+it) goes out as data on ``invalidations``, drained by a task in ``fs.py``.
+
+Not supported: hard links and symbolic links (EPERM / ENOTSUP from ``fs``), renames across
+redirected folders (EXDEV, so ``mv`` copies), special files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from cscd.cache import nodes, ranges
+from cscd.cache.index import Index, u64
+from cscd.cache.nodes import DirtyReason, Flag, Node
+from cscd.cache.store import ContentStore
+from cscd.errors import (
+    AccessDenied,
+    CscdError,
+    Exists,
+    IsDir,
+    NotAvailableOffline,
+    NotDir,
+    NotEmpty,
+    NotFound,
+    Unsupported,
+)
+from cscd.names import check_name
+from cscd.types import ROOT_ID, RemoteEntry
+
+log = logging.getLogger(__name__)
+
+#: Hydration granularity: missing bytes are fetched in aligned blocks of this size.
+BLOCK_BYTES = 1 << 20
+#: A sequential reader gets this much read ahead per fetch.
+READAHEAD_BYTES = 8 << 20
+DEFAULT_FILE_MODE = 0o644
+DEFAULT_DIR_MODE = 0o755
+
+
+class CrossFolder(CscdError):
+    """Rename between two redirected folders (different servers): ``mv`` must copy."""
+
+    errno = 18  # EXDEV
+
+
+class RemoteSource(Protocol):
+    """What the cache needs from sync to fill what is missing. Implemented in ``cscd.sync``."""
+
+    def may_fetch(self, folder: bytes) -> bool:
+        """Whether the folder's mode allows fetching uncached data now."""
+
+    async def read(self, folder: bytes, path: bytes, offset: int, length: int) -> bytes:
+        """Bytes of the server file, within the source's deadline."""
+
+    async def list_dir(self, folder: bytes, path: bytes) -> list[RemoteEntry]:
+        """One enumeration of a server directory, within the source's deadline."""
+
+
+class Cache:
+    """Namespace, attributes and content of every redirected folder, served locally."""
+
+    def __init__(self, cache_dir: Path, folders: Iterable[bytes], source: RemoteSource) -> None:
+        self.dir = cache_dir
+        cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(cache_dir, 0o700)
+        self.index = Index(cache_dir / "index")
+        self.store = ContentStore(cache_dir / "content")
+        self.source = source
+        self.folders = list(folders)
+        self.invalidations_send, self.invalidations = trio.open_memory_channel[tuple](10_000)
+        self._dirty_event = trio.Event()
+        self._open_count: dict[int, int] = {}
+        self._writers: dict[int, int] = {}
+        self._hydrate_locks: dict[int, trio.Lock] = {}
+        self._list_locks: dict[int, trio.Lock] = {}
+        self._readahead: dict[int, tuple[int, int]] = {}
+        #: directory id → trio time of the last lookup/readdir; sync rescans these first.
+        self.recent_dirs: dict[int, float] = {}
+        self.hits = 0
+        self.misses = 0
+        self._setup_tree()
+
+    # ---------------------------------------------------------------- set-up
+
+    def _setup_tree(self) -> None:
+        ix = self.index
+        now = time.time_ns()
+        with ix.env.begin(write=True) as txn:
+            root = nodes.find(ix, txn, ROOT_ID)
+            if root is None:
+                root = Node(ROOT_ID, 0, True, Flag.LISTED, 0o755, 0, now, now, 0, 0, 0, 0, 0, b"", b"")
+                nodes.put(ix, txn, root)
+            present = dict((name, cid) for cid, name in nodes.iter_children(ix, txn, ROOT_ID))
+            for name in self.folders:
+                if name in present:
+                    continue
+                fid = ix.allocate_id(txn)
+                folder = Node(fid, ROOT_ID, True, Flag(0), DEFAULT_DIR_MODE, 0, now, now, 0, 0, 0, 0, 0, name, b"")
+                nodes.set_base(ix, txn, folder, ROOT_ID, RemoteEntry(name, True, 0, 0, 0, 0))
+                nodes.put(ix, txn, folder)
+                nodes.link(ix, txn, folder)
+            for name, cid in present.items():
+                if name not in self.folders:
+                    log.warning("folder %r is no longer configured; its cache is kept but hidden", name)
+                    nodes.unlink(ix, txn, nodes.get(ix, txn, cid))
+            # Tombstones whose server delete is done and that nobody holds any more.
+            for key, data in list(txn.cursor(db=ix.nodes)):
+                node = Node.unpack(int.from_bytes(key, "big"), data)
+                if Flag.TOMBSTONE in node.flags and not nodes.dirty_reasons(ix, txn, node.id):
+                    nodes.delete_record(ix, txn, node)
+                    self.store.remove(node.id)
+        ix.sync()
+
+    def close(self) -> None:
+        self.index.close()
+
+    def has_content(self, folder: bytes) -> bool:
+        """True if the folder was ever listed here: there is a cache to start offline from."""
+        with self._txn() as txn:
+            fid = nodes.lookup_id(self.index, txn, ROOT_ID, folder)
+            return fid is not None and Flag.LISTED in nodes.get(self.index, txn, fid).flags
+
+    # ---------------------------------------------------------------- helpers
+
+    def _txn(self, write: bool = False):
+        return self.index.env.begin(write=write)
+
+    def node(self, node_id: int) -> Node:
+        with self._txn() as txn:
+            return nodes.get(self.index, txn, node_id)
+
+    def folder_of(self, node: Node) -> tuple[bytes, list[bytes]]:
+        """The folder name a node belongs to and its local path components below it."""
+        parts: list[bytes] = []
+        with self._txn() as txn:
+            while node.parent != ROOT_ID:
+                if node.id == ROOT_ID:
+                    raise NotFound("the root belongs to no folder")
+                parts.append(node.name)
+                node = nodes.get(self.index, txn, node.parent)
+        parts.reverse()
+        return node.name, parts
+
+    def remote_path(self, node: Node) -> tuple[bytes, bytes]:
+        """(folder, server path) of a node's agreed server location, following base names."""
+        parts: list[bytes] = []
+        with self._txn() as txn:
+            while True:
+                if not node.has_base:
+                    raise NotFound(f"{node.name!r} is not on the server yet")
+                if node.base_parent == ROOT_ID:
+                    return node.base_name, b"/".join(reversed(parts))
+                parts.append(node.base_name)
+                node = nodes.get(self.index, txn, node.base_parent)
+
+    def _publish(self, item: tuple) -> None:
+        try:
+            self.invalidations_send.send_nowait(item)
+        except trio.WouldBlock:
+            pass  # the kernel's own attribute timeouts catch up
+
+    def _changed(self) -> None:
+        self._dirty_event.set()
+
+    async def wait_dirty(self) -> None:
+        """Return once something was marked dirty since the last call."""
+        await self._dirty_event.wait()
+        self._dirty_event = trio.Event()
+
+    def _check_parent(self, txn, parent_id: int) -> Node:
+        parent = nodes.get(self.index, txn, parent_id)
+        if not parent.is_dir:
+            raise NotDir(f"{parent.name!r} is not a directory")
+        if parent_id == ROOT_ID:
+            raise AccessDenied("the top level holds only the redirected folders")
+        return parent
+
+    # ---------------------------------------------------------------- namespace
+
+    async def lookup(self, parent_id: int, name: bytes) -> Node:
+        """Find ``name`` in a directory; may list the directory once (network, deadline)."""
+        await self.ensure_listed(parent_id)
+        with self._txn() as txn:
+            cid = nodes.lookup_id(self.index, txn, parent_id, name)
+            if cid is None:
+                raise NotFound(f"{name!r} not found")
+            return nodes.get(self.index, txn, cid)
+
+    async def ensure_listed(self, dir_id: int) -> None:
+        """Make sure a directory's children are known, listing it on the server if needed."""
+        self.recent_dirs[dir_id] = trio.current_time()
+        node = self.node(dir_id)
+        if not node.is_dir:
+            raise NotDir(f"{node.name!r} is not a directory")
+        if Flag.LISTED in node.flags:
+            return
+        lock = self._list_locks.setdefault(dir_id, trio.Lock())
+        async with lock:
+            node = self.node(dir_id)
+            if Flag.LISTED in node.flags:
+                return
+            folder, path = self.remote_path(node)
+            if not self.source.may_fetch(folder):
+                raise NotAvailableOffline(
+                    f"{folder.decode(errors='replace')}/{path.decode(errors='replace')} was never "
+                    "listed and the server is not reachable in this mode"
+                )
+            entries = await self.source.list_dir(folder, path)
+            self.merge_listing(dir_id, entries)
+
+    async def readdir(self, dir_id: int, after_id: int) -> list[tuple[bytes, Node]]:
+        """Children after ``after_id`` (the readdir offset), in stable id order."""
+        await self.ensure_listed(dir_id)
+        out = []
+        with self._txn() as txn:
+            for cid, name in nodes.iter_children(self.index, txn, dir_id, after_id):
+                out.append((name, nodes.get(self.index, txn, cid)))
+                if len(out) >= 512:
+                    break
+        return out
+
+    def _new_node(self, txn, parent: Node, name: bytes, is_dir: bool, mode: int) -> Node:
+        ix = self.index
+        check_name(name)
+        if nodes.lookup_id(ix, txn, parent.id, name) is not None:
+            raise Exists(f"{name!r} exists")
+        now = time.time_ns()
+        flags = Flag.HYDRATED | (Flag.LISTED if is_dir else Flag(0))
+        node = Node(ix.allocate_id(txn), parent.id, is_dir, flags, mode & 0o7777, 0, now, now, 0, 0, 0, 0, 0, name, b"")
+        nodes.mark_dirty(ix, txn, node, DirtyReason.NAMESPACE | (DirtyReason(0) if is_dir else DirtyReason.CONTENT))
+        nodes.put(ix, txn, node)
+        nodes.link(ix, txn, node)
+        parent.mtime_ns = parent.ctime_ns = now
+        nodes.put(ix, txn, parent)
+        return node
+
+    def mkdir(self, parent_id: int, name: bytes, mode: int) -> Node:
+        with self._txn(write=True) as txn:
+            node = self._new_node(txn, self._check_parent(txn, parent_id), name, True, mode)
+        self._changed()
+        return node
+
+    def create(self, parent_id: int, name: bytes, mode: int) -> Node:
+        with self._txn(write=True) as txn:
+            node = self._new_node(txn, self._check_parent(txn, parent_id), name, False, mode)
+        self.store.truncate(node.id, 0)
+        self._changed()
+        return node
+
+    def _drop(self, txn, node: Node) -> None:
+        """Take ``node`` out of the namespace; keep what sync or an open handle still needs."""
+        ix = self.index
+        nodes.unlink(ix, txn, node)
+        node.flags |= Flag.TOMBSTONE
+        if node.has_base:
+            nodes.clear_dirty(ix, txn, node.id)
+            nodes.mark_dirty(ix, txn, node, DirtyReason.DELETE)
+            nodes.put(ix, txn, node)
+        elif self._open_count.get(node.id):
+            nodes.clear_dirty(ix, txn, node.id)
+            nodes.put(ix, txn, node)
+        else:
+            nodes.delete_record(ix, txn, node)
+            self.store.remove(node.id)
+
+    def _remove(self, parent_id: int, name: bytes, want_dir: bool) -> Node:
+        ix = self.index
+        with self._txn(write=True) as txn:
+            parent = self._check_parent(txn, parent_id)
+            cid = nodes.lookup_id(ix, txn, parent_id, name)
+            if cid is None:
+                raise NotFound(f"{name!r} not found")
+            node = nodes.get(ix, txn, cid)
+            if want_dir and not node.is_dir:
+                raise NotDir(f"{name!r} is not a directory")
+            if not want_dir and node.is_dir:
+                raise IsDir(f"{name!r} is a directory")
+            if node.is_dir and (nodes.has_children(ix, txn, cid) or Flag.LISTED not in node.flags):
+                if Flag.LISTED not in node.flags:
+                    raise NotAvailableOffline(f"{name!r} was never listed; cannot tell whether it is empty")
+                raise NotEmpty(f"{name!r} is not empty")
+            self._drop(txn, node)
+            parent.mtime_ns = parent.ctime_ns = time.time_ns()
+            nodes.put(ix, txn, parent)
+        self._changed()
+        return node
+
+    async def unlink(self, parent_id: int, name: bytes) -> Node:
+        await self.ensure_listed(parent_id)
+        return self._remove(parent_id, name, want_dir=False)
+
+    async def rmdir(self, parent_id: int, name: bytes) -> Node:
+        await self.ensure_listed(parent_id)
+        node = await self.lookup(parent_id, name)
+        if node.is_dir:
+            await self.ensure_listed(node.id)
+        return self._remove(parent_id, name, want_dir=True)
+
+    async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, *,
+                     noreplace: bool = False) -> tuple[Node, Node | None]:
+        """Move a name; returns (moved node, replaced node or None)."""
+        await self.ensure_listed(old_parent)
+        await self.ensure_listed(new_parent)
+        ix = self.index
+        check_name(new_name)
+        with self._txn(write=True) as txn:
+            src_parent = self._check_parent(txn, old_parent)
+            dst_parent = self._check_parent(txn, new_parent)
+            cid = nodes.lookup_id(ix, txn, old_parent, old_name)
+            if cid is None:
+                raise NotFound(f"{old_name!r} not found")
+            node = nodes.get(ix, txn, cid)
+            if self._folder_id(txn, src_parent) != self._folder_id(txn, dst_parent):
+                raise CrossFolder("cannot rename across redirected folders")
+            if node.is_dir and self._is_ancestor(txn, node.id, dst_parent):
+                raise Unsupported("cannot move a directory into itself")
+            replaced = None
+            tid = nodes.lookup_id(ix, txn, new_parent, new_name)
+            if tid == cid:
+                return node, None
+            if tid is not None:
+                if noreplace:
+                    raise Exists(f"{new_name!r} exists")
+                target = nodes.get(ix, txn, tid)
+                if target.is_dir and not node.is_dir:
+                    raise IsDir(f"{new_name!r} is a directory")
+                if node.is_dir and not target.is_dir:
+                    raise NotDir(f"{new_name!r} is not a directory")
+                if target.is_dir and (nodes.has_children(ix, txn, tid) or Flag.LISTED not in target.flags):
+                    raise NotEmpty(f"{new_name!r} is not empty")
+                self._drop(txn, target)
+                replaced = target
+            nodes.unlink(ix, txn, node)
+            node.parent, node.name = new_parent, new_name
+            node.ctime_ns = now = time.time_ns()
+            nodes.mark_dirty(ix, txn, node, DirtyReason.NAMESPACE)
+            nodes.put(ix, txn, node)
+            nodes.link(ix, txn, node)
+            for p in {src_parent.id: src_parent, dst_parent.id: dst_parent}.values():
+                p = nodes.get(ix, txn, p.id)
+                p.mtime_ns = p.ctime_ns = now
+                nodes.put(ix, txn, p)
+        self._changed()
+        return node, replaced
+
+    def _folder_id(self, txn, node: Node) -> int:
+        while node.parent != ROOT_ID:
+            node = nodes.get(self.index, txn, node.parent)
+        return node.id
+
+    def _is_ancestor(self, txn, ancestor: int, node: Node) -> bool:
+        while True:
+            if node.id == ancestor:
+                return True
+            if node.parent in (0, ROOT_ID):
+                return False
+            node = nodes.get(self.index, txn, node.parent)
+
+    def setattr(self, node_id: int, *, size: int | None = None, mode: int | None = None,
+                mtime_ns: int | None = None) -> Node:
+        ix = self.index
+        with self._txn(write=True) as txn:
+            node = nodes.get(ix, txn, node_id)
+            now = time.time_ns()
+            reason = DirtyReason(0)
+            if size is not None and not node.is_dir and size != node.size:
+                self._set_size(txn, node, size)
+                node.mtime_ns = now
+                reason |= DirtyReason.CONTENT
+            if mode is not None:
+                node.mode = mode & 0o7777
+            if mtime_ns is not None and mtime_ns != node.mtime_ns:
+                node.mtime_ns = mtime_ns
+                reason |= DirtyReason.META
+            node.ctime_ns = now
+            if reason and node.id != ROOT_ID and node.parent != ROOT_ID:
+                nodes.mark_dirty(ix, txn, node, reason)
+            nodes.put(ix, txn, node)
+        if reason:
+            self._changed()
+        return node
+
+    def _set_size(self, txn, node: Node, size: int) -> None:
+        """Truncate or extend; the new tail is zeros and therefore present."""
+        ix = self.index
+        if not node.is_hydrated:
+            have = self._ranges(txn, node)
+            have = ranges.clip(have, size)
+            if size > node.size:
+                have = ranges.add(have, node.size, size)
+            self._store_ranges(txn, node, have, size)
+        node.size = size
+        self.store.truncate(node.id, size)
+        _ = ix
+
+    def _ranges(self, txn, node: Node) -> list[ranges.Range]:
+        if node.is_hydrated:
+            return [(0, node.size)] if node.size else []
+        data = txn.get(u64(node.id), db=self.index.ranges)
+        return ranges.unpack(data) if data else []
+
+    def _store_ranges(self, txn, node: Node, have: list[ranges.Range], size: int) -> None:
+        if ranges.covers(have, 0, size):
+            node.flags |= Flag.HYDRATED
+            txn.delete(u64(node.id), db=self.index.ranges)
+        else:
+            node.flags &= ~Flag.HYDRATED
+            txn.put(u64(node.id), ranges.pack(have), db=self.index.ranges)
+
+    # ---------------------------------------------------------------- content
+
+    def open(self, node_id: int, *, truncate: bool, write: bool) -> int:
+        """Open the node's content file; returns a local fd. Counts handles for ``forget``."""
+        node = self.node(node_id)
+        if node.is_dir:
+            raise IsDir(f"{node.name!r} is a directory")
+        if truncate and node.size:
+            node = self.setattr(node_id, size=0)
+        fd = self.store.open(node_id, None if self.store.exists(node_id) else node.size)
+        self._open_count[node_id] = self._open_count.get(node_id, 0) + 1
+        if write:
+            self._writers[node_id] = self._writers.get(node_id, 0) + 1
+        return fd
+
+    def is_open_for_write(self, node_id: int) -> bool:
+        return self._writers.get(node_id, 0) > 0
+
+    async def read(self, node_id: int, fd: int, offset: int, length: int) -> bytes:
+        """Bytes of the node's content; waits on the network only for bytes not present."""
+        node = self.node(node_id)
+        end = min(offset + length, node.size)
+        if offset >= end:
+            return b""
+        if node.is_hydrated:
+            self.hits += 1
+        else:
+            await self.hydrate(node_id, offset, end)
+        return os.pread(fd, end - offset, offset)
+
+    async def hydrate(self, node_id: int, start: int, end: int) -> None:
+        """Make ``[start, end)`` present, fetching missing blocks (plus read-ahead) from the source."""
+        with self._txn() as txn:
+            node = nodes.get(self.index, txn, node_id)
+            need = ranges.missing(self._ranges(txn, node), start, min(end, node.size))
+        if not need:
+            self.hits += 1
+            return
+        self.misses += 1
+        lock = self._hydrate_locks.setdefault(node_id, trio.Lock())
+        async with lock:
+            node = self.node(node_id)
+            with self._txn() as txn:
+                need = ranges.missing(self._ranges(txn, node), start, min(end, node.size))
+            if not need:
+                return
+            folder, path = self.remote_path(node)
+            if not self.source.may_fetch(folder):
+                raise NotAvailableOffline(
+                    f"{path.decode(errors='replace')} is not available offline (not cached)"
+                )
+            lo = need[0][0] // BLOCK_BYTES * BLOCK_BYTES
+            # Read ahead only for a sequential reader: double the window while reads follow on.
+            last_end, window = self._readahead.get(node_id, (-1, BLOCK_BYTES))
+            window = min(window * 2, READAHEAD_BYTES) if lo <= last_end <= need[0][1] else BLOCK_BYTES
+            hi = min(node.size, max(-(-need[-1][1] // BLOCK_BYTES) * BLOCK_BYTES, lo + window))
+            self._readahead[node_id] = (hi, window)
+            pos = lo
+            while pos < hi:
+                n = min(hi - pos, READAHEAD_BYTES)
+                base_before = (node.base_file_id, node.base_size, node.base_mtime_ns)
+                data = await self.source.read(folder, path, pos, n)
+                self._fill(node_id, base_before, pos, data)
+                if len(data) < n:
+                    break
+                pos += n
+
+    def _fill(self, node_id: int, base_before: tuple, offset: int, data: bytes) -> None:
+        """Write fetched bytes into the holes they cover, unless the base changed meanwhile."""
+        ix = self.index
+        with self._txn(write=True) as txn:
+            node = nodes.find(ix, txn, node_id)
+            if node is None or (node.base_file_id, node.base_size, node.base_mtime_ns) != base_before:
+                return
+            have = self._ranges(txn, node)
+            end = min(offset + len(data), node.size)
+            holes = ranges.missing(have, offset, end)
+            if not holes:
+                return
+            fd = self.store.open(node_id)
+            try:
+                for s, e in holes:
+                    self.store.pwrite(fd, data[s - offset : e - offset], s)
+                    have = ranges.add(have, s, e)
+            finally:
+                os.close(fd)
+            self._store_ranges(txn, node, have, node.size)
+            nodes.put(ix, txn, node)
+
+    def write(self, node_id: int, fd: int, offset: int, data: bytes) -> int:
+        """Write into the cache and mark the node dirty, in one transaction."""
+        ix = self.index
+        with self._txn(write=True) as txn:
+            node = nodes.get(ix, txn, node_id)
+            n = self.store.pwrite(fd, data, offset)
+            end = offset + n
+            if not node.is_hydrated:
+                have = ranges.add(self._ranges(txn, node), offset, end)
+                if end > node.size:
+                    have = ranges.add(have, node.size, end)
+                self._store_ranges(txn, node, have, max(node.size, end))
+            node.size = max(node.size, end)
+            node.mtime_ns = node.ctime_ns = time.time_ns()
+            nodes.mark_dirty(ix, txn, node, DirtyReason.CONTENT)
+            nodes.put(ix, txn, node)
+        return n
+
+    async def fsync(self, fd: int) -> None:
+        """Make content and index durable on the local disk (not the server)."""
+        await trio.to_thread.run_sync(os.fsync, fd)
+        await trio.to_thread.run_sync(self.index.sync)
+
+    def release(self, node_id: int, fd: int, *, wrote: bool) -> None:
+        os.close(fd)
+        self._open_count[node_id] -= 1
+        if not self._open_count[node_id]:
+            del self._open_count[node_id]
+        if wrote or self._writers.get(node_id):
+            self._writers[node_id] = self._writers.get(node_id, 1) - 1
+            if self._writers[node_id] <= 0:
+                del self._writers[node_id]
+            self._changed()
+        self._purge_if_unused(node_id)
+
+    def forget(self, node_id: int) -> None:
+        """The kernel dropped its last reference: free a tombstone's content."""
+        self._purge_if_unused(node_id)
+
+    def _purge_if_unused(self, node_id: int) -> None:
+        if self._open_count.get(node_id):
+            return
+        ix = self.index
+        with self._txn(write=True) as txn:
+            node = nodes.find(ix, txn, node_id)
+            if node is None or Flag.TOMBSTONE not in node.flags:
+                return
+            if nodes.dirty_reasons(ix, txn, node_id):
+                self.store.remove(node_id)  # record stays for the pending server delete
+                return
+            nodes.delete_record(ix, txn, node)
+        self.store.remove(node_id)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Flush the index to disk every second (the durability timer)."""
+        task_status.started()
+        while True:
+            await trio.sleep(1.0)
+            await trio.to_thread.run_sync(self.index.sync)
+
+    # ---------------------------------------------------------------- remote news
+
+    def merge_listing(self, dir_id: int, entries: list[RemoteEntry]) -> None:
+        """Bring a directory's children in line with one server enumeration.
+
+        Matches the listing against the *agreed* server names (``bases``), so local changes
+        not yet uploaded are left for sync: a clean node follows the server (its content is
+        dropped if the version changed), a dirty one keeps its local state. New server names
+        become placeholders; agreed names gone from the server vanish locally if clean.
+        """
+        ix = self.index
+        now = time.time_ns()
+        seen: set[bytes] = set()
+        with self._txn(write=True) as txn:
+            parent = nodes.get(ix, txn, dir_id)
+            for entry in entries:
+                seen.add(entry.name)
+                bid = nodes.base_lookup_id(ix, txn, dir_id, entry.name)
+                if bid is not None:
+                    node = nodes.get(ix, txn, bid)
+                    if node.matches_base(entry) or nodes.dirty_reasons(ix, txn, bid):
+                        continue
+                    if node.is_dir != entry.is_dir:
+                        self._forget_subtree(txn, node)
+                    else:
+                        self._follow_server(txn, node, dir_id, entry)
+                        continue
+                if nodes.lookup_id(ix, txn, dir_id, entry.name) is not None:
+                    continue  # a local name not yet on the server: sync sorts it out
+                node = Node(
+                    ix.allocate_id(txn), dir_id, entry.is_dir, Flag(0),
+                    DEFAULT_DIR_MODE if entry.is_dir else DEFAULT_FILE_MODE,
+                    0 if entry.is_dir else entry.size, entry.mtime_ns or now, entry.ctime_ns or now,
+                    0, 0, 0, 0, 0, entry.name, b"",
+                )
+                if not entry.is_dir and entry.size == 0:
+                    node.flags |= Flag.HYDRATED
+                nodes.set_base(ix, txn, node, dir_id, entry)
+                nodes.put(ix, txn, node)
+                nodes.link(ix, txn, node)
+                self._publish(("entry", dir_id, entry.name))
+            for name, bid in list(nodes.iter_base_children(ix, txn, dir_id)):
+                if name in seen:
+                    continue
+                node = nodes.get(ix, txn, bid)
+                if self._subtree_clean(txn, node):
+                    self._forget_subtree(txn, node)
+                else:
+                    nodes.clear_base(ix, txn, node)  # gone on the server: upload it as new
+                    nodes.mark_dirty(ix, txn, node, DirtyReason.NAMESPACE | DirtyReason.CONTENT)
+                    nodes.put(ix, txn, node)
+            parent = nodes.get(ix, txn, dir_id)
+            parent.flags |= Flag.LISTED
+            nodes.put(ix, txn, parent)
+
+    def _follow_server(self, txn, node: Node, dir_id: int, entry: RemoteEntry) -> None:
+        ix = self.index
+        content_changed = not node.is_dir and (
+            entry.file_id != node.base_file_id or entry.size != node.base_size or entry.mtime_ns != node.base_mtime_ns
+        )
+        nodes.set_base(ix, txn, node, dir_id, entry)
+        if content_changed:
+            node.size = entry.size
+            node.flags &= ~Flag.HYDRATED
+            if entry.size == 0:
+                node.flags |= Flag.HYDRATED
+            txn.delete(u64(node.id), db=ix.ranges)
+            if self.store.exists(node.id):
+                self.store.truncate(node.id, 0)
+                self.store.truncate(node.id, entry.size)
+        node.mtime_ns = entry.mtime_ns or node.mtime_ns
+        node.ctime_ns = entry.ctime_ns or node.ctime_ns
+        nodes.put(ix, txn, node)
+        self._publish(("inode", node.id))
+
+    def _subtree_clean(self, txn, node: Node) -> bool:
+        if nodes.dirty_reasons(self.index, txn, node.id):
+            return False
+        if node.is_dir:
+            for cid, _ in nodes.iter_children(self.index, txn, node.id):
+                if not self._subtree_clean(txn, nodes.get(self.index, txn, cid)):
+                    return False
+        return True
+
+    def _forget_subtree(self, txn, node: Node) -> None:
+        ix = self.index
+        if node.is_dir:
+            for cid, _ in list(nodes.iter_children(ix, txn, node.id)):
+                self._forget_subtree(txn, nodes.get(ix, txn, cid))
+        nodes.unlink(ix, txn, node)
+        self._publish(("entry", node.parent, node.name))
+        if self._open_count.get(node.id):
+            node.flags |= Flag.TOMBSTONE
+            nodes.clear_base(ix, txn, node)
+            nodes.put(ix, txn, node)
+        else:
+            nodes.delete_record(ix, txn, node)
+            self.store.remove(node.id)
+
+    # ---------------------------------------------------------------- for sync
+
+    def dirty_nodes(self) -> list[tuple[Node, DirtyReason]]:
+        out = []
+        with self._txn() as txn:
+            for nid, reasons in nodes.iter_dirty(self.index, txn):
+                node = nodes.find(self.index, txn, nid)
+                if node is not None:
+                    out.append((node, reasons))
+        return out
+
+    def missing_ranges(self, node_id: int) -> list[ranges.Range]:
+        with self._txn() as txn:
+            node = nodes.get(self.index, txn, node_id)
+            return ranges.missing(self._ranges(txn, node), 0, node.size)
+
+    def record_synced(self, node_id: int, version: int, base_parent: int, entry: RemoteEntry | None,
+                      reasons: DirtyReason) -> bool:
+        """After a successful server change: store the new base; clear dirty if unchanged since.
+
+        Returns False if the node changed locally meanwhile (it stays dirty for another round).
+        ``entry=None`` records a server delete.
+        """
+        ix = self.index
+        with self._txn(write=True) as txn:
+            node = nodes.find(ix, txn, node_id)
+            if node is None:
+                return True
+            if entry is None:
+                nodes.clear_base(ix, txn, node)
+                nodes.clear_dirty(ix, txn, node_id, DirtyReason.DELETE)
+                if Flag.TOMBSTONE in node.flags and not self._open_count.get(node_id):
+                    nodes.delete_record(ix, txn, node)
+                    self.store.remove(node_id)
+                    return True
+                nodes.put(ix, txn, node)
+                return True
+            nodes.set_base(ix, txn, node, base_parent, entry)
+            clean = node.version == version
+            if clean:
+                nodes.clear_dirty(ix, txn, node_id, reasons)
+            nodes.put(ix, txn, node)
+        if not clean:
+            self._changed()
+        return clean
+
+    def rename_for_conflict(self, node_id: int, new_name: bytes) -> None:
+        """Give the local version of a conflicting node a new name in the same directory.
+
+        Its old base is dropped, so the server's version reappears under the old name as a
+        placeholder on the next listing of the directory. Called just before ``record_synced`` with the
+        conflict copy's server entry.
+        """
+        ix = self.index
+        with self._txn(write=True) as txn:
+            node = nodes.get(ix, txn, node_id)
+            old_name = node.name
+            nodes.unlink(ix, txn, node)
+            nodes.clear_base(ix, txn, node)
+            node.name = new_name
+            nodes.put(ix, txn, node)
+            nodes.link(ix, txn, node)
+        self._publish(("entry", node.parent, old_name))
+        self._publish(("entry", node.parent, new_name))
+
+    def listed_dirs(self) -> list[int]:
+        """Every directory whose children are known, for a full rescan."""
+        out = []
+        with self._txn() as txn:
+            for key, data in txn.cursor(db=self.index.nodes):
+                node = Node.unpack(int.from_bytes(key, "big"), data)
+                if node.is_dir and Flag.LISTED in node.flags and node.id != ROOT_ID \
+                        and Flag.TOMBSTONE not in node.flags:
+                    out.append(node.id)
+        return out
+
+    def content_fd(self, node_id: int) -> int:
+        """A read-only fd of the node's content file for uploading (caller closes it)."""
+        return os.open(self.store.path(node_id), os.O_RDONLY | os.O_CLOEXEC)
+
+    def statistics_bytes(self) -> int:
+        total = 0
+        for sub in self.store.root.iterdir():
+            for f in sub.iterdir():
+                total += f.stat().st_blocks * 512
+        return total

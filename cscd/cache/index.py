@@ -1,0 +1,137 @@
+"""The LMDB index: the environment, its named databases and their layout (the schema doc).
+
+Owns opening, creating and versioning the index. No network, no content bytes here.
+
+Transactions: one writer at a time, and the write transaction belongs to the thread that
+opened it, so **never await inside a write transaction**; functions that need one take
+``txn`` first and are synchronous. One write transaction per logical change: a node, its
+directory entries and its dirty mark change together or not at all.
+
+Durability: the environment is opened with ``sync=False``; a commit reaches the OS at once
+and the disk on ``Index.sync()``, which the cache calls on every ``fsync`` of the mount and
+on a one-second timer. After a power cut LMDB is still consistent (it never overwrites live
+pages), at worst missing the last second of metadata changes not covered by an ``fsync`` —
+what a local filesystem promises, at ~15 µs per change instead of ~0.4 ms.
+
+Named databases (all integers big-endian, so byte order is numeric order):
+
+``meta``
+    ``b"schema"`` → ASCII schema version; ``b"next_id"`` → u64, the next node id to give out.
+``nodes``
+    id u64 → packed ``Node`` (``cscd.cache.nodes``): parent, kind, flags, mode, size, times,
+    local version, the *base* (what client and server last agreed on: base parent, base name,
+    server FileId, size, write time) and the local name.
+``children``
+    parent u64 + name bytes → child id u64. The local namespace: ``lookup`` is one get.
+``dirents``
+    parent u64 + child id u64 → name. ``readdir`` walks it in id order; the offset handed to
+    the kernel is the last child id, so a listing resumes correctly even if entries were added
+    or removed between calls (ids are never reused).
+``bases``
+    base parent u64 + base name → id. The *remote* namespace as last agreed; a remote listing
+    is matched against it, so a local rename not yet on the server is not mistaken for a new
+    remote file.
+``dirty``
+    id u64 → u32 reason bits (``DirtyReason``): what sync must look at.
+``ranges``
+    id u64 → packed (start u64, end u64) pairs of content present in the store, only for
+    partly hydrated files. A file with the ``HYDRATED`` flag has all of its content.
+
+Invariants: every live node but the root has exactly one ``children`` and one ``dirents``
+entry (hard links are not supported); a node is in ``bases`` iff it has a base; ids are
+never reused; the root is id 1 and each top-level directory is a redirected folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from pathlib import Path
+
+import lmdb
+
+from cscd.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = b"1"
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+MAP_SIZE_BYTES = 64 << 30
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def from_u64(b: bytes) -> int:
+    return _U64.unpack(b)[0]
+
+
+def u32(n: int) -> bytes:
+    return _U32.pack(n)
+
+
+def from_u32(b: bytes) -> int:
+    return _U32.unpack(b)[0]
+
+
+def child_key(parent: int, name: bytes) -> bytes:
+    return _U64.pack(parent) + name
+
+
+def dirent_key(parent: int, child: int) -> bytes:
+    return _U64.pack(parent) + _U64.pack(child)
+
+
+class Index:
+    """The opened LMDB environment and its named databases."""
+
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.env = lmdb.open(
+                str(path),
+                map_size=MAP_SIZE_BYTES,
+                max_dbs=16,
+                sync=False,
+                metasync=False,
+                readahead=False,
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            raise ConfigError(f"{path}: cannot open the cache index: {exc}") from None
+        self.meta = self.env.open_db(b"meta")
+        self.nodes = self.env.open_db(b"nodes")
+        self.children = self.env.open_db(b"children")
+        self.dirents = self.env.open_db(b"dirents")
+        self.bases = self.env.open_db(b"bases")
+        self.dirty = self.env.open_db(b"dirty")
+        self.ranges = self.env.open_db(b"ranges")
+        with self.env.begin(write=True) as txn:
+            version = txn.get(b"schema", db=self.meta)
+            if version is None:
+                txn.put(b"schema", SCHEMA_VERSION, db=self.meta)
+                txn.put(b"next_id", u64(2), db=self.meta)
+            elif version != SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{path}: cache index has schema {version.decode(errors='replace')}, "
+                    f"this cscd needs {SCHEMA_VERSION.decode()}; move the cache directory away"
+                )
+        for p in path.iterdir():
+            os.chmod(p, 0o600)
+
+    def allocate_id(self, txn: lmdb.Transaction) -> int:
+        """Hand out a fresh node id inside the caller's write transaction."""
+        n = from_u64(txn.get(b"next_id", db=self.meta))
+        txn.put(b"next_id", u64(n + 1), db=self.meta)
+        return n
+
+    def sync(self) -> None:
+        """Force committed transactions to disk (blocking, ~1-2 ms)."""
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.sync(True)
+        self.env.close()

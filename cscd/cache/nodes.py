@@ -1,0 +1,244 @@
+"""Node records and the transaction-level operations on the two namespaces.
+
+Owns the packed ``Node`` layout and every function that changes ``nodes``, ``children``,
+``dirents``, ``bases`` and ``dirty`` together. All functions are synchronous and take the
+caller's transaction first (see ``index.py``: never await inside a write transaction).
+No network, no content bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import stat
+import struct
+from dataclasses import dataclass
+
+import lmdb
+
+from cscd.cache.index import Index, child_key, dirent_key, from_u32, from_u64, u32, u64
+from cscd.errors import NotFound
+from cscd.types import RemoteEntry
+
+
+class Flag(enum.IntFlag):
+    HYDRATED = 1  # all content present in the store
+    LISTED = 2  # directory: children known (fetched from the server or created locally)
+    TOMBSTONE = 4  # unlinked locally; kept until the kernel forgets it and the server agrees
+    PINNED = 8  # always available offline
+    HAS_BASE = 16  # base_* fields describe the agreed server version
+
+
+class DirtyReason(enum.IntFlag):
+    CONTENT = 1  # local content changed since base
+    META = 2  # times/mode changed
+    NAMESPACE = 4  # created, renamed or moved locally since base
+    DELETE = 8  # deleted locally; delete on the server
+
+
+_FIXED = struct.Struct(">QBIIQqqQQQQqHH")
+
+
+@dataclass(slots=True)
+class Node:
+    """One file or directory. ``version`` counts local changes, so sync can tell whether a
+    node changed while it was being uploaded."""
+
+    id: int
+    parent: int
+    is_dir: bool
+    flags: Flag
+    mode: int  # permission bits only
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    version: int
+    base_parent: int
+    base_file_id: int
+    base_size: int
+    base_mtime_ns: int
+    name: bytes
+    base_name: bytes
+
+    def pack(self) -> bytes:
+        return (
+            _FIXED.pack(
+                self.parent,
+                1 if self.is_dir else 0,
+                int(self.flags),
+                self.mode,
+                self.size,
+                self.mtime_ns,
+                self.ctime_ns,
+                self.version,
+                self.base_parent,
+                self.base_file_id,
+                self.base_size,
+                self.base_mtime_ns,
+                len(self.name),
+                len(self.base_name),
+            )
+            + self.name
+            + self.base_name
+        )
+
+    @classmethod
+    def unpack(cls, node_id: int, data: bytes) -> Node:
+        f = _FIXED.unpack_from(data)
+        off = _FIXED.size
+        name = bytes(data[off : off + f[12]])
+        base_name = bytes(data[off + f[12] : off + f[12] + f[13]])
+        return cls(
+            node_id, f[0], bool(f[1]), Flag(f[2]), f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11],
+            name, base_name,
+        )
+
+    @property
+    def has_base(self) -> bool:
+        return Flag.HAS_BASE in self.flags
+
+    @property
+    def is_hydrated(self) -> bool:
+        return Flag.HYDRATED in self.flags
+
+    @property
+    def st_mode(self) -> int:
+        return (stat.S_IFDIR if self.is_dir else stat.S_IFREG) | self.mode
+
+    def base_entry(self) -> RemoteEntry | None:
+        """The agreed server version as a ``RemoteEntry`` (None if never agreed)."""
+        if not self.has_base:
+            return None
+        return RemoteEntry(self.base_name, self.is_dir, self.base_size, self.base_mtime_ns, 0, self.base_file_id)
+
+    def matches_base(self, entry: RemoteEntry) -> bool:
+        """True if ``entry`` is the version this node's base records (ctime ignored)."""
+        return (
+            self.has_base
+            and entry.is_dir == self.is_dir
+            and entry.file_id == self.base_file_id
+            and (self.is_dir or (entry.size == self.base_size and entry.mtime_ns == self.base_mtime_ns))
+        )
+
+
+def get(ix: Index, txn: lmdb.Transaction, node_id: int) -> Node:
+    data = txn.get(u64(node_id), db=ix.nodes)
+    if data is None:
+        raise NotFound(f"node {node_id} is gone")
+    return Node.unpack(node_id, data)
+
+
+def find(ix: Index, txn: lmdb.Transaction, node_id: int) -> Node | None:
+    data = txn.get(u64(node_id), db=ix.nodes)
+    return None if data is None else Node.unpack(node_id, data)
+
+
+def put(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
+    txn.put(u64(node.id), node.pack(), db=ix.nodes)
+
+
+def lookup_id(ix: Index, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
+    data = txn.get(child_key(parent, name), db=ix.children)
+    return None if data is None else from_u64(data)
+
+
+def base_lookup_id(ix: Index, txn: lmdb.Transaction, base_parent: int, base_name: bytes) -> int | None:
+    data = txn.get(child_key(base_parent, base_name), db=ix.bases)
+    return None if data is None else from_u64(data)
+
+
+def link(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
+    """Enter ``node`` under its (parent, name) in the local namespace."""
+    txn.put(child_key(node.parent, node.name), u64(node.id), db=ix.children)
+    txn.put(dirent_key(node.parent, node.id), node.name, db=ix.dirents)
+
+
+def unlink(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
+    """Remove ``node`` from the local namespace (its record stays)."""
+    txn.delete(child_key(node.parent, node.name), db=ix.children)
+    txn.delete(dirent_key(node.parent, node.id), db=ix.dirents)
+
+
+def set_base(ix: Index, txn: lmdb.Transaction, node: Node, base_parent: int, entry: RemoteEntry) -> None:
+    """Record ``entry`` under ``base_parent`` as the agreed version (updates ``bases``)."""
+    clear_base(ix, txn, node)
+    node.base_parent = base_parent
+    node.base_name = entry.name
+    node.base_file_id = entry.file_id
+    node.base_size = entry.size
+    node.base_mtime_ns = entry.mtime_ns
+    node.flags |= Flag.HAS_BASE
+    txn.put(child_key(base_parent, entry.name), u64(node.id), db=ix.bases)
+
+
+def clear_base(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
+    if node.has_base:
+        key = child_key(node.base_parent, node.base_name)
+        if txn.get(key, db=ix.bases) == u64(node.id):
+            txn.delete(key, db=ix.bases)
+    node.flags &= ~Flag.HAS_BASE
+    node.base_parent = node.base_file_id = node.base_size = node.base_mtime_ns = 0
+    node.base_name = b""
+
+
+def dirty_reasons(ix: Index, txn: lmdb.Transaction, node_id: int) -> DirtyReason:
+    data = txn.get(u64(node_id), db=ix.dirty)
+    return DirtyReason(0) if data is None else DirtyReason(from_u32(data))
+
+
+def mark_dirty(ix: Index, txn: lmdb.Transaction, node: Node, reason: DirtyReason) -> None:
+    """Add ``reason`` to the node's dirty bits and bump its local version."""
+    node.version += 1
+    txn.put(u64(node.id), u32(int(dirty_reasons(ix, txn, node.id) | reason)), db=ix.dirty)
+
+
+def clear_dirty(ix: Index, txn: lmdb.Transaction, node_id: int, reasons: DirtyReason | None = None) -> None:
+    if reasons is None:
+        txn.delete(u64(node_id), db=ix.dirty)
+        return
+    left = dirty_reasons(ix, txn, node_id) & ~reasons
+    if left:
+        txn.put(u64(node_id), u32(int(left)), db=ix.dirty)
+    else:
+        txn.delete(u64(node_id), db=ix.dirty)
+
+
+def iter_children(ix: Index, txn: lmdb.Transaction, parent: int, after_id: int = 0):
+    """Yield ``(child_id, name)`` of ``parent`` in id order, starting after ``after_id``."""
+    prefix = u64(parent)
+    cur = txn.cursor(db=ix.dirents)
+    if not cur.set_range(dirent_key(parent, after_id + 1)):
+        return
+    for key, name in cur:
+        if key[:8] != prefix:
+            return
+        yield from_u64(key[8:16]), bytes(name)
+
+
+def iter_base_children(ix: Index, txn: lmdb.Transaction, base_parent: int):
+    """Yield ``(base_name, id)`` of everything whose agreed server location is under ``base_parent``."""
+    prefix = u64(base_parent)
+    cur = txn.cursor(db=ix.bases)
+    if not cur.set_range(prefix):
+        return
+    for key, value in cur:
+        if key[:8] != prefix:
+            return
+        yield bytes(key[8:]), from_u64(value)
+
+
+def has_children(ix: Index, txn: lmdb.Transaction, parent: int) -> bool:
+    return next(iter_children(ix, txn, parent), None) is not None
+
+
+def iter_dirty(ix: Index, txn: lmdb.Transaction):
+    """Yield ``(id, DirtyReason)`` of every dirty node."""
+    for key, value in txn.cursor(db=ix.dirty):
+        yield from_u64(key), DirtyReason(from_u32(value))
+
+
+def delete_record(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
+    """Forget ``node`` entirely: record, base entry, dirty mark and range map."""
+    clear_base(ix, txn, node)
+    txn.delete(u64(node.id), db=ix.nodes)
+    txn.delete(u64(node.id), db=ix.dirty)
+    txn.delete(u64(node.id), db=ix.ranges)

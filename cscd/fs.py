@@ -1,0 +1,301 @@
+"""The FUSE filesystem: translates syscalls into cache calls and cscd errors into errno.
+
+Owns lookup counts, file handles and the kernel invalidation task. No network and no LMDB
+keys here: everything goes through ``cscd.cache.Cache``. Errors from below become
+``FUSEError`` in one place (``_errno_boundary``); a bug fails only its request with EIO and
+is logged once with its traceback.
+
+Not supported, by design (documented in the README): hard links (EPERM), symbolic links and
+special files (EPERM), ``RENAME_EXCHANGE`` (EINVAL), ownership changes (ignored: every file
+belongs to the mounting user), extended attributes (ENOTSUP / ENOATTR), atime updates.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections import Counter
+
+import pyfuse3
+import trio
+
+from cscd.cache.cache import Cache
+from cscd.cache.nodes import Node
+from cscd.errors import CscdError
+from cscd.types import ROOT_ID
+
+log = logging.getLogger(__name__)
+
+#: How long the kernel may trust names and attributes without asking (seconds). Remote
+#: changes are also pushed with explicit invalidations; 0 would make `ls -lR` 60× slower.
+ENTRY_TIMEOUT_S = 1.0
+ATTR_TIMEOUT_S = 1.0
+
+
+def _errno_boundary(fn):
+    """Turn every exception of a handler into a FUSEError (cancellation passes through)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except CscdError as exc:
+            log.debug("%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise pyfuse3.FUSEError(errno.ENOSPC) from None
+            log.exception("local I/O error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            self.bugs += 1
+            log.exception("internal error in %s; the request failed with EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class _Handle:
+    __slots__ = ("node_id", "fd", "wrote")
+
+    def __init__(self, node_id: int, fd: int) -> None:
+        self.node_id = node_id
+        self.fd = fd
+        self.wrote = False
+
+
+class CscdFs(pyfuse3.Operations):
+    """pyfuse3 operations over a ``Cache``; the inode number is the node id."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = True
+
+    def __init__(self, cache: Cache) -> None:
+        super().__init__()
+        self.cache = cache
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self._lookups: Counter[int] = Counter()
+        self._handles: dict[int, _Handle] = {}
+        self._next_fh = 1
+        self.bugs = 0
+
+    # ------------------------------------------------------------ attributes
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.id
+        a.generation = 0
+        a.entry_timeout = ENTRY_TIMEOUT_S
+        a.attr_timeout = ATTR_TIMEOUT_S
+        a.st_mode = node.st_mode
+        a.st_nlink = 2 if node.is_dir else 1
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_rdev = 0
+        a.st_size = node.size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (node.size + 511) // 512
+        a.st_atime_ns = node.mtime_ns
+        a.st_mtime_ns = node.mtime_ns
+        a.st_ctime_ns = node.ctime_ns
+        return a
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        """Attributes of a node the kernel now knows one more reference to."""
+        self._lookups[node.id] += 1
+        return self._attrs(node)
+
+    # ------------------------------------------------------------ namespace
+
+    @_errno_boundary
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self._entry(await self.cache.lookup(parent_inode, name))
+
+    @_errno_boundary
+    async def forget(self, inode_list):
+        for inode, n in inode_list:
+            left = self._lookups[inode] - n
+            if left > 0:
+                self._lookups[inode] = left
+            else:
+                self._lookups.pop(inode, None)
+                self.cache.forget(inode)
+
+    @_errno_boundary
+    async def getattr(self, inode, ctx=None):
+        return self._attrs(self.cache.node(inode))
+
+    @_errno_boundary
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        size = attr.st_size if fields.update_size else None
+        mode = attr.st_mode if fields.update_mode else None
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        node = self.cache.setattr(inode, size=size, mode=mode, mtime_ns=mtime)
+        return self._attrs(node)
+
+    @_errno_boundary
+    async def opendir(self, inode, ctx):
+        node = self.cache.node(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_errno_boundary
+    async def readdir(self, fh, start_id, token):
+        after = start_id
+        while True:
+            batch = await self.cache.readdir(fh, after)
+            if not batch:
+                return
+            for name, node in batch:
+                if not pyfuse3.readdir_reply(token, name, self._attrs(node), node.id):
+                    return
+                self._lookups[node.id] += 1
+                after = node.id
+
+    @_errno_boundary
+    async def releasedir(self, fh):
+        return None
+
+    @_errno_boundary
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(self.cache.mkdir(parent_inode, name, mode & ~ctx.umask))
+
+    @_errno_boundary
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.cache.rmdir(parent_inode, name)
+
+    @_errno_boundary
+    async def unlink(self, parent_inode, name, ctx):
+        await self.cache.unlink(parent_inode, name)
+
+    @_errno_boundary
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await self.cache.rename(
+            parent_inode_old, name_old, parent_inode_new, name_new,
+            noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+        )
+
+    @_errno_boundary
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    @_errno_boundary
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    @_errno_boundary
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    @_errno_boundary
+    async def readlink(self, inode, ctx):
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    @_errno_boundary
+    async def access(self, inode, mode, ctx):
+        self.cache.node(inode)
+        return True
+
+    @_errno_boundary
+    async def statfs(self, ctx):
+        st = self.cache.store.statvfs()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = st.f_bsize
+        s.f_frsize = st.f_frsize
+        s.f_blocks = st.f_blocks
+        s.f_bfree = st.f_bfree
+        s.f_bavail = st.f_bavail
+        s.f_files = st.f_files
+        s.f_ffree = st.f_ffree
+        s.f_favail = st.f_favail
+        s.f_namemax = 255
+        return s
+
+    # ------------------------------------------------------------ content
+
+    def _new_handle(self, node_id: int, fd: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = _Handle(node_id, fd)
+        return fh
+
+    @_errno_boundary
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        node = self.cache.create(parent_inode, name, mode & ~ctx.umask)
+        fd = self.cache.open(node.id, truncate=False, write=True)
+        fh = self._new_handle(node.id, fd)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(node)
+
+    @_errno_boundary
+    async def open(self, inode, flags, ctx):
+        write = (flags & os.O_ACCMODE) != os.O_RDONLY
+        fd = self.cache.open(inode, truncate=bool(flags & os.O_TRUNC), write=write)
+        return pyfuse3.FileInfo(fh=self._new_handle(inode, fd), keep_cache=True)
+
+    @_errno_boundary
+    async def read(self, fh, off, size):
+        h = self._handles[fh]
+        return await self.cache.read(h.node_id, h.fd, off, size)
+
+    @_errno_boundary
+    async def write(self, fh, off, buf):
+        h = self._handles[fh]
+        h.wrote = True
+        return self.cache.write(h.node_id, h.fd, off, buf)
+
+    @_errno_boundary
+    async def flush(self, fh):
+        return None
+
+    @_errno_boundary
+    async def fsync(self, fh, datasync):
+        await self.cache.fsync(self._handles[fh].fd)
+
+    @_errno_boundary
+    async def release(self, fh):
+        h = self._handles.pop(fh)
+        self.cache.release(h.node_id, h.fd, wrote=h.wrote)
+
+    @_errno_boundary
+    async def getxattr(self, inode, name, ctx):
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_errno_boundary
+    async def listxattr(self, inode, ctx):
+        return []
+
+    @_errno_boundary
+    async def setxattr(self, inode, name, value, ctx):
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @_errno_boundary
+    async def removexattr(self, inode, name, ctx):
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    # ------------------------------------------------------------ kernel news
+
+    async def serve_invalidations(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Drain the cache's change channel into kernel invalidations (task ``fs.notify``)."""
+        task_status.started()
+        async for item in self.cache.invalidations:
+            try:
+                if item[0] == "inode":
+                    if item[1] in self._lookups:
+                        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, item[1], False)
+                elif item[0] == "entry":
+                    if item[1] in self._lookups or item[1] == ROOT_ID:
+                        pyfuse3.invalidate_entry_async(item[1], item[2], ignore_enoent=True)
+            except (FileNotFoundError, OSError) as exc:
+                log.debug("invalidation of %r skipped: %s", item, exc)
+
+
+def mount_options() -> set[str]:
+    return {"fsname=cscd", "subtype=cscd", "default_permissions"}

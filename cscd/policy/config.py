@@ -1,0 +1,204 @@
+"""The daemon's configuration file: YAML → a frozen ``DaemonConfig``, every error with file:line.
+
+Minimal form (kept stable for tools and later policy layers)::
+
+    mount: /path/to/mountpoint
+    cache: /path/to/cache-dir
+    credentials: /path/to/credentials   # mount.cifs format, mode 0600
+    port: 445                           # optional
+    folders:
+      Documents: '\\\\server\\share\\alice\\Documents'
+
+Optional sections: ``security`` (``require_encryption``, ``require_signing``) and
+``timings`` (seconds; see ``Timings``). Unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cscd.errors import BadName, ConfigError
+from cscd.names import check_name
+from cscd.policy.unc import parse_unc
+from cscd.types import SmbSecurity, UncTarget
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Intervals and deadlines in seconds; the defaults suit a LAN, tests shorten them."""
+
+    request_timeout_s: float = 10.0  # one SMB request
+    fetch_timeout_s: float = 30.0  # an on-demand read or listing a user waits for
+    probe_interval_s: float = 2.0  # link probe while online
+    reconnect_max_s: float = 5.0  # longest wait between reconnect attempts while offline
+    upload_delay_s: float = 0.3  # settle time after close before uploading
+    scan_interval_s: float = 3.0  # rescan of recently used directories
+    full_scan_interval_s: float = 300.0  # rescan of every listed directory
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    """A redirected folder: its name in the mount and its target, a UNC path or, for trying
+    cscd without a server, an absolute local directory."""
+
+    name: str
+    target: UncTarget | Path
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    path: Path
+    mount: Path
+    cache: Path
+    credentials: Path | None
+    port: int = 445
+    folders: tuple[FolderConfig, ...] = ()
+    security: SmbSecurity = SmbSecurity()
+    timings: Timings = field(default_factory=Timings)
+
+
+_TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings"}
+
+
+class _Doc:
+    """A YAML mapping with the line of each key, for messages that say where."""
+
+    def __init__(self, path: Path, node: yaml.Node, where: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: {where} must be a mapping of keys to values")
+        self.path = path
+        self.where = where
+        self.items: dict[str, tuple[yaml.Node, int]] = {}
+        for k, v in node.value:
+            key = str(k.value)
+            if key in self.items:
+                raise ConfigError(f"{path}:{k.start_mark.line + 1}: key '{key}' appears twice")
+            self.items[key] = (v, k.start_mark.line + 1)
+        self.line = node.start_mark.line + 1
+
+    def err(self, key: str, msg: str) -> ConfigError:
+        line = self.items[key][1] if key in self.items else self.line
+        dotted = f"{self.where}.{key}" if self.where != "file" else key
+        return ConfigError(f"{self.path}:{line}: {dotted}: {msg}")
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key in self.items:
+            if key not in allowed:
+                raise self.err(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def value(self, key: str) -> Any:
+        node = self.items[key][0]
+        return yaml.safe_load(yaml.serialize(node))
+
+    def get_str(self, key: str, *, required: bool = False) -> str | None:
+        if key not in self.items:
+            if required:
+                raise self.err(key, "missing (required)")
+            return None
+        v = self.value(key)
+        if not isinstance(v, str) or not v:
+            raise self.err(key, f"expected a non-empty string, got {v!r}")
+        return v
+
+    def get_path(self, key: str, *, required: bool = True) -> Path | None:
+        v = self.get_str(key, required=required)
+        if v is None:
+            return None
+        p = Path(v).expanduser()
+        if not p.is_absolute():
+            p = (self.path.parent / p).resolve()
+        return p
+
+    def get_int(self, key: str, default: int, lo: int, hi: int) -> int:
+        if key not in self.items:
+            return default
+        v = self.value(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise self.err(key, f"expected a whole number from {lo} to {hi}, got {v!r}")
+        return v
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        if key not in self.items:
+            return default
+        v = self.value(key)
+        if not isinstance(v, bool):
+            raise self.err(key, f"expected true or false, got {v!r}")
+        return v
+
+    def get_float(self, key: str, default: float, lo: float, hi: float) -> float:
+        if key not in self.items:
+            return default
+        v = self.value(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise self.err(key, f"expected a number from {lo} to {hi}, got {v!r}")
+        return float(v)
+
+    def sub(self, key: str) -> _Doc | None:
+        if key not in self.items:
+            return None
+        return _Doc(self.path, self.items[key][0], key if self.where == "file" else f"{self.where}.{key}")
+
+
+def load_config(path: Path) -> DaemonConfig:
+    """Read and validate the daemon's YAML file; ConfigError names file, line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if root is None:
+        raise ConfigError(f"{path}: the file is empty; see the README for the minimal form")
+    doc = _Doc(path, root, "file")
+    doc.check_keys(_TOP_KEYS)
+    mount = doc.get_path("mount")
+    cache = doc.get_path("cache")
+    credentials = doc.get_path("credentials", required=False)
+    port = doc.get_int("port", 445, 1, 65535)
+
+    folders_doc = doc.sub("folders")
+    if folders_doc is None or not folders_doc.items:
+        raise doc.err("folders", "missing: name at least one folder, e.g. Documents: '\\\\server\\share\\you\\Documents'")
+    folders = []
+    for name in folders_doc.items:
+        try:
+            check_name(name.encode("utf-8"))
+        except BadName as exc:
+            raise folders_doc.err(name, f"not usable as a folder name: {exc}") from None
+        unc = folders_doc.get_str(name, required=True)
+        if unc.startswith("/"):
+            folders.append(FolderConfig(name, Path(unc)))
+            continue
+        try:
+            target = parse_unc(unc)
+        except BadName as exc:
+            raise folders_doc.err(name, str(exc)) from None
+        folders.append(FolderConfig(name, target))
+
+    security = SmbSecurity()
+    sec = doc.sub("security")
+    if sec is not None:
+        sec.check_keys({"require_encryption", "require_signing"})
+        security = SmbSecurity(
+            require_encryption=sec.get_bool("require_encryption", True),
+            require_signing=sec.get_bool("require_signing", True),
+        )
+    timings = Timings()
+    tim = doc.sub("timings")
+    if tim is not None:
+        names = {f.name for f in fields(Timings)}
+        tim.check_keys(names)
+        timings = Timings(**{n: tim.get_float(n, getattr(timings, n), 0.01, 86400.0) for n in names})
+    return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings)

@@ -1,0 +1,51 @@
+r"""Parsing ``\\server\share\path`` targets, refusing hostile or unusable names.
+
+Leaf-like, pure. A server name must be a DNS name or an IP literal; share and path
+components must be names the server can store (``cscd.names.check_name``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from cscd.errors import BadName
+from cscd.names import check_name
+from cscd.types import UncTarget
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_server_name(server: str) -> str:
+    """Return ``server`` if it is a plausible host name or IP address, else raise BadName."""
+    if not server:
+        raise BadName("the server name is empty")
+    try:
+        return str(ipaddress.ip_address(server.strip("[]")))
+    except ValueError:
+        pass
+    if len(server) > 253:
+        raise BadName(f"server name {server[:40]!r}… is longer than 253 characters")
+    labels = server.rstrip(".").split(".")
+    if not all(_HOST_LABEL.match(label) for label in labels):
+        raise BadName(f"{server!r} is not a valid host name (letters, digits, '-' and '.' only)")
+    return server
+
+
+def parse_unc(text: str) -> UncTarget:
+    r"""``\\server\share\a\b`` (or ``//server/share/a/b``) → ``UncTarget``; BadName otherwise."""
+    if not isinstance(text, str):
+        raise BadName("a UNC path must be a string like \\\\server\\share\\folder")
+    t = text.replace("/", "\\")
+    if not t.startswith("\\\\"):
+        raise BadName(f"{text!r} is not a UNC path (expected \\\\server\\share\\folder)")
+    parts = [p for p in t[2:].split("\\")]
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise BadName(f"{text!r} names no share (expected \\\\server\\share\\folder)")
+    server = check_server_name(parts[0])
+    if any(p == "" for p in parts[1:-1]):
+        raise BadName(f"{text!r} has an empty path component")
+    rest = [p for p in parts[1:] if p != ""]
+    for p in rest:
+        check_name(p.encode("utf-8"))
+    return UncTarget(server, rest[0], tuple(rest[1:]))

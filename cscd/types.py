@@ -1,0 +1,114 @@
+"""Small value types shared by every layer: node ids, modes, the per-folder link state.
+
+Leaf module: imports nothing from cscd. ``FolderLink`` is how news about the link travels
+*upward* as data: ``link.py`` writes it, ``fs``, ``cache`` and ``sync`` only read it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NewType
+
+#: A node's 64-bit id: the FUSE inode, the content-store key and the sync identity.
+NodeId = NewType("NodeId", int)
+
+ROOT_ID = NodeId(1)
+
+
+class Mode(enum.Enum):
+    """How a redirected folder reaches its server right now (see DESIGN.md, Modes)."""
+
+    ONLINE = "online"
+    SLOW_LINK = "slow_link"
+    OFFLINE = "offline"
+    ALWAYS_OFFLINE = "always_offline"
+    WORKING_OFFLINE = "working_offline"
+    METERED = "metered"
+
+    @property
+    def may_fetch(self) -> bool:
+        """Whether an uncached read may go to the server in this mode (policy may narrow it)."""
+        return self in (Mode.ONLINE, Mode.SLOW_LINK, Mode.ALWAYS_OFFLINE)
+
+    @property
+    def syncs_immediately(self) -> bool:
+        return self is Mode.ONLINE
+
+
+@dataclass
+class FolderLink:
+    """The mutable link state of one folder, written only by the link monitor."""
+
+    mode: Mode = Mode.OFFLINE
+    reason: str = "not probed yet"
+    rtt_s: float | None = None
+    since: float = 0.0
+    #: Bumped on every change, so waiters can tell a new state from an old one.
+    generation: int = 0
+    history: list[str] = field(default_factory=list)
+
+    def set(self, mode: Mode, reason: str, now: float) -> bool:
+        """Record a new mode; return True if it changed."""
+        if mode is self.mode:
+            self.reason = reason
+            return False
+        self.mode = mode
+        self.reason = reason
+        self.since = now
+        self.generation += 1
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class UncTarget:
+    r"""A parsed ``\\server\share\path`` target; ``path`` components are already validated."""
+
+    server: str
+    share: str
+    path: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return "\\\\" + "\\".join((self.server, self.share, *self.path))
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """User name and password for NTLM; ``repr`` never shows the password."""
+
+    username: str
+    password: str = field(repr=False)
+    domain: str = ""
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, domain={self.domain!r}, password=<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class SmbSecurity:
+    """Transport security; both on by default (policy may turn encryption off)."""
+
+    require_encryption: bool = True
+    require_signing: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEntry:
+    """What the server says about one name; ``file_id`` is the server's FileId (0 if unknown)."""
+
+    name: bytes
+    is_dir: bool
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    file_id: int
+
+    def same_version(self, other: RemoteEntry | None) -> bool:
+        """True if ``other`` describes the same content version (id, size, write time)."""
+        return (
+            other is not None
+            and self.is_dir == other.is_dir
+            and self.file_id == other.file_id
+            and self.size == other.size
+            and self.mtime_ns == other.mtime_ns
+        )

@@ -1,0 +1,101 @@
+"""The daemon's YAML file and credentials: every mistake named by file, line and key."""
+
+import os
+import re
+
+import pytest
+
+from cscd.errors import ConfigError
+from cscd.policy.config import load_config
+from cscd.policy.credentials import load_credentials
+
+GOOD = """\
+mount: {tmp}/mnt
+cache: {tmp}/cache
+credentials: {tmp}/creds
+port: 4455
+folders:
+  Documents: '\\\\127.0.0.1\\share\\alice\\Documents'
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "cscd.yaml"
+    p.write_text(text.format(tmp=tmp_path))
+    return p
+
+
+def test_minimal_form_loads(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.mount == tmp_path / "mnt"
+    assert cfg.port == 4455
+    assert [f.name for f in cfg.folders] == ["Documents"]
+    assert cfg.folders[0].target.server == "127.0.0.1"
+    assert cfg.folders[0].target.path == ("alice", "Documents")
+    assert cfg.security.require_encryption and cfg.security.require_signing
+
+
+@pytest.mark.parametrize(
+    "text, line, needle",
+    [
+        (GOOD + "colour: blue\n", 7, "colour: unknown key"),
+        (GOOD.replace("port: 4455", "port: seventy"), 4, "port: expected a whole number"),
+        (GOOD.replace("port: 4455", "port: 70000"), 4, "port: expected a whole number"),
+        (GOOD.replace("'\\\\127.0.0.1\\share\\alice\\Documents'", "'\\\\evil host\\share'"), 6,
+         "folders.Documents: 'evil host' is not a valid host name"),
+        (GOOD.replace("'\\\\127.0.0.1\\share\\alice\\Documents'", "'server\\share'"), 6,
+         "folders.Documents: 'server\\\\share' is not a UNC path"),
+        (GOOD.replace("mount: {tmp}/mnt\n", ""), 1, "mount: missing"),
+        (GOOD + "timings:\n  upload_delay_s: fast\n", 8, "timings.upload_delay_s: expected a number"),
+        (GOOD + "security:\n  require_encryption: maybe\n", 8, "security.require_encryption: expected true or false"),
+        (GOOD + "security:\n  encrypt: true\n", 8, "security.encrypt: unknown key"),
+        (GOOD + "port: 1\n", 7, "key 'port' appears twice"),
+        ("mount: [unclosed\n", 2, "not valid YAML"),
+        (GOOD.replace("folders:\n  Documents: '\\\\127.0.0.1\\share\\alice\\Documents'\n", "folders: {{}}\n"), 5,
+         "folders: missing"),
+        (GOOD.replace("  Documents:", "  'Docu:ments':"), 6, "not usable as a folder name"),
+    ],
+)
+def test_bad_config_names_file_line_key(tmp_path, text, line, needle):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert msg.startswith(f"{p}:{line}:") or (needle == "not valid YAML" and msg.startswith(f"{p}:")), msg
+    assert re.search(re.escape(needle), msg), msg
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_credentials_must_be_private(tmp_path):
+    p = tmp_path / "creds"
+    p.write_text("username=alice\npassword=s3cret\n")
+    os.chmod(p, 0o644)
+    with pytest.raises(ConfigError) as info:
+        load_credentials(p)
+    assert "chmod 600" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    os.chmod(p, 0o600)
+    creds = load_credentials(p)
+    assert creds.username == "alice" and creds.password == "s3cret"
+    assert "s3cret" not in repr(creds)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [("password=x\n", "no username"), ("username=a\n", "no password"), ("user=a\nsecret=x\n", ":2: expected")],
+)
+def test_bad_credentials(tmp_path, text, needle):
+    p = tmp_path / "creds"
+    p.write_text(text)
+    os.chmod(p, 0o600)
+    with pytest.raises(ConfigError, match=needle):
+        load_credentials(p)
+
+
+def test_missing_credentials_file(tmp_path):
+    with pytest.raises(ConfigError, match="credentials file not found"):
+        load_credentials(tmp_path / "none")
