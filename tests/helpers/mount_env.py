@@ -1,0 +1,63 @@
+"""``MountEnv``: one user's redirected Documents on the session smbd, mounted by a daemon.
+
+Owns the per-test layout: a fresh folder on the server (``server``, the share's directory on
+disk, which is what smbd stores), a TCP proxy between the daemon and smbd (to count wire
+bytes or break the link), the credentials file and the ``DaemonProcess``. Timings are short
+so tests see uploads and rescans quickly; behaviour is the same as with the defaults.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from cscd.samba import EmbeddedSamba
+from tests.helpers.daemon import DaemonProcess, write_credentials
+from tests.helpers.proxy import TcpProxy
+
+FAST_TIMINGS = {
+    "request_timeout_s": 5,
+    "fetch_timeout_s": 10,
+    "probe_interval_s": 0.5,
+    "reconnect_max_s": 1,
+    "upload_delay_s": 0.1,
+    "scan_interval_s": 0.5,
+    "full_scan_interval_s": 5,
+}
+
+
+class MountEnv:
+    def __init__(self, smbd: EmbeddedSamba, workdir: Path, *, timings: dict | None = None) -> None:
+        self.smbd = smbd
+        self.workdir = workdir
+        self.user_dir = f"u{uuid.uuid4().hex[:8]}"
+        self.server = smbd.share_dir / self.user_dir / "Documents"
+        self.server.mkdir(parents=True)
+        self.proxy = TcpProxy((smbd.host, smbd.port))
+        self.credentials = write_credentials(workdir / "credentials", smbd.username, smbd.password)
+        self.daemon = DaemonProcess(
+            workdir,
+            folders={"Documents": smbd.unc(f"{self.user_dir}\\Documents")},
+            credentials=self.credentials,
+            port=self.proxy.port,
+            extra={"timings": dict(FAST_TIMINGS, **(timings or {}))},
+        )
+        self.mount = self.daemon.mount
+        self.docs = self.mount / "Documents"
+
+    def start_daemon(self) -> None:
+        self.daemon.start()
+
+    def wipe_cache(self) -> None:
+        """Throw the cache away (daemon stopped): the next start is a cold one."""
+        assert not self.daemon.is_running()
+        shutil.rmtree(self.daemon.cache)
+
+    def close(self) -> None:
+        try:
+            if self.daemon.is_running():
+                self.daemon.stop()
+        finally:
+            self.daemon.close()
+            self.proxy.close()
