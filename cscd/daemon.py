@@ -107,6 +107,13 @@ async def _first_connect(name: str, upstream: Upstream, link: FolderLink, timeou
 
 async def run_daemon(config: DaemonConfig, *, on_ready=None) -> None:
     """Mount and serve until SIGTERM/SIGINT or an unmount; raises ConfigError for bad input."""
+    # The receiver stays open until everything is closed: a second SIGTERM while we unmount
+    # must not fall back to the default action and kill us half-way.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        await _run(config, on_ready, signals)
+
+
+async def _run(config: DaemonConfig, on_ready, signals) -> None:
     upstreams = build_upstreams(config)
     check_mountpoint(config.mount)
     links = {name: FolderLink() for name in upstreams}
@@ -142,7 +149,7 @@ async def run_daemon(config: DaemonConfig, *, on_ready=None) -> None:
         ops = CscdFs(cache)
         pyfuse3.init(ops, str(config.mount), mount_options())
         try:
-            await _serve(config, cache, monitor, engine, ops, links, on_ready)
+            await _serve(config, cache, monitor, engine, ops, links, on_ready, signals)
         finally:
             with trio.CancelScope(shield=True):
                 pyfuse3.close(unmount=True)
@@ -153,9 +160,9 @@ async def run_daemon(config: DaemonConfig, *, on_ready=None) -> None:
         cache.close()
 
 
-async def _serve(config, cache, monitor, engine, ops, links, on_ready) -> None:
+async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, nursery.cancel_scope, name="signals")
+        nursery.start_soon(_watch_signals, signals, nursery.cancel_scope, name="signals")
         await nursery.start(cache.run, name="cache.flush")
         await nursery.start(monitor.run, name="link")
         await nursery.start(engine.run, name="sync")
@@ -173,14 +180,17 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready) -> None:
             on_ready()
 
 
-async def _watch_signals(cancel_scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: nothing to reload yet")
-                continue
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            sd_notify("STOPPING=1")
-            pyfuse3.terminate()
-            cancel_scope.cancel()
-            return
+async def _watch_signals(signals, cancel_scope: trio.CancelScope) -> None:
+    stopping = False
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP: nothing to reload yet")
+            continue
+        if stopping:
+            log.info("%s: already unmounting", signal.Signals(signum).name)
+            continue
+        stopping = True
+        log.info("%s: unmounting", signal.Signals(signum).name)
+        sd_notify("STOPPING=1")
+        pyfuse3.terminate()
+        cancel_scope.cancel()

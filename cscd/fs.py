@@ -72,7 +72,11 @@ class CscdFs(pyfuse3.Operations):
     """pyfuse3 operations over a ``Cache``; the inode number is the node id."""
 
     supports_dot_lookup = False
-    enable_writeback_cache = True
+    # No writeback cache: with it the kernel treats its own i_size and mtime of a regular
+    # file as the truth and ignores ours (fs/fuse/inode.c, fuse_get_cache_mask), so a file
+    # changed on the server would keep its old size in `ls` until the inode is evicted.
+    # The cost is small writes: each write(2) becomes one request (128 KiB at most).
+    enable_writeback_cache = False
 
     def __init__(self, cache: Cache) -> None:
         super().__init__()
@@ -286,6 +290,7 @@ class CscdFs(pyfuse3.Operations):
         """Drain the cache's change channel into kernel invalidations (task ``fs.notify``)."""
         task_status.started()
         async for item in self.cache.invalidations:
+            log.debug("invalidate %r", item)
             try:
                 if item[0] == "inode":
                     if item[1] in self._lookups:

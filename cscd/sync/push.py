@@ -98,11 +98,20 @@ class Pusher:
                 log.debug("push of node %s deferred: %s", node.id, exc)
                 left += 1
             except CscdError as exc:
-                log.warning("could not push %r to %s: %s", node.name, folder, exc)
                 left += 1
+                if self._changed_meanwhile(node):
+                    log.debug("push of %r restarts: it changed during the upload (%s)", node.name, exc)
+                else:
+                    log.warning("could not push %r to %s: %s", node.name, folder, exc)
         if not failed_folders and plan:
             self.counters.last_success = trio.current_time()
         return left
+
+    def _changed_meanwhile(self, node) -> bool:
+        try:
+            return self.local.node(node.id).version != node.version
+        except NotFound:
+            return True
 
     async def _push_one(self, node, reasons: int, up: Upstream) -> None:
         local = self.local
@@ -110,8 +119,12 @@ class Pusher:
         if reasons & DELETE:
             _, path = local.remote_path(node)
             try:
-                await up.delete(path, is_dir=node.is_dir)
-                self.counters.deletes += 1
+                # Delete only the version we agreed on: a rename may already have put
+                # another file under this name (rename-over), or someone else did.
+                current = await up.stat(path)
+                if current.file_id == node.base_file_id and current.is_dir == node.is_dir:
+                    await up.delete(path, is_dir=node.is_dir)
+                    self.counters.deletes += 1
             except NotFound:
                 pass
             except NotEmpty:

@@ -38,6 +38,7 @@ class Scanner:
         entries = await self.upstreams[folder.decode()].list_dir(path)
         self.local.merge_listing(dir_id, entries)
         self.dirs_scanned += 1
+        log.debug("rescanned %s:%r (%d entries)", folder, path, len(entries))
 
     async def scan(self, dir_ids: list[int]) -> None:
         """Re-list each directory whose folder is online; stop a folder at its first link error."""

@@ -1,0 +1,300 @@
+"""The core slice end to end: a real smbd, the daemon in a subprocess, plain syscalls.
+
+Server-side effects are checked on the share's directory on disk (what smbd stores), wire
+traffic is counted by the TCP proxy between the daemon and smbd.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+from tests.helpers.mount_env import MountEnv
+from tests.helpers.wait import wait_for
+
+MiB = 1 << 20
+
+
+def eventually(predicate, timeout_s, message):
+    """Poll until true; a file not there yet (OSError) counts as false."""
+    return wait_for(predicate, timeout_s, message, ignore=(OSError,))
+
+
+@pytest.fixture
+def cscd_env(smbd, tmp_path):
+    env = MountEnv(smbd, tmp_path)
+    try:
+        env.start_daemon()
+        yield env
+        warnings = env.daemon.warnings()
+        assert not warnings, "daemon logged warnings:\n" + "\n".join(warnings)
+    finally:
+        env.close()
+
+
+def sha(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_random(path, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(left, 4 * MiB))
+            f.write(block)
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ listing and reading
+
+
+def test_listing_shows_server_entries_without_downloading(cscd_env):
+    (cscd_env.server / "big.bin").write_bytes(b"x" * (8 * MiB))
+    (cscd_env.server / "sub").mkdir()
+    (cscd_env.server / "sub" / "inner.txt").write_text("inner")
+    os.utime(cscd_env.server / "big.bin", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    cscd_env.proxy.reset_counters()
+    entries = {e.name: e.stat() for e in os.scandir(cscd_env.docs)}
+    assert set(entries) == {"big.bin", "sub"}
+    assert entries["big.bin"].st_size == 8 * MiB
+    assert entries["big.bin"].st_mtime_ns == 1_600_000_000_000_000_000
+    assert os.path.isdir(cscd_env.docs / "sub")
+    assert cscd_env.proxy.bytes_to_client < MiB, "listing downloaded content"
+
+
+def test_first_bytes_of_large_file_fetch_only_a_small_part(cscd_env):
+    size = 256 * MiB
+    with open(cscd_env.server / "huge.bin", "wb") as f:
+        f.truncate(size)
+        f.seek(0)
+        f.write(b"HEAD" * 1024)
+    cscd_env.proxy.reset_counters()
+    with open(cscd_env.docs / "huge.bin", "rb") as f:
+        assert f.read(4096) == b"HEAD" * 1024
+    first = cscd_env.proxy.bytes_to_client
+    assert first < 3 * MiB, f"reading 4 KiB transferred {first} bytes"
+    with open(cscd_env.docs / "huge.bin", "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert f.read(4096) == b"HEAD" * 1024
+    assert cscd_env.proxy.bytes_to_client - first < 64 * 1024, "second read went to the server"
+
+
+def test_read_in_the_middle_then_whole_file_is_correct(cscd_env):
+    expect = write_random(cscd_env.server / "r.bin", 5 * MiB + 123)
+    with open(cscd_env.docs / "r.bin", "rb") as f:
+        f.seek(3 * MiB + 7)
+        want = (cscd_env.server / "r.bin").read_bytes()[3 * MiB + 7 : 3 * MiB + 7 + 1000]
+        assert f.read(1000) == want
+    assert sha(cscd_env.docs / "r.bin") == expect
+
+
+# ------------------------------------------------------------------ writing
+
+
+def test_closed_file_reaches_server(cscd_env):
+    t0 = time.monotonic()
+    (cscd_env.docs / "new.txt").write_bytes(b"hello server")
+    eventually(lambda: (cscd_env.server / "new.txt").exists()
+             and (cscd_env.server / "new.txt").read_bytes() == b"hello server",
+             5, "new.txt did not reach the server")
+    print(f"upload after close: {time.monotonic() - t0:.2f} s")
+    assert not [n for n in os.listdir(cscd_env.server) if n.startswith(".cscd-upload-")]
+
+
+def test_overwrite_append_truncate_reach_server(cscd_env):
+    p = cscd_env.docs / "f.txt"
+    p.write_bytes(b"0123456789")
+    eventually(lambda: (cscd_env.server / "f.txt").exists(), 5, "f.txt not uploaded")
+    with open(p, "r+b") as f:
+        f.seek(2)
+        f.write(b"ab")
+    with open(p, "ab") as f:
+        f.write(b"XYZ")
+    eventually(lambda: (cscd_env.server / "f.txt").read_bytes() == b"01ab456789XYZ", 5, "overwrite/append not on server")
+    os.truncate(p, 4)
+    eventually(lambda: (cscd_env.server / "f.txt").read_bytes() == b"01ab", 5, "truncate not on server")
+    assert p.read_bytes() == b"01ab"
+
+
+def test_mkdir_rename_delete_reach_server(cscd_env):
+    d = cscd_env.docs / "dir"
+    d.mkdir()
+    (d / "a.txt").write_text("A")
+    eventually(lambda: (cscd_env.server / "dir" / "a.txt").exists(), 5, "dir/a.txt not uploaded")
+    os.rename(d / "a.txt", d / "b.txt")
+    eventually(lambda: (cscd_env.server / "dir" / "b.txt").exists()
+             and not (cscd_env.server / "dir" / "a.txt").exists(), 5, "rename not on server")
+    os.rename(d, cscd_env.docs / "dir2")
+    eventually(lambda: (cscd_env.server / "dir2" / "b.txt").read_text() == "A", 5, "dir rename not on server")
+    os.unlink(cscd_env.docs / "dir2" / "b.txt")
+    os.rmdir(cscd_env.docs / "dir2")
+    eventually(lambda: not (cscd_env.server / "dir2").exists(), 5, "delete not on server")
+
+
+def test_rename_replaces_target_and_noreplace_refuses(cscd_env):
+    a, b = cscd_env.docs / "a", cscd_env.docs / "b"
+    a.write_text("new")
+    b.write_text("old")
+    eventually(lambda: (cscd_env.server / "b").exists() and (cscd_env.server / "a").exists(), 5, "not uploaded")
+    c = cscd_env.docs / "c"
+    c.write_text("c")
+    assert renameat2(c, b, RENAME_NOREPLACE) == errno.EEXIST
+    assert renameat2(c, b, RENAME_EXCHANGE) == errno.EINVAL
+    os.rename(a, b)
+    assert b.read_text() == "new"
+    eventually(lambda: (cscd_env.server / "b").read_text() == "new" and not (cscd_env.server / "a").exists(),
+             5, "replacing rename not on server")
+
+
+def test_chmod_and_utimens_kept(cscd_env):
+    p = cscd_env.docs / "m.txt"
+    p.write_text("m")
+    os.chmod(p, 0o600)
+    os.utime(p, ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+    st = os.stat(p)
+    assert st.st_mode & 0o777 == 0o600
+    assert st.st_mtime_ns == 1_500_000_000_000_000_000
+    eventually(lambda: (cscd_env.server / "m.txt").exists()
+             and os.stat(cscd_env.server / "m.txt").st_mtime_ns == 1_500_000_000_000_000_000,
+             5, "mtime not on the server")
+
+
+def test_links_and_bad_names_are_refused(cscd_env):
+    p = cscd_env.docs / "t.txt"
+    p.write_text("t")
+    with pytest.raises(PermissionError):
+        os.link(p, cscd_env.docs / "hard")
+    with pytest.raises(PermissionError):
+        os.symlink("t.txt", cscd_env.docs / "soft")
+    with pytest.raises(OSError) as info:
+        (cscd_env.docs / "what?.txt").write_text("x")
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(PermissionError):
+        (cscd_env.mount / "toplevel.txt").write_text("x")
+
+
+def test_fsync_makes_data_durable_across_daemon_crash(cscd_env):
+    assert os.listdir(cscd_env.docs) == []  # the folder is cached (listed) from here on
+    cscd_env.proxy.hang()  # nothing can reach the server: durability must be local
+    p = cscd_env.docs / "durable.txt"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"survives")
+    os.fsync(fd)
+    os.close(fd)
+    cscd_env.daemon.kill()
+    cscd_env.proxy.unhang()
+    cscd_env.start_daemon()
+    assert (cscd_env.docs / "durable.txt").read_bytes() == b"survives"
+    eventually(lambda: (cscd_env.server / "durable.txt").exists()
+             and (cscd_env.server / "durable.txt").read_bytes() == b"survives", 10, "not uploaded after restart")
+
+
+# ------------------------------------------------------------------ server-side changes
+
+
+def test_server_side_changes_show_up(cscd_env):
+    assert os.listdir(cscd_env.docs) == []
+    (cscd_env.server / "theirs.txt").write_text("v1")
+    eventually(lambda: "theirs.txt" in os.listdir(cscd_env.docs), 5, "new server file not seen")
+    assert (cscd_env.docs / "theirs.txt").read_text() == "v1"
+    time.sleep(0.01)
+    (cscd_env.server / "theirs.txt").write_text("version 2")
+
+    def fresh():
+        try:
+            return (cscd_env.docs / "theirs.txt").read_text() == "version 2"
+        except OSError:
+            return False
+
+    eventually(fresh, 6, "changed server file not seen")
+    (cscd_env.server / "theirs.txt").unlink()
+    eventually(lambda: "theirs.txt" not in os.listdir(cscd_env.docs), 6, "deleted server file still listed")
+
+
+# ------------------------------------------------------------------ integrity, restart, concurrency
+
+
+def test_256mib_file_is_byte_identical_on_server_and_after_cold_read(cscd_env):
+    expect = write_random(cscd_env.docs / "big.bin", 256 * MiB)
+    eventually(lambda: (cscd_env.server / "big.bin").exists()
+             and os.path.getsize(cscd_env.server / "big.bin") == 256 * MiB, 60, "big.bin not uploaded")
+    assert sha(cscd_env.server / "big.bin") == expect
+    cscd_env.daemon.stop()
+    cscd_env.wipe_cache()
+    cscd_env.start_daemon()
+    assert sha(cscd_env.docs / "big.bin") == expect
+
+
+def test_restart_reuses_cache_without_server_traffic(cscd_env):
+    expect = write_random(cscd_env.server / "cached.bin", 16 * MiB)
+    assert sha(cscd_env.docs / "cached.bin") == expect
+    cscd_env.daemon.stop()
+    cscd_env.start_daemon()
+    cscd_env.proxy.reset_counters()
+    assert sha(cscd_env.docs / "cached.bin") == expect
+    assert cscd_env.proxy.bytes_to_client < 256 * 1024, "cached file was downloaded again"
+
+
+def test_eight_threads_write_and_read_different_files(cscd_env):
+    errors = []
+
+    def worker(i):
+        try:
+            data = os.urandom(2 * MiB + i)
+            p = cscd_env.docs / f"t{i}.bin"
+            for _ in range(3):
+                p.write_bytes(data)
+                if p.read_bytes() != data:
+                    errors.append(f"t{i} read back differs")
+            results[i] = hashlib.sha256(data).hexdigest()
+        except Exception as exc:  # collected and asserted below
+            errors.append(f"t{i}: {exc!r}")
+
+    results = {}
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, digest in results.items():
+        eventually(lambda: (cscd_env.server / f"t{i}.bin").exists()
+                 and sha(cscd_env.server / f"t{i}.bin") == digest, 20, f"t{i}.bin wrong on the server")
+
+
+def test_large_directory_lists_completely(cscd_env):
+    n = 100_000
+    big = cscd_env.server / "many"
+    big.mkdir()
+    for i in range(n):
+        (big / f"f{i:06d}").touch()
+    names = os.listdir(cscd_env.docs / "many")
+    assert len(names) == n
+    assert set(names) == {f"f{i:06d}" for i in range(n)}
+
+
+# ------------------------------------------------------------------ renameat2
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def renameat2(old, new, flags) -> int:
+    """Call renameat2(2); return 0 or the errno."""
+    AT_FDCWD = -100
+    rc = _libc.renameat2(AT_FDCWD, os.fsencode(str(old)), AT_FDCWD, os.fsencode(str(new)), flags)
+    return 0 if rc == 0 else ctypes.get_errno()
