@@ -25,12 +25,14 @@ log = logging.getLogger("cscd")
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr,
+    """INFO by default; ``-v``: cscd's own DEBUG; ``-vv``: everything, libraries included."""
+    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose == 1:
+        logging.getLogger("cscd").setLevel(logging.DEBUG)
     if verbose < 2:
-        logging.getLogger("smbprotocol").setLevel(logging.WARNING)
-        logging.getLogger("spnego").setLevel(logging.WARNING)
+        for noisy in ("smbprotocol", "spnego", "pyfuse3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
@@ -83,7 +85,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cscd", description="Offline Files for Linux: redirected folders over SMB")
     p.add_argument("--version", action="version", version=f"cscd {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=1, help="more logging (-vv: debug)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: debug, -vv: libraries too)")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("daemon", help="mount the redirected folders and serve them (foreground)")
     d.add_argument("--config", required=True, help="YAML configuration file")
@@ -100,11 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return args.fn(args)
-    except ConfigError as exc:
-        print(f"cscd: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except CscdError as exc:
-        print(f"cscd: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:  # noqa: BLE001 - unwrapped and re-raised below
+        inner = _unwrap(exc)
+        if isinstance(inner, ConfigError):
+            print(f"cscd: {inner}", file=sys.stderr)
+            return inner.exit_code
+        if isinstance(inner, CscdError):
+            print(f"cscd: {inner}", file=sys.stderr)
+            return 2
+        if isinstance(inner, KeyboardInterrupt):
+            return 130
+        raise
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The single error inside nested exception groups (trio wraps nursery errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
