@@ -1,0 +1,377 @@
+"""``LocalUpstream``: the ``Upstream`` protocol over a plain local directory.
+
+Owns nothing but the directory it is given. For quick tests and for trying cscd without a
+server; it keeps the semantics of ``SmbUpstream`` so that code tested against one works with
+the other: names checked with ``cscd.names.check_name``, upload temporaries hidden from
+listings, temporary + rename uploads, conditional ``Conflict``, ``file_id`` = inode number,
+the same ``statistics()`` counters. Never touches LMDB or the cache.
+
+Blocking ``os`` calls run in worker threads (one ``CapacityLimiter`` per upstream) under
+``trio.fail_after``; a call that misses the deadline raises ``UpstreamTimeout`` and its thread
+is abandoned (a local filesystem call cannot be interrupted).
+
+Not supported: symlinks are followed, not reported as links; a symlink may lead outside the
+root. Times keep full ns precision (an SMB server keeps 100 ns).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import os
+import secrets
+import stat as stat_mod
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from cscd.errors import (
+    AccessDenied,
+    BadName,
+    CscdError,
+    Exists,
+    IsDir,
+    NameTooLong,
+    NotDir,
+    NotEmpty,
+    NotFound,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name
+from cscd.upstream.base import Conflict, RemoteEntry, UpstreamStatistics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_IO_CHUNK = 1 << 20
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+_ERRNO_MAP: dict[int, type[CscdError]] = {
+    errno.ENOENT: NotFound,
+    errno.EEXIST: Exists,
+    errno.EACCES: AccessDenied,
+    errno.EPERM: AccessDenied,
+    errno.ENOTEMPTY: NotEmpty,
+    errno.ENOTDIR: NotDir,
+    errno.EISDIR: IsDir,
+    errno.ENAMETOOLONG: NameTooLong,
+}
+
+
+def _libc_renameat2() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _libc_renameat2()
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Atomic rename that fails with EEXIST if ``dst`` exists."""
+    if _renameat2 is not None:
+        if (
+            _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+            == 0
+        ):
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):  # filesystem without RENAME_NOREPLACE
+            raise OSError(err, os.strerror(err), str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "File exists", str(dst))
+    os.rename(src, dst)
+
+
+class LocalUpstream:
+    """A local directory served through the ``Upstream`` protocol."""
+
+    def __init__(self, root: Path, *, timeout_s: float = 10.0, max_threads: int = 4) -> None:
+        self.root = Path(root)
+        self.description = str(self.root)
+        self._timeout_s = timeout_s
+        self._limiter = trio.CapacityLimiter(max_threads)
+        self._lock = threading.Lock()
+        self._bytes_read = 0
+        self._bytes_written = 0
+        self._requests = 0
+        self._connected = False
+
+    def __repr__(self) -> str:
+        return f"LocalUpstream({self.description!r})"
+
+    def statistics(self) -> UpstreamStatistics:
+        return UpstreamStatistics(
+            self._bytes_read, self._bytes_written, self._requests, self._connected
+        )
+
+    def _count(self, *, read: int = 0, written: int = 0, requests: int = 1) -> None:
+        with self._lock:
+            self._bytes_read += read
+            self._bytes_written += written
+            self._requests += requests
+
+    async def _run(
+        self,
+        where: Path | str,
+        fn: Callable[..., T],
+        *args: object,
+        abandoned: threading.Event | None = None,
+    ) -> T:
+        """Run ``fn(*args)`` in a worker thread; ``abandoned`` is set if the caller goes away."""
+        done = False
+        try:
+            with trio.fail_after(self._timeout_s):
+                result = await trio.to_thread.run_sync(
+                    functools.partial(self._translated, where, fn, *args),
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,
+                )
+                done = True
+                return result
+        except trio.TooSlowError:
+            raise UpstreamTimeout(f"{where} did not answer within {self._timeout_s:g} s") from None
+        finally:
+            if not done and abandoned is not None:
+                abandoned.set()
+
+    def _translated(self, where: Path | str, fn: Callable[..., T], *args: object) -> T:
+        self._count()
+        try:
+            return fn(*args)
+        except OSError as exc:
+            cls = _ERRNO_MAP.get(exc.errno or 0)
+            if cls is None:
+                raise UpstreamError(f"{where}: {exc.strerror or exc}") from exc
+            raise cls(f"{where}: {exc.strerror}") from exc
+
+    def _abs(self, path: bytes) -> Path:
+        p = self.root
+        if path:
+            for comp in path.split(b"/"):
+                p = p / check_name(comp)
+        return p
+
+    @staticmethod
+    def _entry(name: bytes, st: os.stat_result) -> RemoteEntry:
+        is_dir = stat_mod.S_ISDIR(st.st_mode)
+        return RemoteEntry(
+            name, is_dir, 0 if is_dir else st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+        )
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Check that the root exists and is a directory."""
+
+        def check() -> None:
+            st = os.stat(self.root)
+            if not stat_mod.S_ISDIR(st.st_mode):
+                raise NotDir(f"{self.root} is a file, not a folder")
+
+        try:
+            await self._run(self.root, check)
+        except NotFound:
+            raise NotFound(f"the folder {self.root} does not exist") from None
+        self._connected = True
+
+    async def close(self) -> None:
+        self._connected = False
+
+    async def probe(self) -> float:
+        def timed() -> float:
+            t0 = time.perf_counter()
+            os.stat(self.root)
+            return time.perf_counter() - t0
+
+        return await self._run(self.root, timed)
+
+    async def stat(self, path: bytes) -> RemoteEntry:
+        p = self._abs(path)
+        st = await self._run(p, os.stat, p)
+        return self._entry(path.rsplit(b"/", 1)[-1], st)
+
+    async def list_dir(self, path: bytes) -> list[RemoteEntry]:
+        p = self._abs(path)
+
+        def scan() -> list[RemoteEntry]:
+            out = []
+            with os.scandir(p) as it:
+                for de in it:
+                    if is_internal_name(de.name):
+                        continue
+                    name = os.fsencode(de.name)
+                    try:
+                        check_name(name)
+                    except BadName as exc:
+                        log.warning(
+                            "skipping %s/%r: not a name the server could hold (%s)", p, name, exc
+                        )
+                        continue
+                    try:
+                        out.append(self._entry(name, de.stat()))
+                    except FileNotFoundError:
+                        continue  # deleted while we listed
+            return out
+
+        return await self._run(p, scan)
+
+    async def read(
+        self, path: bytes, offset: int, length: int, *, timeout_s: float | None = None
+    ) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        p = self._abs(path)
+
+        def read() -> bytes:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if stat_mod.S_ISDIR(os.fstat(fd).st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "Is a directory")
+                parts = []
+                pos, end = offset, offset + length
+                while pos < end:
+                    data = os.pread(fd, min(_IO_CHUNK * 8, end - pos), pos)
+                    if not data:
+                        break
+                    parts.append(data)
+                    pos += len(data)
+                out = b"".join(parts)
+                self._count(read=len(out), requests=0)
+                return out
+            finally:
+                os.close(fd)
+
+        return await self._run(p, read)
+
+    async def upload(
+        self,
+        path: bytes,
+        fd: int,
+        size: int,
+        mtime_ns: int,
+        *,
+        expected: RemoteEntry | None = None,
+        replace: bool = True,
+    ) -> RemoteEntry:
+        """Copy ``fd[:size]`` to a temporary, fsync, set mtime, check ``expected``, rename."""
+        if not path:
+            raise BadName("cannot upload over the target folder itself")
+        target = self._abs(path)
+        name = path.rsplit(b"/", 1)[-1]
+        temp = target.parent / (UPLOAD_TEMP_PREFIX + secrets.token_hex(8))
+        abandoned = threading.Event()
+
+        def work() -> RemoteEntry:
+            out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                try:
+                    pos = 0
+                    while pos < size:
+                        if abandoned.is_set():
+                            raise UpstreamTimeout("the upload was cancelled")
+                        data = os.pread(fd, min(_IO_CHUNK, size - pos), pos)
+                        if not data:
+                            raise UpstreamError(f"local file ended at {pos} bytes, short of {size}")
+                        view = memoryview(data)
+                        while view:
+                            n = os.write(out, view)
+                            view = view[n:]
+                        pos += len(data)
+                        self._count(written=len(data), requests=0)
+                    os.fsync(out)
+                    os.utime(out, ns=(time.time_ns(), mtime_ns))
+                finally:
+                    os.close(out)
+                try:
+                    current: RemoteEntry | None = self._entry(name, os.stat(target))
+                except FileNotFoundError:
+                    current = None
+                if abandoned.is_set():  # never rename after the caller went away
+                    raise UpstreamTimeout("the upload was cancelled")
+                if expected is not None:
+                    if not expected.same_version(current):
+                        state = "was deleted" if current is None else "changed"
+                        raise Conflict(
+                            f"{target} {state} since the version this change is based on"
+                        )
+                    os.rename(temp, target)
+                elif replace:
+                    os.rename(temp, target)
+                else:
+                    try:
+                        _rename_noreplace(temp, target)
+                    except FileExistsError:
+                        raise Conflict(f"{target} was created in the meantime") from None
+                _fsync_dir(target.parent)
+                return self._entry(name, os.stat(target))
+            except BaseException:
+                try:
+                    os.unlink(temp)
+                except OSError:
+                    pass
+                raise
+
+        return await self._run(target, work, abandoned=abandoned)
+
+    async def mkdir(self, path: bytes) -> RemoteEntry:
+        if not path:
+            raise BadName("the target folder itself cannot be created again")
+        p = self._abs(path)
+
+        def work() -> os.stat_result:
+            os.mkdir(p, 0o755)
+            return os.stat(p)
+
+        return self._entry(path.rsplit(b"/", 1)[-1], await self._run(p, work))
+
+    async def delete(self, path: bytes, *, is_dir: bool) -> None:
+        if not path:
+            raise BadName("cscd never deletes the target folder itself")
+        p = self._abs(path)
+        await self._run(p, os.rmdir if is_dir else os.unlink, p)
+
+    async def rename(self, old: bytes, new: bytes, *, replace: bool = False) -> RemoteEntry:
+        if not old or not new:
+            raise BadName("the target folder itself cannot be renamed")
+        src, dst = self._abs(old), self._abs(new)
+
+        def work() -> os.stat_result:
+            os.lstat(src)  # NotFound names the source, not the destination
+            if replace:
+                os.rename(src, dst)
+            else:
+                _rename_noreplace(src, dst)
+            return os.stat(dst)
+
+        return self._entry(new.rsplit(b"/", 1)[-1], await self._run(f"{src} → {dst}", work))
+
+    async def set_mtime(self, path: bytes, mtime_ns: int) -> RemoteEntry:
+        p = self._abs(path)
+
+        def work() -> os.stat_result:
+            st = os.stat(p)
+            os.utime(p, ns=(st.st_atime_ns, mtime_ns))
+            return os.stat(p)
+
+        return self._entry(path.rsplit(b"/", 1)[-1], await self._run(p, work))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,468 @@
+r"""``SmbUpstream``: the ``Upstream`` protocol over SMB 3 with smbprotocol's low-level API.
+
+Owns the one SMB connection of a folder target (``\\server\share\path``): connecting and
+reconnecting, the per-connection thread limiter, deadlines, path validation and error
+translation. The request sequences live in ``smb_ops``, the wire plumbing in ``smb_wire``,
+the NTSTATUS table in ``smb_errors``. Never touches LMDB or the cache.
+
+Threads and deadlines: every call runs in ``trio.to_thread.run_sync(..., limiter=...)`` with
+one ``CapacityLimiter`` per connection. Two deadlines guard each call:
+
+1. in the thread, every request waits at most ``timeout_s`` for its reply (progress based:
+   a transfer that keeps moving never times out, a request without an answer does);
+   session setup is guarded by a timer, sends by ``SO_SNDTIMEO``;
+2. on the trio side a watchdog (the ``trio.fail_after`` of this module, but extended while
+   the call makes progress) gives up ``GRACE_S`` later, tears the connection down — shutting
+   the socket down first, so a stuck thread fails within milliseconds — and raises
+   ``UpstreamTimeout``.
+
+A timed-out or lost connection is dropped; the next call reconnects lazily. While the server
+is down a call fails fast (a refused connect takes well under a millisecond); callers that
+queued behind a failing connect share its error instead of each waiting out a timeout.
+
+Cancellation: the trio side returns at once (``abandon_on_cancel=True``); the thread stops at
+its next request and an upload never renames after its caller went away.
+
+Not supported: Kerberos, DFS referrals, multichannel, durable handles. Signing is always
+required (``SmbSecurity.require_signing=False`` is ignored: Samba refuses the tree connect of
+SMB 3.1.1 without it, FACTS.md); encryption follows ``SmbSecurity.require_encryption``.
+The conditional upload checks the target and renames in two steps; another client writing
+in between those two round trips (~1 ms) is not detected.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from cscd.errors import BadName, CscdError, NotDir, NotFound, UpstreamTimeout
+from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name
+from cscd.types import Credentials, SmbSecurity, UncTarget
+from cscd.upstream import smb_ops as ops
+from cscd.upstream.base import Conflict, RemoteEntry, UpstreamStatistics
+from cscd.upstream.smb_errors import (
+    LINK_LOST,
+    STATUS_OBJECT_NAME_COLLISION,
+    Abandoned,
+    breaks_link,
+    status_of,
+    translate,
+)
+from cscd.upstream.smb_wire import Attrs, Call, SmbLink, Stats
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How much later than the in-thread deadline the trio-side watchdog gives up.
+GRACE_S = 1.5
+#: Upload temporaries older than this (by change time) found in a listing are deleted.
+STALE_TEMP_S = 3600.0
+_NOT_FOUND_STATUSES = (0xC0000034, 0xC000003A)
+
+
+class SmbUpstream:
+    """A folder on an SMB server (``Upstream`` protocol); one TCP connection, reconnected on demand.
+
+    Beyond the protocol: ``target``, ``port``, ``is_encrypted`` (the live session encrypts),
+    ``is_connected``.
+    """
+
+    def __init__(
+        self,
+        target: UncTarget,
+        credentials: Credentials,
+        *,
+        port: int = 445,
+        security: SmbSecurity = SmbSecurity(),  # noqa: B008 - frozen dataclass
+        timeout_s: float = 10.0,
+        max_threads: int = 4,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.target = target
+        self.port = port
+        self.description = str(target)
+        self._server = target.server if port == 445 else f"{target.server} (port {port})"
+        self._credentials = credentials
+        self._security = security
+        self._timeout_s = timeout_s
+        self._limiter = trio.CapacityLimiter(max_threads)
+        self._stats = Stats()
+        self._link: SmbLink | None = None
+        self._connect_lock = trio.Lock()
+        self._connect_failure: tuple[float, CscdError] | None = None
+        self._leftovers: set[str] = set()
+
+    def __repr__(self) -> str:
+        user = self._credentials.username
+        return f"SmbUpstream({self.description!r}, port={self.port}, user={user!r})"
+
+    # -- properties beyond the protocol ---------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        return self._link is not None and self._link.alive
+
+    @property
+    def is_encrypted(self) -> bool:
+        """True while the live session encrypts every message (False when not connected)."""
+        return self.is_connected and bool(self._link and self._link.encrypted)
+
+    def statistics(self) -> UpstreamStatistics:
+        s = self._stats
+        return UpstreamStatistics(s.bytes_read, s.bytes_written, s.requests, self.is_connected)
+
+    # -- connection -----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect (or reconnect) and check that the target is an existing folder.
+
+        Raises ``UpstreamUnavailable``/``UpstreamTimeout``, ``AccessDenied`` (credentials or
+        rights), ``NotFound`` (no such share or folder), ``NotDir`` (the target is a file).
+        """
+        link, _ = await self._ensure_link(self._timeout_s)
+        spath, where = self._spath(b"")
+        try:
+            attrs, _fid = await self._in_thread(link, self._timeout_s, where, ops.stat, spath)
+        except NotFound:
+            raise NotFound(f"the folder {where} does not exist on the server") from None
+        if not attrs.is_dir:
+            raise NotDir(f"{where} is a file, not a folder")
+        log.info("connected to %s (encrypted: %s)", self.description, link.encrypted)
+
+    async def close(self) -> None:
+        """Drop the connection; never raises, never waits longer than the timeout."""
+        link, self._link = self._link, None
+        if link is None:
+            return
+        link.teardown()
+        with trio.move_on_after(self._timeout_s):
+            await trio.to_thread.run_sync(link.close, abandon_on_cancel=True)
+
+    async def _ensure_link(self, timeout_s: float) -> tuple[SmbLink, bool]:
+        """The live link, connecting first if needed; second value: True if it already existed."""
+        asked_at = time.monotonic()
+        async with self._connect_lock:
+            link = self._link
+            if link is not None and link.alive:
+                return link, True
+            failure = self._connect_failure
+            if failure is not None and failure[0] >= asked_at:
+                # We queued behind a connect that just failed: share its verdict.
+                err = failure[1]
+                raise type(err)(str(err))
+            if link is not None:
+                link.teardown()
+                self._link = None
+            new = SmbLink(
+                host=self.target.server,
+                port=self.port,
+                share=self.target.share,
+                username=self._credentials.username,
+                password=self._credentials.password,
+                domain=self._credentials.domain,
+                require_encryption=self._security.require_encryption,
+                stats=self._stats,
+            )
+            try:
+                await self._in_thread(new, timeout_s, self._share_unc, _open_link)
+            except CscdError as exc:
+                self._connect_failure = (time.monotonic(), exc)
+                log.info("cannot connect to %s: %s", self.description, exc)
+                raise
+            self._connect_failure = None
+            self._link = new
+            log.debug("connection to %s is up", self.description)
+            return new, False
+
+    @property
+    def _share_unc(self) -> str:
+        return f"\\\\{self.target.server}\\{self.target.share}"
+
+    async def _run(
+        self,
+        where: str,
+        fn: Callable[..., T],
+        *args: object,
+        timeout_s: float | None = None,
+        idempotent: bool = False,
+    ) -> T:
+        """Run ``fn(link, call, *args)`` in a worker thread on a live link (see module doc)."""
+        t = timeout_s if timeout_s is not None else self._timeout_s
+        link, reused = await self._ensure_link(t)
+        try:
+            return await self._in_thread(link, t, where, fn, *args)
+        except CscdError as exc:
+            if not (
+                idempotent and reused and breaks_link(exc) and not isinstance(exc, UpstreamTimeout)
+            ):
+                raise
+            # A connection from before a server restart fails on first use: one fresh try.
+            log.debug("retrying on a new connection after: %s", exc)
+        link, _ = await self._ensure_link(t)
+        return await self._in_thread(link, t, where, fn, *args)
+
+    async def _in_thread(
+        self, link: SmbLink, timeout_s: float, where: str, fn: Callable[..., T], *args: object
+    ) -> T:
+        call = Call(timeout_s)
+        started = False
+        server = self._server
+
+        def work() -> T:
+            nonlocal started
+            started = True
+            call.touch()
+            try:
+                return fn(link, call, *args)
+            except Abandoned:
+                raise  # nobody waits for this result; the link is fine
+            except BaseException as exc:
+                err = translate(exc, server=server, where=where)
+                if breaks_link(err) or status_of(exc) in LINK_LOST:
+                    link.teardown()
+                if err is exc:
+                    raise
+                raise err from exc
+
+        expired = False
+        scope = trio.CancelScope()
+
+        async def watchdog() -> None:
+            nonlocal expired
+            while True:
+                if not started:
+                    # Waiting for a thread token is not the server's fault.
+                    await trio.sleep(0.05)
+                    continue
+                left = call.stamp + timeout_s + GRACE_S - time.monotonic()
+                if left <= 0:
+                    expired = True
+                    call.abandoned = True
+                    link.teardown()  # wakes the thread
+                    scope.cancel()
+                    return
+                await trio.sleep(left)
+
+        done = False
+        error: Exception | None = None
+        result: T | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watchdog, name="upstream.smb.watchdog")
+                with scope:
+                    # Errors are caught here, inside the nursery body, so that they reach the
+                    # caller as themselves rather than wrapped in an ExceptionGroup.
+                    try:
+                        result = await trio.to_thread.run_sync(
+                            work, limiter=self._limiter, abandon_on_cancel=True
+                        )
+                        done = True
+                    except Exception as exc:  # noqa: BLE001 - re-raised below
+                        error = exc
+                        done = True
+                nursery.cancel_scope.cancel()
+        finally:
+            if not done:
+                call.abandoned = True  # the thread stops at its next request
+        if error is not None:
+            raise error
+        if expired or not done:
+            raise UpstreamTimeout(
+                f"{self._server} did not answer within {timeout_s:g} s while working on {where}; "
+                "the connection was dropped"
+            )
+        return result  # type: ignore[return-value]
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    def _spath(self, path: bytes) -> tuple[str, str]:
+        """(path from the share root with backslashes, UNC path for messages); checks names."""
+        comps = list(self.target.path)
+        if path:
+            comps += [check_name(c) for c in path.split(b"/")]
+        return "\\".join(comps), str(UncTarget(self.target.server, self.target.share, tuple(comps)))
+
+    @staticmethod
+    def _leaf(path: bytes) -> bytes:
+        return path.rsplit(b"/", 1)[-1]
+
+    @staticmethod
+    def _entry(name: bytes, attrs: Attrs, file_id: int) -> RemoteEntry:
+        return RemoteEntry(name, attrs.is_dir, attrs.size, attrs.mtime_ns, attrs.ctime_ns, file_id)
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    async def probe(self) -> float:
+        """One CREATE+CLOSE round trip on the target folder; seconds (connect time not included)."""
+        spath, where = self._spath(b"")
+
+        def timed(link: SmbLink, call: Call) -> float:
+            t0 = time.perf_counter()
+            ops.probe(link, call, spath)
+            return time.perf_counter() - t0
+
+        return await self._run(where, timed, idempotent=True)
+
+    async def stat(self, path: bytes) -> RemoteEntry:
+        spath, where = self._spath(path)
+        attrs, fid = await self._run(where, ops.stat, spath, idempotent=True)
+        return self._entry(self._leaf(path), attrs, fid)
+
+    async def list_dir(self, path: bytes) -> list[RemoteEntry]:
+        """All entries of a folder from one enumeration (ids, sizes, times; no content read).
+
+        Skips ``.``/``..`` and upload temporaries (remembering those older than an hour for
+        the next upload to delete), and names that ``check_name`` refuses — a server name
+        cscd could not create or open again (for example ``aux.c`` on Samba) is logged and
+        left out rather than shown as a file that fails on every access.
+        """
+        spath, where = self._spath(path)
+        raw = await self._run(where, ops.list_dir, spath, idempotent=True)
+        out = []
+        stale_before = time.time_ns() - int(STALE_TEMP_S * 1e9)
+        for e in raw:
+            if e.name in (".", ".."):
+                continue
+            if is_internal_name(e.name):
+                # Another client's upload in progress keeps its temporary's times fresh.
+                if 0 < max(e.mtime_ns, e.ctime_ns) < stale_before:
+                    self._leftovers.add(f"{spath}\\{e.name}" if spath else e.name)
+                continue
+            try:
+                name = e.name.encode("utf-8")
+                check_name(name)
+            except (UnicodeEncodeError, BadName) as exc:
+                log.warning("skipping %s\\%r: not a usable local name (%s)", where, e.name, exc)
+                continue
+            out.append(RemoteEntry(name, e.is_dir, e.size, e.mtime_ns, e.ctime_ns, e.file_id))
+        return out
+
+    async def read(
+        self, path: bytes, offset: int, length: int, *, timeout_s: float | None = None
+    ) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        spath, where = self._spath(path)
+        return await self._run(
+            where, ops.read, spath, offset, length, timeout_s=timeout_s, idempotent=True
+        )
+
+    async def upload(
+        self,
+        path: bytes,
+        fd: int,
+        size: int,
+        mtime_ns: int,
+        *,
+        expected: RemoteEntry | None = None,
+        replace: bool = True,
+    ) -> RemoteEntry:
+        """Write a temporary, set its write time, check ``expected``, rename it over ``path``.
+
+        Raises ``Conflict`` if the target is not ``expected`` (or, with ``expected=None`` and
+        ``replace=False``, if it exists). A cancelled or failed upload deletes its temporary
+        when the link allows; otherwise a later upload (or listing) finds and deletes it.
+        """
+        if not path:
+            raise BadName("cannot upload over the target folder itself")
+        spath, where = self._spath(path)
+        parent = spath.rsplit("\\", 1)[0] if "\\" in spath else ""
+        temp = UPLOAD_TEMP_PREFIX + secrets.token_hex(8)
+        temp_spath = f"{parent}\\{temp}" if parent else temp
+        name = self._leaf(path)
+
+        def verify(link: SmbLink, call: Call) -> None:
+            try:
+                attrs, fid = ops.stat(link, call, spath)
+                current: RemoteEntry | None = self._entry(name, attrs, fid)
+            except Exception as exc:  # noqa: BLE001 - only "missing" is an answer here
+                if status_of(exc) not in _NOT_FOUND_STATUSES:
+                    raise
+                current = None
+            if expected is not None:
+                if not expected.same_version(current):
+                    state = "was deleted" if current is None else "changed"
+                    raise Conflict(
+                        f"{where} {state} on the server since the version this change is based on"
+                    )
+            elif not replace and current is not None:
+                raise Conflict(f"{where} was created on the server in the meantime")
+
+        def work(link: SmbLink, call: Call) -> tuple[Attrs, int]:
+            self._delete_leftovers(link, call)
+            try:
+                return ops.upload(
+                    link,
+                    call,
+                    temp_spath=temp_spath,
+                    target_spath=spath,
+                    fd=fd,
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    replace=replace or expected is not None,
+                    verify=verify,
+                    leftovers=self._leftovers,
+                )
+            except Exception as exc:
+                if status_of(exc) == STATUS_OBJECT_NAME_COLLISION:
+                    raise Conflict(f"{where} was created on the server in the meantime") from exc
+                raise
+
+        attrs, fid = await self._run(where, work)
+        return self._entry(name, attrs, fid)
+
+    def _delete_leftovers(self, link: SmbLink, call: Call) -> None:
+        """Delete upload temporaries of earlier failed uploads (runs in the worker thread)."""
+        while self._leftovers:
+            temp = self._leftovers.pop()
+            try:
+                ops.delete(link, call, temp, is_dir=False)
+                log.info("deleted upload temporary %s left by an earlier upload", temp)
+            except Exception as exc:  # noqa: BLE001 - best effort
+                if status_of(exc) is None:
+                    self._leftovers.add(temp)
+                    raise
+                log.debug("upload temporary %s: %s", temp, exc)
+
+    async def mkdir(self, path: bytes) -> RemoteEntry:
+        if not path:
+            raise BadName("the target folder itself cannot be created again")
+        spath, where = self._spath(path)
+        attrs, fid = await self._run(where, ops.mkdir, spath)
+        return self._entry(self._leaf(path), attrs, fid)
+
+    async def delete(self, path: bytes, *, is_dir: bool) -> None:
+        if not path:
+            raise BadName("cscd never deletes the target folder itself")
+        spath, where = self._spath(path)
+        await self._run(where, functools.partial(ops.delete, is_dir=is_dir), spath)
+
+    async def rename(self, old: bytes, new: bytes, *, replace: bool = False) -> RemoteEntry:
+        if not old or not new:
+            raise BadName("the target folder itself cannot be renamed")
+        old_spath, where = self._spath(old)
+        new_spath, new_where = self._spath(new)
+        attrs, fid = await self._run(
+            f"{where} → {new_where}",
+            functools.partial(ops.rename, replace=replace),
+            old_spath,
+            new_spath,
+        )
+        return self._entry(self._leaf(new), attrs, fid)
+
+    async def set_mtime(self, path: bytes, mtime_ns: int) -> RemoteEntry:
+        spath, where = self._spath(path)
+        attrs, fid = await self._run(where, ops.set_mtime, spath, mtime_ns)
+        return self._entry(self._leaf(path), attrs, fid)
+
+
+def _open_link(link: SmbLink, call: Call) -> None:
+    link.open(call)

@@ -1,0 +1,581 @@
+"""One SMB connection (TCP + session + tree) and the request plumbing every SMB operation uses.
+
+Owns: the smbprotocol ``Connection``/``Session``/``TreeConnect`` of one ``SmbUpstream``, the
+credit budget, deadlines on every request, tearing a connection down without blocking, and
+building/parsing the raw SMB2 messages (smbprotocol's ``Open`` helpers wait without a timeout
+and round times to microseconds, so we build requests with ``send=False``-style structures and
+parse replies with ``struct``).
+
+Runs in worker threads only; nothing here knows trio. Thread rules: several threads may use
+one ``SmbLink`` at once (smbprotocol serialises sends under its socket lock and hands each
+reply to the waiting request). ``teardown()`` may be called from any thread, never blocks, and
+wakes every thread that waits on this link: it shuts the socket down first, because
+``Connection.disconnect()`` can deadlock behind a writer stuck in ``sock.send`` (FACTS.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from smbprotocol.connection import Connection, SMB2Echo
+from smbprotocol.exceptions import SMBConnectionClosed
+from smbprotocol.file_info import FileInformationClass, InfoType
+from smbprotocol.open import (
+    SMB2CloseRequest,
+    SMB2CreateRequest,
+    SMB2QueryDirectoryRequest,
+    SMB2QueryInfoRequest,
+    SMB2ReadRequest,
+    SMB2SetInfoRequest,
+    SMB2WriteRequest,
+)
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
+
+from cscd.upstream.smb_errors import Abandoned, WireTimeout
+
+log = logging.getLogger(__name__)
+
+#: FileId for "the file the previous CREATE in this related compound opened".
+RELATED_FILE_ID = b"\xff" * 16
+#: Largest single READ/WRITE payload: 16 credits; a fresh connection has only 64 (FACTS.md).
+MAX_IO = 1 << 20
+#: Credits asked for right after logon, so that pipelined transfers of several threads fit.
+CREDITS_WANTED = 1024
+_CREDIT_RESERVE = 8  # left for smbprotocol's own keep-alive echo
+
+_FILETIME_EPOCH = 116_444_736_000_000_000  # 1601-01-01 → 1970-01-01 in 100 ns units
+
+# Access masks and flags ([MS-SMB2] 2.2.13); the names say what each call needs.
+FILE_READ_DATA = 0x1
+FILE_LIST_DIRECTORY = 0x1
+FILE_WRITE_DATA = 0x2
+FILE_READ_ATTRIBUTES = 0x80
+FILE_WRITE_ATTRIBUTES = 0x100
+DELETE = 0x10000
+SYNCHRONIZE = 0x100000
+SHARE_ALL = 0x7  # read | write | delete: never lock other clients out
+FILE_OPEN = 1
+FILE_CREATE = 2
+FILE_DIRECTORY_FILE = 0x1
+FILE_NON_DIRECTORY_FILE = 0x40
+FILE_ATTRIBUTE_DIRECTORY = 0x10
+SMB2_RESTART_SCANS = 0x1
+CLOSE_POSTQUERY = 0x1
+IMPERSONATION = 2
+
+
+def filetime_to_ns(ft: int) -> int:
+    """FILETIME (100 ns since 1601) → integer ns since the Unix epoch (0 stays 0)."""
+    return (ft - _FILETIME_EPOCH) * 100 if ft else 0
+
+
+def ns_to_filetime(ns: int) -> int:
+    """Integer ns since the Unix epoch → FILETIME, truncated to 100 ns."""
+    return ns // 100 + _FILETIME_EPOCH
+
+
+class Stats:
+    """Counters shared by the threads of one upstream; ``bytes_*`` are READ/WRITE payloads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.requests = 0
+
+    def add(self, *, read: int = 0, written: int = 0, requests: int = 0) -> None:
+        with self._lock:
+            self.bytes_read += read
+            self.bytes_written += written
+            self.requests += requests
+
+
+class Call:
+    """Deadline and cancellation state of one upstream call, shared with the trio side.
+
+    The deadline is progress based: every reply moves it ``timeout_s`` ahead, so a large
+    transfer that keeps moving never times out while a request without an answer does.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.stamp = time.monotonic()
+        #: Set by the trio side when it stopped waiting (cancelled or timed out).
+        self.abandoned = False
+
+    def touch(self) -> None:
+        self.stamp = time.monotonic()
+
+    @property
+    def deadline(self) -> float:
+        return self.stamp + self.timeout_s
+
+    def check(self) -> None:
+        if self.abandoned:
+            raise Abandoned("the caller went away")
+
+
+@dataclass(frozen=True, slots=True)
+class Attrs:
+    """What a CREATE or CLOSE(postquery) reply says about a file."""
+
+    is_dir: bool
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+class SmbLink:
+    """One TCP connection with an authenticated session and a tree connect to one share."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        share: str,
+        username: str,
+        password: str,
+        domain: str,
+        require_encryption: bool,
+        stats: Stats,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.share_unc = f"\\\\{host}\\{share}"
+        self._username = f"{domain}\\{username}" if domain else username
+        self._password = password
+        self._require_encryption = require_encryption
+        self.stats = stats
+        self.conn: Connection | None = None
+        self.session: Session | None = None
+        self.tree: TreeConnect | None = None
+        self._credits = threading.Condition()
+        self._dead = False
+        self.encrypted = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def open(self, call: Call) -> None:
+        """Connect, negotiate SMB3, log on with NTLM, connect the tree, ask for credits.
+
+        A ``threading.Timer`` tears the link down at the deadline, because smbprotocol's
+        session setup and tree connect wait without a timeout of their own.
+        """
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            self.teardown()
+
+        guard = threading.Timer(max(0.0, call.deadline - time.monotonic()), expire)
+        guard.daemon = True
+        guard.start()
+        try:
+            # Signing stays required: with require_signing=False Samba refuses the tree
+            # connect on SMB 3.1.1 (FACTS.md); encryption, when on, covers it anyway.
+            conn = Connection(uuid.uuid4(), self.host, self.port, require_signing=True)
+            self.conn = conn
+            conn.connect(timeout=int(call.timeout_s) + 1)  # smbprotocol waits int(T) - 1 s
+            self._check_alive()
+            self._set_send_timeout(call.timeout_s)
+            session = Session(
+                conn,
+                self._username,
+                self._password,
+                require_encryption=self._require_encryption,
+                auth_protocol="ntlm",
+            )
+            session.connect()
+            self.session = session
+            self._check_alive()
+            tree = TreeConnect(session, self.share_unc)
+            tree.connect()
+            self.tree = tree
+            self._check_alive()
+            self.encrypted = bool(session.encrypt_data or tree.encrypt_data)
+            self._ask_for_credits(call)
+        except BaseException:
+            self.teardown()
+            if fired.is_set():
+                raise WireTimeout(f"connecting took longer than {call.timeout_s:.0f} s") from None
+            raise
+        finally:
+            guard.cancel()
+
+    def _ask_for_credits(self, call: Call) -> None:
+        conn = self.conn
+        assert conn is not None and self.session is not None
+        req = conn.send(SMB2Echo(), sid=self.session.session_id, credit_request=CREDITS_WANTED)
+        self.stats.add(requests=1)
+        self._wait_raw(req, call)
+        log.debug("%s: %d credits after logon", self.share_unc, self._credits_free())
+
+    def _set_send_timeout(self, timeout_s: float) -> None:
+        """SO_SNDTIMEO: a send into a full buffer of a hung server fails instead of hanging."""
+        sock = getattr(getattr(self.conn, "transport", None), "_sock", None)
+        if sock is None:
+            return
+        secs = int(timeout_s)
+        usecs = int((timeout_s - secs) * 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", secs, usecs))
+
+    @property
+    def alive(self) -> bool:
+        conn = self.conn
+        return (
+            not self._dead
+            and conn is not None
+            and conn.transport is not None
+            and conn.transport.connected
+            and conn._t_exc is None  # noqa: SLF001 - the worker's failure is only kept there
+        )
+
+    def _check_alive(self) -> None:
+        if self._dead:
+            raise WireTimeout("the connection was torn down")
+
+    def teardown(self) -> None:
+        """Drop the connection now; never blocks, wakes every thread waiting on it."""
+        self._dead = True
+        with self._credits:
+            self._credits.notify_all()
+        conn = self.conn
+        transport = getattr(conn, "transport", None)
+        sock = getattr(transport, "_sock", None)
+        if sock is not None:
+            try:
+                # Without taking smbprotocol's socket lock: a writer blocked in send()
+                # holds it. The shutdown makes that send fail and the reader see EOF.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        # The reader thread now sees EOF, closes the transport and fires every pending
+        # request's event, so waiting threads fail with SMBConnectionClosed.
+
+    def close(self) -> None:
+        """Tear down and release the socket (the reader thread closes it on EOF)."""
+        self.teardown()
+        conn = self.conn
+        worker = getattr(conn, "_t_worker", None)
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=2)
+
+    # -- credits ----------------------------------------------------------------------------
+
+    def _credits_free(self) -> int:
+        conn = self.conn
+        assert conn is not None
+        with conn.sequence_lock:
+            window = conn.sequence_window["high"] - conn.sequence_window["low"]
+        return int(window) - _CREDIT_RESERVE
+
+    # -- sending and waiting ----------------------------------------------------------------
+
+    def send(
+        self, messages: Sequence[object], call: Call, *, related: bool = False
+    ) -> list[object]:
+        """Send one message or a compound; returns the ``Request`` objects to ``wait`` on.
+
+        Waits (until the deadline) for SMB credits if other requests hold them all.
+        """
+        reqs = self._send(messages, call, related=related, block=True)
+        assert reqs is not None
+        return reqs
+
+    def try_send(self, message: object, call: Call) -> object | None:
+        """Send one message if credits are free now, else return None (for pipelines, which
+        must first wait for their own requests in flight to get credits back)."""
+        reqs = self._send([message], call, related=False, block=False)
+        return reqs[0] if reqs else None
+
+    def _send(
+        self, messages: Sequence[object], call: Call, *, related: bool, block: bool
+    ) -> list[object] | None:
+        conn, session, tree = self.conn, self.session, self.tree
+        if conn is None or session is None or tree is None or self._dead:
+            raise SMBConnectionClosed("the connection was dropped")
+        call.check()
+        charges = [max(1, conn._calculate_credit_charge(m)) for m in messages]  # noqa: SLF001
+        total = sum(charges)
+        # The server's credit window is the truth (it may grant less than we ask). Checking it
+        # and sending happen under one lock: smbprotocol would raise half-way through a
+        # compound without credits and leave a hole in the message ids.
+        with self._credits:
+            while self._credits_free() < total:
+                if self._dead:
+                    raise SMBConnectionClosed("the connection was dropped")
+                if not block:
+                    return None
+                left = call.deadline - time.monotonic()
+                if left <= 0:
+                    raise WireTimeout("no SMB credits became free in time")
+                # Replies return credits in smbprotocol's reader thread; ``wait`` notifies,
+                # the short timeout covers replies nobody has collected yet.
+                self._credits.wait(min(left, 0.05))
+            try:
+                if len(messages) == 1:
+                    reqs = [
+                        conn.send(messages[0], sid=session.session_id, tid=tree.tree_connect_id)
+                    ]
+                else:
+                    reqs = conn.send_compound(
+                        list(messages), session.session_id, tree.tree_connect_id, related=related
+                    )
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    # SO_SNDTIMEO expired: the server stopped reading.
+                    self.teardown()
+                    raise WireTimeout("the server stopped accepting data") from None
+                raise
+        self.stats.add(requests=len(reqs))
+        return reqs
+
+    def wait(self, request: object, call: Call) -> object:
+        """Wait for the reply to ``request`` until the call's deadline; returns the header.
+
+        Raises ``WireTimeout`` past the deadline (the caller tears the link down), smbprotocol's
+        ``SMBResponseException`` for an error status, ``SMBConnectionClosed`` if the link died.
+        """
+        try:
+            return self._wait_raw(request, call)
+        finally:
+            with self._credits:
+                self._credits.notify_all()
+
+    def _wait_raw(self, request: object, call: Call) -> object:
+        conn = self.conn
+        assert conn is not None
+        left = call.deadline - time.monotonic()
+        if left <= 0 or not request.response_event.wait(left):  # type: ignore[attr-defined]
+            # The link is in an unknown state now (replies may still come): drop it, which
+            # also wakes every other thread waiting on it.
+            self.teardown()
+            raise WireTimeout(f"no answer within {call.timeout_s:g} s")
+        # The reply (or a STATUS_PENDING interim) is there; receive() pops it, raises for an
+        # error status and waits for the final reply of a pending request with a timeout.
+        left = call.deadline - time.monotonic()
+        response = conn.receive(request, timeout=max(1.0, left))
+        call.touch()
+        return response
+
+    def drain(self, requests: Sequence[object], call: Call) -> None:
+        """Collect and drop the replies of requests a failed operation leaves in flight, so
+        that their credits come back; gives up quietly once the link is gone."""
+        for req in requests:
+            if not self.alive:
+                return
+            try:
+                self.wait(req, call)
+            except WireTimeout:
+                return
+            except Exception:  # noqa: BLE001, S112 - the operation already failed
+                continue
+
+    def wait_all(self, requests: Sequence[object], call: Call) -> list[object]:
+        """Wait for every reply of a compound; each item is a header or the exception it raised.
+
+        A timeout or a lost connection is raised at once (the rest would fail the same way).
+        """
+        out: list[object] = []
+        for req in requests:
+            try:
+                out.append(self.wait(req, call))
+            except Exception as exc:  # noqa: BLE001 - sorted by the caller
+                if isinstance(exc, WireTimeout) or not self.alive:
+                    raise
+                out.append(exc)
+        return out
+
+
+# -- message builders -------------------------------------------------------------------------
+
+
+def create_req(
+    name: str,
+    *,
+    access: int,
+    disposition: int = FILE_OPEN,
+    options: int = 0,
+    attributes: int = 0,
+) -> SMB2CreateRequest:
+    msg = SMB2CreateRequest()
+    msg["impersonation_level"] = IMPERSONATION
+    msg["desired_access"] = access
+    msg["file_attributes"] = attributes
+    msg["share_access"] = SHARE_ALL
+    msg["create_disposition"] = disposition
+    msg["create_options"] = options
+    msg["buffer_path"] = name.encode("utf-16-le") if name else b"\x00\x00"
+    return msg
+
+
+def read_req(file_id: bytes, offset: int, length: int) -> SMB2ReadRequest:
+    msg = SMB2ReadRequest()
+    msg["padding"] = 0x50
+    msg["length"] = length
+    msg["offset"] = offset
+    msg["file_id"] = file_id
+    return msg
+
+
+def write_req(file_id: bytes, offset: int, data: bytes) -> SMB2WriteRequest:
+    msg = SMB2WriteRequest()
+    msg["length"] = len(data)
+    msg["offset"] = offset
+    msg["file_id"] = file_id
+    msg["buffer"] = data
+    return msg
+
+
+def close_req(file_id: bytes, *, postquery: bool = False) -> SMB2CloseRequest:
+    msg = SMB2CloseRequest()
+    msg["file_id"] = file_id
+    if postquery:
+        msg["flags"] = CLOSE_POSTQUERY
+    return msg
+
+
+def query_id_req(file_id: bytes) -> SMB2QueryInfoRequest:
+    """QUERY_INFO FileInternalInformation: the server's 64-bit file id."""
+    msg = SMB2QueryInfoRequest()
+    msg["info_type"] = InfoType.SMB2_0_INFO_FILE
+    msg["file_info_class"] = FileInformationClass.FILE_INTERNAL_INFORMATION
+    msg["output_buffer_length"] = 8
+    msg["file_id"] = file_id
+    return msg
+
+
+def set_info_req(file_id: bytes, info_class: int, buffer: bytes) -> SMB2SetInfoRequest:
+    msg = SMB2SetInfoRequest()
+    msg["info_type"] = InfoType.SMB2_0_INFO_FILE
+    msg["file_info_class"] = info_class
+    msg["file_id"] = file_id
+    msg["buffer"] = buffer
+    return msg
+
+
+def basic_info(*, mtime_ns: int) -> bytes:
+    """FileBasicInformation that changes only the last-write time (0 = leave unchanged)."""
+    return struct.pack("<qqqqII", 0, 0, ns_to_filetime(mtime_ns), 0, 0, 0)
+
+
+def rename_info(new_name: str, *, replace: bool) -> bytes:
+    """FileRenameInformation for SMB2: the new name is the full path from the share root."""
+    name = new_name.encode("utf-16-le")
+    return struct.pack("<B7xQI", 1 if replace else 0, 0, len(name)) + name
+
+
+def disposition_info() -> bytes:
+    return b"\x01"
+
+
+def query_dir_req(file_id: bytes, *, restart: bool, max_output: int) -> SMB2QueryDirectoryRequest:
+    msg = SMB2QueryDirectoryRequest()
+    msg["file_information_class"] = FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION
+    msg["flags"] = SMB2_RESTART_SCANS if restart else 0
+    msg["file_index"] = 0
+    msg["file_id"] = file_id
+    msg["output_buffer_length"] = max_output
+    msg["buffer"] = "*".encode("utf-16-le")
+    return msg
+
+
+# -- reply parsers ----------------------------------------------------------------------------
+
+
+def body(header: object) -> bytes:
+    return header["data"].get_value()  # type: ignore[index,no-any-return]
+
+
+def parse_create(header: object) -> tuple[bytes, Attrs]:
+    """(file id, attributes) from a CREATE reply."""
+    b = body(header)
+    _ctime, _atime, mtime, change, _alloc, eof, attrs = struct.unpack_from("<QQQQqqI", b, 8)
+    file_id = b[64:80]
+    is_dir = bool(attrs & FILE_ATTRIBUTE_DIRECTORY)
+    return file_id, Attrs(
+        is_dir, 0 if is_dir else eof, filetime_to_ns(mtime), filetime_to_ns(change)
+    )
+
+
+def parse_close(header: object) -> Attrs | None:
+    """Attributes from a CLOSE reply sent with the post-query flag (None if not filled in)."""
+    b = body(header)
+    flags = struct.unpack_from("<H", b, 2)[0]
+    if not flags & CLOSE_POSTQUERY:
+        return None
+    _ctime, _atime, mtime, change, _alloc, eof, attrs = struct.unpack_from("<QQQQqqI", b, 8)
+    is_dir = bool(attrs & FILE_ATTRIBUTE_DIRECTORY)
+    return Attrs(is_dir, 0 if is_dir else eof, filetime_to_ns(mtime), filetime_to_ns(change))
+
+
+def _out_buffer(header: object) -> bytes:
+    b = body(header)
+    offset, length = struct.unpack_from("<HI", b, 2)
+    start = offset - 64  # offsets count from the start of the SMB2 header
+    return b[start : start + length]
+
+
+def parse_file_id(header: object) -> int:
+    """The 64-bit id from a FileInternalInformation QUERY_INFO reply."""
+    return int(struct.unpack_from("<Q", _out_buffer(header), 0)[0])
+
+
+def parse_read(header: object) -> memoryview:
+    """The data of a READ reply, as a view (no copy of up to 1 MiB)."""
+    b = body(header)
+    offset = b[2]
+    length = struct.unpack_from("<I", b, 4)[0]
+    start = offset - 64
+    return memoryview(b)[start : start + length]
+
+
+def parse_write(header: object) -> int:
+    return int(struct.unpack_from("<I", body(header), 4)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: str
+    is_dir: bool
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    file_id: int
+
+
+def parse_dir(header: object) -> list[DirEntry]:
+    """Entries of a FileIdFullDirectoryInformation QUERY_DIRECTORY reply ([MS-FSCC] 2.4.18)."""
+    buf = _out_buffer(header)
+    out = []
+    pos = 0
+    while pos < len(buf):
+        (next_off, _idx, _ct, _at, mtime, change, eof, _alloc, attrs, name_len, _ea, _res, fid) = (
+            struct.unpack_from("<IIQQQQqqIIIIQ", buf, pos)
+        )
+        name = buf[pos + 80 : pos + 80 + name_len].decode("utf-16-le", "surrogatepass")
+        is_dir = bool(attrs & FILE_ATTRIBUTE_DIRECTORY)
+        out.append(
+            DirEntry(
+                name,
+                is_dir,
+                0 if is_dir else eof,
+                filetime_to_ns(mtime),
+                filetime_to_ns(change),
+                fid,
+            )
+        )
+        if not next_off:
+            break
+        pos += next_off
+    return out

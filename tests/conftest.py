@@ -1,0 +1,28 @@
+"""Shared fixtures: one private smbd on loopback for the whole test session.
+
+The server is real (``cscd.samba.EmbeddedSamba``): tests that need to kill or pause a server
+start their own instance so that this one stays undisturbed. Teardown fails the run if the
+server's log shows a PANIC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cscd.samba import EmbeddedSamba
+
+
+@pytest.fixture(scope="session")
+def smbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSamba]:
+    """A running private smbd shared by the session; its share is ``smbd.share_dir`` on disk."""
+    server = EmbeddedSamba(tmp_path_factory.mktemp("smbd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+    log_text = server.log_text()
+    if "PANIC" in log_text:
+        pytest.fail(f"smbd logged a PANIC; its log ends:\n{server.log_tail()}")
