@@ -31,8 +31,9 @@ def _setup_logging(verbose: int) -> None:
     if verbose == 1:
         logging.getLogger("cscd").setLevel(logging.DEBUG)
     if verbose < 2:
+        # Their warnings (a reset socket, say) are failures cscd handles and reports itself.
         for noisy in ("smbprotocol", "spnego", "pyfuse3"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+            logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ import trio
 from cscd.cache.cache import Cache
 from cscd.errors import AccessDenied, ConfigError, CscdError
 from cscd.fs import CscdFs, mount_options
-from cscd.link import LinkMonitor
+from cscd.link import LinkMonitor, WorkingOfflineState
 from cscd.policy.config import DaemonConfig
 from cscd.policy.credentials import load_credentials
 from cscd.sync.engine import SyncEngine
@@ -94,15 +94,28 @@ def build_upstreams(config: DaemonConfig) -> dict[str, Upstream]:
     return out
 
 
-async def _first_connect(name: str, upstream: Upstream, link: FolderLink, timeout_s: float) -> None:
+async def _first_connect(name: str, upstream: Upstream, monitor: LinkMonitor, timeout_s: float) -> None:
+    """Connect once before mounting; an unreachable server is recorded, not raised."""
     try:
         with trio.fail_after(timeout_s):
             await upstream.connect()
-        link.set(Mode.ONLINE, "connected", trio.current_time())
+        monitor.mark_reachable(name, True)
     except AccessDenied as exc:
         raise ConfigError(f"{upstream.description}: access denied: {exc}") from None
     except (CscdError, OSError, trio.TooSlowError) as exc:
-        link.set(Mode.OFFLINE, str(exc) or "no answer", trio.current_time())
+        monitor.mark_reachable(name, False, str(exc) or "no answer")
+
+
+def metered_from_file(path: Path | None):
+    """A metered-state source for machines without NetworkManager: the file says yes or no."""
+    def is_metered() -> bool:
+        if path is None:
+            return False
+        try:
+            return path.read_text().strip().lower() in ("1", "yes", "true", "metered")
+        except OSError:
+            return False
+    return is_metered
 
 
 async def run_daemon(config: DaemonConfig, *, on_ready=None) -> None:
@@ -117,19 +130,24 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
     upstreams = build_upstreams(config)
     check_mountpoint(config.mount)
     links = {name: FolderLink() for name in upstreams}
+    policies = {name: config.offline for name in upstreams}
+    config.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     monitor = LinkMonitor(
         {n: (upstreams[n], links[n]) for n in upstreams},
         probe_interval_s=config.timings.probe_interval_s,
         reconnect_max_s=config.timings.reconnect_max_s,
         timeout_s=config.timings.request_timeout_s,
+        policies=policies,
+        working_offline=WorkingOfflineState(config.cache / "working-offline.json"),
+        is_metered=metered_from_file(config.metered_file),
     )
     source = FolderSource(upstreams, links, fetch_timeout_s=config.timings.fetch_timeout_s,
-                          on_link_error=monitor.report_failure)
+                          on_link_error=monitor.report_failure, policies=policies)
     cache = Cache(config.cache, [n.encode() for n in upstreams], source)
     try:
         async with trio.open_nursery() as nursery:
             for name, up in upstreams.items():
-                nursery.start_soon(_first_connect, name, up, links[name], config.timings.request_timeout_s)
+                nursery.start_soon(_first_connect, name, up, monitor, config.timings.request_timeout_s)
         for name, link in links.items():
             if link.mode is Mode.OFFLINE:
                 if not cache.has_content(name.encode()):
@@ -145,6 +163,7 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
             scan_interval_s=config.timings.scan_interval_s,
             full_scan_interval_s=config.timings.full_scan_interval_s,
             on_link_error=monitor.report_failure,
+            policies=policies,
         )
         ops = CscdFs(cache)
         pyfuse3.init(ops, str(config.mount), mount_options())

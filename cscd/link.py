@@ -5,34 +5,120 @@ the redirected path itself (``Upstream.probe``), never on the share root, so a u
 rights on ``\\\\server\\share$`` but with rights on ``...\\share$\\alice`` stays online.
 A probe never blocks a filesystem operation: it runs in its own task with a deadline.
 
-This slice knows online and offline. Slow link, always offline, working offline and metered
-come with issue 4; they plug in as more inputs to ``_decide``.
+The mode follows from a few inputs (``decide_mode``, pure): the user's "work offline"
+switch (persisted in a small state file so it survives restarts), reachability, the
+metered state, the always-offline policy and the smoothed round-trip time with hysteresis
+(``SlowLinkDetector``, pure). Server loss is noticed at the first failed request — sync and
+on-demand reads report it — and probing goes on with backoff (at most ``reconnect_max_s``),
+so the folder comes back online by itself.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
 from cscd.errors import AccessDenied, CscdError
-from cscd.types import FolderLink, Mode
+from cscd.types import FolderLink, Mode, OfflinePolicy
 from cscd.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
+
+#: Weight of a new RTT sample in the smoothed RTT (as TCP's SRTT, a bit faster).
+RTT_ALPHA = 0.3
+
+
+class SlowLinkDetector:
+    """Smoothed RTT with hysteresis: one slow sample does not flip the mode."""
+
+    def __init__(self, threshold_ms: float, samples: int) -> None:
+        self.threshold_s = threshold_ms / 1000.0
+        self.samples = max(1, samples)
+        self.srtt_s: float | None = None
+        self.is_slow = False
+        self._streak = 0
+
+    def add(self, rtt_s: float) -> bool:
+        """Feed one probe's RTT; return whether the link counts as slow now."""
+        self.srtt_s = rtt_s if self.srtt_s is None else (1 - RTT_ALPHA) * self.srtt_s + RTT_ALPHA * rtt_s
+        other_side = (self.srtt_s > self.threshold_s) != self.is_slow
+        self._streak = self._streak + 1 if other_side else 0
+        if self._streak >= self.samples:
+            self.is_slow = not self.is_slow
+            self._streak = 0
+        return self.is_slow
+
+    def reset(self) -> None:
+        self.srtt_s = None
+        self.is_slow = False
+        self._streak = 0
+
+
+def decide_mode(*, reachable: bool, slow: bool, working_offline: bool, metered: bool,
+                policy: OfflinePolicy) -> tuple[Mode, str]:
+    """The mode for these inputs and why; the order is the precedence."""
+    if working_offline:
+        return Mode.WORKING_OFFLINE, "the user chose to work offline"
+    if not reachable:
+        return Mode.OFFLINE, "server unreachable"
+    if metered and policy.cost_aware_sync and not policy.sync_on_metered:
+        return Mode.METERED, "the network is metered and sync is cost-aware"
+    if policy.always_offline:
+        return Mode.ALWAYS_OFFLINE, "always-offline policy"
+    if slow:
+        return Mode.SLOW_LINK, f"round trip above {policy.slow_link_ms:g} ms"
+    return Mode.ONLINE, "server answered"
+
+
+class WorkingOfflineState:
+    """The folders the user took offline by hand; a JSON file so a restart keeps them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.folders: set[str] = set(json.loads(path.read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            self.folders = set()
+
+    def set(self, folder: str, offline: bool) -> None:
+        (self.folders.add if offline else self.folders.discard)(folder)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(self.folders)))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
 
 
 class LinkMonitor:
     """One probe loop per folder; a reported failure triggers an immediate re-probe."""
 
     def __init__(self, folders: dict[str, tuple[Upstream, FolderLink]], *, probe_interval_s: float,
-                 reconnect_max_s: float, timeout_s: float) -> None:
+                 reconnect_max_s: float, timeout_s: float, policies: dict[str, OfflinePolicy] | None = None,
+                 working_offline: WorkingOfflineState | None = None,
+                 is_metered: Callable[[], bool] = lambda: False) -> None:
         self.folders = folders
         self.probe_interval_s = probe_interval_s
         self.reconnect_max_s = reconnect_max_s
         self.timeout_s = timeout_s
+        self.policies = policies or {}
+        self.working_offline = working_offline
+        self.is_metered = is_metered
         self._wake: dict[str, trio.Event] = {name: trio.Event() for name in folders}
+        self._slow = {
+            name: SlowLinkDetector(self.policy(name).slow_link_ms, self.policy(name).slow_link_samples)
+            for name in folders
+        }
+        self._reachable = {name: False for name in folders}
+        #: called with (folder, old mode, new mode, reason) on every transition
+        self.on_transition: Callable[[str, Mode, Mode, str], None] | None = None
+
+    def policy(self, folder: str) -> OfflinePolicy:
+        return self.policies.get(folder) or OfflinePolicy()
 
     def report_failure(self, folder: str) -> None:
         """Sync or a read saw the server fail: probe now instead of at the next tick."""
@@ -40,42 +126,94 @@ class LinkMonitor:
         if ev is not None:
             ev.set()
 
+    def wake_all(self) -> None:
+        """Re-evaluate every folder now (metered state or a policy changed)."""
+        for ev in self._wake.values():
+            ev.set()
+
+    def set_working_offline(self, folder: str | None, offline: bool) -> list[str]:
+        """The user's switch, for one folder or all; returns the folders changed."""
+        names = [folder] if folder else list(self.folders)
+        for name in names:
+            if name not in self.folders:
+                raise CscdError(f"no folder named {name!r}; folders: {', '.join(self.folders)}")
+        for name in names:
+            if self.working_offline is not None:
+                self.working_offline.set(name, offline)
+            self._update(name)
+            self._wake[name].set()
+        return names
+
+    def is_working_offline(self, folder: str) -> bool:
+        return self.working_offline is not None and folder in self.working_offline.folders
+
+    def mark_reachable(self, folder: str, reachable: bool, reason: str | None = None) -> None:
+        """Set reachability (the daemon's first connect, or a probe) and re-decide."""
+        self._reachable[folder] = reachable
+        self._update(folder, reason)
+
+    def _update(self, folder: str, reason: str | None = None) -> None:
+        link = self.folders[folder][1]
+        mode, why = decide_mode(
+            reachable=self._reachable[folder],
+            slow=self._slow[folder].is_slow,
+            working_offline=self.is_working_offline(folder),
+            metered=self.is_metered(),
+            policy=self.policy(folder),
+        )
+        if mode is Mode.OFFLINE and reason:
+            why = reason
+        old = link.mode
+        if link.set(mode, why, trio.current_time()):
+            level = logging.WARNING if mode is Mode.OFFLINE else logging.INFO
+            log.log(level, "folder %s is now %s: %s", folder, mode.value, why)
+            if self.on_transition is not None:
+                self.on_transition(folder, old, mode, why)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             for name in self.folders:
                 nursery.start_soon(self._watch, name, name=f"link.{name}")
             task_status.started()
 
-    def _set(self, name: str, link: FolderLink, mode: Mode, reason: str) -> None:
-        if link.set(mode, reason, trio.current_time()):
-            level = logging.WARNING if mode is Mode.OFFLINE else logging.INFO
-            log.log(level, "folder %s is now %s: %s", name, mode.value, reason)
+    async def _probe(self, name: str, upstream: Upstream, link: FolderLink) -> float:
+        with trio.fail_after(self.timeout_s + 2):
+            if not upstream.statistics().connected:
+                await upstream.connect()
+            return await upstream.probe()
 
-    async def _watch(self, name: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _watch(self, name: str) -> None:
         upstream, link = self.folders[name]
         backoff = 0.25
         while True:
-            try:
-                with trio.fail_after(self.timeout_s + 2):
-                    if not upstream.statistics().connected:
-                        await upstream.connect()
-                    rtt = await upstream.probe()
-                link.rtt_s = rtt
-                self._set(name, link, Mode.ONLINE, f"server answered in {rtt * 1000:.1f} ms")
-                backoff = 0.25
-                wait = self.probe_interval_s
-            except trio.TooSlowError:
-                self._set(name, link, Mode.OFFLINE, f"{upstream.description} did not answer in time")
-                await upstream.close()
-                wait = backoff
-            except (CscdError, OSError) as exc:
-                reason = str(exc) or type(exc).__name__
-                if isinstance(exc, AccessDenied):
-                    reason = f"access denied on {upstream.description}"
-                self._set(name, link, Mode.OFFLINE, reason)
-                wait = backoff
-            backoff = min(self.reconnect_max_s, backoff * 2)
+            if self.is_working_offline(name):
+                self._update(name)
+                wait = math.inf  # no traffic at all until the user says online
+            else:
+                try:
+                    rtt = await self._probe(name, upstream, link)
+                    link.rtt_s = rtt
+                    self._slow[name].add(rtt)
+                    self.mark_reachable(name, True)
+                    backoff = 0.25
+                    wait = self.probe_interval_s
+                except trio.TooSlowError:
+                    await upstream.close()
+                    self._lost(name, f"{upstream.description} did not answer in time")
+                    wait = backoff
+                except (CscdError, OSError) as exc:
+                    reason = str(exc) or type(exc).__name__
+                    if isinstance(exc, AccessDenied):
+                        reason = f"access denied on {upstream.description}"
+                    self._lost(name, reason)
+                    wait = backoff
+                backoff = min(self.reconnect_max_s, backoff * 2)
             ev = self._wake[name]
-            with trio.move_on_after(wait if math.isfinite(wait) else 60):
+            with trio.move_on_after(wait if math.isfinite(wait) else 3600):
                 await ev.wait()
             self._wake[name] = trio.Event()
+
+    def _lost(self, name: str, reason: str) -> None:
+        self._slow[name].reset()
+        self.folders[name][1].rtt_s = None
+        self.mark_reachable(name, False, reason)

@@ -112,3 +112,19 @@ class RemoteEntry:
             and self.size == other.size
             and self.mtime_ns == other.mtime_ns
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OfflinePolicy:
+    """The Offline Files settings one folder runs with (policy keys of issue 6, defaults of
+    Windows). Intervals are seconds here; policy files speak minutes."""
+
+    slow_link_ms: float = 35.0
+    #: consecutive smoothed samples on the other side of the threshold before the mode flips
+    slow_link_samples: int = 3
+    background_sync_interval_s: float = 120 * 60.0
+    background_sync_max_offset_s: float = 60 * 60.0
+    always_offline: bool = False
+    fetch_uncached_on_slow_link: bool = True
+    cost_aware_sync: bool = True
+    sync_on_metered: bool = False

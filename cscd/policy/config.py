@@ -24,7 +24,7 @@ import yaml
 from cscd.errors import BadName, ConfigError
 from cscd.names import check_name
 from cscd.policy.unc import parse_unc
-from cscd.types import SmbSecurity, UncTarget
+from cscd.types import OfflinePolicy, SmbSecurity, UncTarget
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,13 @@ class DaemonConfig:
     folders: tuple[FolderConfig, ...] = ()
     security: SmbSecurity = SmbSecurity()
     timings: Timings = field(default_factory=Timings)
+    offline: OfflinePolicy = OfflinePolicy()
+    #: a file whose content says whether the network is metered ("1"/"yes"/"true"), for
+    #: machines without NetworkManager
+    metered_file: Path | None = None
 
 
-_TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings"}
+_TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file"}
 
 
 class _Doc:
@@ -201,4 +205,20 @@ def load_config(path: Path) -> DaemonConfig:
         names = {f.name for f in fields(Timings)}
         tim.check_keys(names)
         timings = Timings(**{n: tim.get_float(n, getattr(timings, n), 0.01, 86400.0) for n in names})
-    return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings)
+    offline = OfflinePolicy()
+    off = doc.sub("offline")
+    if off is not None:
+        off.check_keys({f.name for f in fields(OfflinePolicy)})
+        values = {}
+        for f in fields(OfflinePolicy):
+            default = getattr(offline, f.name)
+            if isinstance(default, bool):
+                values[f.name] = off.get_bool(f.name, default)
+            elif isinstance(default, int):
+                values[f.name] = off.get_int(f.name, default, 1, 1000)
+            else:
+                values[f.name] = off.get_float(f.name, default, 0.0, 10 * 86400.0)
+        offline = OfflinePolicy(**values)
+    metered_file = doc.get_path("metered_file", required=False)
+    return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings,
+                        offline, metered_file)

@@ -1,12 +1,22 @@
-"""The sync engine: the tasks that push local changes and pull server changes.
+"""The sync engine: the tasks that push local changes and pull server changes, per mode.
 
-Runs ``sync.push`` (wakes on a new dirty mark, after a short settle time, and once a second
-to retry) and ``sync.scan`` (re-lists directories; a full pass after each reconnection).
+``sync.push`` wakes on a new dirty mark (after a short settle time) and once a second.
+Which folders it may push depends on their mode (DESIGN.md, Modes):
+
+- online: at once;
+- slow_link and always_offline: in a background session every interval, plus a random
+  offset so a fleet does not hit the server at the same moment;
+- offline, working_offline, metered: not at all (a manual ``cscd sync`` still works on a
+  metered network; the per-user override turns metered back into online in ``link``).
+
+``sync.scan`` re-lists recently used directories while online, every listed directory
+after each return to online and in every background session.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,43 +25,72 @@ import trio
 from cscd.sync.local import LocalSide
 from cscd.sync.push import Pusher
 from cscd.sync.scan import Scanner
-from cscd.types import FolderLink, Mode
+from cscd.types import FolderLink, Mode, OfflinePolicy
 from cscd.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
+
+BACKGROUND_MODES = (Mode.SLOW_LINK, Mode.ALWAYS_OFFLINE)
+MANUAL_MODES = (Mode.ONLINE, Mode.SLOW_LINK, Mode.ALWAYS_OFFLINE, Mode.METERED)
 
 
 @dataclass(frozen=True)
 class SyncStatistics:
     files_uploaded: int
     bytes_uploaded: int
+    deletes: int
+    renames: int
     conflicts: int
     dirs_scanned: int
     pending: int
+    last_success: float | None
 
 
 class SyncEngine:
     def __init__(self, local: LocalSide, upstreams: dict[str, Upstream], links: dict[str, FolderLink], *,
                  upload_delay_s: float, scan_interval_s: float, full_scan_interval_s: float,
-                 on_link_error: Callable[[str], None]) -> None:
+                 on_link_error: Callable[[str], None],
+                 policies: dict[str, OfflinePolicy] | None = None) -> None:
         self.local = local
         self.links = links
+        self.policies = policies or {}
         self.pusher = Pusher(local, upstreams, links, on_link_error)
         self.scanner = Scanner(local, upstreams, links, on_link_error)
         self.upload_delay_s = upload_delay_s
         self.scan_interval_s = scan_interval_s
         self.full_scan_interval_s = full_scan_interval_s
         self.pending = 0
+        self._next_background: dict[str, float] = {}
+        self._push_lock = trio.Lock()
+        #: called with (folder, kind, fields) when a background session starts or ends
+        self.on_session: Callable[[str, str, dict], None] | None = None
+
+    def _policy(self, folder: str) -> OfflinePolicy:
+        return self.policies.get(folder) or OfflinePolicy()
+
+    def _schedule_background(self, folder: str, now: float) -> None:
+        p = self._policy(folder)
+        offset = random.uniform(0, p.background_sync_max_offset_s)
+        self._next_background[folder] = now + p.background_sync_interval_s + offset
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        now = trio.current_time()
+        for folder in self.links:
+            self._schedule_background(folder, now)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._push_loop, name="sync.push")
             nursery.start_soon(self._scan_loop, name="sync.scan")
             task_status.started()
 
-    async def sync_now(self) -> int:
-        """A manual sync: push everything the modes allow; returns what is still pending."""
-        self.pending = await self.pusher.push_round(manual=True)
+    async def sync_now(self, folder: str | None = None) -> int:
+        """A manual sync of one folder or all that can reach their server; returns what is pending."""
+        allowed = {n for n, link in self.links.items() if link.mode in MANUAL_MODES and folder in (None, n)}
+        await self.scanner.scan([d for d in self.local.listed_dirs()])
+        return await self._push(allowed)
+
+    async def _push(self, allowed: set[str]) -> int:
+        async with self._push_lock:
+            self.pending = await self.pusher.push_round(allowed)
         return self.pending
 
     async def _push_loop(self) -> None:
@@ -59,7 +98,24 @@ class SyncEngine:
             with trio.move_on_after(1.0):
                 await self.local.wait_dirty()
                 await trio.sleep(self.upload_delay_s)
-            self.pending = await self.pusher.push_round()
+            now = trio.current_time()
+            allowed = set()
+            for name, link in self.links.items():
+                if link.mode is Mode.ONLINE:
+                    allowed.add(name)
+                elif link.mode in BACKGROUND_MODES and now >= self._next_background[name]:
+                    await self._background_session(name, now)
+            if allowed:
+                await self._push(allowed)
+
+    async def _background_session(self, folder: str, now: float) -> None:
+        self._schedule_background(folder, now)
+        if self.on_session:
+            self.on_session(folder, "started", {})
+        await self.scanner.scan(self.local.listed_dirs(), modes=BACKGROUND_MODES)
+        left = await self._push({folder})
+        if self.on_session:
+            self.on_session(folder, "finished", {"pending": left})
 
     async def _scan_loop(self) -> None:
         generations = {name: link.generation for name, link in self.links.items()}
@@ -80,4 +136,5 @@ class SyncEngine:
 
     def statistics(self) -> SyncStatistics:
         c = self.pusher.counters
-        return SyncStatistics(c.files_uploaded, c.bytes_uploaded, c.conflicts, self.scanner.dirs_scanned, self.pending)
+        return SyncStatistics(c.files_uploaded, c.bytes_uploaded, c.deletes, c.renames, c.conflicts,
+                              self.scanner.dirs_scanned, self.pending, c.last_success)

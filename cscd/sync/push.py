@@ -25,7 +25,7 @@ import trio
 from cscd.errors import CscdError, Exists, NotEmpty, NotFound, UpstreamTimeout, UpstreamUnavailable
 from cscd.sync.conflicts import conflict_name
 from cscd.sync.local import LocalSide
-from cscd.types import FolderLink, Mode, RemoteEntry
+from cscd.types import FolderLink, RemoteEntry
 from cscd.upstream.base import Conflict, Upstream
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,6 @@ class Pusher:
         self.on_link_error = on_link_error
         self.counters = PushCounters()
 
-    def _may_push(self, folder: str, manual: bool) -> bool:
-        link = self.links.get(folder)
-        if link is None:
-            return False
-        return link.mode is Mode.ONLINE or (manual and link.mode.may_fetch)
-
     def _plan(self) -> list[tuple[int, int, object, int, str]]:
         """(phase, depth key, node, reasons, folder) for every dirty node, in push order."""
         plan = []
@@ -78,13 +72,13 @@ class Pusher:
         plan.sort(key=lambda p: (p[0], p[1]))
         return plan
 
-    async def push_round(self, *, manual: bool = False) -> int:
-        """Push what can be pushed now; return how many nodes are still dirty afterwards."""
+    async def push_round(self, allowed: set[str]) -> int:
+        """Push the dirty nodes of the ``allowed`` folders; return how many stay dirty."""
         plan = self._plan()
         failed_folders: set[str] = set()
         left = 0
         for _phase, _depth, node, reasons, folder in plan:
-            if folder in failed_folders or not self._may_push(folder, manual):
+            if folder in failed_folders or folder not in allowed:
                 left += 1
                 continue
             try:
@@ -103,7 +97,7 @@ class Pusher:
                     log.debug("push of %r restarts: it changed during the upload (%s)", node.name, exc)
                 else:
                     log.warning("could not push %r to %s: %s", node.name, folder, exc)
-        if not failed_folders and plan:
+        if not failed_folders and allowed:
             self.counters.last_success = trio.current_time()
         return left
 
@@ -122,7 +116,7 @@ class Pusher:
                 # Delete only the version we agreed on: a rename may already have put
                 # another file under this name (rename-over), or someone else did.
                 current = await up.stat(path)
-                if current.file_id == node.base_file_id and current.is_dir == node.is_dir:
+                if node.matches_base(current):
                     await up.delete(path, is_dir=node.is_dir)
                     self.counters.deletes += 1
             except NotFound:

@@ -40,15 +40,16 @@ class Scanner:
         self.dirs_scanned += 1
         log.debug("rescanned %s:%r (%d entries)", folder, path, len(entries))
 
-    async def scan(self, dir_ids: list[int]) -> None:
-        """Re-list each directory whose folder is online; stop a folder at its first link error."""
+    async def scan(self, dir_ids: list[int], *, modes: tuple[Mode, ...] = (Mode.ONLINE,)) -> None:
+        """Re-list each directory whose folder is in one of ``modes``; a folder stops at its
+        first link error."""
         down: set[str] = set()
         for dir_id in dir_ids:
             try:
                 node = self.local.node(dir_id)
                 folder = self.local.remote_path(node)[0].decode()
                 link = self.links.get(folder)
-                if folder in down or link is None or link.mode is not Mode.ONLINE:
+                if folder in down or link is None or link.mode not in modes:
                     continue
                 await self.scan_dir(dir_id)
             except (UpstreamUnavailable, UpstreamTimeout):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import trio
 
 from cscd.errors import NotAvailableOffline, UpstreamTimeout, UpstreamUnavailable
-from cscd.types import FolderLink, RemoteEntry
+from cscd.types import FolderLink, Mode, OfflinePolicy, RemoteEntry
 from cscd.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 class FolderSource:
     def __init__(self, upstreams: dict[str, Upstream], links: dict[str, FolderLink], *,
-                 fetch_timeout_s: float, on_link_error: Callable[[str], None]) -> None:
+                 fetch_timeout_s: float, on_link_error: Callable[[str], None],
+                 policies: dict[str, OfflinePolicy] | None = None) -> None:
+        self.policies = policies or {}
         self.upstreams = upstreams
         self.links = links
         self.fetch_timeout_s = fetch_timeout_s
@@ -29,8 +31,13 @@ class FolderSource:
         self.bytes_fetched = 0
 
     def may_fetch(self, folder: bytes) -> bool:
-        link = self.links.get(folder.decode())
-        return link is not None and link.mode.may_fetch
+        name = folder.decode()
+        link = self.links.get(name)
+        if link is None or not link.mode.may_fetch:
+            return False
+        if link.mode in (Mode.SLOW_LINK, Mode.ALWAYS_OFFLINE):
+            return (self.policies.get(name) or OfflinePolicy()).fetch_uncached_on_slow_link
+        return True
 
     async def _call(self, folder: bytes, fn, *args):
         name = folder.decode()

@@ -28,12 +28,14 @@ FAST_TIMINGS = {
 
 
 class MountEnv:
-    def __init__(self, smbd: EmbeddedSamba, workdir: Path, *, timings: dict | None = None) -> None:
+    def __init__(self, smbd: EmbeddedSamba, workdir: Path, *, timings: dict | None = None,
+                 offline: dict | None = None, extra: dict | None = None) -> None:
         self.smbd = smbd
         self.workdir = workdir
         self.user_dir = f"u{uuid.uuid4().hex[:8]}"
         self.server = smbd.share_dir / self.user_dir / "Documents"
         self.server.mkdir(parents=True)
+        workdir.mkdir(parents=True, exist_ok=True)
         self.proxy = TcpProxy((smbd.host, smbd.port))
         self.credentials = write_credentials(workdir / "credentials", smbd.username, smbd.password)
         self.daemon = DaemonProcess(
@@ -41,7 +43,8 @@ class MountEnv:
             folders={"Documents": smbd.unc(f"{self.user_dir}\\Documents")},
             credentials=self.credentials,
             port=self.proxy.port,
-            extra={"timings": dict(FAST_TIMINGS, **(timings or {}))},
+            extra={"timings": dict(FAST_TIMINGS, **(timings or {})), **({"offline": offline} if offline else {}),
+                   **(extra or {})},
         )
         self.mount = self.daemon.mount
         self.docs = self.mount / "Documents"

@@ -1,0 +1,172 @@
+"""Offline Files: server loss, hung and slow links, coming back by itself, conflicts.
+
+Faults are real: a private smbd is killed and restarted, or the TCP proxy between the
+daemon and smbd delays, hangs or refuses. Cached operations are timed with a plain clock.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+
+from cscd.samba import EmbeddedSamba
+from tests.helpers.mount_env import MountEnv
+from tests.helpers.wait import wait_for
+
+FAST_ENOUGH_S = 1.0
+
+
+def eventually(predicate, timeout_s, message):
+    return wait_for(predicate, timeout_s, message, ignore=(OSError,))
+
+
+def timed(fn, *args):
+    t0 = time.monotonic()
+    result = fn(*args)
+    return time.monotonic() - t0, result
+
+
+def mode_lines(env):
+    return [line for line in env.daemon.log_text().splitlines() if "is now" in line]
+
+
+@pytest.fixture
+def own_smbd(tmp_path):
+    """A private smbd this test may kill."""
+    server = EmbeddedSamba(tmp_path / "own-smbd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def env_own(own_smbd, tmp_path):
+    env = MountEnv(own_smbd, tmp_path / "client")
+    try:
+        env.start_daemon()
+        yield env
+    finally:
+        env.close()
+
+
+@pytest.fixture
+def env(smbd, tmp_path):
+    env = MountEnv(smbd, tmp_path)
+    try:
+        env.start_daemon()
+        yield env
+    finally:
+        env.close()
+
+
+def prepare_cache(env):
+    """A listed folder with one cached file, one uncached file and a subdirectory."""
+    (env.server / "cached.txt").write_text("cached content")
+    (env.server / "uncached.bin").write_bytes(b"u" * 100_000)
+    (env.server / "sub").mkdir()
+    (env.server / "sub" / "inner.txt").write_text("inner")
+    assert sorted(os.listdir(env.docs)) == ["cached.txt", "sub", "uncached.bin"]
+    assert (env.docs / "cached.txt").read_text() == "cached content"
+    assert os.listdir(env.docs / "sub") == ["inner.txt"]
+    assert (env.docs / "sub" / "inner.txt").read_text() == "inner"
+
+
+def test_killed_server_cached_work_goes_on_and_reaches_server_after_return(env_own, own_smbd):
+    env = env_own
+    prepare_cache(env)
+    own_smbd.kill()
+    ops = {
+        "ls": lambda: sorted(os.listdir(env.docs)),
+        "read cached": lambda: (env.docs / "cached.txt").read_text(),
+        "write new": lambda: (env.docs / "new.txt").write_text("written while the server was dead"),
+        "mkdir": lambda: os.mkdir(env.docs / "newdir"),
+        "write in new dir": lambda: (env.docs / "newdir" / "f.txt").write_text("deep"),
+        "rename": lambda: os.rename(env.docs / "sub", env.docs / "sub-renamed"),
+        "delete": lambda: os.unlink(env.docs / "cached.txt"),
+        "truncate": lambda: os.truncate(env.docs / "new.txt", 7),
+    }
+    for name, op in ops.items():
+        took, _ = timed(op)
+        assert took < FAST_ENOUGH_S, f"{name} took {took:.2f} s with the server dead"
+    took, _ = timed(lambda: pytest.raises(OSError, (env.docs / "uncached.bin").read_bytes))
+    with pytest.raises(OSError) as info:
+        (env.docs / "uncached.bin").read_bytes()
+    assert info.value.errno == errno.EHOSTDOWN
+    assert took < FAST_ENOUGH_S, f"uncached read took {took:.2f} s to fail"
+
+    own_smbd.start()
+    t0 = time.monotonic()
+    eventually(lambda: (env.server / "new.txt").read_text() == "written"
+               and (env.server / "newdir" / "f.txt").read_text() == "deep"
+               and (env.server / "sub-renamed" / "inner.txt").read_text() == "inner"
+               and not (env.server / "sub").exists()
+               and not (env.server / "cached.txt").exists(), 15, "offline changes not on the server")
+    print(f"server back → all changes uploaded in {time.monotonic() - t0:.2f} s")
+    assert (env.docs / "uncached.bin").read_bytes() == b"u" * 100_000
+    assert any("offline" in line for line in mode_lines(env))
+
+
+def test_hung_link_cached_operations_do_not_wait(env):
+    prepare_cache(env)
+    env.proxy.hang()
+    for name, op in {
+        "ls": lambda: os.listdir(env.docs),
+        "read cached": lambda: (env.docs / "cached.txt").read_text(),
+        "write": lambda: (env.docs / "during-hang.txt").write_text("x"),
+        "rename": lambda: os.rename(env.docs / "during-hang.txt", env.docs / "renamed.txt"),
+        "stat": lambda: os.stat(env.docs / "sub" / "inner.txt"),
+    }.items():
+        took, _ = timed(op)
+        assert took < FAST_ENOUGH_S, f"{name} took {took:.2f} s on a hung link"
+    # The monitor notices (request timeout) and the folder goes offline; then uncached
+    # reads fail at once instead of hanging.
+    eventually(lambda: any("is now offline" in line for line in mode_lines(env)), 15, "hung link not noticed")
+    took, _ = timed(lambda: pytest.raises(OSError, (env.docs / "uncached.bin").read_bytes))
+    assert took < FAST_ENOUGH_S
+    env.proxy.unhang()
+    env.proxy.reset()
+    eventually(lambda: (env.server / "renamed.txt").read_text() == "x", 15, "change not uploaded after the hang")
+
+
+def test_slow_link_is_entered_and_left(smbd, tmp_path):
+    env = MountEnv(smbd, tmp_path, offline={"background_sync_interval_s": 2, "background_sync_max_offset_s": 0})
+    try:
+        env.start_daemon()
+        prepare_cache(env)
+        env.proxy.delay_s = 0.08  # 80 ms each way
+        eventually(lambda: any("is now slow_link" in line for line in mode_lines(env)), 15, "slow link not detected")
+        (env.docs / "slow.txt").write_text("uploaded in the background session")
+        eventually(lambda: (env.server / "slow.txt").exists(), 15, "no background upload on the slow link")
+        env.proxy.delay_s = 0.0
+        eventually(lambda: mode_lines(env)[-1].endswith("online: server answered"), 15, "did not return online")
+    finally:
+        env.close()
+
+
+def test_conflict_keeps_both_versions(env):
+    (env.server / "doc.txt").write_text("base")
+    assert (env.docs / "doc.txt").read_text() == "base"
+    env.proxy.stop_listening()
+    env.proxy.reset()
+    eventually(lambda: any("is now offline" in line for line in mode_lines(env)), 10, "offline not noticed")
+    (env.docs / "doc.txt").write_text("mine, written offline")
+    (env.server / "doc.txt").write_text("theirs, written on the server")
+    env.proxy.resume_listening()
+
+    def both_on_server():
+        names = os.listdir(env.server)
+        copies = [n for n in names if n.startswith("doc (conflict ") and n.endswith(").txt")]
+        return copies and (env.server / "doc.txt").read_text() == "theirs, written on the server" \
+            and (env.server / copies[0]).read_text() == "mine, written offline"
+
+    eventually(both_on_server, 15, "both versions not on the server")
+    eventually(lambda: (env.docs / "doc.txt").read_text() == "theirs, written on the server", 10,
+               "server version not shown under the name")
+    copies = [n for n in os.listdir(env.docs) if n.startswith("doc (conflict ")]
+    assert len(copies) == 1
+    assert (env.docs / copies[0]).read_text() == "mine, written offline"
