@@ -143,7 +143,11 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
     )
     source = FolderSource(upstreams, links, fetch_timeout_s=config.timings.fetch_timeout_s,
                           on_link_error=monitor.report_failure, policies=policies)
-    cache = Cache(config.cache, [n.encode() for n in upstreams], source)
+    limit = config.cache_limit_bytes
+    if limit is None:
+        st = os.statvfs(config.cache)
+        limit = int(st.f_blocks * st.f_frsize * config.cache_limit_fraction)
+    cache = Cache(config.cache, [n.encode() for n in upstreams], source, limit_bytes=limit)
     try:
         async with trio.open_nursery() as nursery:
             for name, up in upstreams.items():

@@ -25,9 +25,11 @@ from typing import Protocol
 
 import trio
 
-from cscd.cache import nodes, ranges
+from cscd.cache import conflicts, nodes, ranges
 from cscd.cache.index import Index, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
+from cscd.cache.merge import merge_listing
+from cscd.cache.residency import Residency
 from cscd.cache.store import ContentStore
 from cscd.errors import (
     AccessDenied,
@@ -75,7 +77,8 @@ class RemoteSource(Protocol):
 class Cache:
     """Namespace, attributes and content of every redirected folder, served locally."""
 
-    def __init__(self, cache_dir: Path, folders: Iterable[bytes], source: RemoteSource) -> None:
+    def __init__(self, cache_dir: Path, folders: Iterable[bytes], source: RemoteSource, *,
+                 limit_bytes: int | None = None) -> None:
         self.dir = cache_dir
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(cache_dir, 0o700)
@@ -94,6 +97,8 @@ class Cache:
         self.recent_dirs: dict[int, float] = {}
         self.hits = 0
         self.misses = 0
+        self.residency = Residency(self, limit_bytes)
+        self.used_bytes = 0
         self._setup_tree()
 
     # ---------------------------------------------------------------- set-up
@@ -433,6 +438,7 @@ class Cache:
         if truncate and node.size:
             node = self.setattr(node_id, size=0)
         fd = self.store.open(node_id, None if self.store.exists(node_id) else node.size)
+        self.residency.touch(node_id)
         self._open_count[node_id] = self._open_count.get(node_id, 0) + 1
         if write:
             self._writers[node_id] = self._writers.get(node_id, 0) + 1
@@ -566,110 +572,52 @@ class Cache:
         self.store.remove(node_id)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Flush the index to disk every second (the durability timer)."""
+        """Flush the index to disk every second; keep the content within its size limit."""
         task_status.started()
+        tick = 0
         while True:
             await trio.sleep(1.0)
             await trio.to_thread.run_sync(self.index.sync)
+            tick += 1
+            if tick % 5 == 0:
+                self.used_bytes = await trio.to_thread.run_sync(self.residency.used_bytes)
+                if self.residency.limit_bytes is not None and self.used_bytes > self.residency.limit_bytes:
+                    self.used_bytes -= self.residency.evict(self.used_bytes)
+
+    # ---------------------------------------------------------------- residency and paths
+
+    def pin(self, node_id: int, pinned: bool) -> None:
+        """"Always available offline" on or off; sync hydrates what a pin covers."""
+        self.residency.set_pinned(node_id, pinned)
+        self._changed()
+
+    def free_space(self, node_id: int) -> tuple[int, int]:
+        return self.residency.free_space(node_id)
+
+    def pinned_missing(self) -> tuple[list[int], list[int]]:
+        return self.residency.pinned_missing()
+
+    async def resolve(self, parts: list[bytes]) -> Node:
+        """The node at a path of names below the mount's root (may list directories)."""
+        node = self.node(ROOT_ID)
+        for name in parts:
+            node = await self.lookup(node.id, name)
+        return node
+
+    def path_of(self, node: Node) -> list[bytes]:
+        """Names from the mount's root down to ``node``."""
+        parts = []
+        with self._txn() as txn:
+            while node.id != ROOT_ID:
+                parts.append(node.name)
+                node = nodes.get(self.index, txn, node.parent)
+        return parts[::-1]
 
     # ---------------------------------------------------------------- remote news
 
     def merge_listing(self, dir_id: int, entries: list[RemoteEntry]) -> None:
-        """Bring a directory's children in line with one server enumeration.
-
-        Matches the listing against the *agreed* server names (``bases``), so local changes
-        not yet uploaded are left for sync: a clean node follows the server (its content is
-        dropped if the version changed), a dirty one keeps its local state. New server names
-        become placeholders; agreed names gone from the server vanish locally if clean.
-        """
-        ix = self.index
-        now = time.time_ns()
-        seen: set[bytes] = set()
-        with self._txn(write=True) as txn:
-            parent = nodes.get(ix, txn, dir_id)
-            for entry in entries:
-                seen.add(entry.name)
-                bid = nodes.base_lookup_id(ix, txn, dir_id, entry.name)
-                if bid is not None:
-                    node = nodes.get(ix, txn, bid)
-                    if node.matches_base(entry) or nodes.dirty_reasons(ix, txn, bid):
-                        continue
-                    if node.is_dir != entry.is_dir:
-                        self._forget_subtree(txn, node)
-                    else:
-                        self._follow_server(txn, node, dir_id, entry)
-                        continue
-                if nodes.lookup_id(ix, txn, dir_id, entry.name) is not None:
-                    continue  # a local name not yet on the server: sync sorts it out
-                node = Node(
-                    ix.allocate_id(txn), dir_id, entry.is_dir, Flag(0),
-                    DEFAULT_DIR_MODE if entry.is_dir else DEFAULT_FILE_MODE,
-                    0 if entry.is_dir else entry.size, entry.mtime_ns or now, entry.ctime_ns or now,
-                    0, 0, 0, 0, 0, entry.name, b"",
-                )
-                if not entry.is_dir and entry.size == 0:
-                    node.flags |= Flag.HYDRATED
-                nodes.set_base(ix, txn, node, dir_id, entry)
-                nodes.put(ix, txn, node)
-                nodes.link(ix, txn, node)
-                self._publish(("entry", dir_id, entry.name))
-            for name, bid in list(nodes.iter_base_children(ix, txn, dir_id)):
-                if name in seen:
-                    continue
-                node = nodes.get(ix, txn, bid)
-                if self._subtree_clean(txn, node):
-                    self._forget_subtree(txn, node)
-                else:
-                    nodes.clear_base(ix, txn, node)  # gone on the server: upload it as new
-                    nodes.mark_dirty(ix, txn, node, DirtyReason.NAMESPACE | DirtyReason.CONTENT)
-                    nodes.put(ix, txn, node)
-            parent = nodes.get(ix, txn, dir_id)
-            parent.flags |= Flag.LISTED
-            nodes.put(ix, txn, parent)
-
-    def _follow_server(self, txn, node: Node, dir_id: int, entry: RemoteEntry) -> None:
-        ix = self.index
-        content_changed = not node.is_dir and (
-            entry.file_id != node.base_file_id or entry.size != node.base_size or entry.mtime_ns != node.base_mtime_ns
-        )
-        nodes.set_base(ix, txn, node, dir_id, entry)
-        if content_changed:
-            node.size = entry.size
-            node.flags &= ~Flag.HYDRATED
-            if entry.size == 0:
-                node.flags |= Flag.HYDRATED
-            txn.delete(u64(node.id), db=ix.ranges)
-            if self.store.exists(node.id):
-                self.store.truncate(node.id, 0)
-                self.store.truncate(node.id, entry.size)
-        node.mtime_ns = entry.mtime_ns or node.mtime_ns
-        node.ctime_ns = entry.ctime_ns or node.ctime_ns
-        nodes.put(ix, txn, node)
-        self._publish(("inode", node.id))
-
-    def _subtree_clean(self, txn, node: Node) -> bool:
-        if nodes.dirty_reasons(self.index, txn, node.id):
-            return False
-        if node.is_dir:
-            for cid, _ in nodes.iter_children(self.index, txn, node.id):
-                if not self._subtree_clean(txn, nodes.get(self.index, txn, cid)):
-                    return False
-        return True
-
-    def _forget_subtree(self, txn, node: Node) -> None:
-        ix = self.index
-        if node.is_dir:
-            for cid, _ in list(nodes.iter_children(ix, txn, node.id)):
-                self._forget_subtree(txn, nodes.get(ix, txn, cid))
-        nodes.unlink(ix, txn, node)
-        self._publish(("entry", node.parent, node.name))
-        if self._open_count.get(node.id):
-            node.flags |= Flag.TOMBSTONE
-            nodes.clear_base(ix, txn, node)
-            nodes.put(ix, txn, node)
-        else:
-            nodes.delete_record(ix, txn, node)
-            self.store.remove(node.id)
+        """Bring a directory's children in line with one server enumeration (see ``merge``)."""
+        merge_listing(self, dir_id, entries)
 
     # ---------------------------------------------------------------- for sync
 
@@ -718,23 +666,14 @@ class Cache:
         return clean
 
     def rename_for_conflict(self, node_id: int, new_name: bytes) -> None:
-        """Give the local version of a conflicting node a new name in the same directory.
+        """Keep the local version of a conflicting node under ``new_name`` (see ``conflicts``)."""
+        conflicts.rename_for_conflict(self, node_id, new_name)
 
-        Its old base is dropped, so the server's version reappears under the old name as a
-        placeholder on the next listing of the directory. Called just before ``record_synced`` with the
-        conflict copy's server entry.
-        """
-        ix = self.index
-        with self._txn(write=True) as txn:
-            node = nodes.get(ix, txn, node_id)
-            old_name = node.name
-            nodes.unlink(ix, txn, node)
-            nodes.clear_base(ix, txn, node)
-            node.name = new_name
-            nodes.put(ix, txn, node)
-            nodes.link(ix, txn, node)
-        self._publish(("entry", node.parent, old_name))
-        self._publish(("entry", node.parent, new_name))
+    def list_conflicts(self) -> list[dict]:
+        return conflicts.list_conflicts(self)
+
+    async def resolve_conflict(self, node: Node, keep: str) -> dict:
+        return await conflicts.resolve(self, node, keep)
 
     def listed_dirs(self) -> list[int]:
         """Every directory whose children are known, for a full rescan."""
@@ -751,9 +690,3 @@ class Cache:
         """A read-only fd of the node's content file for uploading (caller closes it)."""
         return os.open(self.store.path(node_id), os.O_RDONLY | os.O_CLOEXEC)
 
-    def statistics_bytes(self) -> int:
-        total = 0
-        for sub in self.store.root.iterdir():
-            for f in sub.iterdir():
-                total += f.stat().st_blocks * 512
-        return total

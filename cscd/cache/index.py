@@ -37,6 +37,12 @@ Named databases (all integers big-endian, so byte order is numeric order):
     id u64 → packed (start u64, end u64) pairs of content present in the store, only for
     partly hydrated files. A file with the ``HYDRATED`` flag has all of its content.
 
+``lru``
+    id u64 → u64 ns of the last open. Eviction takes the oldest clean, unpinned, closed files.
+``conflicts``
+    id u64 of a conflict copy → JSON ``{"original": name, "parent": id, "at": ns, "host": name}``,
+    what ``cscd conflicts`` lists until the user resolves it.
+
 Invariants: every live node but the root has exactly one ``children`` and one ``dirents``
 entry (hard links are not supported); a node is in ``bases`` iff it has a base; ids are
 never reused; the root is id 1 and each top-level directory is a redirected folder.
@@ -109,6 +115,8 @@ class Index:
         self.bases = self.env.open_db(b"bases")
         self.dirty = self.env.open_db(b"dirty")
         self.ranges = self.env.open_db(b"ranges")
+        self.lru = self.env.open_db(b"lru")
+        self.conflicts = self.env.open_db(b"conflicts")
         with self.env.begin(write=True) as txn:
             version = txn.get(b"schema", db=self.meta)
             if version is None:

@@ -60,12 +60,16 @@ class DaemonConfig:
     security: SmbSecurity = SmbSecurity()
     timings: Timings = field(default_factory=Timings)
     offline: OfflinePolicy = OfflinePolicy()
+    #: content-store size limit: bytes, or a fraction of the cache's filesystem
+    cache_limit_bytes: int | None = None
+    cache_limit_fraction: float = 0.10
     #: a file whose content says whether the network is metered ("1"/"yes"/"true"), for
     #: machines without NetworkManager
     metered_file: Path | None = None
 
 
-_TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file"}
+_TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file",
+             "cache_limit"}
 
 
 class _Doc:
@@ -220,5 +224,46 @@ def load_config(path: Path) -> DaemonConfig:
                 values[f.name] = off.get_float(f.name, default, 0.0, 10 * 86400.0)
         offline = OfflinePolicy(**values)
     metered_file = doc.get_path("metered_file", required=False)
+    limit_bytes, limit_fraction = None, 0.10
+    if "cache_limit" in doc.items:
+        raw = doc.value("cache_limit")
+        try:
+            limit_bytes, limit_fraction = parse_size_or_percent(raw)
+        except ValueError as exc:
+            raise doc.err("cache_limit", str(exc)) from None
     return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings,
-                        offline, metered_file)
+                        offline=offline, metered_file=metered_file, cache_limit_bytes=limit_bytes,
+                        cache_limit_fraction=limit_fraction)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size_or_percent(raw: object) -> tuple[int | None, float]:
+    """``"10%"`` → (None, 0.10); ``"500M"``/``"2G"``/``123`` → (bytes, 0.0). ValueError otherwise."""
+    if isinstance(raw, bool):
+        raise ValueError(f"expected a size like 2G or a percentage like 10%, got {raw!r}")
+    if isinstance(raw, int):
+        if raw <= 0:
+            raise ValueError("must be more than 0")
+        return raw, 0.0
+    text = str(raw).strip().upper()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"expected a percentage like 10%, got {raw!r}") from None
+        if not 0 < pct <= 100:
+            raise ValueError(f"a percentage from 0 to 100, got {raw!r}")
+        return None, pct / 100
+    unit = text[-1] if text[-1:] in "KMGT" else ""
+    number = text[: len(text) - len(unit)].removesuffix("I").strip() if unit else text
+    if text.endswith(("IB", "B")):
+        raise ValueError(f"write sizes like 500M or 2G, got {raw!r}")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"expected a size like 2G or a percentage like 10%, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return int(value * _UNITS[unit]), 0.0

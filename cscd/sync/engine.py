@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import trio
 
+from cscd.errors import CscdError
 from cscd.sync.local import LocalSide
 from cscd.sync.push import Pusher
 from cscd.sync.scan import Scanner
@@ -60,6 +61,7 @@ class SyncEngine:
         self.scan_interval_s = scan_interval_s
         self.full_scan_interval_s = full_scan_interval_s
         self.pending = 0
+        self.hydrated_files = 0
         self._next_background: dict[str, float] = {}
         self._push_lock = trio.Lock()
         #: called with (folder, kind, fields) when a background session starts or ends
@@ -80,6 +82,7 @@ class SyncEngine:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._push_loop, name="sync.push")
             nursery.start_soon(self._scan_loop, name="sync.scan")
+            nursery.start_soon(self._pin_loop, name="sync.pins")
             task_status.started()
 
     async def sync_now(self, folder: str | None = None) -> int:
@@ -133,6 +136,53 @@ class SyncEngine:
                 await self.scanner.scan(self.local.listed_dirs())
             else:
                 await self.scanner.scan(self.scanner.recent(now))
+
+    async def _pin_loop(self) -> None:
+        """Keep pinned ("always available offline") content complete while online."""
+        while True:
+            await trio.sleep(self.scan_interval_s)
+            await self.hydrate_pinned()
+
+    async def hydrate_pinned(self) -> int:
+        """List pinned directories and fetch pinned files that are not complete; returns how
+        many files are still missing (their folder is not online, or a fetch failed)."""
+        left = 0
+        for _ in range(64):  # each pass may reveal new directories under a pin
+            dirs, files = self.local.pinned_missing()
+            if not dirs and not files:
+                return 0
+            progress = False
+            for dir_id in dirs:
+                if self._online(dir_id):
+                    try:
+                        await self.scanner.scan_dir(dir_id)
+                        progress = True
+                    except CscdError as exc:
+                        log.info("pinned directory %s not listed: %s", dir_id, exc)
+            left = 0
+            for node_id in files:
+                if not self._online(node_id):
+                    left += 1
+                    continue
+                try:
+                    size = self.local.node(node_id).size
+                    await self.local.hydrate(node_id, 0, size)
+                    self.hydrated_files += 1
+                    progress = True
+                except CscdError as exc:
+                    left += 1
+                    log.info("pinned file %s not fetched: %s", node_id, exc)
+            if not progress:
+                break
+        return left
+
+    def _online(self, node_id: int) -> bool:
+        try:
+            folder = self.local.folder_of(self.local.node(node_id))[0].decode()
+        except CscdError:
+            return False
+        link = self.links.get(folder)
+        return link is not None and link.mode is Mode.ONLINE
 
     def statistics(self) -> SyncStatistics:
         c = self.pusher.counters

@@ -1,0 +1,178 @@
+"""Which content stays on this machine: pins, the size limit, LRU eviction, free-space.
+
+Owns the ``PINNED`` flag, the ``lru`` database and the decision to turn clean files back into
+placeholders. Pinned content ("always available offline") is never evicted; dirty or open
+files are never touched. Eviction runs in the cache's background task; no network here
+(hydrating pinned files is sync's job: it asks ``pinned_missing``).
+
+A part of ``Cache`` split out for size: it uses the cache's package-private helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from cscd.cache import nodes
+from cscd.cache.index import from_u64, u64
+from cscd.cache.nodes import Flag, Node
+from cscd.errors import CscdError
+from cscd.types import ROOT_ID
+
+if TYPE_CHECKING:
+    from cscd.cache.cache import Cache
+
+log = logging.getLogger(__name__)
+_U64 = struct.Struct(">Q")
+
+
+class Residency:
+    def __init__(self, cache: Cache, limit_bytes: int | None) -> None:
+        self.cache = cache
+        self.limit_bytes = limit_bytes
+        self.evicted_files = 0
+        self.evicted_bytes = 0
+
+    # ------------------------------------------------------------ LRU
+
+    def touch(self, node_id: int) -> None:
+        with self.cache._txn(write=True) as txn:
+            txn.put(u64(node_id), u64(time.time_ns()), db=self.cache.index.lru)
+
+    # ------------------------------------------------------------ pins
+
+    def is_pinned(self, txn, node: Node) -> bool:
+        ix = self.cache.index
+        while True:
+            if Flag.PINNED in node.flags:
+                return True
+            if node.parent in (0, ROOT_ID):
+                return False
+            node = nodes.get(ix, txn, node.parent)
+
+    def set_pinned(self, node_id: int, pinned: bool) -> None:
+        """Pin or unpin a node; a pinned directory covers everything under it, new files too."""
+        ix = self.cache.index
+        with self.cache._txn(write=True) as txn:
+            node = nodes.get(ix, txn, node_id)
+            if node.id == ROOT_ID or node.parent == ROOT_ID and not node.is_dir:
+                raise CscdError("pin a folder or something inside one")
+            if pinned:
+                node.flags |= Flag.PINNED
+            else:
+                node.flags &= ~Flag.PINNED
+            nodes.put(ix, txn, node)
+            if not pinned:  # unpin the subtree too: "unpin" means "may be evicted again"
+                stack = [node.id]
+                while stack:
+                    for cid, _ in nodes.iter_children(ix, txn, stack.pop()):
+                        child = nodes.get(ix, txn, cid)
+                        if Flag.PINNED in child.flags:
+                            child.flags &= ~Flag.PINNED
+                            nodes.put(ix, txn, child)
+                        if child.is_dir:
+                            stack.append(cid)
+
+    def pinned_missing(self) -> tuple[list[int], list[int]]:
+        """(directories never listed, files not fully present) under pins: sync fills them."""
+        ix = self.cache.index
+        dirs, files = [], []
+        with self.cache._txn() as txn:
+            roots = [Node.unpack(from_u64(k), v) for k, v in txn.cursor(db=ix.nodes)]
+            stack = [n for n in roots if Flag.PINNED in n.flags and Flag.TOMBSTONE not in n.flags]
+            seen: set[int] = set()
+            while stack:
+                node = stack.pop()
+                if node.id in seen:
+                    continue
+                seen.add(node.id)
+                if node.is_dir:
+                    if Flag.LISTED not in node.flags:
+                        dirs.append(node.id)
+                    stack.extend(nodes.get(ix, txn, cid) for cid, _ in nodes.iter_children(ix, txn, node.id))
+                elif not node.is_hydrated:
+                    files.append(node.id)
+        return dirs, files
+
+    # ------------------------------------------------------------ placeholders again
+
+    def free_space(self, node_id: int) -> tuple[int, int]:
+        """Turn clean, closed, unpinned files at or under ``node_id`` back into placeholders.
+
+        Returns (files freed, bytes freed). Dirty, open or pinned files are kept: their
+        content is the only copy, or the user asked to keep it.
+        """
+        ix = self.cache.index
+        freed_files = freed_bytes = 0
+        with self.cache._txn() as txn:
+            start = nodes.get(ix, txn, node_id)
+            todo, stack = [], [start]
+            while stack:
+                node = stack.pop()
+                if node.is_dir:
+                    stack.extend(nodes.get(ix, txn, cid) for cid, _ in nodes.iter_children(ix, txn, node.id))
+                else:
+                    todo.append(node.id)
+        for nid in todo:
+            n = self._dehydrate(nid)
+            if n is not None:
+                freed_files += 1
+                freed_bytes += n
+        return freed_files, freed_bytes
+
+    def _dehydrate(self, node_id: int) -> int | None:
+        cache = self.cache
+        ix = cache.index
+        if cache._open_count.get(node_id):
+            return None
+        with cache._txn(write=True) as txn:
+            node = nodes.find(ix, txn, node_id)
+            if (node is None or node.is_dir or not node.has_base or nodes.dirty_reasons(ix, txn, node_id)
+                    or self.is_pinned(txn, node) or not cache.store.exists(node_id)):
+                return None
+            size = cache.store.disk_bytes(node_id)
+            node.flags &= ~Flag.HYDRATED
+            if node.size == 0:
+                node.flags |= Flag.HYDRATED
+            txn.delete(u64(node_id), db=ix.ranges)
+            txn.delete(u64(node_id), db=ix.lru)
+            nodes.put(ix, txn, node)
+            cache.store.remove(node_id)
+        cache._publish(("inode", node_id))
+        return size
+
+    # ------------------------------------------------------------ the size limit
+
+    def used_bytes(self) -> int:
+        """Bytes the content store occupies on disk (a walk; call it from a thread)."""
+        total = 0
+        for sub in os.scandir(self.cache.store.root):
+            for f in os.scandir(sub.path):
+                try:
+                    total += f.stat().st_blocks * 512
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def evict(self, used: int) -> int:
+        """Free least recently used clean content until under the limit; returns bytes freed."""
+        if self.limit_bytes is None or used <= self.limit_bytes:
+            return 0
+        with self.cache._txn() as txn:
+            order = sorted((from_u64(v), from_u64(k)) for k, v in txn.cursor(db=self.cache.index.lru))
+        freed = 0
+        for _, nid in order:
+            if used - freed <= self.limit_bytes:
+                break
+            n = self._dehydrate(nid)
+            if n:
+                freed += n
+                self.evicted_files += 1
+                self.evicted_bytes += n
+        if used - freed > self.limit_bytes:
+            log.warning("cache is over its limit (%d > %d bytes) with nothing left to evict: "
+                        "pinned, changed or open files fill it", used - freed, self.limit_bytes)
+        return freed
