@@ -1,0 +1,451 @@
+r"""Machine policy: ``/etc/cscd/policy.yaml`` + ``policy.d/*.yaml`` (+ central copy) → ``Policy``.
+
+Owns finding the policy files, the precedence between blocks, per-user expansion of
+``%USERNAME%``/``%HOSTNAME%``/``%USERDOMAIN%``, the rows of ``cscd policy show`` and the
+conversions the daemon needs (``daemon_config``, ``folder_configs``, ``offline_policy``,
+``smb_security``, ``load_policy_credentials``). Reads local files only; no network (the
+central source is copied by ``central.py`` first), no logging — the caller decides what to
+say about a failed reload.
+
+Files, in this order (the *file order*):
+
+1. ``ROOT/policy.yaml`` (may be missing),
+2. ``ROOT/policy.d/*.yaml`` sorted by file name (other names, e.g. ``x.yaml.dpkg-old``, are
+   not read),
+3. ``CENTRAL/*.yaml`` sorted by name: the local copy of the central policy, if any.
+
+Precedence, decided key by key (``folders.Documents.target``, ``offline_files.slow_link_ms`` …):
+among the blocks whose scope matches the user, the winner is the one with the narrowest scope,
+then the one in the later file, then the later block in the same file. Narrowness compares
+three questions in order — is it scoped by users? by groups? by hosts? — so
+unscoped < hosts < groups < groups+hosts < users < users+hosts < users+groups < all three.
+A list value (``exclude_patterns``, ``primary_computers``) is replaced, never appended to.
+``target`` and ``targets_by_group`` are one key: whichever the winning block gives is used.
+Scope names compare case-insensitively; a host matches by short name, full name or machine-id.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cscd.errors import BadName, ConfigError
+from cscd.names import check_name
+from cscd.policy.config import DaemonConfig, FolderConfig
+from cscd.policy.credentials import load_credentials
+from cscd.policy.located import Origin
+from cscd.policy.model import (
+    KNOWN_FOLDERS,
+    CredentialSource,
+    FolderPolicy,
+    GroupTarget,
+    OfflineFilesPolicy,
+    Policy,
+    SecurityPolicy,
+    Subject,
+)
+from cscd.policy.schema import VARIABLE_RE, Block, Scope, Setting, expand, parse_file
+from cscd.policy.unc import parse_unc
+from cscd.types import Credentials, OfflinePolicy, SmbSecurity, UncTarget
+
+DEFAULT_ROOT = Path("/etc/cscd")
+MAIN_FILE = "policy.yaml"
+DROP_IN_DIR = "policy.d"
+DEFAULT_MACHINE_ID = Path("/etc/machine-id")
+
+#: ``offline_files`` keys as written in files → field of ``OfflineFilesPolicy``.
+_OFFLINE_FIELDS = {"max_file_size": "max_file_size_bytes"}
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedBlock:
+    """A block with its place in the file order (for precedence)."""
+
+    file_index: int
+    block_index: int
+    block: Block
+
+    def sort_key(self) -> tuple[tuple[bool, bool, bool], int, int]:
+        return (self.block.scope.rank, self.file_index, self.block_index)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Every block of every policy file, validated but not yet applied to a user."""
+
+    files: tuple[Path, ...]
+    blocks: tuple[PlacedBlock, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRow:
+    """One line of ``cscd policy show``: key, value as text, and ``file:line`` or ``default``."""
+
+    key: str
+    value: str
+    origin: str
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def policy_files(root: Path = DEFAULT_ROOT,
+                 central_dir: Path | None = None) -> list[tuple[Path, bool]]:
+    """The files to read in file order, each with "is it from the central source"."""
+    out: list[tuple[Path, bool]] = []
+    main = Path(root) / MAIN_FILE
+    if main.exists():
+        out.append((main, False))
+    for directory, is_central in ((Path(root) / DROP_IN_DIR, False), (central_dir, True)):
+        if directory is None or not directory.is_dir():
+            continue
+        names = sorted(p for p in directory.iterdir() if p.suffix == ".yaml"
+                       and not p.name.startswith("."))
+        out += [(p, is_central) for p in names]
+    return out
+
+
+def check_not_world_writable(path: Path) -> None:
+    """Refuse a policy file any local user could edit: policy is the administrator's."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the policy file: {exc.strerror}") from None
+    if mode & 0o002:
+        raise ConfigError(f"{path}: every user may change this policy file (mode "
+                          f"{mode & 0o7777:04o}); run: chmod o-w {path}")
+
+
+def load_policy_set(root: Path = DEFAULT_ROOT, *, central_dir: Path | None = None) -> PolicySet:
+    """Read and validate every policy file; ConfigError (file:line: key: …) on the first error.
+
+    A file writable by every user is refused as a whole.
+    """
+    files, blocks = [], []
+    for file_index, (path, is_central) in enumerate(policy_files(root, central_dir)):
+        check_not_world_writable(path)
+        files.append(path)
+        for block_index, block in enumerate(parse_file(path, is_central=is_central)):
+            blocks.append(PlacedBlock(file_index, block_index, block))
+    return PolicySet(tuple(files), tuple(blocks))
+
+
+def load_policy(subject: Subject, root: Path = DEFAULT_ROOT, *,
+                central_dir: Path | None = None) -> Policy:
+    """Read the files and compute ``subject``'s effective policy. Raises ConfigError.
+
+    Use it at start (refuse to run on an error) and on reload (SIGHUP, ``cscd reload``): on
+    an error there, keep running with the previous ``Policy`` and log the message — this
+    function changes nothing, so the last good policy stays valid.
+    """
+    return effective_policy(load_policy_set(root, central_dir=central_dir), subject)
+
+
+reload_policy = load_policy
+
+
+# -- applying to a user -------------------------------------------------------------------------
+
+
+def scope_matches(scope: Scope, subject: Subject) -> bool:
+    """All conditions the scope gives must hold; within one list, any entry may match."""
+    if scope.users and subject.user.casefold() not in {u.casefold() for u in scope.users}:
+        return False
+    groups = {g.casefold() for g in subject.groups}
+    if scope.groups and not groups & {g.casefold() for g in scope.groups}:
+        return False
+    return not scope.hosts or any(subject.is_host(h) for h in scope.hosts)
+
+
+def winning_settings(policy_set: PolicySet, subject: Subject) -> dict[str, Setting]:
+    """Key → the setting that wins for ``subject`` (see the module docstring)."""
+    winners: dict[str, Setting] = {}
+    matching = [b for b in policy_set.blocks if scope_matches(b.block.scope, subject)]
+    for placed in sorted(matching, key=PlacedBlock.sort_key):
+        for setting in placed.block.settings:
+            winners[setting.key] = setting
+    return winners
+
+
+def effective_policy(policy_set: PolicySet, subject: Subject) -> Policy:
+    """The policy as it applies to ``subject``. Raises ConfigError when a variable cannot be
+    filled in for this user (unknown domain, a user name that is not a usable path name) or
+    the expanded target is not a valid UNC path; the message names file, line and key."""
+    won = winning_settings(policy_set, subject)
+    origins: dict[str, Origin] = {k: s.origin for k, s in won.items()}
+    variables = _variables(subject)
+
+    folder_names = {k.split(".")[1] for k in won if k.startswith("folders.")}
+    ordered = [n for n in KNOWN_FOLDERS if n in folder_names]
+    ordered += sorted(folder_names - set(KNOWN_FOLDERS))
+    folders = []
+    for name in ordered:
+        kw: dict[str, Any] = {
+            f: won[f"folders.{name}.{f}"].value
+            for f in ("enabled", "offline", "move_contents", "removal_action")
+            if f"folders.{name}.{f}" in won
+        }
+        if f"folders.{name}.path" in won:
+            kw["local_path"] = won[f"folders.{name}.path"].value
+        target = won.get(f"folders.{name}.target")
+        if target is not None:
+            if isinstance(target.value, str):
+                kw["target"] = _unc(target.value, target, variables)
+            else:
+                chosen = _first_group(target.value, subject)
+                if chosen is not None:
+                    kw["matched_group"] = chosen.group
+                    kw["target"] = _unc(chosen.target, Setting(target.key, chosen.target,
+                                                               chosen.origin), variables)
+                    origins[target.key] = chosen.origin
+        folders.append(FolderPolicy(name, **kw))
+
+    offline = {
+        _OFFLINE_FIELDS.get(k, k): s.value
+        for key, s in won.items() if key.startswith("offline_files.")
+        for k in [key.split(".", 1)[1]]
+    }
+    security: dict[str, Any] = {
+        key.split(".", 1)[1]: s.value for key, s in won.items() if key.startswith("security.")
+    }
+    if "credentials" in security:
+        security["credentials"] = _credentials(won["security.credentials"], variables, subject)
+    central = won.get("central_source")
+    return Policy(
+        subject=subject,
+        folders=tuple(folders),
+        offline_files=OfflineFilesPolicy(**offline),
+        security=SecurityPolicy(**security),
+        primary_computers=won["primary_computers"].value if "primary_computers" in won else (),
+        central_source=_unc(central.value, central, variables) if central else None,
+        origins=tuple(sorted(origins.items())),
+        files=policy_set.files,
+    )
+
+
+def _first_group(entries: Iterable[GroupTarget], subject: Subject) -> GroupTarget | None:
+    groups = {g.casefold() for g in subject.groups}
+    return next((e for e in entries if e.group.casefold() in groups), None)
+
+
+def _variables(subject: Subject) -> dict[str, str]:
+    return {"USERNAME": subject.user, "HOSTNAME": subject.short_host, "USERDOMAIN": subject.domain}
+
+
+def _expand(text: str, setting: Setting, variables: Mapping[str, str]) -> str:
+    for m in VARIABLE_RE.finditer(text):
+        var = m.group(1).upper()
+        value = variables[var]
+        if not value:
+            raise ConfigError(f"{setting.origin}: {setting.key}: %{var}% is not known for this "
+                              f"user on this machine; set it or use a fixed name")
+        try:
+            check_name(value.encode("utf-8"))
+        except BadName as exc:
+            raise ConfigError(f"{setting.origin}: {setting.key}: %{var}% = {value!r} cannot be "
+                              f"part of a path: {exc}") from None
+    return expand(text, variables)
+
+
+def _unc(text: str, setting: Setting, variables: Mapping[str, str]) -> UncTarget:
+    expanded = _expand(text, setting, variables)
+    try:
+        return parse_unc(expanded)
+    except BadName as exc:
+        raise ConfigError(f"{setting.origin}: {setting.key}: {exc}") from None
+
+
+def _credentials(setting: Setting, variables: Mapping[str, str],
+                 subject: Subject) -> CredentialSource:
+    if setting.value == "kerberos":
+        return CredentialSource()
+    text = _expand(setting.value, setting, variables)
+    if text.startswith("~/"):
+        if not subject.home:
+            raise ConfigError(f"{setting.origin}: {setting.key}: the home directory of "
+                              f"{subject.user!r} is not known; give an absolute path")
+        return CredentialSource(Path(subject.home) / text[2:])
+    return CredentialSource(Path(text))
+
+
+# -- showing ------------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value) if value else "(none)"
+    if value is None:
+        return "(none)"
+    return str(getattr(value, "value", value))
+
+
+def policy_rows(policy: Policy) -> list[PolicyRow]:
+    """Every key of the effective policy with its value and where it came from."""
+    rows: list[tuple[str, Any]] = []
+    for f in policy.folders:
+        p = f"folders.{f.name}."
+        target = str(f.target) if f.target else "(none)"
+        if f.matched_group:
+            target += f"  (group {f.matched_group})"
+        rows.append((p + "target", target))
+        if not f.is_known:
+            rows.append((p + "path", f"~/{f.local_path}"))
+        rows += [(p + k, getattr(f, k)) for k in ("enabled", "offline", "move_contents",
+                                                  "removal_action")]
+    o = policy.offline_files
+    for field_name in o.__dataclass_fields__:
+        key = next((k for k, v in _OFFLINE_FIELDS.items() if v == field_name), field_name)
+        value = getattr(o, field_name)
+        rows.append((f"offline_files.{key}", f"{value} bytes" if key == "max_file_size" else value))
+    s = policy.security
+    rows += [(f"security.{k}", getattr(s, k)) for k in s.__dataclass_fields__]
+    rows += [("primary_computers", policy.primary_computers or "(any computer)"),
+             ("central_source", policy.central_source)]
+    origins = dict(policy.origins)
+    return [PolicyRow(k, _text(v), str(origins[k]) if k in origins else "default")
+            for k, v in rows]
+
+
+def format_rows(rows: Iterable[PolicyRow]) -> str:
+    """The rows as an aligned three-column table (``cscd policy show``)."""
+    rows = list(rows)
+    if not rows:
+        return ""
+    kw = max(len(r.key) for r in rows)
+    vw = min(max(len(r.value) for r in rows), 60)
+    return "\n".join(f"{r.key:<{kw}}  {r.value:<{vw}}  {r.origin}".rstrip() for r in rows) + "\n"
+
+
+def changed_keys(old: Policy, new: Policy) -> list[str]:
+    """Keys whose value differs between two policies (for the reload log line)."""
+    before = {r.key: r.value for r in policy_rows(old)}
+    after = {r.key: r.value for r in policy_rows(new)}
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+# -- what the daemon needs ----------------------------------------------------------------------
+
+
+def folder_configs(policy: Policy) -> tuple[FolderConfig, ...]:
+    """The redirected folders as ``DaemonConfig.folders`` entries (name → UncTarget).
+
+    Empty on a machine that is not one of the user's primary computers. Folders with
+    ``offline: false`` are included: they are redirected, only not cached.
+    """
+    if not policy.is_primary_computer():
+        return ()
+    return tuple(FolderConfig(f.name, f.target) for f in policy.folders
+                 if f.is_redirected and f.target is not None)
+
+
+def offline_policy(policy: Policy) -> OfflinePolicy:
+    """The link monitor's settings (seconds) from the policy's Offline Files keys (minutes)."""
+    o = policy.offline_files
+    return OfflinePolicy(
+        slow_link_ms=float(o.slow_link_ms),
+        background_sync_interval_s=o.background_sync_interval_min * 60.0,
+        background_sync_max_offset_s=o.background_sync_max_offset_min * 60.0,
+        always_offline=o.always_offline,
+        fetch_uncached_on_slow_link=o.fetch_uncached_on_slow_link,
+        cost_aware_sync=o.cost_aware_sync,
+        sync_on_metered=o.sync_on_metered,
+    )
+
+
+def smb_security(policy: Policy) -> SmbSecurity:
+    return SmbSecurity(policy.security.require_encryption, policy.security.require_signing)
+
+
+def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
+    """``config`` (the daemon's own YAML) with what the policy decides laid over it.
+
+    Folders: the policy's redirected folders replace the config's folders of the same name;
+    folders the policy names but does not redirect (``enabled: false``, no matching group) are
+    dropped; on a machine that is not a primary computer no folder is left. Offline Files and
+    security keys override the config only where a policy file set them (so a test's short
+    timings in the config survive an empty policy). A credentials file named by the policy
+    replaces the config's; ``kerberos`` leaves the config's as it is.
+    """
+    if not policy.is_primary_computer():
+        return replace(config, folders=())
+    named = {f.name for f in policy.folders}
+    folders = tuple(f for f in config.folders if f.name not in named) + folder_configs(policy)
+    origins = dict(policy.origins)
+    converted = offline_policy(policy)
+    offline_keys = {"slow_link_ms": "slow_link_ms",
+                    "background_sync_interval_min": "background_sync_interval_s",
+                    "background_sync_max_offset_min": "background_sync_max_offset_s",
+                    "always_offline": "always_offline",
+                    "fetch_uncached_on_slow_link": "fetch_uncached_on_slow_link",
+                    "cost_aware_sync": "cost_aware_sync", "sync_on_metered": "sync_on_metered"}
+    offline = replace(config.offline, **{
+        f: getattr(converted, f) for k, f in offline_keys.items() if f"offline_files.{k}" in origins
+    })
+    security = replace(config.security, **{
+        k: getattr(policy.security, k) for k in ("require_encryption", "require_signing")
+        if f"security.{k}" in origins
+    })
+    credentials = policy.security.credentials.path or config.credentials
+    return replace(config, folders=folders, offline=offline, security=security,
+                   credentials=credentials)
+
+
+def load_policy_credentials(policy: Policy) -> Credentials | None:
+    """The credentials the policy names; None means "use the Kerberos ticket cache".
+
+    Raises ConfigError naming the policy line and the file's problem (missing, readable by
+    others — the fix is ``chmod 600`` —, no username line). Never shows the password.
+    """
+    source = policy.security.credentials
+    if source.path is None:
+        return None
+    try:
+        return load_credentials(source.path)
+    except ConfigError as exc:
+        where = policy.origin("security.credentials")
+        raise ConfigError(f"{where}: security.credentials: {exc}") from None
+
+
+# -- who and where ------------------------------------------------------------------------------
+
+
+def read_machine_id(path: Path = DEFAULT_MACHINE_ID) -> str:
+    """This machine's id (32 hex digits) or "" when the file is missing or malformed."""
+    try:
+        text = Path(path).read_text(encoding="ascii").strip().lower()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else ""
+
+
+def current_subject(user: str | None = None, *,
+                    machine_id_path: Path = DEFAULT_MACHINE_ID) -> Subject:
+    r"""The subject for ``user`` (default: the calling user) on this machine.
+
+    ``DOMAIN\user`` and ``user@domain.tld`` names give ``%USERDOMAIN%`` (the first label of the
+    domain, upper case); plain names leave it empty. Groups come from the system's group
+    database (``getgrouplist``, so SSSD/winbind groups count).
+    """
+    pw = pwd.getpwuid(os.getuid()) if user is None else pwd.getpwnam(user)
+    name, domain = pw.pw_name, ""
+    if "\\" in name:
+        domain, name = name.split("\\", 1)
+    elif "@" in name:
+        name, domain = name.split("@", 1)
+        domain = domain.split(".", 1)[0]
+    groups = []
+    for gid in os.getgrouplist(pw.pw_name, pw.pw_gid):
+        try:
+            groups.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue  # a gid without a name cannot be named in a policy either
+    return Subject(name, tuple(sorted(set(groups))), socket.gethostname(),
+                   read_machine_id(machine_id_path), domain.upper(), pw.pw_dir)

@@ -1,0 +1,185 @@
+"""The effective policy of one user on one machine: a tree of frozen dataclasses.
+
+Owns the shapes and defaults of every policy key (the defaults live here and nowhere else:
+``schema.py`` validates files against them, ``policies/REFERENCE.md`` documents them) and the
+pure questions one asks of a finished policy (is this a primary computer, how many bytes may
+the cache use). Builds nothing from files: that is ``machine.py``. No I/O, no logging.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cscd.policy.located import Origin
+from cscd.types import UncTarget
+
+#: The XDG user directories cscd redirects by name (``xdg-user-dirs``' eight), in the order
+#: ``cscd policy show`` lists them. Any other folder name is a custom folder and needs ``path``.
+KNOWN_FOLDERS: tuple[str, ...] = (
+    "Desktop", "Documents", "Downloads", "Music", "Pictures", "Videos", "Templates", "Public",
+)
+
+#: Variables a target (or a credentials path) may use; expanded per user, case-insensitive.
+VARIABLES: tuple[str, ...] = ("USERNAME", "HOSTNAME", "USERDOMAIN")
+
+GB = 1000**3
+
+
+class RemovalAction(enum.Enum):
+    """What happens to a redirected folder when the policy stops redirecting it."""
+
+    #: the data stays on the server; the user gets an empty local folder
+    LEAVE = "leave"
+    #: the content is copied back home (verified) before the redirection is removed
+    REDIRECT_BACK = "redirect_back"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTarget:
+    """One entry of ``targets_by_group``: members of ``group`` get ``target`` (unexpanded)."""
+
+    group: str
+    target: str
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSizeLimit:
+    """Either a share of the cache's filesystem (``percent``) or a fixed ``size_bytes``."""
+
+    percent: float | None = 10.0
+    size_bytes: int | None = None
+
+    def bytes_for(self, filesystem_bytes: int) -> int:
+        """The limit in bytes for a cache filesystem of ``filesystem_bytes``."""
+        if self.size_bytes is not None:
+            return self.size_bytes
+        assert self.percent is not None
+        return int(filesystem_bytes * self.percent / 100)
+
+    def __str__(self) -> str:
+        if self.size_bytes is not None:
+            return f"{self.size_bytes} bytes"
+        return f"{self.percent:g}% of the cache filesystem"
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSource:
+    """Where the SMB credentials come from: the user's Kerberos ticket cache, or a 0600 file."""
+
+    path: Path | None = None  # None: Kerberos
+
+    @property
+    def is_kerberos(self) -> bool:
+        return self.path is None
+
+    def __str__(self) -> str:
+        return "kerberos" if self.path is None else str(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who the policy is computed for: user, groups, machine (host name and machine-id)."""
+
+    user: str
+    groups: tuple[str, ...] = ()
+    host: str = ""
+    machine_id: str = ""
+    domain: str = ""
+    home: str = ""
+
+    @property
+    def short_host(self) -> str:
+        return self.host.split(".", 1)[0]
+
+    def is_host(self, name: str) -> bool:
+        """True if ``name`` is this machine: its host name (short or full) or its machine-id."""
+        n = name.casefold().rstrip(".")
+        return bool(n) and n in {
+            self.host.casefold(), self.short_host.casefold(), self.machine_id.casefold(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FolderPolicy:
+    """One redirected (or formerly redirected) folder, as it applies to the subject.
+
+    ``target`` is the expanded target for this user, or None when nothing applies (no
+    ``target``, no matching group, or ``enabled: false``). ``local_path`` is relative to the
+    home directory for custom folders; None for known folders, whose local place is what
+    ``~/.config/user-dirs.dirs`` says.
+    """
+
+    name: str
+    target: UncTarget | None = None
+    matched_group: str | None = None
+    local_path: str | None = None
+    enabled: bool = True
+    offline: bool = True
+    move_contents: bool = True
+    removal_action: RemovalAction = RemovalAction.LEAVE
+
+    @property
+    def is_known(self) -> bool:
+        return self.name in KNOWN_FOLDERS
+
+    @property
+    def is_redirected(self) -> bool:
+        return self.enabled and self.target is not None
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineFilesPolicy:
+    """Offline Files settings (the defaults of Windows where it has one)."""
+
+    slow_link_ms: int = 35
+    background_sync_interval_min: int = 120
+    background_sync_max_offset_min: int = 60
+    always_offline: bool = False
+    fetch_uncached_on_slow_link: bool = True
+    cost_aware_sync: bool = True
+    sync_on_metered: bool = False
+    cache_size_limit: CacheSizeLimit = CacheSizeLimit()
+    exclude_patterns: tuple[str, ...] = ("*.tmp", "~$*", ".~lock.*#")
+    max_file_size_bytes: int = 10 * GB
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityPolicy:
+    require_encryption: bool = True
+    require_signing: bool = True
+    credentials: CredentialSource = CredentialSource()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The effective policy. ``origins`` maps each key that a file set to where it was set;
+    keys missing from it have their default. ``files`` are the files read, in order."""
+
+    subject: Subject
+    folders: tuple[FolderPolicy, ...] = ()
+    offline_files: OfflineFilesPolicy = OfflineFilesPolicy()
+    security: SecurityPolicy = SecurityPolicy()
+    primary_computers: tuple[str, ...] = ()
+    central_source: UncTarget | None = None
+    origins: tuple[tuple[str, Origin], ...] = ()
+    files: tuple[Path, ...] = field(default=())
+
+    def folder(self, name: str) -> FolderPolicy | None:
+        return next((f for f in self.folders if f.name == name), None)
+
+    def origin(self, key: str) -> Origin | None:
+        """Where ``key`` (dotted, as in ``cscd policy show``) was set; None for a default."""
+        return dict(self.origins).get(key)
+
+    def is_primary_computer(self) -> bool:
+        """True if redirection and roaming apply on the subject's machine.
+
+        An empty ``primary_computers`` means every machine is primary (the Windows default
+        when "redirect folders on primary computers only" is not configured).
+        """
+        if not self.primary_computers:
+            return True
+        return any(self.subject.is_host(name) for name in self.primary_computers)
