@@ -170,3 +170,57 @@ def test_conflict_keeps_both_versions(env):
     copies = [n for n in os.listdir(env.docs) if n.startswith("doc (conflict ")]
     assert len(copies) == 1
     assert (env.docs / copies[0]).read_text() == "mine, written offline"
+
+
+def go_offline(env):
+    env.proxy.stop_listening()
+    env.proxy.reset()
+    eventually(lambda: any("is now offline" in line for line in mode_lines(env)), 10, "offline not noticed")
+
+
+def test_dir_deleted_on_server_while_file_inside_changed_here_loses_nothing(env):
+    (env.server / "D").mkdir()
+    (env.server / "D" / "f.txt").write_text("base")
+    (env.server / "D" / "g.txt").write_text("untouched")
+    assert (env.docs / "D" / "f.txt").read_text() == "base"
+    assert os.listdir(env.docs / "D")
+    go_offline(env)
+    (env.docs / "D" / "f.txt").write_text("changed here")
+    import shutil
+
+    shutil.rmtree(env.server / "D")
+    env.proxy.resume_listening()
+    eventually(lambda: (env.server / "D" / "f.txt").read_text() == "changed here", 15,
+               "the local change was lost with the server-side delete")
+    eventually(lambda: not (env.docs / "D" / "g.txt").exists(), 10, "the unchanged file should follow the server")
+
+
+def test_dir_deleted_here_while_file_inside_changed_on_server_loses_nothing(env):
+    (env.server / "E").mkdir()
+    (env.server / "E" / "f.txt").write_text("base")
+    assert (env.docs / "E" / "f.txt").read_text() == "base"
+    go_offline(env)
+    os.unlink(env.docs / "E" / "f.txt")
+    os.rmdir(env.docs / "E")
+    time.sleep(0.05)
+    (env.server / "E" / "f.txt").write_text("changed on the server")
+    env.proxy.resume_listening()
+    eventually(lambda: (env.docs / "E" / "f.txt").read_text() == "changed on the server", 15,
+               "the server's change did not come back")
+    assert (env.server / "E" / "f.txt").read_text() == "changed on the server"
+
+
+def test_offline_changes_survive_a_daemon_crash(env):
+    prepare_cache(env)
+    go_offline(env)
+    (env.docs / "sub" / "a.txt").write_text("made offline")
+    os.rename(env.docs / "sub", env.docs / "moved")
+    os.mkdir(env.docs / "fresh")
+    (env.docs / "fresh" / "b.txt").write_text("b")
+    env.daemon.kill()
+    env.proxy.resume_listening()
+    env.start_daemon()
+    eventually(lambda: (env.server / "moved" / "a.txt").read_text() == "made offline"
+               and (env.server / "moved" / "inner.txt").read_text() == "inner"
+               and (env.server / "fresh" / "b.txt").read_text() == "b"
+               and not (env.server / "sub").exists(), 15, "offline changes lost with the crash")

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import trio
 
+from cscd.cache import chunks as chunkmaps
 from cscd.cache import conflicts, nodes, ranges
 from cscd.cache.index import Index, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
@@ -65,7 +66,10 @@ class RemoteSource(Protocol):
     """What the cache needs from sync to fill what is missing. Implemented in ``cscd.sync``."""
 
     def may_fetch(self, folder: bytes) -> bool:
-        """Whether the folder's mode allows fetching uncached data now."""
+        """Whether the folder's mode allows fetching uncached content now."""
+
+    def may_list(self, folder: bytes) -> bool:
+        """Whether the folder's mode allows listing a directory never listed before."""
 
     async def read(self, folder: bytes, path: bytes, offset: int, length: int) -> bytes:
         """Bytes of the server file, within the source's deadline."""
@@ -87,6 +91,8 @@ class Cache:
         self.source = source
         self.folders = list(folders)
         self.invalidations_send, self.invalidations = trio.open_memory_channel[tuple](10_000)
+        #: ids of files whose download just completed; sync chunks them (news upward as data)
+        self.hydrated_send, self.hydrated = trio.open_memory_channel[int](1_000)
         self._dirty_event = trio.Event()
         self._open_count: dict[int, int] = {}
         self._writers: dict[int, int] = {}
@@ -221,7 +227,7 @@ class Cache:
             if Flag.LISTED in node.flags:
                 return
             folder, path = self.remote_path(node)
-            if not self.source.may_fetch(folder):
+            if not self.source.may_list(folder):
                 raise NotAvailableOffline(
                     f"{folder.decode(errors='replace')}/{path.decode(errors='replace')} was never "
                     "listed and the server is not reachable in this mode"
@@ -517,6 +523,11 @@ class Cache:
                 os.close(fd)
             self._store_ranges(txn, node, have, node.size)
             nodes.put(ix, txn, node)
+        if node.is_hydrated:
+            try:
+                self.hydrated_send.send_nowait(node_id)
+            except trio.WouldBlock:
+                pass  # the map is then computed at the next upload's full chunking
 
     def write(self, node_id: int, fd: int, offset: int, data: bytes) -> int:
         """Write into the cache and mark the node dirty, in one transaction."""
@@ -636,11 +647,12 @@ class Cache:
             return ranges.missing(self._ranges(txn, node), 0, node.size)
 
     def record_synced(self, node_id: int, version: int, base_parent: int, entry: RemoteEntry | None,
-                      reasons: DirtyReason) -> bool:
+                      reasons: DirtyReason, chunks: list[chunkmaps.ChunkTriple] | None = None) -> bool:
         """After a successful server change: store the new base; clear dirty if unchanged since.
 
         Returns False if the node changed locally meanwhile (it stays dirty for another round).
-        ``entry=None`` records a server delete.
+        ``entry=None`` records a server delete. ``chunks`` is the chunk map of the uploaded
+        content, stored as the new base's map in the same transaction (see ``chunkmaps.after_sync``).
         """
         ix = self.index
         with self._txn(write=True) as txn:
@@ -656,10 +668,12 @@ class Cache:
                     return True
                 nodes.put(ix, txn, node)
                 return True
+            old_base = (node.base_file_id, node.base_size, node.base_mtime_ns)
             nodes.set_base(ix, txn, node, base_parent, entry)
             clean = node.version == version
             if clean:
                 nodes.clear_dirty(ix, txn, node_id, reasons)
+            chunkmaps.after_sync(ix, txn, node, old_base, reasons, chunks, clean=clean)
             nodes.put(ix, txn, node)
         if not clean:
             self._changed()
@@ -685,6 +699,41 @@ class Cache:
                         and Flag.TOMBSTONE not in node.flags:
                     out.append(node.id)
         return out
+
+    def base_chunks(self, node_id: int) -> list[chunkmaps.ChunkTriple] | None:
+        """The chunk map of the node's base content; None if unknown or stale."""
+        with self._txn() as txn:
+            node = nodes.find(self.index, txn, node_id)
+            return None if node is None else chunkmaps.get(self.index, txn, node)
+
+    def record_base_chunks(self, node_id: int, version: int, base: RemoteEntry,
+                           chunk_map: list[chunkmaps.ChunkTriple]) -> bool:
+        """Store the map of a downloaded file if its version and base did not move meanwhile."""
+        ix = self.index
+        with self._txn(write=True) as txn:
+            node = nodes.find(ix, txn, node_id)
+            return node is not None and chunkmaps.record_for_base(
+                ix, txn, node, version, base, chunk_map,
+                is_dirty=bool(nodes.dirty_reasons(ix, txn, node_id)))
+
+    def listed_dir_at(self, folder: bytes, parts: list[bytes]) -> int | None:
+        """The deepest listed directory on the agreed server path ``folder/parts...``."""
+        ix = self.index
+        with self._txn() as txn:
+            found = None
+            nid = nodes.base_lookup_id(ix, txn, ROOT_ID, folder)
+            for name in [None, *parts]:
+                if name is not None:
+                    nid = nodes.base_lookup_id(ix, txn, nid, name)
+                node = None if nid is None else nodes.find(ix, txn, nid)
+                if node is None or not node.is_dir or Flag.LISTED not in node.flags:
+                    break
+                found = nid
+            return found
+
+    def content_path(self, node_id: int) -> Path:
+        """Where the node's content lives on local disk (for hashing in another process)."""
+        return self.store.path(node_id)
 
     def content_fd(self, node_id: int) -> int:
         """A read-only fd of the node's content file for uploading (caller closes it)."""

@@ -66,10 +66,12 @@ class DaemonConfig:
     #: a file whose content says whether the network is metered ("1"/"yes"/"true"), for
     #: machines without NetworkManager
     metered_file: Path | None = None
+    #: where to ask NetworkManager: "system" (default), "session", a D-Bus address, or None
+    metered_dbus: str | None = "system"
 
 
 _TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file",
-             "cache_limit"}
+             "metered_dbus", "cache_limit"}
 
 
 class _Doc:
@@ -224,6 +226,15 @@ def load_config(path: Path) -> DaemonConfig:
                 values[f.name] = off.get_float(f.name, default, 0.0, 10 * 86400.0)
         offline = OfflinePolicy(**values)
     metered_file = doc.get_path("metered_file", required=False)
+    metered_dbus: str | None = "system"
+    if "metered_dbus" in doc.items:
+        raw = doc.value("metered_dbus")
+        if raw is None or raw is False or raw == "none":
+            metered_dbus = None
+        elif isinstance(raw, str) and (raw in ("system", "session") or raw.startswith(("unix:", "tcp:"))):
+            metered_dbus = raw
+        else:
+            raise doc.err("metered_dbus", f"expected system, session, none or a D-Bus address, got {raw!r}")
     limit_bytes, limit_fraction = None, 0.10
     if "cache_limit" in doc.items:
         raw = doc.value("cache_limit")
@@ -232,7 +243,8 @@ def load_config(path: Path) -> DaemonConfig:
         except ValueError as exc:
             raise doc.err("cache_limit", str(exc)) from None
     return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings,
-                        offline=offline, metered_file=metered_file, cache_limit_bytes=limit_bytes,
+                        offline=offline, metered_file=metered_file, metered_dbus=metered_dbus,
+                        cache_limit_bytes=limit_bytes,
                         cache_limit_fraction=limit_fraction)
 
 

@@ -30,6 +30,12 @@ class FolderSource:
         self.on_link_error = on_link_error
         self.bytes_fetched = 0
 
+    def may_list(self, folder: bytes) -> bool:
+        """Listing a never-listed directory costs little: allowed whenever the server is
+        reachable and the user has not chosen to work offline (metered included)."""
+        link = self.links.get(folder.decode())
+        return link is not None and (link.mode.may_fetch or link.mode is Mode.METERED)
+
     def may_fetch(self, folder: bytes) -> bool:
         name = folder.decode()
         link = self.links.get(name)

@@ -1,0 +1,65 @@
+"""Cost-aware sync: a metered network (the stand-in NetworkManager on a private bus) stops
+background uploads; the per-user override keeps them; the state is followed live."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.helpers.fake_nm import METERED_NO, METERED_YES, FakeNetworkManager
+from tests.helpers.mount_env import MountEnv
+from tests.helpers.wait import wait_for
+
+
+@pytest.fixture
+def nm(tmp_path):
+    fake = FakeNetworkManager(tmp_path / "bus", metered=METERED_YES)
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def modes(env):
+    return [line.split("is now ", 1)[1] for line in env.daemon.log_text().splitlines() if "is now " in line]
+
+
+def test_metered_network_holds_uploads_until_it_is_not(smbd, tmp_path, nm):
+    env = MountEnv(smbd, tmp_path / "c", extra={"metered_dbus": nm.address})
+    try:
+        env.start_daemon()
+        wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "metered mode not entered")
+        (env.docs / "held.txt").write_text("wait for a free network")
+        time.sleep(2.0)  # several push rounds (upload delay 0.1 s): none may upload
+        assert not (env.server / "held.txt").exists(), "uploaded on a metered network"
+        nm.set_metered(METERED_NO)
+        wait_for(lambda: (env.server / "held.txt").exists(), 10, "not uploaded once the network is free")
+        assert modes(env)[-1].startswith("online")
+    finally:
+        env.close()
+
+
+def test_override_keeps_syncing_on_metered(smbd, tmp_path, nm):
+    env = MountEnv(smbd, tmp_path / "c", extra={"metered_dbus": nm.address},
+                   offline={"sync_on_metered": True})
+    try:
+        env.start_daemon()
+        (env.docs / "exec.txt").write_text("the executive's laptop syncs anyway")
+        wait_for(lambda: (env.server / "exec.txt").exists(), 10, "override did not upload")
+        assert not any(m.startswith("metered") for m in modes(env))
+    finally:
+        env.close()
+
+
+def test_file_source_for_machines_without_networkmanager(smbd, tmp_path):
+    flag = tmp_path / "metered"
+    flag.write_text("yes\n")
+    env = MountEnv(smbd, tmp_path / "c", extra={"metered_file": str(flag), "metered_dbus": "none"})
+    try:
+        env.start_daemon()
+        wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "metered mode not entered")
+        flag.write_text("no\n")
+        wait_for(lambda: modes(env)[-1].startswith("online"), 10, "did not return online")
+    finally:
+        env.close()
