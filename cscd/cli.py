@@ -1,33 +1,77 @@
 """The ``cscd`` command: argument parsing, one-line errors, exit codes.
 
-``cscd daemon --config FILE`` runs the daemon in the foreground (for systemd).
+``cscd daemon [--config FILE]`` runs the daemon in the foreground (for systemd); ``cscd
+unmount`` detaches the mount a crashed daemon left behind (the units' ``ExecStopPost``).
 ``cscd demo`` starts a throwaway Samba on 127.0.0.1 and mounts a redirected ``Documents``
 folder from it, for trying cscd (and the README's first command).
 
-Exit codes: 0 success, 1 internal error, 2 bad configuration or input, 3 server unreachable
-on a first start with nothing cached.
+Every other command talks to the running daemon over its control socket (``control.py``):
+``status``, ``sync [PATH] [--wait]``, ``events [--follow] [--since WHEN]``, ``stats
+[--prometheus] [--textfile PATH]``, ``reload``, ``offline|online [FOLDER]``, ``pin|unpin
+PATH``, ``free-space PATH``, ``conflicts`` / ``conflicts resolve PATH --keep
+local|remote|both``, ``policy show``, ``profile logon|logoff``. The socket is found from the
+configuration (``--config``, default ``~/.config/cscd/cscd.yaml``) and ``$XDG_RUNTIME_DIR``,
+or given with ``--socket``. ``--json`` prints the daemon's answer as JSON for scripts
+(``events --follow --json``: one JSON object per line); on an error it prints
+``{"error": {"code": …, "message": …}}`` and the error line still goes to stderr.
+
+Exit codes:
+
+- 0 success
+- 1 internal error (a bug: a traceback is printed)
+- 2 bad configuration or input (usage errors too)
+- 3 server unreachable on a first start with nothing cached (``daemon``)
+- 4 the daemon is not running (no control socket, or nobody answers on it)
+- 5 the daemon refused or could not do the request (the message says why)
+- 6 the daemon does not implement the command yet (the message names the issue)
+- 7 ``sync --wait`` ended with changes still pending (a folder is offline, say)
+- 130 interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import logging
 import os
+import re
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from cscd import __version__
+from cscd.control import ControlClient, ControlError, default_config_path, socket_candidates, socket_path
 from cscd.errors import ConfigError, CscdError
+from cscd.events import JournalHandler, journal_stream_is_stderr
+from cscd.metrics import prometheus, write_textfile
 
 log = logging.getLogger("cscd")
 
+EXIT_NOT_RUNNING = 4
+EXIT_REFUSED = 5
+EXIT_NOT_IMPLEMENTED = 6
+EXIT_PENDING = 7
+
 
 def _setup_logging(verbose: int) -> None:
-    """INFO by default; ``-v``: cscd's own DEBUG; ``-vv``: everything, libraries included."""
-    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """INFO by default; ``-v``: cscd's own DEBUG; ``-vv``: everything, libraries included.
+
+    Under systemd (stderr is the journal stream) records go to journald with structured
+    fields instead, so events carry their MESSAGE_ID and CSCD_* fields.
+    """
+    level = logging.DEBUG if verbose >= 2 else logging.INFO
+    if journal_stream_is_stderr():
+        handler: logging.Handler = JournalHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose == 1:
         logging.getLogger("cscd").setLevel(logging.DEBUG)
     if verbose < 2:
@@ -40,9 +84,48 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     from cscd.daemon import run_daemon
     from cscd.policy.config import load_config
 
-    config = load_config(Path(args.config))
+    config = load_config(Path(args.config) if args.config else default_config_path())
     trio.run(run_daemon, config)
     return 0
+
+
+def _mounted(path: Path) -> bool:
+    """Whether ``path`` is in the mount table (a dead FUSE mount too, unlike ``ismount``)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split(" ", 5)[4])
+            if point == target:
+                return True
+    return False
+
+
+def _cmd_unmount(args: argparse.Namespace) -> int:
+    """Detach the mount a crashed daemon left behind (the units' ExecStopPost)."""
+    import subprocess
+
+    from cscd.policy.config import load_config
+
+    config = load_config(Path(args.config) if args.config else default_config_path())
+    try:
+        with ControlClient(socket_candidates(config.path, config.cache), timeout_s=2.0) as client:
+            client.call("hello")
+    except CscdError:
+        pass  # not running, or hung: either way the mount is ours to clean up
+    else:
+        raise ControlError("running", f"cscd is running on {config.mount}; stop it with "
+                                      "systemctl --user stop cscd")
+    if not _mounted(config.mount):
+        return 0
+    for cmd in (["fusermount3", "-u", "-z", str(config.mount)], ["umount", "-l", str(config.mount)]):
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if not _mounted(config.mount):
+            print(f"cscd: unmounted {config.mount}")
+            return 0
+    raise CscdError(f"{config.mount}: could not unmount it (try: fusermount3 -u -z {config.mount})")
 
 
 def _default_state_dir() -> Path:
@@ -77,34 +160,351 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   f"is mounted at {mount}/Documents", flush=True)
             print(f"cscd: server side: {samba.share_dir / user_dir / 'Documents'}; cache: {state / 'cache'}",
                   flush=True)
+            sock = socket_path(config.path, config.cache)
+            print(f"cscd: look at it with: cscd status --socket {sock}", flush=True)
             print(f"cscd: stop with Ctrl-C (or: fusermount3 -u {mount})", flush=True)
 
         trio.run(lambda: run_daemon(config, on_ready=ready))
     return 0
 
 
+# ---------------------------------------------------------------- talking to the daemon
+
+
+def _client(args: argparse.Namespace, timeout_s: float | None = None) -> ControlClient:
+    """A client for the daemon of ``--socket``, or of ``--config`` (default config path)."""
+    timeout = timeout_s if timeout_s is not None else args.timeout or 10.0
+    sock = args.socket
+    if sock:
+        return ControlClient(Path(sock), timeout_s=timeout)
+    config_path = Path(getattr(args, "config", None) or default_config_path())
+    cache_dir = None
+    try:
+        from cscd.policy.config import load_config
+
+        cache_dir = load_config(config_path).cache
+    except ConfigError as exc:
+        if not socket_candidates(config_path, None):
+            raise ConfigError(f"cannot find the daemon's control socket: {exc}; and $XDG_RUNTIME_DIR is "
+                              "not set; pass --config FILE or --socket PATH") from None
+    return ControlClient(socket_candidates(config_path, cache_dir), timeout_s=timeout)
+
+
+def _call(args: argparse.Namespace, cmd: str, cmd_args: dict[str, Any] | None = None,
+          timeout_s: float | None = None) -> Any:
+    with _client(args, timeout_s) as client:
+        return client.call(cmd, cmd_args or {})
+
+
+def _emit_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True), flush=True)
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "never"
+    ago = max(0, time.time() - epoch)
+    stamp = dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+    if ago < 120:
+        return f"{stamp} ({ago:.0f} s ago)"
+    if ago < 7200:
+        return f"{stamp} ({ago / 60:.0f} min ago)"
+    return f"{stamp} ({ago / 3600:.1f} h ago)"
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """``--since``: ``30s``, ``10m``, ``2h``, ``1d`` ago, a plain number of seconds ago, or a
+    local date/time (``2024-05-01 12:00``, ``2024-05-01T12:00:00``, ``12:00`` today)."""
+    now = time.time() if now is None else now
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*(?:ago)?\s*", text)
+    if m:
+        return now - float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+    for fmt in ("%H:%M", "%H:%M:%S"):
+        try:
+            t = dt.datetime.strptime(text.strip(), fmt).time()
+        except ValueError:
+            continue
+        return dt.datetime.combine(dt.datetime.fromtimestamp(now).date(), t).timestamp()
+    try:
+        return dt.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: write a time like 10m, 2h, 1d, 12:00 or "
+                          "2024-05-01 12:00") from None
+
+
+# ---------------------------------------------------------------- reporting commands
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    status = _call(args, "status")
+    if args.json:
+        _emit_json(status)
+        return 0
+    for name, f in status.get("folders", {}).items():
+        rtt = f" (rtt {f['rtt_ms']:.1f} ms)" if f.get("rtt_ms") is not None else ""
+        print(f"{name}: {f['mode']} — {f['reason']}{rtt}")
+        if f.get("target"):
+            print(f"  target     {f['target']}")
+        pending = ("?" if f.get("pending_changes") is None
+                   else f"{f['pending_changes']} changes, {_size(f.get('pending_bytes'))}")
+        print(f"  pending    {pending}")
+        print(f"  traffic    {_size(f.get('bytes_uploaded'))} up, {_size(f.get('bytes_downloaded'))} down")
+        print(f"  last sync  {_when(f.get('last_sync'))}")
+    s = status.get("sync", {})
+    print(f"sync: {s.get('pending_changes', 0)} changes pending, {s.get('files_uploaded', 0)} files "
+          f"uploaded, {s.get('conflicts', 0)} conflicts since start")
+    c = status.get("cache", {})
+    limit = "no limit" if c.get("limit_bytes") is None else f"limit {_size(c['limit_bytes'])}"
+    print(f"cache: {_size(c.get('used_bytes'))} used, {limit}; {c.get('hits', 0)} hits, "
+          f"{c.get('misses', 0)} misses")
+    return 0
+
+
+class _Progress:
+    """While a sync runs: a progress line on a terminal, refreshed from ``status``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def _run(self) -> None:
+        spin = "|/-\\"
+        i = 0
+        try:
+            with _client(self.args, 5.0) as client:
+                while not self.stop.wait(0.25):
+                    s = client.call("status")["sync"]
+                    sys.stderr.write(f"\r{spin[i % 4]} syncing: {s['pending_changes']} changes pending, "
+                                     f"{s['files_uploaded']} files uploaded   ")
+                    sys.stderr.flush()
+                    i += 1
+        except CscdError:
+            pass
+
+    def __enter__(self) -> _Progress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    request = {"path": _abs(args.path) if args.path else None, "wait": args.wait}
+    if not args.wait:
+        result = _call(args, "sync", request)
+        if args.json:
+            _emit_json(result)
+        else:
+            print(f"sync: requested for {', '.join(result.get('folders', [])) or 'no folder'}")
+        return 0
+    if not args.json and sys.stderr.isatty():
+        with _Progress(args):
+            result = _call(args, "sync", request, timeout_s=args.timeout or 3600.0)
+    else:
+        if not args.json:
+            print("sync: started", flush=True)
+        result = _call(args, "sync", request, timeout_s=args.timeout or 3600.0)
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"sync: finished in {result.get('duration_s', 0):.1f} s: {result.get('files_uploaded', 0)} "
+              f"files, {_size(result.get('bytes_uploaded', 0))} uploaded; "
+              f"{result.get('pending', 0)} changes pending")
+        for name, why in (result.get("skipped") or {}).items():
+            print(f"sync: {name} skipped: {why}")
+    return EXIT_PENDING if result.get("pending") else 0
+
+
+def _print_event(e: dict[str, Any]) -> None:
+    stamp = dt.datetime.fromtimestamp(e["time"]).strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{stamp} {e['level']:<7} {e['id']} {e['name']:<24} {e['message']}", flush=True)
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    request: dict[str, Any] = {}
+    if args.since:
+        request["since"] = parse_since(args.since)
+    if args.limit:
+        request["limit"] = args.limit
+    with _client(args, max(35.0, args.timeout or 0)) as client:
+        answer = client.call("events", request)
+        if args.json and not args.follow:
+            _emit_json(answer)
+            return 0
+        last = answer["last_seq"]
+        for e in answer["events"]:
+            print(json.dumps(e, sort_keys=True), flush=True) if args.json else _print_event(e)
+        while args.follow:
+            answer = client.call("events", {"after_seq": last, "wait_s": 25})
+            for e in answer["events"]:
+                print(json.dumps(e, sort_keys=True), flush=True) if args.json else _print_event(e)
+                last = max(last, e["seq"])
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    stats = _call(args, "stats")
+    if args.textfile:
+        write_textfile(Path(args.textfile), prometheus(stats))
+    if args.json:
+        _emit_json(stats)
+    elif args.prometheus:
+        sys.stdout.write(prometheus(stats))
+    elif not args.textfile:
+        for fam in stats["metrics"]:
+            for s in fam["samples"]:
+                label = f"{{{s['labels']['folder']}}}" if s["labels"].get("folder") else ""
+                value = s["value"]
+                shown = f"{value:.3f}" if isinstance(value, float) and value != int(value) else f"{value:.0f}"
+                print(f"{fam['name'] + label:<48} {shown}")
+    return 0
+
+
+def _simple(cmd: str, build) -> Any:
+    """A command that sends ``build(args)`` and prints the answer's message (or JSON)."""
+    def run(args: argparse.Namespace) -> int:
+        result = _call(args, cmd, build(args))
+        if args.json:
+            _emit_json(result)
+        elif isinstance(result, dict) and "message" in result:
+            print(result["message"])
+        elif isinstance(result, list):
+            for item in result:
+                print(item if not isinstance(item, dict) else
+                      "  ".join(f"{k}={v}" for k, v in item.items()))
+        else:
+            print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    return run
+
+
+def _cmd_conflicts(args: argparse.Namespace) -> int:
+    if args.action == "resolve":
+        return _simple("conflicts.resolve", lambda a: {"path": _abs(a.path), "keep": a.keep})(args)
+    result = _call(args, "conflicts")
+    if args.json:
+        _emit_json(result)
+        return 0
+    items = result.get("conflicts", []) if isinstance(result, dict) else result
+    if not items:
+        print("no conflicts")
+    for c in items:
+        print("  ".join(f"{k}: {v}" for k, v in c.items()) if isinstance(c, dict) else c)
+    return 0
+
+
+# ---------------------------------------------------------------- the parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cscd", description="Offline Files for Linux: redirected folders over SMB")
+    p = argparse.ArgumentParser(prog="cscd", description="Offline Files for Linux: redirected folders over SMB",
+                                epilog="Exit codes: 0 ok, 1 bug, 2 bad input, 3 server unreachable at first "
+                                       "start, 4 daemon not running, 5 request refused, 6 not implemented yet, "
+                                       "7 sync left changes pending.")
     p.add_argument("--version", action="version", version=f"cscd {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: debug, -vv: libraries too)")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("daemon", help="mount the redirected folders and serve them (foreground)")
-    d.add_argument("--config", required=True, help="YAML configuration file")
+    d.add_argument("--config", help=f"YAML configuration file (default: {default_config_path()})")
     d.set_defaults(fn=_cmd_daemon)
+    u = sub.add_parser("unmount", help="after a crash: detach the mount the daemon left behind")
+    u.add_argument("--config", help=f"YAML configuration file (default: {default_config_path()})")
+    u.set_defaults(fn=_cmd_unmount)
     m = sub.add_parser("demo", help="start a throwaway Samba on loopback and mount Documents from it")
     m.add_argument("--state-dir", default=str(_default_state_dir()), help="where the demo keeps its files")
     m.add_argument("--mount", help="mountpoint (default: STATE_DIR/mnt)")
     m.set_defaults(fn=_cmd_demo)
+
+    # Options every client command takes, before or after its own arguments. SUPPRESS keeps
+    # a nested parser's default from overwriting a value given earlier on the line.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help=f"the daemon's configuration file (default: {default_config_path()})")
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="the daemon's control socket")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds to wait for an answer")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
+
+    def client(name: str, fn, help: str, **kw: Any) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, parents=[common], **kw)
+        c.set_defaults(fn=fn)
+        return c
+
+    client("status", _cmd_status, "per folder: mode and why, link, pending changes, last sync; the cache")
+    s = client("sync", _cmd_sync, "sync now (the folder of PATH, or all)")
+    s.add_argument("path", nargs="?", metavar="PATH")
+    s.add_argument("--wait", action="store_true", help="wait until done (progress on a terminal)")
+    e = client("events", _cmd_events, "the daemon's recent events (IDs as in cscd/events.py)")
+    e.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    e.add_argument("--since", metavar="WHEN", help="10m, 2h, 1d, 12:00 or 2024-05-01 12:00")
+    e.add_argument("--limit", type=int, help="at most this many (the newest)")
+    st = client("stats", _cmd_stats, "performance counters and rates")
+    st.add_argument("--prometheus", action="store_true", help="node_exporter textfile format")
+    st.add_argument("--textfile", metavar="PATH", help="write the Prometheus text to PATH atomically")
+    client("reload", _simple("reload", lambda a: {}), "re-read policy (as SIGHUP)")
+    for name, doc in (("offline", "work offline: no traffic until 'cscd online'"),
+                      ("online", "end working offline")):
+        o = client(name, _simple(name, lambda a: {"folder": a.folder}), doc)
+        o.add_argument("folder", nargs="?", metavar="FOLDER", help="one folder (default: all)")
+    for name, doc in (("pin", "always available offline: fetch and keep PATH"),
+                      ("unpin", "let PATH be evicted again"),
+                      ("free-space", "drop the cached content of PATH (clean files only)")):
+        o = client(name, _simple(name, lambda a: {"path": _abs(a.path)}), doc)
+        o.add_argument("path", metavar="PATH")
+    c = client("conflicts", _cmd_conflicts, "list conflicts, or resolve one")
+    c.set_defaults(action=None)
+    csub = c.add_subparsers(dest="action")
+    r = csub.add_parser("resolve", help="resolve the conflict of PATH", parents=[common])
+    r.add_argument("path", metavar="PATH")
+    r.add_argument("--keep", required=True, choices=("local", "remote", "both"))
+    pol = client("policy", _simple("policy.show", lambda a: {}), "policy")
+    psub = pol.add_subparsers(dest="action", required=True)
+    psub.add_parser("show", help="the effective policy and where each key comes from", parents=[common])
+    prof = client("profile", lambda a: _simple(f"profile.{a.action}", lambda _: {})(a), "roaming profile")
+    prsub = prof.add_subparsers(dest="action", required=True)
+    for action in ("logon", "logoff"):
+        prsub.add_parser(action, help=f"run the profile's {action} step now", parents=[common])
     return p
+
+
+_EXIT_BY_CODE = {"not_running": EXIT_NOT_RUNNING, "not_implemented": EXIT_NOT_IMPLEMENTED,
+                 "invalid_argument": 2, "bad_request": 2}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name, default in (("json", False), ("timeout", None), ("socket", None)):
+        if name not in args:
+            setattr(args, name, default)
     _setup_logging(args.verbose)
     try:
         return args.fn(args)
     except BaseException as exc:  # noqa: BLE001 - unwrapped and re-raised below
         inner = _unwrap(exc)
+        if isinstance(inner, ControlError):
+            if args.json:
+                _emit_json({"error": {"code": inner.code, "message": inner.message}})
+            prefix = "" if inner.message.startswith("cscd ") else "cscd: "
+            print(prefix + inner.message, file=sys.stderr)
+            return _EXIT_BY_CODE.get(inner.code, EXIT_REFUSED)
         if isinstance(inner, ConfigError):
             print(f"cscd: {inner}", file=sys.stderr)
             return inner.exit_code
@@ -113,6 +513,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if isinstance(inner, KeyboardInterrupt):
             return 130
+        if isinstance(inner, BrokenPipeError):  # `cscd events --follow | head`
+            return 0
+        if isinstance(inner, OSError) and args.fn is _cmd_stats:
+            print(f"cscd: {inner.filename or ''}: {inner.strerror or inner}", file=sys.stderr)
+            return 2
         raise
 
 

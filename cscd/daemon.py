@@ -1,6 +1,7 @@
 """The daemon: builds every object, runs them in one trio nursery, mounts last.
 
-Owns wiring, start-up checks, signals and sd_notify. Nothing imports it but ``cli``.
+Owns wiring, start-up checks and signals; the control handlers, events and systemd
+notifications live in ``operations.py``. Nothing imports it but ``cli``.
 
 Start-up order: read configuration and credentials (errors are one line, exit 2); open the
 cache; connect each folder's server with a deadline — an unreachable server is fine when the
@@ -16,16 +17,18 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 from pathlib import Path
 
 import pyfuse3
 import trio
 
+from cscd import operations
 from cscd.cache.cache import Cache
 from cscd.errors import AccessDenied, ConfigError, CscdError
+from cscd.events import EventId, emit
 from cscd.fs import CscdFs, mount_options
 from cscd.link import LinkMonitor, WorkingOfflineState
+from cscd.network import MeteredWatcher
 from cscd.policy.config import DaemonConfig
 from cscd.policy.credentials import load_credentials
 from cscd.sync.engine import SyncEngine
@@ -37,21 +40,6 @@ from cscd.upstream.smb import SmbUpstream
 log = logging.getLogger(__name__)
 
 GRACE_S = 5.0
-
-
-def sd_notify(message: str) -> None:
-    """Send one notification to systemd if it asked for them (no library needed)."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(message.encode())
-    except OSError as exc:
-        log.debug("sd_notify failed: %s", exc)
 
 
 def check_mountpoint(path: Path) -> None:
@@ -106,18 +94,6 @@ async def _first_connect(name: str, upstream: Upstream, monitor: LinkMonitor, ti
         monitor.mark_reachable(name, False, str(exc) or "no answer")
 
 
-def metered_from_file(path: Path | None):
-    """A metered-state source for machines without NetworkManager: the file says yes or no."""
-    def is_metered() -> bool:
-        if path is None:
-            return False
-        try:
-            return path.read_text().strip().lower() in ("1", "yes", "true", "metered")
-        except OSError:
-            return False
-    return is_metered
-
-
 async def run_daemon(config: DaemonConfig, *, on_ready=None) -> None:
     """Mount and serve until SIGTERM/SIGINT or an unmount; raises ConfigError for bad input."""
     # The receiver stays open until everything is closed: a second SIGTERM while we unmount
@@ -131,6 +107,7 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
     check_mountpoint(config.mount)
     links = {name: FolderLink() for name in upstreams}
     policies = {name: config.offline for name in upstreams}
+    metered = MeteredWatcher(bus=config.metered_dbus, file=config.metered_file)
     config.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     monitor = LinkMonitor(
         {n: (upstreams[n], links[n]) for n in upstreams},
@@ -139,8 +116,9 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
         timeout_s=config.timings.request_timeout_s,
         policies=policies,
         working_offline=WorkingOfflineState(config.cache / "working-offline.json"),
-        is_metered=metered_from_file(config.metered_file),
+        is_metered=metered.is_metered,
     )
+    metered.on_change = monitor.wake_all
     source = FolderSource(upstreams, links, fetch_timeout_s=config.timings.fetch_timeout_s,
                           on_link_error=monitor.report_failure, policies=policies)
     limit = config.cache_limit_bytes
@@ -172,7 +150,7 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
         ops = CscdFs(cache)
         pyfuse3.init(ops, str(config.mount), mount_options())
         try:
-            await _serve(config, cache, monitor, engine, ops, links, on_ready, signals)
+            await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered)
         finally:
             with trio.CancelScope(shield=True):
                 pyfuse3.close(unmount=True)
@@ -183,10 +161,11 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
         cache.close()
 
 
-async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals) -> None:
+async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, signals, nursery.cancel_scope, name="signals")
         await nursery.start(cache.run, name="cache.flush")
+        await nursery.start(metered.run, name="network.metered")
         await nursery.start(monitor.run, name="link")
         await nursery.start(engine.run, name="sync")
         await nursery.start(ops.serve_invalidations, name="fs.notify")
@@ -196,9 +175,12 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals) 
             nursery.cancel_scope.cancel()  # unmounted from outside, or terminate()
 
         nursery.start_soon(fuse_main, name="fuse")
-        modes = ", ".join(f"{n}: {link.mode.value}" for n, link in links.items())
+        await operations.start_operations(nursery, config, cache, monitor, engine, links)
+        modes = operations.modes_text(links)
         log.info("mounted %s (%s)", config.mount, modes)
-        sd_notify(f"READY=1\nSTATUS={modes}")
+        await operations.wait_mount_answers(config.mount)
+        operations.sd_notify(f"READY=1\nSTATUS={modes}")
+        emit(EventId.DAEMON_READY, mount=str(config.mount), modes=modes)
         if on_ready is not None:
             on_ready()
 
@@ -207,13 +189,14 @@ async def _watch_signals(signals, cancel_scope: trio.CancelScope) -> None:
     stopping = False
     async for signum in signals:
         if signum == signal.SIGHUP:
-            log.info("SIGHUP: nothing to reload yet")
+            operations.reload("SIGHUP")
             continue
         if stopping:
             log.info("%s: already unmounting", signal.Signals(signum).name)
             continue
         stopping = True
         log.info("%s: unmounting", signal.Signals(signum).name)
-        sd_notify("STOPPING=1")
+        operations.sd_notify("STOPPING=1")
+        emit(EventId.DAEMON_STOPPING, reason=signal.Signals(signum).name)
         pyfuse3.terminate()
         cancel_scope.cancel()

@@ -47,11 +47,13 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     # the embedded Samba for the demo, tests and benchmarks: only cli and daemon use it
     "samba": LEAVES,
     "daemon": frozenset(),  # filled in below: everything but cli
+    "operations": frozenset(),  # daemon's other half (control handlers): filled in below
     "cli": frozenset({"daemon", "control", "policy", "samba"}) | LEAVES,
     ROOT: frozenset(),
     "__main__": frozenset({"cli"}),
 }
 ALLOWED = {**ALLOWED, "daemon": frozenset(ALLOWED) - {"daemon", "cli", "__main__"}}
+ALLOWED = {**ALLOWED, "operations": ALLOWED["daemon"] - {"operations"}}
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,9 @@ _WARNING_RE = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback")
 _OCTAL_ESCAPE_RE = re.compile(r"\\([0-7]{3})")  # mountinfo writes space as \040
 
 
-def _env() -> dict[str, str]:
+def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(extra or {})
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + path if path else "")
     env["PYTHONUNBUFFERED"] = "1"
@@ -119,7 +120,8 @@ class DaemonProcess:
     ``workdir`` holds ``NAME.yaml`` and ``NAME.log`` (``name`` tells two daemons apart, e.g.
     a second workstation); ``mount`` and ``cache`` default to ``workdir/NAME-mnt`` and
     ``workdir/NAME-cache``. ``folders`` maps folder names to UNC paths (or local
-    directories). ``extra`` adds top-level config keys, e.g. ``{"timings": {...}}``.
+    directories). ``extra`` adds top-level config keys, e.g. ``{"timings": {...}}``; ``env``
+    adds environment variables for the daemon process.
     The config is written when the object is made and again by each ``start()``, so
     ``extra`` and ``folders`` may be changed between runs.
     """
@@ -135,6 +137,7 @@ class DaemonProcess:
         cache: Path | None = None,
         extra: Mapping[str, Any] | None = None,
         name: str = "cscd",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.name = name
@@ -144,6 +147,9 @@ class DaemonProcess:
         self.port = port
         self.folders: dict[str, str] = dict(folders)
         self.extra: dict[str, Any] = dict(extra or {})
+        #: extra environment for the daemon (``NOTIFY_SOCKET``, ``WATCHDOG_USEC``, …); may be
+        #: changed between runs
+        self.env: dict[str, str] = dict(env or {})
         self.config_path = self.workdir / f"{name}.yaml"
         self.log_path = self.workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -204,7 +210,7 @@ class DaemonProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                env=_env(),
+                env=_env(self.env),
                 start_new_session=True,
             )
         if wait:
