@@ -36,6 +36,14 @@ Named databases (all integers big-endian, so byte order is numeric order):
 ``ranges``
     id u64 → packed (start u64, end u64) pairs of content present in the store, only for
     partly hydrated files. A file with the ``HYDRATED`` flag has all of its content.
+``chunks``
+    id u64 → the chunk map of the node's *base* content (``cscd.cache.chunks``): a header
+    (base FileId u64, base size u64, base write time i64 ns, chunk count u32) naming the
+    server version the map describes, then per chunk offset u64, length u32 and the
+    16-byte XXH3-128 digest, in file order, covering ``[0, size)``. A map whose header is
+    not the node's current base is stale and never used (so a server-side change or a
+    lost upload can never make the delta planner copy the wrong bytes); it is replaced by
+    the next upload or full download. Only files; absent when unknown.
 
 ``lru``
     id u64 → u64 ns of the last open. Eviction takes the oldest clean, unpinned, closed files.
@@ -44,8 +52,9 @@ Named databases (all integers big-endian, so byte order is numeric order):
     what ``cscd conflicts`` lists until the user resolves it.
 
 Invariants: every live node but the root has exactly one ``children`` and one ``dirents``
-entry (hard links are not supported); a node is in ``bases`` iff it has a base; ids are
-never reused; the root is id 1 and each top-level directory is a redirected folder.
+entry (hard links are not supported); a live node is in ``bases`` iff it has a base; ids are
+never reused (a tombstone waiting for its server delete may have lost its ``bases``
+entry to the node renamed over it); the root is id 1 and each top-level directory is a redirected folder.
 """
 
 from __future__ import annotations
@@ -115,6 +124,7 @@ class Index:
         self.bases = self.env.open_db(b"bases")
         self.dirty = self.env.open_db(b"dirty")
         self.ranges = self.env.open_db(b"ranges")
+        self.chunks = self.env.open_db(b"chunks")
         self.lru = self.env.open_db(b"lru")
         self.conflicts = self.env.open_db(b"conflicts")
         with self.env.begin(write=True) as txn:

@@ -35,8 +35,9 @@ class Scanner:
     async def scan_dir(self, dir_id: int) -> None:
         node = self.local.node(dir_id)
         folder, path = self.local.remote_path(node)
+        started = self.local.listing_started()
         entries = await self.upstreams[folder.decode()].list_dir(path)
-        self.local.merge_listing(dir_id, entries)
+        self.local.merge_listing(dir_id, entries, started)
         self.dirs_scanned += 1
         log.debug("rescanned %s:%r (%d entries)", folder, path, len(entries))
 

@@ -12,6 +12,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from cscd.cache.check import check_cache
 from cscd.samba import EmbeddedSamba
 from tests.helpers.daemon import DaemonProcess, write_credentials
 from tests.helpers.proxy import TcpProxy
@@ -58,9 +59,13 @@ class MountEnv:
         shutil.rmtree(self.daemon.cache)
 
     def close(self) -> None:
+        """Stop the daemon, then check the cache it left is consistent (as fsck after s3ql's tests)."""
         try:
             if self.daemon.is_running():
                 self.daemon.stop()
         finally:
             self.daemon.close()
             self.proxy.close()
+        if (self.daemon.cache / "index").exists():
+            problems = check_cache(self.daemon.cache)
+            assert not problems, "cache inconsistent after the test:\n" + "\n".join(problems)

@@ -1,0 +1,114 @@
+"""The cache consistency check: every invariant ``index.py`` documents, verified.
+
+Owns nothing but the checking. Read-only: it opens the index with a read transaction, so it
+may run beside a live daemon (LMDB readers never block the writer) and after every test.
+``python -m cscd.cache.check CACHE_DIR`` prints one line per problem and exits 1 if any.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import lmdb
+
+from cscd.cache.index import from_u32, from_u64
+from cscd.cache.nodes import DirtyReason, Flag, Node
+from cscd.cache.ranges import covers, unpack
+from cscd.cache.store import ContentStore
+from cscd.types import ROOT_ID
+
+
+def check_cache(cache_dir: Path) -> list[str]:
+    """All problems found in the cache at ``cache_dir`` (an empty list means consistent)."""
+    problems: list[str] = []
+    env = lmdb.open(str(cache_dir / "index"), max_dbs=16, readonly=True, lock=False)
+    store = ContentStore.__new__(ContentStore)
+    store.root = cache_dir / "content"
+    try:
+        dbs = {name: env.open_db(name.encode()) for name in
+               ("nodes", "children", "dirents", "bases", "dirty", "ranges", "meta")}
+        with env.begin() as txn:
+            nodes = {from_u64(k): Node.unpack(from_u64(k), bytes(v)) for k, v in txn.cursor(db=dbs["nodes"])}
+            next_id = from_u64(txn.get(b"next_id", db=dbs["meta"]))
+            children = {(from_u64(k[:8]), bytes(k[8:])): from_u64(v) for k, v in txn.cursor(db=dbs["children"])}
+            dirents = {(from_u64(k[:8]), from_u64(k[8:16])): bytes(v) for k, v in txn.cursor(db=dbs["dirents"])}
+            bases = {(from_u64(k[:8]), bytes(k[8:])): from_u64(v) for k, v in txn.cursor(db=dbs["bases"])}
+            dirty = {from_u64(k): DirtyReason(from_u32(v)) for k, v in txn.cursor(db=dbs["dirty"])}
+            present = {from_u64(k): unpack(bytes(v)) for k, v in txn.cursor(db=dbs["ranges"])}
+    finally:
+        env.close()
+
+    if ROOT_ID not in nodes:
+        return ["the root node is missing"]
+    for (parent, name), cid in children.items():
+        node = nodes.get(cid)
+        where = f"children entry {parent}/{name!r} -> {cid}"
+        if node is None:
+            problems.append(f"{where}: no such node")
+            continue
+        if (node.parent, node.name) != (parent, name):
+            problems.append(f"{where}: node says {node.parent}/{node.name!r}")
+        if Flag.TOMBSTONE in node.flags:
+            problems.append(f"{where}: the node is a tombstone")
+        if dirents.get((parent, cid)) != name:
+            problems.append(f"{where}: no matching dirents entry")
+        if parent in nodes and not nodes[parent].is_dir:
+            problems.append(f"{where}: parent is not a directory")
+    for (parent, cid), name in dirents.items():
+        if children.get((parent, name)) != cid:
+            problems.append(f"dirents entry {parent}/{cid} ({name!r}): no matching children entry")
+    linked = set(children.values())
+    for nid, node in nodes.items():
+        if nid >= next_id:
+            problems.append(f"node {nid}: id not below next_id {next_id}")
+        if nid == ROOT_ID:
+            continue
+        if Flag.TOMBSTONE not in node.flags and nid not in linked and node.parent != ROOT_ID:
+            problems.append(f"node {nid} ({node.name!r}): live but in no directory")
+        if Flag.TOMBSTONE in node.flags and nid not in dirty:
+            problems.append(f"node {nid} ({node.name!r}): tombstone with nothing pending")
+        if node.has_base and Flag.TOMBSTONE not in node.flags \
+                and bases.get((node.base_parent, node.base_name)) != nid:
+            problems.append(f"node {nid} ({node.name!r}): base {node.base_parent}/{node.base_name!r} not in bases")
+        if not node.is_dir:
+            if node.is_hydrated and nid in present:
+                problems.append(f"node {nid} ({node.name!r}): hydrated but has a range map")
+            if nid in present and not all(e <= node.size for _, e in present[nid]):
+                problems.append(f"node {nid} ({node.name!r}): ranges beyond its size {node.size}")
+            if node.is_hydrated and node.size and Flag.TOMBSTONE not in node.flags:
+                path = store.path(nid)
+                try:
+                    size = os.stat(path).st_size
+                except FileNotFoundError:
+                    problems.append(f"node {nid} ({node.name!r}): hydrated but no content file")
+                    continue
+                if size != node.size:
+                    problems.append(f"node {nid} ({node.name!r}): content file is {size} bytes, node says {node.size}")
+            if nid in present and covers(present[nid], 0, node.size) and node.size:
+                problems.append(f"node {nid} ({node.name!r}): complete range map but not flagged hydrated")
+    for (bparent, bname), nid in bases.items():
+        node = nodes.get(nid)
+        if node is None or not node.has_base or (node.base_parent, node.base_name) != (bparent, bname):
+            problems.append(f"bases entry {bparent}/{bname!r} -> {nid}: node does not agree")
+    for nid in dirty:
+        if nid not in nodes:
+            problems.append(f"dirty entry {nid}: no such node")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m cscd.cache.check CACHE_DIR", file=sys.stderr)
+        return 2
+    problems = check_cache(Path(args[0]))
+    for p in problems:
+        print(p)
+    print("cache is consistent" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
