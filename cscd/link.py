@@ -8,7 +8,7 @@ A probe never blocks a filesystem operation: it runs in its own task with a dead
 The mode follows from a few inputs (``decide_mode``, pure): the user's "work offline"
 switch (persisted in a small state file so it survives restarts), reachability, the
 metered state, the always-offline policy and the smoothed round-trip time with hysteresis
-(``SlowLinkDetector``, pure). Server loss is noticed at the first failed request — sync and
+(``SlowLinkDetector``, pure: the fastest of the last few probes decides). Server loss is noticed at the first failed request — sync and
 on-demand reads report it — and probing goes on with backoff (at most ``reconnect_max_s``),
 so the folder comes back online by itself.
 """
@@ -35,29 +35,37 @@ RTT_ALPHA = 0.3
 
 
 class SlowLinkDetector:
-    """Smoothed RTT with hysteresis: one slow sample does not flip the mode."""
+    """Round-trip time with hysteresis: one slow sample does not flip the mode.
+
+    The link counts as slow when even the *fastest* of the last ``samples`` probes took longer
+    than the threshold, and as fast again when the fastest of the last ``samples`` is under
+    it. A busy machine or server delays some answers, never all of them; a long link delays
+    every one (bench/ saw false slow links on loopback with a smoothed average).
+    """
 
     def __init__(self, threshold_ms: float, samples: int) -> None:
         self.threshold_s = threshold_ms / 1000.0
         self.samples = max(1, samples)
+        self.window: list[float] = []
         self.srtt_s: float | None = None
         self.is_slow = False
-        self._streak = 0
 
     def add(self, rtt_s: float) -> bool:
         """Feed one probe's RTT; return whether the link counts as slow now."""
         self.srtt_s = rtt_s if self.srtt_s is None else (1 - RTT_ALPHA) * self.srtt_s + RTT_ALPHA * rtt_s
-        other_side = (self.srtt_s > self.threshold_s) != self.is_slow
-        self._streak = self._streak + 1 if other_side else 0
-        if self._streak >= self.samples:
-            self.is_slow = not self.is_slow
-            self._streak = 0
+        self.window = (self.window + [rtt_s])[-self.samples:]
+        if len(self.window) == self.samples:
+            fastest = min(self.window)
+            if not self.is_slow and fastest > self.threshold_s:
+                self.is_slow = True
+            elif self.is_slow and fastest <= self.threshold_s:
+                self.is_slow = False
         return self.is_slow
 
     def reset(self) -> None:
+        self.window = []
         self.srtt_s = None
         self.is_slow = False
-        self._streak = 0
 
 
 def decide_mode(*, reachable: bool, slow: bool, working_offline: bool, metered: bool,
@@ -130,6 +138,15 @@ class LinkMonitor:
         """Re-evaluate every folder now (metered state or a policy changed)."""
         for ev in self._wake.values():
             ev.set()
+
+    def apply_policies(self) -> None:
+        """``policies`` changed in place (a policy reload): take the new slow-link threshold
+        and re-decide every folder now. The smoothed RTT is kept, so hysteresis goes on."""
+        for name, detector in self._slow.items():
+            p = self.policy(name)
+            detector.threshold_s = p.slow_link_ms / 1000.0
+            detector.samples = max(1, p.slow_link_samples)
+        self.wake_all()
 
     def set_working_offline(self, folder: str | None, offline: bool) -> list[str]:
         """The user's switch, for one folder or all; returns the folders changed."""
