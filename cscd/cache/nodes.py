@@ -237,8 +237,9 @@ def iter_dirty(ix: Index, txn: lmdb.Transaction):
 
 
 def delete_record(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
-    """Forget ``node`` entirely: record, base entry, dirty mark and range map."""
+    """Forget ``node`` entirely: record, base entry, dirty mark, range map and chunk map."""
     clear_base(ix, txn, node)
     txn.delete(u64(node.id), db=ix.nodes)
     txn.delete(u64(node.id), db=ix.dirty)
     txn.delete(u64(node.id), db=ix.ranges)
+    txn.delete(u64(node.id), db=ix.chunks)

@@ -10,7 +10,9 @@ Which folders it may push depends on their mode (DESIGN.md, Modes):
   metered network; the per-user override turns metered back into online in ``link``).
 
 ``sync.scan`` re-lists recently used directories while online, every listed directory
-after each return to online and in every background session.
+after each return to online and in every background session. ``sync.notify:<folder>``
+re-lists what the server's change notifications name (``notify``), and ``sync.chunk``
+records the chunk map of each file whose download completes (``hashing``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from dataclasses import dataclass
 import trio
 
 from cscd.errors import CscdError
+from cscd.sync.hashing import Hasher
 from cscd.sync.local import LocalSide
+from cscd.sync.notify import Notifier
 from cscd.sync.push import Pusher
 from cscd.sync.scan import Scanner
 from cscd.types import FolderLink, Mode, OfflinePolicy
@@ -45,6 +49,10 @@ class SyncStatistics:
     dirs_scanned: int
     pending: int
     last_success: float | None
+    delta_uploads: int = 0  # uploads that copied part of the old version on the server
+    times_only: int = 0  # rewritten with the same content: only the write time was sent
+    notify_batches: int = 0  # change notifications received
+    bytes_chunked: int = 0  # content cut into chunks and hashed (worker processes)
 
 
 class SyncEngine:
@@ -55,8 +63,10 @@ class SyncEngine:
         self.local = local
         self.links = links
         self.policies = policies or {}
-        self.pusher = Pusher(local, upstreams, links, on_link_error)
+        self.hasher = Hasher()
+        self.pusher = Pusher(local, upstreams, links, on_link_error, hasher=self.hasher)
         self.scanner = Scanner(local, upstreams, links, on_link_error)
+        self.notifier = Notifier(local, upstreams, links, self.scanner, on_link_error)
         self.upload_delay_s = upload_delay_s
         self.scan_interval_s = scan_interval_s
         self.full_scan_interval_s = full_scan_interval_s
@@ -83,6 +93,9 @@ class SyncEngine:
             nursery.start_soon(self._push_loop, name="sync.push")
             nursery.start_soon(self._scan_loop, name="sync.scan")
             nursery.start_soon(self._pin_loop, name="sync.pins")
+            nursery.start_soon(self.hasher.run_after_hydration, self.local, name="sync.chunk")
+            for folder in self.links:
+                nursery.start_soon(self.notifier.run_folder, folder, name=f"sync.notify:{folder}")
             task_status.started()
 
     async def sync_now(self, folder: str | None = None) -> int:
@@ -187,4 +200,6 @@ class SyncEngine:
     def statistics(self) -> SyncStatistics:
         c = self.pusher.counters
         return SyncStatistics(c.files_uploaded, c.bytes_uploaded, c.deletes, c.renames, c.conflicts,
-                              self.scanner.dirs_scanned, self.pending, c.last_success)
+                              self.scanner.dirs_scanned, self.pending, c.last_success,
+                              c.delta_uploads, c.times_only, self.notifier.batches,
+                              self.hasher.bytes_chunked)

@@ -21,9 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
+import trio_parallel
 
 from cscd.errors import CscdError, Exists, NotEmpty, NotFound, UpstreamTimeout, UpstreamUnavailable
+from cscd.sync.chunker import Chunk, same_chunks
 from cscd.sync.conflicts import conflict_name
+from cscd.sync.delta import DeltaPlan, plan_delta, plan_full
+from cscd.sync.hashing import Hasher
 from cscd.sync.local import LocalSide
 from cscd.types import FolderLink, RemoteEntry
 from cscd.upstream.base import Conflict, Upstream
@@ -31,6 +35,12 @@ from cscd.upstream.base import Conflict, Upstream
 log = logging.getLogger(__name__)
 
 CONTENT, META, NAMESPACE, DELETE = 1, 2, 4, 8
+#: Below this a changed file is uploaded whole even when its base chunks are known: the
+#: extra round trips of a delta (open the base, resume key) cost more than the bytes saved.
+DELTA_MIN_BYTES = 1 << 20
+#: Uploads from this size on name their temporary after the content and resume after a
+#: lost link or a restart instead of starting over.
+RESUME_MIN_BYTES = 16 << 20
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
@@ -45,16 +55,19 @@ class PushCounters:
     renames: int = 0
     conflicts: int = 0
     last_success: float | None = None
+    delta_uploads: int = 0  # uploads that copied part of the base on the server
+    times_only: int = 0  # content rewritten unchanged: only the write time was sent
 
 
 class Pusher:
     def __init__(self, local: LocalSide, upstreams: dict[str, Upstream], links: dict[str, FolderLink],
-                 on_link_error: Callable[[str], None]) -> None:
+                 on_link_error: Callable[[str], None], *, hasher: Hasher | None = None) -> None:
         self.local = local
         self.upstreams = upstreams
         self.links = links
         self.on_link_error = on_link_error
         self.counters = PushCounters()
+        self.hasher = hasher or Hasher()
 
     def _plan(self) -> list[tuple[int, int, object, int, str]]:
         """(phase, depth key, node, reasons, folder) for every dirty node, in push order."""
@@ -148,37 +161,131 @@ class Pusher:
             return
         if local.is_open_for_write(node.id):
             return  # uploaded when the last writer closes
+        chunks = None
         if reasons & CONTENT or not node.has_base:
-            entry = await self._upload(node, parent, parent_path, target, up)
+            entry, chunks = await self._upload(node, parent, parent_path, target, up)
         elif reasons & META:
             entry = await up.set_mtime(target, node.mtime_ns)
-        local.record_synced(node.id, version, parent.id, entry, reasons)
+        local.record_synced(node.id, version, parent.id, entry, reasons, chunks=chunks)
 
-    async def _upload(self, node, parent, parent_path: bytes, target: bytes, up: Upstream) -> RemoteEntry:
+    async def _upload(self, node, parent, parent_path: bytes, target: bytes,
+                      up: Upstream) -> tuple[RemoteEntry, list[Chunk] | None]:
+        """Upload a file's content; returns the new server entry and the content's chunks.
+
+        The chunks (computed in a worker process) decide how: the same chunks as the base
+        mean only the write time changed; known base chunks and a file of at least
+        ``DELTA_MIN_BYTES`` make a delta upload (server-side copies of what the base has);
+        anything else is a whole upload, resumable from ``RESUME_MIN_BYTES`` on. Without a
+        base chunk map there is nothing to compare with, so the upload starts at once and
+        the chunks (the next base's map) are computed meanwhile.
+        """
         local = self.local
         for start, end in local.missing_ranges(node.id):
             await local.hydrate(node.id, start, end)
+        base = local.base_chunks(node.id) if node.has_base else None
         fd = local.content_fd(node.id)
         try:
-            try:
-                entry = await up.upload(target, fd, node.size, node.mtime_ns,
-                                        expected=node.base_entry(), replace=node.has_base)
-            except Conflict:
-                name = conflict_name(node.name)
-                entry = await up.upload(_join(parent_path, name), fd, node.size, node.mtime_ns,
-                                        expected=None, replace=False)
-                local.rename_for_conflict(node.id, name)
-                self.counters.conflicts += 1
-                log.warning("conflict: %r changed on the server and here; the local version is kept as %r",
-                            target, name)
+            if base is None:
+                return await self._upload_while_chunking(node, parent_path, target, up, fd)
+            chunks = await self._chunks(node)
+            if chunks is not None and same_chunks(base, chunks):
+                entry = await self._send(node, parent_path, target, up, fd, None, times_only=True)
+                self.counters.times_only += 1
+                return entry, chunks
+            plan = self._delta_plan(node, base, chunks)
+            return await self._send(node, parent_path, target, up, fd, plan), chunks
         finally:
             os.close(fd)
+
+    async def _upload_while_chunking(self, node, parent_path: bytes, target: bytes, up: Upstream,
+                                     fd: int) -> tuple[RemoteEntry, list[Chunk] | None]:
+        chunks: list[list[Chunk] | None] = [None]
+        sent: list[RemoteEntry] = []
+        failed: list[Exception] = []
+
+        async def chunk() -> None:
+            chunks[0] = await self._chunks(node)
+
+        async def send() -> None:
+            try:
+                sent.append(await self._send(node, parent_path, target, up, fd,
+                                             self._delta_plan(node, None, None)))
+            except Exception as exc:  # noqa: BLE001 - re-raised below as itself, not in a group
+                failed.append(exc)
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(chunk, name="sync.chunk-upload")
+            nursery.start_soon(send, name="sync.upload")
+        if failed:
+            raise failed[0]
+        return sent[0], chunks[0]
+
+    async def _send(self, node, parent_path: bytes, target: bytes, up: Upstream, fd: int,
+                    plan: DeltaPlan | None, *, times_only: bool = False) -> RemoteEntry:
+        """Put the content on the server (or only its time); a conflict keeps both versions."""
+        expected = node.base_entry()
+        try:
+            if times_only and expected is not None:
+                return await self._times_only(target, node.mtime_ns, expected, up)
+            if plan is None:
+                entry = await up.upload(target, fd, node.size, node.mtime_ns,
+                                        expected=expected, replace=node.has_base)
+            else:
+                entry = await up.upload_delta(
+                    target, fd, node.size, node.mtime_ns, plan=plan.extents, expected=expected,
+                    replace=node.has_base, resume_token=_resume_token(node))
+                self.counters.delta_uploads += plan.copies_anything
+        except Conflict:
+            name = conflict_name(node.name)
+            entry = await up.upload(_join(parent_path, name), fd, node.size, node.mtime_ns,
+                                    expected=None, replace=False)
+            self.local.rename_for_conflict(node.id, name)
+            self.counters.conflicts += 1
+            log.warning("conflict: %r changed on the server and here; the local version is "
+                        "kept as %r", target, name)
         self.counters.files_uploaded += 1
         self.counters.bytes_uploaded += node.size
         return entry
+
+    async def _chunks(self, node) -> list[Chunk] | None:
+        """The chunks of the node's content, or None if they cannot be computed (then the
+        upload is a whole one and no chunk map is recorded)."""
+        try:
+            return await self.hasher.chunks_of(self.local.content_path(node.id), node.size)
+        except (OSError, trio_parallel.BrokenWorkerError) as exc:
+            log.info("cannot chunk %r, uploading it whole: %s", node.name, exc)
+            return None
+
+    @staticmethod
+    def _delta_plan(node, base: list | None, chunks: list[Chunk] | None) -> DeltaPlan | None:
+        if base is not None and chunks is not None and node.size >= DELTA_MIN_BYTES:
+            plan = plan_delta(base, chunks, node.size)
+            if plan.copies_anything:
+                return plan
+        if node.size >= RESUME_MIN_BYTES:
+            return plan_full(node.size)
+        return None
+
+    @staticmethod
+    async def _times_only(target: bytes, mtime_ns: int, expected: RemoteEntry,
+                          up: Upstream) -> RemoteEntry:
+        """Content unchanged: set the write time, if the server still has the base."""
+        current = await up.stat(target)
+        if not expected.same_version(current):
+            raise Conflict(f"{target!r} changed on the server since the version this change is "
+                           "based on")
+        return await up.set_mtime(target, mtime_ns)
 
     async def _rename_local_conflict(self, node) -> None:
         name = conflict_name(node.name)
         self.local.rename_for_conflict(node.id, name)
         self.counters.conflicts += 1
         log.warning("conflict: %r is a file on the server; the local folder is kept as %r", node.name, name)
+
+
+def _resume_token(node) -> str:
+    """Names the upload temporary after the content: the same token means the same bytes."""
+    base = node.base_entry()
+    ident = (base.file_id, base.size, base.mtime_ns) if base is not None else ()
+    return f"{node.id}:{node.version}:{node.size}:{node.mtime_ns}:{ident}"

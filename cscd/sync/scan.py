@@ -19,8 +19,11 @@ from cscd.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
-#: A directory counts as recently used for this long after its last lookup or readdir.
-RECENT_S = 300.0
+#: A directory counts as recently used for this long after its last lookup or readdir …
+RECENT_S = 60.0
+#: … and at most this many of the most recently used are rescanned per tick (the rest wait
+#: for the full scan or a change notification).
+RECENT_MAX = 32
 
 
 class Scanner:
@@ -66,4 +69,4 @@ class Scanner:
         recent = self.local.recent_dirs
         for d in [d for d, t in recent.items() if now - t > RECENT_S]:
             del recent[d]
-        return list(recent)
+        return sorted(recent, key=recent.__getitem__, reverse=True)[:RECENT_MAX]

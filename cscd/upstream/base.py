@@ -19,13 +19,25 @@ network call has a timeout of its own (a thread cannot be cancelled).
 
 from __future__ import annotations
 
+import enum
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from cscd.errors import CscdError
 from cscd.types import RemoteEntry
 
-__all__ = ["Conflict", "RemoteEntry", "Upstream", "UpstreamStatistics"]
+__all__ = [
+    "Change",
+    "ChangeAction",
+    "Conflict",
+    "Extent",
+    "RemoteEntry",
+    "Upstream",
+    "UpstreamStatistics",
+    "check_plan",
+]
 
 
 class Conflict(CscdError):
@@ -40,6 +52,51 @@ class UpstreamStatistics:
     bytes_written: int
     requests: int
     connected: bool
+    #: Bytes the server copied within itself for delta uploads (never crossed the link).
+    bytes_copied: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """One piece of a delta upload: ``length`` bytes at ``offset`` of the new file.
+
+    ``source`` is the offset in the current server file (the base) to copy them from on
+    the server, or None to send them from the local file (which holds the whole new
+    content, so any copy can fall back to a write of the same range).
+    """
+
+    offset: int
+    length: int
+    source: int | None = None
+
+
+def check_plan(plan: Sequence[Extent], size: int) -> None:
+    """Raise ``ValueError`` unless ``plan`` covers ``[0, size)`` in order without gaps."""
+    pos = 0
+    for e in plan:
+        if e.offset != pos or e.length <= 0:
+            raise ValueError(f"the delta plan does not cover the file in order at offset {pos}")
+        pos += e.length
+    if pos != size:
+        raise ValueError(f"the delta plan covers {pos} bytes, the file has {size}")
+
+
+class ChangeAction(enum.IntEnum):
+    """What a change notification says happened ([MS-FSCC] 2.7.1 FILE_NOTIFY_INFORMATION)."""
+
+    ADDED = 1
+    REMOVED = 2
+    MODIFIED = 3
+    RENAMED_OLD_NAME = 4
+    RENAMED_NEW_NAME = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One changed name below a watched folder; ``path`` is relative to it, ``/``-separated."""
+
+    action: ChangeAction
+    path: bytes
 
 
 class Upstream(Protocol):
@@ -94,6 +151,42 @@ class Upstream(Protocol):
         is still that version (``Conflict`` otherwise; ``expected=None`` with
         ``replace=False`` means "must not exist"). Returns the new entry. Cancellation or a
         lost link leaves at most a temporary file that a later upload cleans up.
+        """
+
+    async def upload_delta(
+        self,
+        path: bytes,
+        fd: int,
+        size: int,
+        mtime_ns: int,
+        *,
+        plan: Sequence[Extent],
+        expected: RemoteEntry | None,
+        replace: bool = True,
+        resume_token: str | None = None,
+    ) -> RemoteEntry:
+        """Like ``upload``, but build the temporary from ``plan``: extents with a ``source``
+        are copied on the server from the current ``path`` (the base), the rest are sent
+        from ``fd``. ``plan`` must cover ``[0, size)`` in order without gaps.
+
+        The rename is conditional on ``expected`` exactly as in ``upload`` (``Conflict``),
+        and a base that is not ``expected`` any more is refused before anything is copied.
+        A server that refuses server-side copies gets writes of the same ranges instead.
+        ``resume_token`` names the temporary after the content (same token, same bytes):
+        when a link loss or a cancellation interrupts the upload, the temporary stays on
+        the server and a later call with the same token sends only what is missing.
+        """
+
+    def watch(self, path: bytes) -> AbstractAsyncContextManager[AsyncIterator[list[Change]]]:
+        """Watch the folder ``path`` and everything below it for changes.
+
+        ``async with up.watch(b"") as changes: async for batch in changes: ...``. Each batch
+        lists changed names; an empty batch means the server lost track (too many changes):
+        rescan everything. Changes that happen between two batches are queued by the
+        server, not lost. Waiting for a batch holds no thread token and no deadline; a lost
+        link raises ``UpstreamUnavailable``. Raises ``Unsupported`` (at entry or from the
+        first batch) when the server or the implementation cannot watch: periodic scans
+        must then do the job. See the implementation for what a server reports.
         """
 
     async def mkdir(self, path: bytes) -> RemoteEntry:

@@ -16,16 +16,18 @@ root. Times keep full ns precision (an SMB server keeps 100 ns).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
+import hashlib
 import logging
 import os
 import secrets
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,11 +43,19 @@ from cscd.errors import (
     NotDir,
     NotEmpty,
     NotFound,
+    Unsupported,
     UpstreamError,
     UpstreamTimeout,
 )
 from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name
-from cscd.upstream.base import Conflict, RemoteEntry, UpstreamStatistics
+from cscd.upstream.base import (
+    Change,
+    Conflict,
+    Extent,
+    RemoteEntry,
+    UpstreamStatistics,
+    check_plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +116,7 @@ class LocalUpstream:
         self._lock = threading.Lock()
         self._bytes_read = 0
         self._bytes_written = 0
+        self._bytes_copied = 0
         self._requests = 0
         self._connected = False
 
@@ -114,13 +125,17 @@ class LocalUpstream:
 
     def statistics(self) -> UpstreamStatistics:
         return UpstreamStatistics(
-            self._bytes_read, self._bytes_written, self._requests, self._connected
+            self._bytes_read, self._bytes_written, self._requests, self._connected,
+            self._bytes_copied,
         )
 
-    def _count(self, *, read: int = 0, written: int = 0, requests: int = 1) -> None:
+    def _count(
+        self, *, read: int = 0, written: int = 0, copied: int = 0, requests: int = 1
+    ) -> None:
         with self._lock:
             self._bytes_read += read
             self._bytes_written += written
+            self._bytes_copied += copied
             self._requests += requests
 
     async def _run(
@@ -267,48 +282,100 @@ class LocalUpstream:
         replace: bool = True,
     ) -> RemoteEntry:
         """Copy ``fd[:size]`` to a temporary, fsync, set mtime, check ``expected``, rename."""
+        return await self.upload_delta(
+            path, fd, size, mtime_ns, plan=[Extent(0, size)] if size else [],
+            expected=expected, replace=replace,
+        )
+
+    async def upload_delta(
+        self,
+        path: bytes,
+        fd: int,
+        size: int,
+        mtime_ns: int,
+        *,
+        plan: Sequence[Extent],
+        expected: RemoteEntry | None,
+        replace: bool = True,
+        resume_token: str | None = None,
+    ) -> RemoteEntry:
+        """Build the temporary from ``plan`` (``copy_file_range`` from the target for copied
+        extents, writes from ``fd`` for the rest), then as ``upload``. A temporary named by
+        ``resume_token`` that a cancelled call left is continued, less its last MiB."""
         if not path:
             raise BadName("cannot upload over the target folder itself")
+        check_plan(plan, size)
         target = self._abs(path)
         name = path.rsplit(b"/", 1)[-1]
-        temp = target.parent / (UPLOAD_TEMP_PREFIX + secrets.token_hex(8))
+        if resume_token is None:
+            temp_name = UPLOAD_TEMP_PREFIX + secrets.token_hex(8)
+        else:
+            digest = hashlib.blake2b(resume_token.encode(), digest_size=8).hexdigest()
+            temp_name = f"{UPLOAD_TEMP_PREFIX}r{digest}"
+        temp = target.parent / temp_name
         abandoned = threading.Event()
+        resumable = resume_token is not None
 
-        def work() -> RemoteEntry:
-            out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        def check(current: RemoteEntry | None) -> None:
+            if expected is not None and not expected.same_version(current):
+                state = "was deleted" if current is None else "changed"
+                raise Conflict(f"{target} {state} since the version this change is based on")
+
+        def current() -> RemoteEntry | None:
             try:
-                try:
-                    pos = 0
-                    while pos < size:
+                return self._entry(name, os.stat(target))
+            except FileNotFoundError:
+                return None
+
+        def fill(out: int) -> None:
+            start = max(0, os.fstat(out).st_size - _IO_CHUNK) if resumable else 0
+            src = None
+            if any(e.source is not None for e in plan):
+                check(current())  # nothing is copied from a base that is not the expected one
+                src = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                for e in plan:
+                    lo, hi = max(start, e.offset), e.offset + e.length
+                    pos = lo
+                    while pos < hi:
                         if abandoned.is_set():
                             raise UpstreamTimeout("the upload was cancelled")
-                        data = os.pread(fd, min(_IO_CHUNK, size - pos), pos)
-                        if not data:
-                            raise UpstreamError(f"local file ended at {pos} bytes, short of {size}")
-                        view = memoryview(data)
-                        while view:
-                            n = os.write(out, view)
-                            view = view[n:]
-                        pos += len(data)
-                        self._count(written=len(data), requests=0)
+                        n = min(_IO_CHUNK, hi - pos)
+                        if e.source is not None and src is not None:
+                            n = os.copy_file_range(src, out, n, e.source + pos - e.offset, pos)
+                            if n <= 0:
+                                check(current())  # shorter because someone changed it?
+                                raise UpstreamError(f"{target} ended before {e.source + hi}")
+                            self._count(copied=n, requests=0)
+                        else:
+                            data = os.pread(fd, n, pos)
+                            if not data:
+                                raise UpstreamError(
+                                    f"local file ended at {pos} bytes, short of {size}"
+                                )
+                            n = os.pwrite(out, data, pos)
+                            self._count(written=n, requests=0)
+                        pos += n
+                os.ftruncate(out, size)
+            finally:
+                if src is not None:
+                    os.close(src)
+
+        def work() -> RemoteEntry:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if resumable else os.O_EXCL)
+            out = os.open(temp, flags, 0o644)
+            try:
+                try:
+                    fill(out)
                     os.fsync(out)
                     os.utime(out, ns=(time.time_ns(), mtime_ns))
                 finally:
                     os.close(out)
-                try:
-                    current: RemoteEntry | None = self._entry(name, os.stat(target))
-                except FileNotFoundError:
-                    current = None
+                now = current()
                 if abandoned.is_set():  # never rename after the caller went away
                     raise UpstreamTimeout("the upload was cancelled")
-                if expected is not None:
-                    if not expected.same_version(current):
-                        state = "was deleted" if current is None else "changed"
-                        raise Conflict(
-                            f"{target} {state} since the version this change is based on"
-                        )
-                    os.rename(temp, target)
-                elif replace:
+                check(now)
+                if expected is not None or replace:
                     os.rename(temp, target)
                 else:
                     try:
@@ -318,13 +385,20 @@ class LocalUpstream:
                 _fsync_dir(target.parent)
                 return self._entry(name, os.stat(target))
             except BaseException:
-                try:
-                    os.unlink(temp)
-                except OSError:
-                    pass
+                if not (resumable and abandoned.is_set()):
+                    try:
+                        os.unlink(temp)
+                    except OSError:
+                        pass
                 raise
 
         return await self._run(target, work, abandoned=abandoned)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, path: bytes) -> AsyncIterator[AsyncIterator[list[Change]]]:
+        """Not supported for a local directory: raises ``Unsupported`` (periodic scans do it)."""
+        raise Unsupported(f"{self.root}: change notification is not implemented for local folders")
+        yield  # pragma: no cover - makes this an async generator
 
     async def mkdir(self, path: bytes) -> RemoteEntry:
         if not path:

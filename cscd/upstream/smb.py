@@ -32,11 +32,13 @@ in between those two round trips (~1 ms) is not detected.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 import trio
@@ -44,8 +46,9 @@ import trio
 from cscd.errors import BadName, CscdError, NotDir, NotFound, UpstreamTimeout
 from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name
 from cscd.types import Credentials, SmbSecurity, UncTarget
+from cscd.upstream import smb_delta
 from cscd.upstream import smb_ops as ops
-from cscd.upstream.base import Conflict, RemoteEntry, UpstreamStatistics
+from cscd.upstream.base import Conflict, Extent, RemoteEntry, UpstreamStatistics, check_plan
 from cscd.upstream.smb_errors import (
     LINK_LOST,
     STATUS_OBJECT_NAME_COLLISION,
@@ -54,6 +57,7 @@ from cscd.upstream.smb_errors import (
     status_of,
     translate,
 )
+from cscd.upstream.smb_watch import SmbWatch, open_watch
 from cscd.upstream.smb_wire import Attrs, Call, SmbLink, Stats
 
 log = logging.getLogger(__name__)
@@ -99,6 +103,7 @@ class SmbUpstream:
         self._connect_lock = trio.Lock()
         self._connect_failure: tuple[float, CscdError] | None = None
         self._leftovers: set[str] = set()
+        self._copy_state = smb_delta.CopyState()
 
     def __repr__(self) -> str:
         user = self._credentials.username
@@ -117,7 +122,9 @@ class SmbUpstream:
 
     def statistics(self) -> UpstreamStatistics:
         s = self._stats
-        return UpstreamStatistics(s.bytes_read, s.bytes_written, s.requests, self.is_connected)
+        return UpstreamStatistics(
+            s.bytes_read, s.bytes_written, s.requests, self.is_connected, s.bytes_copied
+        )
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -374,27 +381,9 @@ class SmbUpstream:
         if not path:
             raise BadName("cannot upload over the target folder itself")
         spath, where = self._spath(path)
-        parent = spath.rsplit("\\", 1)[0] if "\\" in spath else ""
-        temp = UPLOAD_TEMP_PREFIX + secrets.token_hex(8)
-        temp_spath = f"{parent}\\{temp}" if parent else temp
+        temp_spath = self._temp_spath(spath, None)
         name = self._leaf(path)
-
-        def verify(link: SmbLink, call: Call) -> None:
-            try:
-                attrs, fid = ops.stat(link, call, spath)
-                current: RemoteEntry | None = self._entry(name, attrs, fid)
-            except Exception as exc:  # noqa: BLE001 - only "missing" is an answer here
-                if status_of(exc) not in _NOT_FOUND_STATUSES:
-                    raise
-                current = None
-            if expected is not None:
-                if not expected.same_version(current):
-                    state = "was deleted" if current is None else "changed"
-                    raise Conflict(
-                        f"{where} {state} on the server since the version this change is based on"
-                    )
-            elif not replace and current is not None:
-                raise Conflict(f"{where} was created on the server in the meantime")
+        verify = self._verifier(spath, where, name, expected, replace)
 
         def work(link: SmbLink, call: Call) -> tuple[Attrs, int]:
             self._delete_leftovers(link, call)
@@ -418,6 +407,119 @@ class SmbUpstream:
 
         attrs, fid = await self._run(where, work)
         return self._entry(name, attrs, fid)
+
+    async def upload_delta(
+        self,
+        path: bytes,
+        fd: int,
+        size: int,
+        mtime_ns: int,
+        *,
+        plan: Sequence[Extent],
+        expected: RemoteEntry | None,
+        replace: bool = True,
+        resume_token: str | None = None,
+    ) -> RemoteEntry:
+        """Build the new file on the server from copies of the base and writes (see
+        ``smb_delta``), then rename it over ``path`` if the target is still ``expected``.
+
+        Raises ``Conflict`` (before anything is copied, or before the rename) as ``upload``
+        does; ``ValueError`` for a plan that does not cover ``[0, size)``. Counts copied
+        bytes in ``statistics().bytes_copied``, sent ones in ``bytes_written``.
+        """
+        if not path:
+            raise BadName("cannot upload over the target folder itself")
+        check_plan(plan, size)
+        spath, where = self._spath(path)
+        temp_spath = self._temp_spath(spath, resume_token)
+        name = self._leaf(path)
+        verify = self._verifier(spath, where, name, expected, replace)
+
+        def work(link: SmbLink, call: Call) -> tuple[Attrs, int]:
+            self._delete_leftovers(link, call)
+            try:
+                return smb_delta.upload_delta(
+                    link,
+                    call,
+                    temp_spath=temp_spath,
+                    target_spath=spath,
+                    fd=fd,
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    extents=plan,
+                    replace=replace or expected is not None,
+                    verify=verify,
+                    leftovers=self._leftovers,
+                    resume=resume_token is not None,
+                    copy_state=self._copy_state,
+                )
+            except Exception as exc:
+                if status_of(exc) == STATUS_OBJECT_NAME_COLLISION:
+                    raise Conflict(f"{where} was created on the server in the meantime") from exc
+                raise
+
+        attrs, fid = await self._run(where, work)
+        return self._entry(name, attrs, fid)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, path: bytes) -> AsyncIterator[SmbWatch]:
+        """Watch the folder ``path`` and its subtree with CHANGE_NOTIFY (see ``smb_watch``).
+
+        Opening the folder is an ordinary call (``NotFound``, ``UpstreamUnavailable``...).
+        The handle is closed on exit, also on cancellation.
+        """
+        spath, where = self._spath(path)
+        link, file_id, request = await self._run(
+            where, functools.partial(open_watch, tree=True), spath, idempotent=True
+        )
+        watcher = SmbWatch(
+            link,
+            file_id,
+            request,
+            tree=True,
+            where=where,
+            server=self._server,
+            timeout_s=self._timeout_s,
+            run=self._run,
+        )
+        try:
+            yield watcher
+        finally:
+            await watcher.aclose()
+
+    def _temp_spath(self, spath: str, resume_token: str | None) -> str:
+        """A fresh upload temporary beside ``spath``, or the one named by ``resume_token``."""
+        parent = spath.rsplit("\\", 1)[0] if "\\" in spath else ""
+        if resume_token is None:
+            temp = UPLOAD_TEMP_PREFIX + secrets.token_hex(8)
+        else:
+            digest = hashlib.blake2b(resume_token.encode(), digest_size=8).hexdigest()
+            temp = f"{UPLOAD_TEMP_PREFIX}r{digest}"
+        return f"{parent}\\{temp}" if parent else temp
+
+    def _verifier(
+        self, spath: str, where: str, name: bytes, expected: RemoteEntry | None, replace: bool
+    ) -> Callable[[SmbLink, Call], None]:
+        """The check that runs right before a rename: is the target still ``expected``?"""
+
+        def verify(link: SmbLink, call: Call) -> None:
+            try:
+                attrs, fid = ops.stat(link, call, spath)
+                current: RemoteEntry | None = self._entry(name, attrs, fid)
+            except Exception as exc:  # noqa: BLE001 - only "missing" is an answer here
+                if status_of(exc) not in _NOT_FOUND_STATUSES:
+                    raise
+                current = None
+            if expected is not None:
+                if not expected.same_version(current):
+                    state = "was deleted" if current is None else "changed"
+                    raise Conflict(
+                        f"{where} {state} on the server since the version this change is based on"
+                    )
+            elif not replace and current is not None:
+                raise Conflict(f"{where} was created on the server in the meantime")
+
+        return verify
 
     def _delete_leftovers(self, link: SmbLink, call: Call) -> None:
         """Delete upload temporaries of earlier failed uploads (runs in the worker thread)."""

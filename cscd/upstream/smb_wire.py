@@ -84,18 +84,21 @@ def ns_to_filetime(ns: int) -> int:
 
 
 class Stats:
-    """Counters shared by the threads of one upstream; ``bytes_*`` are READ/WRITE payloads."""
+    """Counters shared by the threads of one upstream; ``bytes_*`` are READ/WRITE payloads,
+    ``bytes_copied`` what server-side copies moved (as the server reported it)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.bytes_read = 0
         self.bytes_written = 0
+        self.bytes_copied = 0
         self.requests = 0
 
-    def add(self, *, read: int = 0, written: int = 0, requests: int = 0) -> None:
+    def add(self, *, read: int = 0, written: int = 0, copied: int = 0, requests: int = 0) -> None:
         with self._lock:
             self.bytes_read += read
             self.bytes_written += written
+            self.bytes_copied += copied
             self.requests += requests
 
 
