@@ -224,3 +224,19 @@ def test_offline_changes_survive_a_daemon_crash(env):
                and (env.server / "moved" / "inner.txt").read_text() == "inner"
                and (env.server / "fresh" / "b.txt").read_text() == "b"
                and not (env.server / "sub").exists(), 15, "offline changes lost with the crash")
+
+
+def test_an_earlier_unrecorded_upload_is_not_a_conflict_with_itself(env):
+    """The server already holds exactly our file (uploaded before a crash could record it):
+    recorded as synced, no conflict copy."""
+    assert os.listdir(env.docs) == []
+    go_offline(env)
+    (env.docs / "mine.txt").write_text("same bytes")
+    mtime = os.stat(env.docs / "mine.txt").st_mtime_ns
+    (env.server / "mine.txt").write_text("same bytes")
+    os.utime(env.server / "mine.txt", ns=(mtime, mtime))
+    env.proxy.resume_listening()
+    eventually(lambda: any("already on the server" in line for line in env.daemon.log_text().splitlines()), 15,
+               "the earlier upload was not recognised")
+    assert sorted(os.listdir(env.server)) == ["mine.txt"]
+    assert sorted(os.listdir(env.docs)) == ["mine.txt"]
