@@ -128,3 +128,12 @@ class OfflinePolicy:
     fetch_uncached_on_slow_link: bool = True
     cost_aware_sync: bool = True
     sync_on_metered: bool = False
+    #: upload cap in every mode, KiB/s (0: none)
+    upload_cap_kibps: float = 0.0
+    #: upload cap on a slow link, KiB/s (0: none): background sync trickles, the link stays usable
+    slow_link_upload_kibps: float = 1024.0
+
+    def upload_rate(self, slow: bool) -> float | None:
+        """Bytes per second uploads may use now, or None for no cap."""
+        caps = [c for c in (self.upload_cap_kibps, self.slow_link_upload_kibps if slow else 0.0) if c > 0]
+        return min(caps) * 1024 if caps else None

@@ -64,7 +64,7 @@ class SyncEngine:
         self.links = links
         self.policies = policies or {}
         self.hasher = Hasher()
-        self.pusher = Pusher(local, upstreams, links, on_link_error, hasher=self.hasher)
+        self.pusher = Pusher(local, upstreams, links, on_link_error, hasher=self.hasher, policies=self.policies)
         self.scanner = Scanner(local, upstreams, links, on_link_error)
         self.notifier = Notifier(local, upstreams, links, self.scanner, on_link_error)
         self.upload_delay_s = upload_delay_s

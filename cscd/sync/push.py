@@ -29,7 +29,7 @@ from cscd.sync.conflicts import conflict_name
 from cscd.sync.delta import DeltaPlan, plan_delta, plan_full
 from cscd.sync.hashing import Hasher
 from cscd.sync.local import LocalSide
-from cscd.types import FolderLink, RemoteEntry
+from cscd.types import FolderLink, Mode, OfflinePolicy, RemoteEntry
 from cscd.upstream.base import Conflict, Upstream
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,10 @@ class PushCounters:
 
 class Pusher:
     def __init__(self, local: LocalSide, upstreams: dict[str, Upstream], links: dict[str, FolderLink],
-                 on_link_error: Callable[[str], None], *, hasher: Hasher | None = None) -> None:
+                 on_link_error: Callable[[str], None], *, hasher: Hasher | None = None,
+                 policies: dict[str, OfflinePolicy] | None = None) -> None:
         self.local = local
+        self.policies = policies if policies is not None else {}
         self.upstreams = upstreams
         self.links = links
         self.on_link_error = on_link_error
@@ -125,6 +127,8 @@ class Pusher:
             async with limiter:
                 await one(node, reasons, folder)
 
+        for folder in allowed:
+            self._apply_cap(folder)
         todo = [p for p in plan if p[4] in allowed]
         left += len(plan) - len(todo)
         async with trio.open_nursery() as nursery:
@@ -139,6 +143,15 @@ class Pusher:
         if not failed_folders and allowed:
             self.counters.last_success = trio.current_time()
         return left
+
+    def _apply_cap(self, folder: str) -> None:
+        """Set the folder's upload cap for this round from its mode and policy."""
+        up = self.upstreams.get(folder)
+        link = self.links.get(folder)
+        if up is None or link is None or not hasattr(up, "set_upload_rate"):
+            return
+        policy = self.policies.get(folder) or OfflinePolicy()
+        up.set_upload_rate(policy.upload_rate(slow=link.mode is Mode.SLOW_LINK))
 
     def _changed_meanwhile(self, node) -> bool:
         try:

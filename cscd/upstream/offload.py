@@ -13,7 +13,8 @@ Each worker process keeps its own connection per target (reconnecting when it ne
 runs one ``trio.run`` per job. A job names the content file by path (from ``/proc/self/fd``),
 so file data never crosses the pipe on upload; read data comes back as one bytes object.
 Byte counters of the jobs are added to this object's ``statistics()``, so counts stay exact.
-Cancellation kills the worker (``kill_on_cancel``); an upload killed half-way leaves at most a
+The upload cap of the in-process upstream travels with each job (a cap changed while a job
+runs applies from the next job). Cancellation kills the worker (``kill_on_cancel``); an upload killed half-way leaves at most a
 temporary file on the server, which a later upload removes.
 """
 
@@ -47,9 +48,11 @@ def _client(params: tuple) -> Any:
     return client
 
 
-def _job(params: tuple, op: str, args: tuple, kwargs: dict) -> tuple[Any, int, int, int]:
+def _job(params: tuple, op: str, args: tuple, kwargs: dict, rate: float | None = None
+         ) -> tuple[Any, int, int, int]:
     """Run one transfer in the worker: (result, bytes read, written, copied on the server)."""
     client = _client(params)
+    client.set_upload_rate(rate)
     before = client.statistics()
 
     async def run() -> Any:
@@ -89,7 +92,8 @@ class OffloadedUpstream:
         try:
             with trio.fail_after(self._job_timeout_s):
                 result, read, written, copied = await trio_parallel.run_sync(
-                    _job, self._params, op, args, kwargs, kill_on_cancel=True, limiter=self._limiter)
+                    _job, self._params, op, args, kwargs, self.inner.upload_rate.bytes_per_s,
+                    kill_on_cancel=True, limiter=self._limiter)
         except trio.TooSlowError:
             raise UpstreamTimeout(f"{self.description}: a transfer took longer than "
                                   f"{self._job_timeout_s:g} s") from None

@@ -48,6 +48,7 @@ from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name
 from cscd.types import Credentials, SmbSecurity, UncTarget
 from cscd.upstream import smb_delta
 from cscd.upstream import smb_ops as ops
+from cscd.upstream.ratelimit import RateLimit
 from cscd.upstream.base import Conflict, Extent, RemoteEntry, UpstreamStatistics, check_plan
 from cscd.upstream.smb_errors import (
     LINK_LOST,
@@ -104,6 +105,12 @@ class SmbUpstream:
         self._connect_failure: tuple[float, CscdError] | None = None
         self._leftovers: set[str] = set()
         self._copy_state = smb_delta.CopyState()
+        #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
+        self.upload_rate = RateLimit(None)
+
+    def set_upload_rate(self, bytes_per_s: float | None) -> None:
+        """Cap uploads at ``bytes_per_s`` (None: no cap); applies to transfers in flight."""
+        self.upload_rate.set(bytes_per_s)
 
     def __repr__(self) -> str:
         user = self._credentials.username
@@ -178,6 +185,7 @@ class SmbUpstream:
                 require_encryption=self._security.require_encryption,
                 stats=self._stats,
             )
+            new.rate_limit = self.upload_rate
             try:
                 await self._in_thread(new, timeout_s, self._share_unc, _open_link)
             except CscdError as exc:

@@ -324,6 +324,8 @@ def _pipelined_write(
         while pos < end or inflight:
             while pos < end and len(inflight) < PIPELINE_DEPTH:
                 call.check()
+                if link.rate_limit is not None:
+                    link.rate_limit.take(min(chunk, end - pos), call.touch)
                 data = _pread_exact(fd, min(chunk, end - pos), pos)
                 msg = w.write_req(file_id, pos, data)
                 req = link.try_send(msg, call) if inflight else link.send([msg], call)[0]

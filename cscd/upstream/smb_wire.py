@@ -159,6 +159,8 @@ class SmbLink:
         self._password = password
         self._require_encryption = require_encryption
         self.stats = stats
+        #: the upload cap (``RateLimit``) the owning upstream shares with this link, or None
+        self.rate_limit = None
         self.conn: Connection | None = None
         self.session: Session | None = None
         self.tree: TreeConnect | None = None
