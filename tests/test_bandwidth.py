@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-
 from cscd.policy.unc import parse_unc
 from cscd.types import Credentials, OfflinePolicy
 from cscd.upstream.ratelimit import RateLimit

@@ -9,13 +9,13 @@ import pwd
 import pytest
 import trio
 
-from cscd.samba import EmbeddedSamba
-from tests.helpers.daemon import DaemonProcess, write_credentials
-from tests.helpers.wait import wait_for
 from cscd.errors import AccessDenied
 from cscd.policy.credentials import load_credentials
 from cscd.policy.unc import parse_unc
+from cscd.samba import EmbeddedSamba
 from cscd.upstream.smb import SmbUpstream
+from tests.helpers.daemon import DaemonProcess, write_credentials
+from tests.helpers.wait import wait_for
 
 USER = "nobody"
 

@@ -29,8 +29,8 @@ import xxhash
 from cscd.cache import chunks as chunkmaps
 from cscd.cache import conflicts, nodes, ranges
 from cscd.cache.index import Index, u64
-from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.cache.merge import merge_listing
+from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.cache.residency import Residency
 from cscd.cache.store import ContentStore
 from cscd.errors import (

@@ -48,8 +48,8 @@ from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name
 from cscd.types import Credentials, SmbSecurity, UncTarget
 from cscd.upstream import smb_delta
 from cscd.upstream import smb_ops as ops
-from cscd.upstream.ratelimit import RateLimit
 from cscd.upstream.base import Conflict, Extent, RemoteEntry, UpstreamStatistics, check_plan
+from cscd.upstream.ratelimit import RateLimit
 from cscd.upstream.smb_errors import (
     LINK_LOST,
     STATUS_OBJECT_NAME_COLLISION,
