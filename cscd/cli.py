@@ -153,6 +153,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         config = DaemonConfig(
             path=state / "demo.yaml", mount=mount, cache=state / "cache", credentials=creds, port=samba.port,
             folders=(FolderConfig("Documents", parse_unc(samba.unc(f"{user_dir}\\Documents"))),),
+            policy_dir=None,  # a throwaway demo: no machine policy, no folder redirection
         )
 
         def ready() -> None:
@@ -412,6 +413,23 @@ def _cmd_conflicts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_policy(args: argparse.Namespace) -> int:
+    """``policy show``: the policy in force in the daemon, key by key with file:line."""
+    from cscd.policy.machine import PolicyRow, format_rows
+
+    result = _call(args, "policy.show")
+    if args.json:
+        _emit_json(result)
+        return 0
+    primary = "" if result.get("is_primary_computer", True) else " (not a primary computer: nothing redirected)"
+    print(f"policy for {result.get('user')} on {result.get('host')}{primary}")
+    files = result.get("files") or []
+    print(f"files: {', '.join(files)}" if files else f"files: none in {result.get('policy_dir')}; every key has "
+          "its default")
+    sys.stdout.write(format_rows(PolicyRow(r["key"], r["value"], r["origin"]) for r in result.get("rows", [])))
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
 
 
@@ -475,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = csub.add_parser("resolve", help="resolve the conflict of PATH", parents=[common])
     r.add_argument("path", metavar="PATH")
     r.add_argument("--keep", required=True, choices=("local", "remote", "both"))
-    pol = client("policy", _simple("policy.show", lambda a: {}), "policy")
+    pol = client("policy", _cmd_policy, "policy")
     psub = pol.add_subparsers(dest="action", required=True)
     psub.add_parser("show", help="the effective policy and where each key comes from", parents=[common])
     prof = client("profile", lambda a: _simple(f"profile.{a.action}", lambda _: {})(a), "roaming profile")

@@ -3,20 +3,48 @@
 Owns wiring, start-up checks and signals; the control handlers, events and systemd
 notifications live in ``operations.py``. Nothing imports it but ``cli``.
 
-Start-up order: read configuration and credentials (errors are one line, exit 2); open the
-cache; connect each folder's server with a deadline — an unreachable server is fine when the
-folder has a cache (we start offline and come back by ourselves), and an error only on a
-first start with nothing cached; then start the cache timer, the link monitor, sync and the
-invalidation task, mount, and send ``READY=1``. SIGTERM/SIGINT: stop taking requests
-(``pyfuse3.terminate``), cancel everything, unmount, close the index. Work in flight is safe
-to cancel: the dirty set lives in LMDB and uploads only rename a complete temporary file.
+Start-up order: read configuration, machine policy (``policy_dir``; an invalid policy stops
+the start with its ``FILE:LINE: KEY: message``, exit 2) and credentials; plan the logon's
+folder redirection; open the cache; connect each folder's server with a deadline — an
+unreachable server is fine when the folder has a cache (we start offline and come back by
+ourselves), and an error only on a first start with nothing cached; then start the cache
+timer, the link monitor, sync and the invalidation task, mount, and send ``READY=1``. Then,
+in a worker thread (never on the trio thread, which serves the mount the thread writes
+through), carry out the redirection plan. SIGHUP re-reads the policy (``operations``).
+SIGTERM/SIGINT: stop taking requests (``pyfuse3.terminate``), cancel everything, unmount,
+close the index. Work in flight is safe to cancel: the dirty set lives in LMDB and uploads
+only rename a complete temporary file.
+
+What is mounted: the YAML's folders, with the policy's redirected folders added or replacing
+those of the same name (``machine.daemon_config``); only the policy's folders are
+*redirected* (known folder and ``user-dirs.dirs`` pointed into the mount, content moved in),
+the YAML's are only mounted. Two exceptions keep data reachable: a folder whose policy target
+changed stays on its recorded target (moving content between targets is not built yet), and
+a folder whose redirection is being removed is mounted from its recorded target until the
+removal is done.
+
+Primary computers: on a machine that is not one of the user's primary computers the daemon
+still starts and serves the mount (``cscd status`` and the control socket keep working, the
+unit does not fail or restart in a loop), but with no folder in it besides those being
+brought back; it logs why, and removes earlier redirections by their removal action.
+
+Redirection runs after READY, in the background (``cscd status`` shows its progress): a
+first move of a large folder must not hold up the session or trip systemd's start timeout.
+The mount accepts the files while the server is down (they are cached and upload later). A
+removal waits until the folder has nothing left to upload, so no change is stranded in a
+cache that stops being mounted. Not supported: stopping the daemon in the middle of a move
+leaves the file being copied twice — the original at home and a partial copy in the mount;
+the next start keeps both (the partial one under its name, the complete one as a conflict
+copy), so nothing is lost but the partial copy must be deleted by hand.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pyfuse3
@@ -29,12 +57,25 @@ from cscd.events import EventId, emit
 from cscd.fs import CscdFs, mount_options
 from cscd.link import LinkMonitor, WorkingOfflineState
 from cscd.network import MeteredWatcher
-from cscd.policy.config import DaemonConfig
+from cscd.policy.config import DaemonConfig, FolderConfig
 from cscd.policy.credentials import load_credentials
+from cscd.policy.model import Policy
+from cscd.redirect import (
+    RECORD,
+    USER_DIRS,
+    RedirectError,
+    RedirectPlan,
+    StepKind,
+    StepResult,
+    apply_plan,
+    load_record,
+    plan_redirection,
+)
 from cscd.sync.engine import SyncEngine
 from cscd.sync.source import FolderSource
 from cscd.types import FolderLink, Mode
 from cscd.upstream.base import Upstream
+from cscd.upstream.offload import OffloadedUpstream
 from cscd.upstream.smb import SmbUpstream
 
 log = logging.getLogger(__name__)
@@ -75,10 +116,13 @@ def build_upstreams(config: DaemonConfig) -> dict[str, Upstream]:
             if config.credentials is None:
                 raise ConfigError(f"{config.path}: credentials: missing; SMB folders need a credentials file")
             creds = load_credentials(config.credentials)
-        out[folder.name] = SmbUpstream(
+        smb = SmbUpstream(
             folder.target, creds, port=config.port, security=config.security,
             timeout_s=config.timings.request_timeout_s,
         )
+        # Bulk transfers in worker processes: smbprotocol's signing and copying would hold
+        # the GIL the FUSE loop needs (see upstream/offload.py).
+        out[folder.name] = OffloadedUpstream(smb) if config.offload_transfers else smb
     return out
 
 
@@ -102,7 +146,60 @@ async def run_daemon(config: DaemonConfig, *, on_ready=None) -> None:
         await _run(config, on_ready, signals)
 
 
-async def _run(config: DaemonConfig, on_ready, signals) -> None:
+_REMOVALS = (StepKind.REMOVE_LEAVE, StepKind.REMOVE_BACK)
+
+
+def plan_logon(config: DaemonConfig, policy: Policy) -> tuple[RedirectPlan | None, tuple[FolderConfig, ...]]:
+    """The logon's redirection plan (None: nothing to do) and the folders to mount for it.
+
+    Reads the record of applied redirections and ``user-dirs.dirs`` (small local files).
+    Without machine policy (``policy_dir`` None, as in ``cscd demo``) nothing is planned: the
+    record in the home directory belongs to the daemon that runs with the policy. A damaged
+    record is logged (ERROR) and stops redirection, not the daemon.
+    """
+    if config.policy_dir is None:
+        return None, config.folders
+    home = config.home_dir
+    try:
+        record = load_record(home / RECORD)
+        try:
+            user_dirs = (home / USER_DIRS).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            user_dirs = None
+    except (RedirectError, OSError, UnicodeDecodeError) as exc:
+        log.error("folder redirection is not applied: %s", exc)
+        return None, config.folders
+    plan = plan_redirection(policy, home, config.mount, record=record, user_dirs_text=user_dirs)
+    if not plan.steps:
+        return None, config.folders
+    folders = {f.name: f for f in config.folders}
+    for step in plan.steps:
+        if step.kind is StepKind.MOVE_TARGET:
+            old = record[step.name].target
+            log.warning("%s: the policy moves it from %s to %s; moving content between targets is not "
+                        "built yet, so it stays on %s", step.name, old, step.target, old)
+            folders[step.name] = FolderConfig(step.name, old)
+        elif step.kind in _REMOVALS:
+            folders[step.name] = FolderConfig(step.name, record[step.name].target)
+    return plan, tuple(folders.values())
+
+
+async def _run(base: DaemonConfig, on_ready, signals) -> None:
+    keeper = operations.PolicyKeeper.load(base)
+    policy = keeper.policy
+    config = keeper.config()
+    plan, folders = plan_logon(config, policy)
+    config = replace(config, folders=folders)
+    if not policy.is_primary_computer():
+        log.info("%s is not one of %s's primary computers (%s): no folder is redirected here%s",
+                 policy.subject.host, policy.subject.user, ", ".join(policy.primary_computers),
+                 "; earlier redirections are removed" if plan else "")
+    elif not config.folders:
+        if not policy.files:
+            raise ConfigError(f"{base.path}: folders: no folder to mount: none in this file and no policy "
+                              f"files in {base.policy_dir}")
+        log.info("the policy redirects no folder for %s and %s names none: the mount stays empty",
+                 policy.subject.user, base.path)
     upstreams = build_upstreams(config)
     check_mountpoint(config.mount)
     links = {name: FolderLink() for name in upstreams}
@@ -121,11 +218,9 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
     metered.on_change = monitor.wake_all
     source = FolderSource(upstreams, links, fetch_timeout_s=config.timings.fetch_timeout_s,
                           on_link_error=monitor.report_failure, policies=policies)
-    limit = config.cache_limit_bytes
-    if limit is None:
-        st = os.statvfs(config.cache)
-        limit = int(st.f_blocks * st.f_frsize * config.cache_limit_fraction)
-    cache = Cache(config.cache, [n.encode() for n in upstreams], source, limit_bytes=limit)
+    cache = Cache(config.cache, [n.encode() for n in upstreams], source,
+                  limit_bytes=operations.cache_limit_bytes(config))
+    keeper.attach(policies, monitor, cache)
     try:
         async with trio.open_nursery() as nursery:
             for name, up in upstreams.items():
@@ -150,7 +245,7 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
         ops = CscdFs(cache)
         pyfuse3.init(ops, str(config.mount), mount_options())
         try:
-            await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered)
+            await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan)
         finally:
             with trio.CancelScope(shield=True):
                 pyfuse3.close(unmount=True)
@@ -161,9 +256,10 @@ async def _run(config: DaemonConfig, on_ready, signals) -> None:
         cache.close()
 
 
-async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered) -> None:
+async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan) -> None:
+    redirection = operations.RedirectionStatus()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, signals, nursery.cancel_scope, name="signals")
+        nursery.start_soon(_watch_signals, signals, nursery.cancel_scope, keeper, name="signals")
         await nursery.start(cache.run, name="cache.flush")
         await nursery.start(metered.run, name="network.metered")
         await nursery.start(monitor.run, name="link")
@@ -175,7 +271,7 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, 
             nursery.cancel_scope.cancel()  # unmounted from outside, or terminate()
 
         nursery.start_soon(fuse_main, name="fuse")
-        await operations.start_operations(nursery, config, cache, monitor, engine, links)
+        await operations.start_operations(nursery, config, cache, monitor, engine, links, keeper, redirection)
         modes = operations.modes_text(links)
         log.info("mounted %s (%s)", config.mount, modes)
         await operations.wait_mount_answers(config.mount)
@@ -183,13 +279,82 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, 
         emit(EventId.DAEMON_READY, mount=str(config.mount), modes=modes)
         if on_ready is not None:
             on_ready()
+        if plan is not None:
+            nursery.start_soon(redirect_folders, plan, cache, redirection, name="redirect")
 
 
-async def _watch_signals(signals, cancel_scope: trio.CancelScope) -> None:
+async def redirect_folders(plan: RedirectPlan, cache: Cache, status: operations.RedirectionStatus, *,
+                           poll_s: float = 1.0) -> None:
+    """Carry out the logon's redirection plan in a worker thread, through the mount.
+
+    Redirections (move-in, user-dirs) go first. Each removal waits until its folder has
+    nothing left to upload, then runs. A failed step is logged (WARNING) and tried again at
+    the next start; nothing here raises. Cancellation abandons the thread (it cannot be
+    stopped between files; see the module docstring).
+    """
+    status.state = "running"
+    first = tuple(s for s in plan.steps if s.kind not in _REMOVALS)
+    later = [s for s in plan.steps if s.kind in _REMOVALS]
+    if first:
+        _report(status, await _apply(replace(plan, steps=first)))
+    while later:
+        pending = operations.pending_by_folder(cache, [s.name for s in later])
+        ready = tuple(s for s in later if pending[s.name][0] == 0)
+        if not ready:
+            if status.state != "waiting":
+                log.info("removing the redirection of %s once its changes are uploaded (%s)",
+                         ", ".join(s.name for s in later),
+                         ", ".join(f"{s.name}: {pending[s.name][0]} waiting" for s in later))
+            status.state = "waiting"
+            await trio.sleep(poll_s)
+            continue
+        status.state = "running"
+        later = [s for s in later if s not in ready]
+        _report(status, await _apply(replace(plan, steps=ready)))
+    status.state = "done"
+
+
+async def _apply(plan: RedirectPlan) -> tuple[StepResult, ...]:
+    return await trio.to_thread.run_sync(functools.partial(apply_plan, plan), abandon_on_cancel=True)
+
+
+_DONE_TEXT = {
+    StepKind.REDIRECT: "redirected into {mounted}",
+    StepKind.KEEP: "redirected into {mounted} (as before)",
+    StepKind.REMOVE_LEAVE: "no longer redirected: its content stays on the server; {local} is a local folder again",
+    StepKind.REMOVE_BACK: "no longer redirected: its content was copied home to {local}",
+}
+
+
+def _report(status: operations.RedirectionStatus, results: tuple[StepResult, ...]) -> None:
+    for r in results:
+        step = r.step
+        moved = ""
+        if r.report is not None and (r.report.files or r.report.identical):
+            moved = f" ({r.report.files} files, {r.report.bytes} bytes"
+            moved += f"; {r.report.identical} already there" if r.report.identical else ""
+            moved += f"; kept under conflict names: {', '.join(r.report.renamed)}" if r.report.renamed else ""
+            moved += ")"
+        if r.report is not None and r.report.skipped:
+            log.warning("%s: left in %s (symlinks and special files are not moved): %s",
+                        step.name, step.local, ", ".join(r.report.skipped))
+        if r.done:
+            text = _DONE_TEXT[step.kind].format(mounted=step.mounted, local=step.local) + moved
+            (log.debug if step.kind is StepKind.KEEP else log.info)("%s: %s", step.name, text)
+        else:
+            text = f"not done: {r.message}"
+            # A target change was already reported as a warning when the logon was planned.
+            level = logging.INFO if step.kind is StepKind.MOVE_TARGET else logging.WARNING
+            log.log(level, "%s: %s; tried again at the next start", step.name, r.message)
+        status.folders[step.name] = {"step": step.kind.value, "done": r.done, "message": text,
+                                     "local": str(step.local), "mounted": str(step.mounted)}
+
+
+async def _watch_signals(signals, cancel_scope: trio.CancelScope, keeper: operations.PolicyKeeper) -> None:
     stopping = False
     async for signum in signals:
         if signum == signal.SIGHUP:
-            operations.reload("SIGHUP")
+            keeper.reload("SIGHUP")
             continue
         if stopping:
             log.info("%s: already unmounting", signal.Signals(signum).name)

@@ -141,7 +141,7 @@ class LinkMonitor:
 
     def apply_policies(self) -> None:
         """``policies`` changed in place (a policy reload): take the new slow-link threshold
-        and re-decide every folder now. The smoothed RTT is kept, so hysteresis goes on."""
+        and re-decide every folder now. The recent probes are kept, so hysteresis goes on."""
         for name, detector in self._slow.items():
             p = self.policy(name)
             detector.threshold_s = p.slow_link_ms / 1000.0

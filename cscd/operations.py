@@ -2,29 +2,44 @@
 counters and systemd notifications (READY, STATUS, WATCHDOG).
 
 Owns the control handlers and the wiring of ``control``, ``events`` and ``metrics`` to the
-running services. Split from ``daemon.py`` (which builds the services and mounts) so each
-stays one owner; like ``daemon``, it may import every layer, and only ``daemon`` imports it.
-Handlers resolve paths inside the mount to cache nodes; the cache and sync do the work.
+running services, and the policy in force (``PolicyKeeper``: read at start, replaced on
+SIGHUP / ``cscd reload`` only by a valid policy, shown by ``cscd policy show``). Split from
+``daemon.py`` (which builds the services and mounts) so each stays one owner; like
+``daemon``, it may import every layer, and only ``daemon`` imports it. Handlers resolve paths
+inside the mount to cache nodes; the cache and sync do the work.
+
+What a reload can change while running: the Offline Files values (slow-link threshold,
+background-sync interval and offset, always offline, fetch on slow link, cost-aware sync and
+its override, the cache size limit). Everything else — the folder set and targets, primary
+computers, the per-folder redirection keys, security and credentials — is decided at start:
+the reply of ``cscd reload`` lists those keys and asks for a restart. ``exclude_patterns`` and
+``max_file_size`` are shown but not enforced by the cache yet.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from cscd import control, metrics
 from cscd.cache.cache import Cache
 from cscd.cache.nodes import DirtyReason
-from cscd.errors import CscdError, NotFound
+from cscd.errors import ConfigError, CscdError, NotFound
 from cscd.events import EventId, emit
 from cscd.link import LinkMonitor
 from cscd.policy.config import DaemonConfig
+from cscd.policy.machine import changed_keys, current_subject, daemon_config, load_policy, policy_rows
+from cscd.policy.model import Policy, Subject
 from cscd.sync.engine import MANUAL_MODES, SyncEngine
-from cscd.types import FolderLink, Mode
+from cscd.types import FolderLink, Mode, OfflinePolicy
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +60,7 @@ def sd_notify(message: str) -> None:
 
 
 def modes_text(links: dict[str, FolderLink]) -> str:
-    return ", ".join(f"{n}: {link.mode.value}" for n, link in links.items())
+    return ", ".join(f"{n}: {link.mode.value}" for n, link in links.items()) or "no folders"
 
 
 async def wait_mount_answers(mount: Path, timeout_s: float = 30.0) -> None:
@@ -57,12 +72,168 @@ async def wait_mount_answers(mount: Path, timeout_s: float = 30.0) -> None:
         raise CscdError(f"{mount}: the mount does not answer: {exc or 'timed out'}") from None
 
 
-def reload(source: str) -> dict:
-    """SIGHUP and ``cscd reload``; policy reload arrives with issue 6."""
-    message = "nothing to reload yet: policy files come with issue 6"
-    log.info("%s: %s", source, message)
-    emit(EventId.RELOADED, result=message, source=source)
-    return {"reloaded": False, "message": message}
+# ---------------------------------------------------------------- policy in force
+
+#: Offline Files keys that a policy may set but nothing enforces yet (shown, not applied).
+NOT_ENFORCED_KEYS = frozenset({"offline_files.exclude_patterns", "offline_files.max_file_size"})
+_LOCATED = re.compile(r"^(?P<file>/[^:]*):(?P<line>\d+): (?:(?P<key>[A-Za-z0-9_.%$-]+): )?(?P<reason>.*)$",
+                      re.DOTALL)
+
+
+def effective_config(base: DaemonConfig, policy: Policy) -> DaemonConfig:
+    """The daemon's YAML with the policy laid over it (``machine.daemon_config``), plus the
+    cache size limit where a policy file sets it. Pure."""
+    config = daemon_config(base, policy)
+    if policy.origin("offline_files.cache_size_limit") is not None:
+        limit = policy.offline_files.cache_size_limit
+        config = replace(config, cache_limit_bytes=limit.size_bytes,
+                         cache_limit_fraction=(limit.percent or 0.0) / 100)
+    return config
+
+
+def cache_limit_bytes(config: DaemonConfig) -> int:
+    """The content-store limit in bytes: the configured size, or a share of the cache's
+    filesystem (one ``statvfs``, fast and local)."""
+    if config.cache_limit_bytes is not None:
+        return config.cache_limit_bytes
+    st = os.statvfs(config.cache)
+    return int(st.f_blocks * st.f_frsize * config.cache_limit_fraction)
+
+
+def located_fields(message: str) -> dict[str, str]:
+    """``FILE:LINE: KEY: reason`` → the POLICY_REJECTED fields (``?`` for a missing part)."""
+    m = _LOCATED.match(message)
+    if m is None:
+        return {"file": "?", "line": "?", "key": "?", "reason": message}
+    return {"file": m["file"], "line": m["line"], "key": m["key"] or "?", "reason": m["reason"]}
+
+
+@dataclass
+class PolicyKeeper:
+    """The machine policy in force for this user, and what a reload may change live.
+
+    ``load`` reads it at start (a ConfigError there stops the daemon). ``reload`` reads the
+    files again and, only if they are valid, replaces the policy, updates the shared
+    per-folder ``policies`` dict in place (the link monitor, sync and the folder source hold
+    the same dict) and the cache size limit, and says which changed keys wait for a restart.
+    Reading the files is a few small local reads, done on the trio thread.
+    """
+
+    base: DaemonConfig
+    policy: Policy
+    #: folder → the Offline Files values it runs with; shared with monitor, sync and source
+    policies: dict[str, OfflinePolicy] = field(default_factory=dict)
+    monitor: LinkMonitor | None = None
+    cache: Cache | None = None
+
+    @staticmethod
+    def subject(base: DaemonConfig) -> Subject:
+        """This user on this machine, with the configured home directory."""
+        try:
+            subject = current_subject()
+        except KeyError:
+            raise ConfigError(f"uid {os.getuid()} has no entry in the password database; machine policy "
+                              f"needs a user name") from None
+        return replace(subject, home=str(base.home_dir))
+
+    @classmethod
+    def load(cls, base: DaemonConfig) -> PolicyKeeper:
+        """Read the policy for start-up; raises ConfigError (``FILE:LINE: KEY: message``)."""
+        return cls(base, cls.read(base))
+
+    @classmethod
+    def read(cls, base: DaemonConfig) -> Policy:
+        subject = cls.subject(base)
+        if base.policy_dir is None:
+            return Policy(subject)
+        return load_policy(subject, base.policy_dir)
+
+    def config(self) -> DaemonConfig:
+        return effective_config(self.base, self.policy)
+
+    def attach(self, policies: dict[str, OfflinePolicy], monitor: LinkMonitor, cache: Cache) -> None:
+        """Give the keeper the live objects a reload updates."""
+        self.policies, self.monitor, self.cache = policies, monitor, cache
+
+    def reload(self, source: str) -> dict[str, Any]:
+        """Re-read the policy (SIGHUP, ``cscd reload``). On an error the last good policy stays,
+        a WARNING says why and POLICY_REJECTED is emitted; the answer then has
+        ``reloaded: false`` and ``error``. Never raises."""
+        try:
+            new = self.read(self.base)
+        except ConfigError as exc:
+            log.warning("%s: policy rejected; the last good policy stays in force: %s", source, exc)
+            emit(EventId.POLICY_REJECTED, source=source, **located_fields(str(exc)))
+            return {"reloaded": False, "error": str(exc),
+                    "message": f"policy rejected; the last good policy stays in force: {exc}"}
+        old, self.policy = self.policy, new
+        changed = changed_keys(old, new)
+        before, after = effective_config(self.base, old), effective_config(self.base, new)
+        applied = [k for k in changed if k.startswith("offline_files.") and k not in NOT_ENFORCED_KEYS]
+        restart = [k for k in changed if not k.startswith("offline_files.")]
+        not_enforced = [k for k in changed if k in NOT_ENFORCED_KEYS]
+        if after.offline != before.offline:
+            for name in self.policies:
+                self.policies[name] = after.offline
+            if self.monitor is not None:
+                self.monitor.apply_policies()
+        if self.cache is not None and (after.cache_limit_bytes, after.cache_limit_fraction) != (
+                before.cache_limit_bytes, before.cache_limit_fraction):
+            self.cache.residency.limit_bytes = cache_limit_bytes(after)
+        if not changed:
+            message = "policy reloaded: nothing changed"
+        else:
+            parts = [f"policy reloaded: {len(changed)} key(s) changed"]
+            if applied:
+                parts.append(f"applied now: {', '.join(applied)}")
+            if restart:
+                parts.append(f"restart cscd to apply (systemctl --user restart cscd): {', '.join(restart)}")
+            if not_enforced:
+                parts.append(f"not enforced yet: {', '.join(not_enforced)}")
+            message = "; ".join(parts)
+        log.info("%s: %s", source, message)
+        emit(EventId.RELOADED, result=message, source=source)
+        return {"reloaded": True, "changed": changed, "applied": applied, "restart_needed": restart,
+                "not_enforced": not_enforced, "message": message}
+
+    def show(self) -> dict[str, Any]:
+        """The answer of ``cscd policy show``: every key, its value and where it came from."""
+        p = self.policy
+        return {
+            "user": p.subject.user, "host": p.subject.host, "groups": list(p.subject.groups),
+            "policy_dir": None if self.base.policy_dir is None else str(self.base.policy_dir),
+            "files": [str(f) for f in p.files],
+            "is_primary_computer": p.is_primary_computer(),
+            "rows": [{"key": r.key, "value": r.value, "origin": r.origin} for r in policy_rows(p)],
+        }
+
+
+@dataclass
+class RedirectionStatus:
+    """Where the logon's folder redirection stands, for ``cscd status`` (and the tests):
+    ``none`` (nothing to do), ``running``, ``waiting`` (a removal waits for uploads),
+    ``done`` (every step tried; see ``folders``)."""
+
+    state: str = "none"
+    folders: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "folders": self.folders}
+
+
+def pending_by_folder(cache: Cache, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Folder → (changes waiting to upload, their bytes), from the dirty set (local, fast)."""
+    counts = {name: [0, 0] for name in names}
+    for node, reasons in cache.dirty_nodes():
+        try:
+            entry = counts.get(cache.folder_of(node)[0].decode())
+        except NotFound:
+            continue  # detached below a deleted directory; pushed with it
+        if entry is not None:
+            entry[0] += 1
+            if not node.is_dir and not reasons & DirtyReason.DELETE:
+                entry[1] += node.size
+    return {name: (c, b) for name, (c, b) in counts.items()}
 
 
 def _watchdog_interval_s() -> float | None:
@@ -100,7 +271,8 @@ def _folder_of_path(mount: Path, path: str, links: dict[str, FolderLink]) -> str
 
 
 async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: Cache, monitor: LinkMonitor,
-                            engine: SyncEngine, links: dict[str, FolderLink]) -> None:
+                            engine: SyncEngine, links: dict[str, FolderLink], keeper: PolicyKeeper,
+                            redirection: RedirectionStatus) -> None:
     """Wire events, counters, systemd notifications and the control socket; start their tasks."""
     upstreams = {name: up for name, (up, _link) in monitor.folders.items()}
     collector = metrics.Collector(
@@ -123,19 +295,6 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
 
     monitor.on_transition = on_transition
     engine.on_session = on_session
-
-    def pending_by_folder() -> dict[str, tuple[int, int]]:
-        counts = {name: [0, 0] for name in links}
-        for node, reasons in cache.dirty_nodes():
-            try:
-                entry = counts.get(cache.folder_of(node)[0].decode())
-            except NotFound:
-                continue  # detached below a deleted directory; pushed with it
-            if entry is not None:
-                entry[0] += 1
-                if not node.is_dir and not reasons & DirtyReason.DELETE:
-                    entry[1] += node.size
-        return {name: (c, b) for name, (c, b) in counts.items()}
 
     async def sync(args: dict) -> dict:
         path = control.argument(args, "path", str)
@@ -177,15 +336,22 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         return {"folders": state, "message": "; ".join(f"{n}: {m}" for n, m in state.items())}
 
     async def status(args: dict) -> dict:
-        answer = collector.status(pending_by_folder())
-        answer.update(mount=str(config.mount), pid=os.getpid())
+        answer = collector.status(pending_by_folder(cache, links))
+        answer.update(mount=str(config.mount), pid=os.getpid(), redirection=redirection.as_dict(),
+                      is_primary_computer=keeper.policy.is_primary_computer())
         return answer
 
     async def stats(args: dict) -> dict:
         return collector.stats()
 
     async def reload_handler(args: dict) -> dict:
-        return reload("cscd reload")
+        answer = keeper.reload("cscd reload")
+        if not answer["reloaded"]:
+            raise control.ControlError("policy_rejected", answer["message"])
+        return answer
+
+    async def policy_show(args: dict) -> dict:
+        return keeper.show()
 
     async def node_at(args: dict):
         path = control.argument(args, "path", str)
@@ -234,7 +400,7 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         "free-space": free_space,
         "conflicts": conflicts,
         "conflicts.resolve": resolve,
-        "policy.show": control.not_implemented("policy show", 6, "the effective policy with file and line"),
+        "policy.show": policy_show,
         "profile.logon": control.not_implemented("profile logon", 7, "the roaming profile is not built yet"),
         "profile.logoff": control.not_implemented("profile logoff", 7, "the roaming profile is not built yet"),
     }

@@ -99,3 +99,19 @@ def test_bad_credentials(tmp_path, text, needle):
 def test_missing_credentials_file(tmp_path):
     with pytest.raises(ConfigError, match="credentials file not found"):
         load_credentials(tmp_path / "none")
+
+
+def test_policy_dir_and_home_default_to_etc_cscd_and_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "someone"))
+    cfg = load_config(write(tmp_path, GOOD))
+    assert str(cfg.policy_dir) == "/etc/cscd"
+    assert cfg.home is None and cfg.home_dir == tmp_path / "someone"
+
+
+def test_policy_dir_lets_the_policy_give_the_folders(tmp_path):
+    text = GOOD.replace("folders:\n  Documents: '\\\\127.0.0.1\\share\\alice\\Documents'\n",
+                        "policy_dir: policy\nhome: {tmp}/home\n")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.folders == ()
+    assert cfg.policy_dir == tmp_path / "policy"  # relative to the file
+    assert cfg.home_dir == tmp_path / "home"

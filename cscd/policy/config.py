@@ -11,10 +11,18 @@ Minimal form (kept stable for tools and later policy layers)::
 
 Optional sections: ``security`` (``require_encryption``, ``require_signing``) and
 ``timings`` (seconds; see ``Timings``). Unknown keys are errors, never silently ignored.
+
+Machine policy (``policy/machine.py``) is read from ``policy_dir`` (default ``/etc/cscd``; a
+missing directory means no machine policy) and laid over this file by the daemon; ``home``
+(default ``$HOME``) is the home directory whose known folders policy redirects. When the file
+names ``policy_dir`` itself, ``folders`` may be left out: the policy then gives them. Neither
+key is a security boundary: the daemon runs as the user, who could run anything else.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,9 @@ from cscd.errors import BadName, ConfigError
 from cscd.names import check_name
 from cscd.policy.unc import parse_unc
 from cscd.types import OfflinePolicy, SmbSecurity, UncTarget
+
+#: Machine policy's default place (``policy/machine.py`` reads ``policy.yaml`` and ``policy.d``).
+DEFAULT_POLICY_DIR = Path("/etc/cscd")
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,8 @@ class DaemonConfig:
     security: SmbSecurity = SmbSecurity()
     timings: Timings = field(default_factory=Timings)
     offline: OfflinePolicy = OfflinePolicy()
+    #: run large uploads and downloads in worker processes (keeps the FUSE loop fast)
+    offload_transfers: bool = True
     #: content-store size limit: bytes, or a fraction of the cache's filesystem
     cache_limit_bytes: int | None = None
     cache_limit_fraction: float = 0.10
@@ -68,10 +81,24 @@ class DaemonConfig:
     metered_file: Path | None = None
     #: where to ask NetworkManager: "system" (default), "session", a D-Bus address, or None
     metered_dbus: str | None = "system"
+    #: where machine policy lives (``policy.yaml`` + ``policy.d/``); None: no machine policy
+    policy_dir: Path | None = DEFAULT_POLICY_DIR
+    #: the home directory whose known folders are redirected; None: ``$HOME``
+    home: Path | None = None
+
+    @property
+    def home_dir(self) -> Path:
+        """``home``, else ``$HOME``, else the password database's home of this uid."""
+        if self.home is not None:
+            return self.home
+        env = os.environ.get("HOME")
+        if env and os.path.isabs(env):
+            return Path(env)
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
 
 
 _TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file",
-             "metered_dbus", "cache_limit"}
+             "metered_dbus", "cache_limit", "policy_dir", "home"}
 
 
 class _Doc:
@@ -178,11 +205,13 @@ def load_config(path: Path) -> DaemonConfig:
     credentials = doc.get_path("credentials", required=False)
     port = doc.get_int("port", 445, 1, 65535)
 
+    policy_dir = doc.get_path("policy_dir", required=False)
+    home = doc.get_path("home", required=False)
     folders_doc = doc.sub("folders")
-    if folders_doc is None or not folders_doc.items:
+    if policy_dir is None and (folders_doc is None or not folders_doc.items):
         raise doc.err("folders", "missing: name at least one folder, e.g. Documents: '\\\\server\\share\\you\\Documents'")
     folders = []
-    for name in folders_doc.items:
+    for name in (folders_doc.items if folders_doc is not None else ()):
         try:
             check_name(name.encode("utf-8"))
         except BadName as exc:
@@ -245,7 +274,9 @@ def load_config(path: Path) -> DaemonConfig:
     return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings,
                         offline=offline, metered_file=metered_file, metered_dbus=metered_dbus,
                         cache_limit_bytes=limit_bytes,
-                        cache_limit_fraction=limit_fraction)
+                        cache_limit_fraction=limit_fraction,
+                        policy_dir=policy_dir if policy_dir is not None else DEFAULT_POLICY_DIR,
+                        home=home)
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

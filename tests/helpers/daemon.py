@@ -165,6 +165,10 @@ class DaemonProcess:
             "credentials": str(self.credentials),
             "port": self.port,
             "folders": dict(self.folders),
+            # Never the machine's /etc/cscd nor the real $HOME: a policy there could redirect
+            # (or bring back) the tester's own folders. Tests that want policy set these.
+            "policy_dir": str(self.workdir / f"{self.name}-policy"),
+            "home": str(self.workdir / f"{self.name}-home"),
         }
         config.update(self.extra)
         return config

@@ -1,0 +1,419 @@
+r"""Machine policy in the running daemon: refused at start when invalid, shown with file:line,
+reloaded live (or kept when broken), scoped by group, and folder redirection through the
+real mount — content moved in (also with the server down), primary computers, both removal
+actions.
+
+Real parts only: the session smbd, the daemon in a subprocess on a ``MountEnv`` (its TCP
+proxy breaks the link), a temporary ``policy_dir`` and ``home``. The tests run as root, so
+scopes use the group ``root`` against a group root is not in. Every warning the daemon logs
+must be one the test expects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cscd.redirect import RECORD, USER_DIRS, parse_user_dirs
+from tests.helpers.daemon import run_cscd
+from tests.helpers.mount_env import MountEnv
+from tests.helpers.ops import wait_control
+from tests.helpers.wait import wait_for
+
+OTHER_GROUP = "cscd-test-nobody-is-in-this-group"
+
+FILES = {
+    "report.txt": b"quarterly numbers\n",
+    "empty.txt": b"",
+    "deep/nested/notes.md": b"# notes\n" * 100,
+    "big.bin": os.urandom(3 * 1024 * 1024 + 17),
+    "with space and ünïcode.txt": "grüße".encode(),
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class PolicyEnv:
+    """A ``MountEnv`` with a policy directory and a home directory of its own."""
+
+    def __init__(self, smbd, tmp_path: Path, *, yaml_folders: bool = True) -> None:
+        self.policy_dir = tmp_path / "policy"
+        self.policy_dir.mkdir()
+        self.home = tmp_path / "home"
+        self.home.mkdir()
+        self.env = MountEnv(smbd, tmp_path / "env",
+                            extra={"policy_dir": str(self.policy_dir), "home": str(self.home)})
+        if not yaml_folders:
+            self.env.daemon.folders = {}
+        self.smbd = smbd
+        self.daemon = self.env.daemon
+        self.mount = self.env.mount
+        self.expected_warnings: list[str] = []
+
+    def unc(self, sub: str = "Documents") -> str:
+        return self.smbd.unc(f"{self.env.user_dir}\\{sub}")
+
+    def server_dir(self, sub: str = "Documents") -> Path:
+        return self.smbd.share_dir / self.env.user_dir / sub
+
+    def write_policy(self, text: str, name: str = "policy.yaml") -> Path:
+        path = self.policy_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        return path
+
+    def start(self) -> None:
+        self.env.start_daemon()
+        wait_control(self.daemon)
+
+    def cli(self, *args: str, code: int = 0) -> dict:
+        result = self.daemon.run_cli(*args, "--json")
+        assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        return json.loads(result.stdout)
+
+    def status(self) -> dict:
+        return self.cli("status")
+
+    def wait_redirection(self, timeout_s: float = 30) -> dict:
+        wait_for(lambda: self.status()["redirection"]["state"] in ("done", "none"), timeout_s,
+                 "folder redirection did not finish")
+        return self.status()["redirection"]
+
+    def user_dirs(self) -> dict[str, Path]:
+        return parse_user_dirs((self.home / USER_DIRS).read_text(), self.home)
+
+    def record(self) -> dict:
+        return json.loads((self.home / RECORD).read_text())
+
+    def check_warnings(self) -> None:
+        """Every WARNING or worse the daemon logged matches one of ``expected_warnings``."""
+        unexpected = [line for line in self.daemon.warnings()
+                      if not any(re.search(p, line) for p in self.expected_warnings)]
+        assert not unexpected, "daemon logged unexpected warnings:\n" + "\n".join(unexpected)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+@pytest.fixture
+def penv(smbd, tmp_path):
+    env = PolicyEnv(smbd, tmp_path)
+    try:
+        yield env
+        env.check_warnings()
+    finally:
+        env.close()
+
+
+@pytest.fixture
+def penv_policy_folders_only(smbd, tmp_path):
+    """The daemon's YAML names no folder: everything mounted comes from the policy."""
+    env = PolicyEnv(smbd, tmp_path, yaml_folders=False)
+    try:
+        yield env
+        env.check_warnings()
+    finally:
+        env.close()
+
+
+def fill(folder: Path, files: dict[str, bytes]) -> dict[str, str]:
+    for rel, data in files.items():
+        p = folder / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def documents_policy(env: PolicyEnv, *, removal_action: str = "leave", extra: str = "") -> str:
+    return f"""
+        - folders:
+            Documents:
+              target: '{env.unc()}'
+              removal_action: {removal_action}
+        {extra}"""
+
+
+def redirect_documents(env: PolicyEnv, removal_action: str) -> dict[str, str]:
+    """Phase one of the removal tests: Documents with files is redirected and uploaded."""
+    want = fill(env.home / "Documents", FILES)
+    env.write_policy(documents_policy(env, removal_action=removal_action))
+    env.start()
+    assert env.wait_redirection()["folders"]["Documents"]["done"]
+    wait_for(lambda: tree(env.server_dir()) == want, 30, "redirected files not on the server")
+    wait_for(lambda: env.status()["folders"]["Documents"]["pending_changes"] == 0, 15, "changes still pending")
+    env.daemon.stop()
+    return want
+
+
+# ---------------------------------------------------------------- start, show, scope
+
+
+def test_daemon_refuses_invalid_policy_with_file_line_key(penv):
+    bad = penv.write_policy("""
+        - offline_files:
+            slow_link_ms: 0
+        """, name="policy.d/20-lab.yaml")
+    result = run_cscd("daemon", "--config", str(penv.daemon.config_path), timeout_s=30)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cscd: ")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"cscd: {bad}:2: offline_files.slow_link_ms: "), errors[0]
+    assert not penv.daemon.is_mounted()
+
+
+def test_policy_show_gives_each_key_with_its_file_and_line(penv):
+    path = penv.write_policy("""
+        # site defaults
+        - offline_files:
+            slow_link_ms: 80
+            background_sync_interval_min: 30
+        """)
+    penv.start()
+    shown = penv.cli("policy", "show")
+    rows = {r["key"]: r for r in shown["rows"]}
+    assert rows["offline_files.slow_link_ms"] == {"key": "offline_files.slow_link_ms", "value": "80",
+                                                  "origin": f"{path}:3"}
+    assert rows["offline_files.background_sync_interval_min"]["origin"] == f"{path}:4"
+    assert rows["offline_files.always_offline"] == {"key": "offline_files.always_offline", "value": "false",
+                                                    "origin": "default"}
+    assert shown["files"] == [str(path)] and shown["is_primary_computer"] is True
+    assert shown["user"] == "root" and "root" in shown["groups"]
+    plain = penv.daemon.run_cli("policy", "show")
+    assert plain.returncode == 0, plain.stderr
+    line = next(li for li in plain.stdout.splitlines() if li.startswith("offline_files.slow_link_ms "))
+    assert line.split() == ["offline_files.slow_link_ms", "80", f"{path}:3"]
+
+
+@pytest.mark.parametrize("root_gets", ["A", "B"])
+def test_scoped_policy_gives_each_group_its_target(penv, root_gets):
+    """Block for the group root → its target; the block for a group root is not in is ignored,
+    whichever order the blocks come in."""
+    for sub in ("A", "B"):
+        penv.server_dir(sub).mkdir(parents=True)
+    other = "B" if root_gets == "A" else "A"
+    penv.write_policy(f"""
+        - scope: {{groups: [root]}}
+          folders:
+            Documents: {{target: '{penv.unc(root_gets)}'}}
+        - scope: {{groups: [{OTHER_GROUP}]}}
+          folders:
+            Documents: {{target: '{penv.unc(other)}'}}
+        """)
+    penv.start()
+    (penv.mount / "Documents" / "where.txt").write_text("which target?")
+    wait_for(lambda: (penv.server_dir(root_gets) / "where.txt").exists(), 15,
+             f"file not uploaded to target {root_gets}")
+    assert not (penv.server_dir(other) / "where.txt").exists()
+    assert not (penv.server_dir("Documents") / "where.txt").exists()  # the YAML's target lost
+    rows = {r["key"]: r for r in penv.cli("policy", "show")["rows"]}
+    assert rows["folders.Documents.target"]["value"].endswith(f"\\{root_gets}")
+
+
+def test_targets_by_group_picks_the_first_group_the_user_is_in(penv):
+    for sub in ("A", "B"):
+        penv.server_dir(sub).mkdir(parents=True)
+    penv.write_policy(f"""
+        - folders:
+            Documents:
+              targets_by_group:
+                - {{group: {OTHER_GROUP}, target: '{penv.unc("A")}'}}
+                - {{group: root, target: '{penv.unc("B")}'}}
+        """)
+    penv.start()
+    (penv.mount / "Documents" / "where.txt").write_text("B, by group")
+    wait_for(lambda: (penv.server_dir("B") / "where.txt").exists(), 15, "file not uploaded to B")
+    assert not (penv.server_dir("A") / "where.txt").exists()
+
+
+# ---------------------------------------------------------------- reload
+
+
+def test_reload_with_a_broken_file_keeps_the_last_good_policy(penv):
+    path = penv.write_policy("""
+        - offline_files:
+            slow_link_ms: 80
+        """)
+    penv.start()
+    path.write_text("- offline_files:\n    slow_link_ms: fast\n")
+    error = penv.cli("reload", code=5)["error"]
+    assert error["code"] == "policy_rejected"
+    assert f"{path}:2: offline_files.slow_link_ms: " in error["message"]
+    assert "last good policy" in error["message"]
+    rows = {r["key"]: r for r in penv.cli("policy", "show")["rows"]}
+    assert rows["offline_files.slow_link_ms"]["value"] == "80"
+    assert rows["offline_files.slow_link_ms"]["origin"] == f"{path}:2"
+
+    os.kill(penv.daemon.pid, signal.SIGHUP)  # the same by signal
+
+    def rejected():
+        return [e for e in penv.cli("events")["events"] if e["name"] == "POLICY_REJECTED"]
+
+    events = wait_for(lambda: len(rejected()) == 2 and rejected(), 10, "no POLICY_REJECTED for SIGHUP")
+    assert events[0]["fields"]["file"] == str(path) and events[0]["fields"]["line"] == "2"
+    assert events[0]["fields"]["key"] == "offline_files.slow_link_ms"
+    assert penv.status()["folders"]["Documents"]["mode"] == "online"
+    penv.expected_warnings += [r"policy rejected"]
+
+
+def test_reload_applies_a_new_slow_link_threshold_live(penv):
+    path = penv.write_policy("- offline_files: {slow_link_ms: 5000}\n")
+    penv.env.proxy.delay_s = 0.03  # about 60 ms round trip
+    penv.start()
+
+    def mode():
+        return penv.status()["folders"]["Documents"]["mode"]
+
+    wait_for(lambda: penv.status()["folders"]["Documents"]["rtt_ms"] is not None, 10, "no probe yet")
+    assert mode() == "online"
+    path.write_text("- offline_files: {slow_link_ms: 20}\n")
+    answer = penv.cli("reload")
+    assert answer["reloaded"] is True
+    assert answer["changed"] == ["offline_files.slow_link_ms"]
+    assert answer["applied"] == ["offline_files.slow_link_ms"] and answer["restart_needed"] == []
+    wait_for(lambda: mode() == "slow_link", 15, "the new threshold was not applied")
+    rows = {r["key"]: r for r in penv.cli("policy", "show")["rows"]}
+    assert rows["offline_files.slow_link_ms"]["value"] == "20"
+
+
+def test_reload_of_a_folder_change_asks_for_a_restart(penv):
+    penv.server_dir("A").mkdir(parents=True)
+    path = penv.write_policy("- offline_files: {always_offline: false}\n")
+    penv.start()
+    path.write_text(f"- folders:\n    Documents: {{target: '{penv.unc('A')}'}}\n")
+    answer = penv.cli("reload")
+    assert answer["reloaded"] is True and "folders.Documents.target" in answer["restart_needed"]
+    assert "restart cscd" in answer["message"]
+    assert "RELOADED" in [e["name"] for e in penv.cli("events")["events"]]
+
+
+# ---------------------------------------------------------------- redirection
+
+
+def test_redirect_documents_moves_everything_to_the_server(penv):
+    want = fill(penv.home / "Documents", FILES)
+    penv.write_policy(documents_policy(penv))
+    penv.start()
+    result = penv.wait_redirection()
+    assert result["state"] == "done" and result["folders"]["Documents"]["done"], result
+    wait_for(lambda: tree(penv.server_dir()) == want, 30, "not every file reached the server")
+    assert tree(penv.mount / "Documents") == want
+    assert penv.user_dirs()["XDG_DOCUMENTS_DIR"] == penv.mount / "Documents"
+    local = penv.home / "Documents"
+    assert local.is_symlink() and local.resolve() == (penv.mount / "Documents").resolve()
+    assert penv.record()["Documents"]["removal_action"] == "leave"
+
+
+def test_redirect_with_the_server_down_loses_nothing(penv):
+    # A first start lists the folder, so that a later start may begin offline from the cache.
+    penv.start()
+    assert os.listdir(penv.mount / "Documents") == []
+    penv.daemon.stop()
+
+    want = fill(penv.home / "Documents", FILES)
+    penv.write_policy(documents_policy(penv))
+    penv.env.proxy.stop_listening()
+    penv.expected_warnings += [r"starts offline from its cache"]
+    penv.start()
+    assert penv.status()["folders"]["Documents"]["mode"] == "offline"
+    result = penv.wait_redirection()
+    assert result["folders"]["Documents"]["done"], result
+    assert tree(penv.mount / "Documents") == want
+    assert penv.user_dirs()["XDG_DOCUMENTS_DIR"] == penv.mount / "Documents"
+    assert not (penv.home / "Documents").resolve().is_relative_to(penv.home)
+    assert tree(penv.server_dir()) == {}
+    assert penv.status()["folders"]["Documents"]["pending_changes"] >= len(FILES)
+
+    penv.env.proxy.resume_listening()
+    wait_for(lambda: tree(penv.server_dir()) == want, 30, "moved files not uploaded when the server came back")
+    penv.expected_warnings += [r"starts offline from its cache"]
+
+
+def test_not_a_primary_computer_redirects_nothing(penv):
+    want = fill(penv.home / "Documents", FILES)
+    penv.write_policy(documents_policy(penv, extra="- primary_computers: [cscd-some-other-host]"))
+    penv.start()
+    assert os.listdir(penv.mount) == []
+    status = penv.status()
+    assert status["is_primary_computer"] is False and status["folders"] == {}
+    assert status["redirection"]["state"] == "none"
+    assert penv.cli("policy", "show")["is_primary_computer"] is False
+    assert tree(penv.home / "Documents") == want and not (penv.home / "Documents").is_symlink()
+    assert not (penv.home / USER_DIRS).exists()
+    assert tree(penv.server_dir()) == {}
+    assert "is not one of root's primary computers" in penv.daemon.log_text()
+
+
+def test_removal_leave_keeps_the_data_on_the_server(penv_policy_folders_only):
+    env = penv_policy_folders_only
+    want = redirect_documents(env, "leave")
+    env.write_policy("- offline_files: {always_offline: false}\n")  # Documents no longer named
+    env.start()
+    result = env.wait_redirection()
+    assert result["folders"]["Documents"]["step"] == "remove_leave", result
+    assert result["folders"]["Documents"]["done"], result
+    local = env.home / "Documents"
+    assert local.is_dir() and not local.is_symlink() and os.listdir(local) == []
+    assert env.user_dirs()["XDG_DOCUMENTS_DIR"] == local
+    assert tree(env.server_dir()) == want
+    assert "Documents" not in env.record()
+
+
+def test_removal_redirect_back_copies_the_content_home(penv_policy_folders_only):
+    env = penv_policy_folders_only
+    want = redirect_documents(env, "redirect_back")
+    env.write_policy("- offline_files: {always_offline: false}\n")
+    env.start()
+    result = env.wait_redirection()
+    assert result["folders"]["Documents"]["step"] == "remove_redirect_back", result
+    assert result["folders"]["Documents"]["done"], result
+    local = env.home / "Documents"
+    assert local.is_dir() and not local.is_symlink()
+    assert tree(local) == want
+    assert env.user_dirs()["XDG_DOCUMENTS_DIR"] == local
+    assert tree(env.server_dir()) == want  # the server copy stays
+    assert "Documents" not in env.record()
+
+
+def test_leaving_the_primary_computers_brings_the_folder_back(penv_policy_folders_only):
+    env = penv_policy_folders_only
+    want = redirect_documents(env, "redirect_back")
+    env.write_policy(documents_policy(env, removal_action="redirect_back",
+                                      extra="- primary_computers: [cscd-some-other-host]"))
+    env.start()
+    result = env.wait_redirection()
+    assert result["folders"]["Documents"]["done"], result
+    assert tree(env.home / "Documents") == want and not (env.home / "Documents").is_symlink()
+    assert env.user_dirs()["XDG_DOCUMENTS_DIR"] == env.home / "Documents"
+    assert env.status()["is_primary_computer"] is False
+
+
+def test_a_changed_target_keeps_the_folder_on_its_old_target_for_now(penv):
+    """Moving content between targets is not built yet: nothing moves, nothing is lost."""
+    want = redirect_documents(penv, "leave")
+    penv.server_dir("A").mkdir(parents=True)
+    penv.write_policy(f"- folders:\n    Documents: {{target: '{penv.unc('A')}'}}\n")
+    penv.expected_warnings += [r"Documents: the policy moves it from .* moving content between targets is "
+                               r"not built yet"]
+    penv.start()
+    result = penv.wait_redirection()
+    assert result["folders"]["Documents"]["step"] == "move_target" and not result["folders"]["Documents"]["done"]
+    assert tree(penv.mount / "Documents") == want
+    (penv.mount / "Documents" / "after.txt").write_text("still the old target")
+    wait_for(lambda: (penv.server_dir() / "after.txt").exists(), 15, "not uploaded to the old target")
+    assert list(penv.server_dir("A").iterdir()) == []
+    assert penv.record()["Documents"]["target"].endswith("\\Documents")
