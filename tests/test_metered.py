@@ -63,3 +63,21 @@ def test_file_source_for_machines_without_networkmanager(smbd, tmp_path):
         wait_for(lambda: modes(env)[-1].startswith("online"), 10, "did not return online")
     finally:
         env.close()
+
+
+def test_manual_sync_uploads_on_a_metered_network(smbd, tmp_path, nm):
+    from tests.helpers.ops import wait_control
+
+    env = MountEnv(smbd, tmp_path / "c", extra={"metered_dbus": nm.address})
+    try:
+        env.start_daemon()
+        wait_control(env.daemon)
+        wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "metered mode not entered")
+        (env.docs / "now.txt").write_text("the user asked for it")
+        time.sleep(1.5)
+        assert not (env.server / "now.txt").exists(), "uploaded on a metered network without being asked"
+        result = env.daemon.run_cli("sync", "--wait")
+        assert result.returncode == 0, result.stderr
+        assert (env.server / "now.txt").read_text() == "the user asked for it"
+    finally:
+        env.close()
