@@ -10,6 +10,10 @@ Each logical change is one LMDB write transaction (node + namespace entries + di
 No await happens inside a transaction. News for the kernel (a node or a name changed under
 it) goes out as data on ``invalidations``, drained by a task in ``fs.py``.
 
+Parts live in their own modules, each a piece of ``Cache``: ``hydration.py`` (reads that
+fetch missing ranges), ``syncside.py`` (what sync sees: listings merged in, the dirty set,
+bases recorded), ``merge.py``, ``residency.py`` (pins, eviction) and ``conflicts.py``.
+
 Not supported: hard links and symbolic links (EPERM / ENOTSUP from ``fs``), renames across
 redirected folders (EXDEV, so ``mv`` copies), special files.
 """
@@ -24,15 +28,14 @@ from pathlib import Path
 from typing import Protocol
 
 import trio
-import xxhash
 
-from cscd.cache import chunks as chunkmaps
-from cscd.cache import conflicts, nodes, ranges
+from cscd.cache import nodes, ranges
+from cscd.cache.hydration import Hydration
 from cscd.cache.index import Index, u64
-from cscd.cache.merge import merge_listing
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.cache.residency import Residency
 from cscd.cache.store import ContentStore
+from cscd.cache.syncside import SyncSide
 from cscd.errors import (
     AccessDenied,
     CscdError,
@@ -49,10 +52,6 @@ from cscd.types import ROOT_ID, RemoteEntry
 
 log = logging.getLogger(__name__)
 
-#: Hydration granularity: missing bytes are fetched in aligned blocks of this size.
-BLOCK_BYTES = 1 << 20
-#: A sequential reader gets this much read ahead per fetch.
-READAHEAD_BYTES = 8 << 20
 DEFAULT_FILE_MODE = 0o644
 DEFAULT_DIR_MODE = 0o755
 
@@ -79,7 +78,7 @@ class RemoteSource(Protocol):
         """One enumeration of a server directory, within the source's deadline."""
 
 
-class Cache:
+class Cache(Hydration, SyncSide):
     """Namespace, attributes and content of every redirected folder, served locally."""
 
     def __init__(self, cache_dir: Path, folders: Iterable[bytes], source: RemoteSource, *,
@@ -463,82 +462,6 @@ class Cache:
     def is_open_for_write(self, node_id: int) -> bool:
         return self._writers.get(node_id, 0) > 0
 
-    async def read(self, node_id: int, fd: int, offset: int, length: int) -> bytes:
-        """Bytes of the node's content; waits on the network only for bytes not present."""
-        node = self.node(node_id)
-        end = min(offset + length, node.size)
-        if offset >= end:
-            return b""
-        if node.is_hydrated:
-            self.hits += 1
-        else:
-            await self.hydrate(node_id, offset, end)
-        return os.pread(fd, end - offset, offset)
-
-    async def hydrate(self, node_id: int, start: int, end: int) -> None:
-        """Make ``[start, end)`` present, fetching missing blocks (plus read-ahead) from the source."""
-        with self._txn() as txn:
-            node = nodes.get(self.index, txn, node_id)
-            need = ranges.missing(self._ranges(txn, node), start, min(end, node.size))
-        if not need:
-            self.hits += 1
-            return
-        self.misses += 1
-        lock = self._hydrate_locks.setdefault(node_id, trio.Lock())
-        async with lock:
-            node = self.node(node_id)
-            with self._txn() as txn:
-                need = ranges.missing(self._ranges(txn, node), start, min(end, node.size))
-            if not need:
-                return
-            folder, path = self.remote_path(node)
-            if not self.source.may_fetch(folder):
-                raise NotAvailableOffline(
-                    f"{path.decode(errors='replace')} is not available offline (not cached)"
-                )
-            lo = need[0][0] // BLOCK_BYTES * BLOCK_BYTES
-            # Read ahead only for a sequential reader: double the window while reads follow on.
-            last_end, window = self._readahead.get(node_id, (-1, BLOCK_BYTES))
-            window = min(window * 2, READAHEAD_BYTES) if lo <= last_end <= need[0][1] else BLOCK_BYTES
-            hi = min(node.size, max(-(-need[-1][1] // BLOCK_BYTES) * BLOCK_BYTES, lo + window))
-            self._readahead[node_id] = (hi, window)
-            pos = lo
-            while pos < hi:
-                n = min(hi - pos, READAHEAD_BYTES)
-                base_before = (node.base_file_id, node.base_size, node.base_mtime_ns)
-                data = await self.source.read(folder, path, pos, n)
-                self._fill(node_id, base_before, pos, data)
-                if len(data) < n:
-                    break
-                pos += n
-
-    def _fill(self, node_id: int, base_before: tuple, offset: int, data: bytes) -> None:
-        """Write fetched bytes into the holes they cover, unless the base changed meanwhile."""
-        ix = self.index
-        with self._txn(write=True) as txn:
-            node = nodes.find(ix, txn, node_id)
-            if node is None or (node.base_file_id, node.base_size, node.base_mtime_ns) != base_before:
-                return
-            have = self._ranges(txn, node)
-            end = min(offset + len(data), node.size)
-            holes = ranges.missing(have, offset, end)
-            if not holes:
-                return
-            fd = self.store.open(node_id)
-            try:
-                for s, e in holes:
-                    self.store.pwrite(fd, data[s - offset : e - offset], s)
-                    have = ranges.add(have, s, e)
-            finally:
-                os.close(fd)
-            self._store_ranges(txn, node, have, node.size)
-            nodes.put(ix, txn, node)
-        if node.is_hydrated:
-            try:
-                self.hydrated_send.send_nowait(node_id)
-            except trio.WouldBlock:
-                pass  # the map is then computed at the next upload's full chunking
-
     def write(self, node_id: int, fd: int, offset: int, data: bytes) -> int:
         """Write into the cache and mark the node dirty, in one transaction."""
         ix = self.index
@@ -633,151 +556,3 @@ class Cache:
                 parts.append(node.name)
                 node = nodes.get(self.index, txn, node.parent)
         return parts[::-1]
-
-    # ---------------------------------------------------------------- remote news
-
-    def listing_started(self) -> int:
-        """Call before asking the server for a listing; pass the result to ``merge_listing``."""
-        return self._base_generation
-
-    def merge_listing(self, dir_id: int, entries: list[RemoteEntry], started: int | None = None) -> bool:
-        """Bring a directory's children in line with one server enumeration (see ``merge``).
-
-        ``started`` (from ``listing_started``): if sync changed this directory on the server
-        while the listing was on its way, the listing may predate that change and is dropped;
-        returns whether it was applied.
-        """
-        stamp = self._dir_stamp.get(dir_id, 0)
-        if started is not None and stamp > started:
-            return False
-        # An unchanged listing of a directory sync has not touched since changes nothing:
-        # skip the transaction (a rescan of 10,000 entries costs ~100 ms on the trio thread).
-        digest = xxhash.xxh3_128_digest(b"".join(
-            b"%s\0%d\0%d\0%d\0%d\n" % (e.name, e.is_dir, e.size, e.mtime_ns, e.file_id) for e in entries))
-        if self._last_listing.get(dir_id) == (digest, stamp):
-            return True
-        merge_listing(self, dir_id, entries)
-        self._last_listing[dir_id] = (digest, self._dir_stamp.get(dir_id, 0))
-        return True
-
-    # ---------------------------------------------------------------- for sync
-
-    def dirty_nodes(self) -> list[tuple[Node, DirtyReason]]:
-        out = []
-        with self._txn() as txn:
-            for nid, reasons in nodes.iter_dirty(self.index, txn):
-                node = nodes.find(self.index, txn, nid)
-                if node is not None:
-                    out.append((node, reasons))
-        return out
-
-    def missing_ranges(self, node_id: int) -> list[ranges.Range]:
-        with self._txn() as txn:
-            node = nodes.get(self.index, txn, node_id)
-            return ranges.missing(self._ranges(txn, node), 0, node.size)
-
-    def record_synced(self, node_id: int, version: int, base_parent: int, entry: RemoteEntry | None,
-                      reasons: DirtyReason, chunks: list[chunkmaps.ChunkTriple] | None = None) -> bool:
-        """After a successful server change: store the new base; clear dirty if unchanged since.
-
-        Returns False if the node changed locally meanwhile (it stays dirty for another round).
-        ``entry=None`` records a server delete. ``chunks`` is the chunk map of the uploaded
-        content, stored as the new base's map in the same transaction (see ``chunkmaps.after_sync``).
-        """
-        ix = self.index
-        self._base_generation += 1
-        with self._txn(write=True) as txn:
-            node = nodes.find(ix, txn, node_id)
-            if node is None:
-                return True
-            # Both the directory the base leaves and the one it enters changed on the server.
-            self._dir_stamp[node.base_parent] = self._dir_stamp[base_parent] = self._base_generation
-            if entry is None:
-                nodes.clear_base(ix, txn, node)
-                nodes.clear_dirty(ix, txn, node_id, DirtyReason.DELETE)
-                if Flag.TOMBSTONE in node.flags and not self._open_count.get(node_id):
-                    nodes.delete_record(ix, txn, node)
-                    self.store.remove(node_id)
-                    return True
-                nodes.put(ix, txn, node)
-                return True
-            old_base = (node.base_file_id, node.base_size, node.base_mtime_ns)
-            nodes.set_base(ix, txn, node, base_parent, entry)
-            clean = node.version == version
-            if clean:
-                nodes.clear_dirty(ix, txn, node_id, reasons)
-            chunkmaps.after_sync(ix, txn, node, old_base, reasons, chunks, clean=clean)
-            nodes.put(ix, txn, node)
-        if not clean:
-            self._changed()
-        return clean
-
-    def rename_for_conflict(self, node_id: int, new_name: bytes) -> None:
-        """Keep the local version of a conflicting node under ``new_name`` (see ``conflicts``)."""
-        conflicts.rename_for_conflict(self, node_id, new_name)
-        self._base_generation += 1
-        self._dir_stamp[self.node(node_id).parent] = self._base_generation
-
-    def list_conflicts(self) -> list[dict]:
-        return conflicts.list_conflicts(self)
-
-    async def resolve_conflict(self, node: Node, keep: str) -> dict:
-        return await conflicts.resolve(self, node, keep)
-
-    def listed_dirs(self) -> list[int]:
-        """Every directory whose children are known, for a full rescan."""
-        out = []
-        with self._txn() as txn:
-            for key, data in txn.cursor(db=self.index.nodes):
-                node = Node.unpack(int.from_bytes(key, "big"), data)
-                if node.is_dir and Flag.LISTED in node.flags and node.id != ROOT_ID \
-                        and Flag.TOMBSTONE not in node.flags:
-                    out.append(node.id)
-        return out
-
-    def base_chunks(self, node_id: int) -> list[chunkmaps.ChunkTriple] | None:
-        """The chunk map of the node's base content; None if unknown or stale."""
-        with self._txn() as txn:
-            node = nodes.find(self.index, txn, node_id)
-            return None if node is None else chunkmaps.get(self.index, txn, node)
-
-    def record_base_chunks(self, node_id: int, version: int, base: RemoteEntry,
-                           chunk_map: list[chunkmaps.ChunkTriple]) -> bool:
-        """Store the map of a downloaded file if its version and base did not move meanwhile."""
-        ix = self.index
-        with self._txn(write=True) as txn:
-            node = nodes.find(ix, txn, node_id)
-            return node is not None and chunkmaps.record_for_base(
-                ix, txn, node, version, base, chunk_map,
-                is_dirty=bool(nodes.dirty_reasons(ix, txn, node_id)))
-
-    def listed_dir_at(self, folder: bytes, parts: list[bytes]) -> int | None:
-        """The listed directory whose listing shows a change at server path ``folder/parts``.
-
-        Follows agreed server names (``bases``). The directory itself if it is listed; its
-        deepest listed ancestor if a name on the way is new here (that listing reveals it);
-        None if the way leads through something not listed (nothing cached to refresh).
-        """
-        ix = self.index
-        with self._txn() as txn:
-            nid = nodes.base_lookup_id(ix, txn, ROOT_ID, folder)
-            found = None
-            for name in [None, *parts]:
-                if name is not None:
-                    nid = nodes.base_lookup_id(ix, txn, found, name)
-                    if nid is None:
-                        return found
-                node = None if nid is None else nodes.find(ix, txn, nid)
-                if node is None or not node.is_dir or Flag.LISTED not in node.flags:
-                    return None
-                found = nid
-            return found
-
-    def content_path(self, node_id: int) -> Path:
-        """Where the node's content lives on local disk (for hashing in another process)."""
-        return self.store.path(node_id)
-
-    def content_fd(self, node_id: int) -> int:
-        """A read-only fd of the node's content file for uploading (caller closes it)."""
-        return os.open(self.store.path(node_id), os.O_RDONLY | os.O_CLOEXEC)
-
