@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import cases, stress
+from bench import cases, scale, stress
 from bench.cases import Case, Options
 from bench.fileio import GiB, KiB, MiB
 from bench.harness import REPO_ROOT, Env
@@ -45,9 +45,12 @@ CASES: list[Case] = [
     # Last: it kills smbd, and a client that does not recover would spoil the cases after it.
     Case("server-loss", "8. smbd killed: stalls on cached data, recovery", stress.run_server_loss,
          stress.prepare_server_loss),
+    # After everything: a million-file index slows every case after it (cscd walks its whole index
+    # for pins every 3 s and rescans big directories), and it restarts both clients.
+    Case("scale", "9. an index of many files: listing, stat, RSS, restart", scale.run_scale, scale.prepare_scale),
 ]
 ALIASES = {"hash": "hashing", "small-files": "small", "meta": "metadata", "loss": "server-loss",
-           "first": "first-read", "cached-read": "read"}
+           "first": "first-read", "cached-read": "read", "index": "scale"}
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -77,12 +80,14 @@ def _case_list(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="small sizes, one run each, N=1,000 (under 2 minutes; what CI runs)")
+                   help="small sizes, one run each, N=1,000, 20,000 files in the scale case (about 4 minutes)")
     p.add_argument("--size", type=parse_size, help="big-file size (default 1G; --quick: 32M)")
     p.add_argument("--repeat", type=int, help="runs per measurement, the median is reported (default 3; --quick: 1)")
     p.add_argument("--files", type=int, help="files in the metadata tree, in 100 directories (default 10000; "
                                              "--quick: 1000)")
     p.add_argument("--small-files", type=int, default=1000, help="files in the small-files case (default 1000)")
+    p.add_argument("--scale-files", type=int, help="empty files in the scale case, in 10 directories, the biggest "
+                                                   "min(100000, N/2) (default 1000000; --quick: 20000)")
     p.add_argument("--only", type=_case_list, help="comma-separated cases to run (default: all)")
     p.add_argument("--skip", type=_case_list, default=[], help="comma-separated cases to leave out")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -118,6 +123,7 @@ def _meta(args: argparse.Namespace, o: Options, names: list[str]) -> dict[str, A
         "repeat": o.repeat,
         "metadata_files": o.meta_files,
         "small_files": o.small_files,
+        "scale_files": o.scale_files,
         "cscd_encryption": not args.no_encryption,
         "rclone_args": ["--vfs-cache-mode", "full", *args.rclone_arg],
         "machine": {
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         small_files=max(1, args.small_files),
         loss_window_s=args.loss_window,
         loss_cap_s=10.0 if quick else 30.0,
+        scale_files=max(100, args.scale_files or (20_000 if quick else 1_000_000)),
     )
     names = args.only or [c.name for c in CASES]
     selected = [c for c in CASES if c.name in names and c.name not in args.skip]

@@ -62,6 +62,7 @@ class Options:
     small_bytes: int = 4 * KiB
     loss_window_s: float = 3.0
     loss_cap_s: float = 30.0
+    scale_files: int = 1_000_000
 
     @property
     def upload_timeout_s(self) -> float:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-def _wait_mounted(proc: subprocess.Popen[bytes], path: Path, what: str, log_path: Path) -> None:
-    deadline = time.monotonic() + MOUNT_TIMEOUT_S
+def _wait_mounted(proc: subprocess.Popen[bytes], path: Path, what: str, log_path: Path,
+                  timeout_s: float = MOUNT_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while True:
         code = proc.poll()
         if code is not None:
@@ -93,9 +95,9 @@ def _wait_mounted(proc: subprocess.Popen[bytes], path: Path, what: str, log_path
         if os.path.ismount(path):
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not mount {path} within {MOUNT_TIMEOUT_S:.0f} s: "
+            raise RuntimeError(f"{what} did not mount {path} within {timeout_s:.0f} s: "
                                f"{_last_line(log_path)}")
-        time.sleep(0.02)
+        time.sleep(0.005)  # fine-grained: the scale case times the start
 
 
 def _last_line(path: Path) -> str:
@@ -137,7 +139,7 @@ class CscdMount:
     def root(self) -> Path:
         return self.mountpoint / CSCD_FOLDER
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = MOUNT_TIMEOUT_S) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
@@ -148,7 +150,7 @@ class CscdMount:
                 cwd=self.workdir, env=env, start_new_session=True,
             )
         try:
-            _wait_mounted(self.proc, self.mountpoint, "cscd daemon", self.log_path)
+            _wait_mounted(self.proc, self.mountpoint, "cscd daemon", self.log_path, timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -225,12 +227,12 @@ class RcloneMount:
             *self.extra_args,
         ]
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = MOUNT_TIMEOUT_S) -> None:
         with open(self.log_path, "ab") as logf:  # rclone's own complaints before --log-file takes over
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                          cwd=self.workdir, start_new_session=True)
         try:
-            _wait_mounted(self.proc, self.mountpoint, "rclone mount", self.log_path)
+            _wait_mounted(self.proc, self.mountpoint, "rclone mount", self.log_path, timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -292,6 +294,9 @@ class Env:
         self.rclone: RcloneMount | None = None
         self.errors: dict[str, str] = {}
         self._sides: dict[str, Side] = {}
+        #: (what, function) run by close() once the mounts and smbd are stopped, e.g. removing a
+        #: case's million server files (also with --keep: they are generated and re-made each run)
+        self.cleanups: list[tuple[str, Callable[[], None]]] = []
 
     # ------------------------------------------------------------ server side
 
@@ -403,6 +408,12 @@ class Env:
                 out["smbd"] = {"log": str(self.samba.log_path), "panic": panic}
             except Exception as exc:  # noqa: BLE001
                 out["smbd"] = {"stop_error": str(exc)}
+        for what, fn in self.cleanups:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - the rest of the clean-up goes on
+                out.setdefault("cleanup_errors", []).append(f"{what}: {exc}")
+        self.cleanups.clear()
         return out
 
     def remove_workdir(self) -> None:
