@@ -365,9 +365,13 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
     async def pin(args: dict, pinned: bool) -> dict:
         node = await node_at(args)
         cache.pin(node.id, pinned)
+        missing = 0
         if pinned:
-            nursery.start_soon(engine.hydrate_pinned, name="sync.pins-now")
-        return {"path": args["path"], "pinned": pinned}
+            # Like "Always available offline": answer once the content is here (or cannot
+            # be fetched now: then sync.pins keeps trying while online).
+            with trio.move_on_after(300):
+                missing = await engine.hydrate_pinned()
+        return {"path": args["path"], "pinned": pinned, "files_missing": missing}
 
     async def free_space(args: dict) -> dict:
         node = await node_at(args)

@@ -47,6 +47,9 @@ Named databases (all integers big-endian, so byte order is numeric order):
 
 ``lru``
     id u64 → u64 ns of the last open. Eviction takes the oldest clean, unpinned, closed files.
+``pins``
+    id u64 → b"" for every node with the ``PINNED`` flag, so finding what pins cover never
+    walks the whole index.
 ``conflicts``
     id u64 of a conflict copy → JSON ``{"original": name, "parent": id, "at": ns, "host": name}``,
     what ``cscd conflicts`` lists until the user resolves it.
@@ -127,6 +130,7 @@ class Index:
         self.chunks = self.env.open_db(b"chunks")
         self.lru = self.env.open_db(b"lru")
         self.conflicts = self.env.open_db(b"conflicts")
+        self.pins = self.env.open_db(b"pins")
         with self.env.begin(write=True) as txn:
             version = txn.get(b"schema", db=self.meta)
             if version is None:

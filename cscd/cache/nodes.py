@@ -242,4 +242,5 @@ def delete_record(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     txn.delete(u64(node.id), db=ix.nodes)
     txn.delete(u64(node.id), db=ix.dirty)
     txn.delete(u64(node.id), db=ix.ranges)
+    txn.delete(u64(node.id), db=ix.pins)
     txn.delete(u64(node.id), db=ix.chunks)

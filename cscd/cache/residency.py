@@ -62,8 +62,10 @@ class Residency:
                 raise CscdError("pin a folder or something inside one")
             if pinned:
                 node.flags |= Flag.PINNED
+                txn.put(u64(node.id), b"", db=ix.pins)
             else:
                 node.flags &= ~Flag.PINNED
+                txn.delete(u64(node.id), db=ix.pins)
             nodes.put(ix, txn, node)
             if not pinned:  # unpin the subtree too: "unpin" means "may be evicted again"
                 stack = [node.id]
@@ -72,6 +74,7 @@ class Residency:
                         child = nodes.get(ix, txn, cid)
                         if Flag.PINNED in child.flags:
                             child.flags &= ~Flag.PINNED
+                            txn.delete(u64(cid), db=ix.pins)
                             nodes.put(ix, txn, child)
                         if child.is_dir:
                             stack.append(cid)
@@ -81,8 +84,8 @@ class Residency:
         ix = self.cache.index
         dirs, files = [], []
         with self.cache._txn() as txn:
-            roots = [Node.unpack(from_u64(k), v) for k, v in txn.cursor(db=ix.nodes)]
-            stack = [n for n in roots if Flag.PINNED in n.flags and Flag.TOMBSTONE not in n.flags]
+            roots = [nodes.find(ix, txn, from_u64(k)) for k, _ in txn.cursor(db=ix.pins)]
+            stack = [n for n in roots if n is not None and Flag.TOMBSTONE not in n.flags]
             seen: set[int] = set()
             while stack:
                 node = stack.pop()
