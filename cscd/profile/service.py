@@ -1,0 +1,169 @@
+"""``ProfileService``: the roaming profile as a daemon service.
+
+Owns the background-upload task (``run``: sleep on trio's clock until the schedule says,
+skip or upload, emit the PROFILE_UPLOAD_* events) and the entry points the control handlers
+call (``logon``, ``logoff``, ``upload_now``), each returning a JSON-able dict. One lock makes
+sure two runs never overlap for the home directory. The work itself is ``sync.py``; this
+module only sequences it, counts it and reports it. It does not connect the upstream (the
+daemon does; a lost link shows as ``UpstreamUnavailable``) and reads the link mode only
+through the callable it is given.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from cscd.errors import CscdError, UpstreamTimeout, UpstreamUnavailable
+from cscd.events import EventId, emit
+from cscd.profile.schedule import SKIP_UNAVAILABLE, UploadSchedule, skip_reason
+from cscd.profile.settings import ProfileSettings
+from cscd.profile.sync import EVENT_FOLDER, RoamReport, logoff, logon
+from cscd.types import Mode
+from cscd.upstream.base import Upstream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileStatistics:
+    """Counters since start; ``next_upload_at`` is on trio's clock (None: none scheduled)."""
+
+    logons: int
+    logoffs: int
+    uploads: int
+    skipped: int
+    failed: int
+    is_running: bool
+    next_upload_at: float | None
+    last_result: str | None
+
+
+class ProfileService:
+    """Roaming profile of one home directory against one server folder.
+
+    ``mode`` returns the link mode of the profile's server now (the daemon passes a reader of
+    the link monitor's state); ``rng`` and ``wall_clock`` are for tests.
+    """
+
+    def __init__(self, upstream: Upstream, home: Path, settings: ProfileSettings, *,
+                 mode: Callable[[], Mode] = lambda: Mode.ONLINE,
+                 rng: random.Random | None = None,
+                 wall_clock: Callable[[], datetime.datetime] = datetime.datetime.now) -> None:
+        self.upstream = upstream
+        self.home = Path(home)
+        self._mode = mode
+        self._rng = rng or random.Random()
+        self._wall_clock = wall_clock
+        self._schedule = UploadSchedule(settings, self._rng)
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+        self._next_upload_at: float | None = None
+        self._counts = {"logons": 0, "logoffs": 0, "uploads": 0, "skipped": 0, "failed": 0}
+        self._last_result: str | None = None
+
+    @property
+    def settings(self) -> ProfileSettings:
+        return self._schedule.settings
+
+    def update_settings(self, settings: ProfileSettings) -> None:
+        """Use new settings (policy reload); the schedule starts over from now."""
+        self._schedule = UploadSchedule(settings, self._rng)
+        self._wake.set()
+        self._wake = trio.Event()
+
+    def statistics(self) -> ProfileStatistics:
+        return ProfileStatistics(**self._counts, is_running=self._lock.locked(),
+                                 next_upload_at=self._next_upload_at,
+                                 last_result=self._last_result)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> NoReturn:
+        """Upload in the background on the schedule, forever; never raises for a failed
+        upload (it becomes a PROFILE_UPLOAD_FAILED event). Ready at once."""
+        task_status.started()
+        while True:
+            wake = self._wake
+            delay = self._schedule.next_delay_s(self._wall_clock())
+            self._next_upload_at = None if delay is None else trio.current_time() + delay
+            with trio.move_on_after(math.inf if delay is None else delay) as timer:
+                await wake.wait()
+            if not timer.cancelled_caught:
+                continue  # new settings: schedule anew
+            self._next_upload_at = None
+            await self.upload_now("schedule")
+
+    async def upload_now(self, trigger: str = "manual") -> dict[str, Any]:
+        """One background upload (home → server) with its events; waits on the network.
+
+        Skipped (PROFILE_UPLOAD_SKIPPED) when the link mode forbids it or the server does not
+        answer a probe; a failure midway is PROFILE_UPLOAD_FAILED. Never raises a
+        ``CscdError``: the result dict says what happened.
+        """
+        reason = skip_reason(self._mode(), self.settings)
+        if reason is not None:
+            return self._skipped(reason)
+        async with self._lock:
+            try:
+                await self.upstream.probe()
+            except (UpstreamUnavailable, UpstreamTimeout):
+                return self._skipped(SKIP_UNAVAILABLE)
+            except CscdError as exc:
+                return self._failed(str(exc))
+            return await self._push(trigger)
+
+    async def logon(self) -> dict[str, Any]:
+        """Pull the server's profile into the home directory (see ``sync.logon``); raises
+        ``CscdError`` when the server cannot be reached or listed."""
+        async with self._lock:
+            report = await logon(self.upstream, self.home, self.settings)
+        self._counts["logons"] += 1
+        self._last_result = "logon"
+        return report.to_json()
+
+    async def logoff(self) -> dict[str, Any]:
+        """Push local changes to the server (see ``sync.logoff``), with the upload events;
+        raises ``CscdError`` (after PROFILE_UPLOAD_FAILED) when the server is lost."""
+        async with self._lock:
+            result = await self._push("logoff", raises=True)
+        self._counts["logoffs"] += 1
+        return result
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _push(self, trigger: str, *, raises: bool = False) -> dict[str, Any]:
+        emit(EventId.PROFILE_UPLOAD_STARTED, folder=EVENT_FOLDER, trigger=trigger)
+        kind = "logoff" if trigger == "logoff" else "background"
+        try:
+            report: RoamReport = await logoff(self.upstream, self.home, self.settings, kind=kind)
+        except CscdError as exc:
+            result = self._failed(str(exc))
+            if raises:
+                raise
+            return result
+        self._counts["uploads"] += 1
+        self._last_result = "finished"
+        emit(EventId.PROFILE_UPLOAD_FINISHED, folder=EVENT_FOLDER, trigger=trigger,
+             files=report.files, bytes=report.bytes, duration_s=report.duration_s,
+             deleted=report.deleted, conflicts=len(report.conflicts), errors=len(report.errors))
+        return {"result": "finished", **report.to_json()}
+
+    def _skipped(self, reason: str) -> dict[str, Any]:
+        self._counts["skipped"] += 1
+        self._last_result = f"skipped: {reason}"
+        emit(EventId.PROFILE_UPLOAD_SKIPPED, folder=EVENT_FOLDER, reason=reason)
+        return {"result": "skipped", "reason": reason}
+
+    def _failed(self, reason: str) -> dict[str, Any]:
+        self._counts["failed"] += 1
+        self._last_result = f"failed: {reason}"
+        emit(EventId.PROFILE_UPLOAD_FAILED, folder=EVENT_FOLDER, reason=reason)
+        return {"result": "failed", "reason": reason}
