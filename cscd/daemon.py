@@ -247,8 +247,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
         try:
             await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan)
         finally:
-            with trio.CancelScope(shield=True):
-                pyfuse3.close(unmount=True)
+            pyfuse3.close(unmount=True)  # synchronous: nothing to shield
     finally:
         with trio.move_on_after(GRACE_S, shield=True):
             for up in upstreams.values():

@@ -386,35 +386,7 @@ class SmbUpstream:
         ``replace=False``, if it exists). A cancelled or failed upload deletes its temporary
         when the link allows; otherwise a later upload (or listing) finds and deletes it.
         """
-        if not path:
-            raise BadName("cannot upload over the target folder itself")
-        spath, where = self._spath(path)
-        temp_spath = self._temp_spath(spath, None)
-        name = self._leaf(path)
-        verify = self._verifier(spath, where, name, expected, replace)
-
-        def work(link: SmbLink, call: Call) -> tuple[Attrs, int]:
-            self._delete_leftovers(link, call)
-            try:
-                return ops.upload(
-                    link,
-                    call,
-                    temp_spath=temp_spath,
-                    target_spath=spath,
-                    fd=fd,
-                    size=size,
-                    mtime_ns=mtime_ns,
-                    replace=replace or expected is not None,
-                    verify=verify,
-                    leftovers=self._leftovers,
-                )
-            except Exception as exc:
-                if status_of(exc) == STATUS_OBJECT_NAME_COLLISION:
-                    raise Conflict(f"{where} was created on the server in the meantime") from exc
-                raise
-
-        attrs, fid = await self._run(where, work)
-        return self._entry(name, attrs, fid)
+        return await self._conditional_upload(path, fd, size, mtime_ns, None, expected, replace, ops.upload)
 
     async def upload_delta(
         self,
@@ -435,9 +407,18 @@ class SmbUpstream:
         does; ``ValueError`` for a plan that does not cover ``[0, size)``. Counts copied
         bytes in ``statistics().bytes_copied``, sent ones in ``bytes_written``.
         """
+        check_plan(plan, size)
+        send = functools.partial(smb_delta.upload_delta, extents=plan, resume=resume_token is not None,
+                                 copy_state=self._copy_state)
+        return await self._conditional_upload(path, fd, size, mtime_ns, resume_token, expected, replace, send)
+
+    async def _conditional_upload(self, path: bytes, fd: int, size: int, mtime_ns: int, resume_token: str | None,
+                                  expected: RemoteEntry | None, replace: bool,
+                                  send: Callable[..., tuple[Attrs, int]]) -> RemoteEntry:
+        """The part ``upload`` and ``upload_delta`` share: a temporary name, the check against
+        ``expected``, the rename over ``path``; ``send`` fills the temporary."""
         if not path:
             raise BadName("cannot upload over the target folder itself")
-        check_plan(plan, size)
         spath, where = self._spath(path)
         temp_spath = self._temp_spath(spath, resume_token)
         name = self._leaf(path)
@@ -446,21 +427,9 @@ class SmbUpstream:
         def work(link: SmbLink, call: Call) -> tuple[Attrs, int]:
             self._delete_leftovers(link, call)
             try:
-                return smb_delta.upload_delta(
-                    link,
-                    call,
-                    temp_spath=temp_spath,
-                    target_spath=spath,
-                    fd=fd,
-                    size=size,
-                    mtime_ns=mtime_ns,
-                    extents=plan,
-                    replace=replace or expected is not None,
-                    verify=verify,
-                    leftovers=self._leftovers,
-                    resume=resume_token is not None,
-                    copy_state=self._copy_state,
-                )
+                return send(link, call, temp_spath=temp_spath, target_spath=spath, fd=fd, size=size,
+                            mtime_ns=mtime_ns, replace=replace or expected is not None, verify=verify,
+                            leftovers=self._leftovers)
             except Exception as exc:
                 if status_of(exc) == STATUS_OBJECT_NAME_COLLISION:
                     raise Conflict(f"{where} was created on the server in the meantime") from exc
