@@ -23,7 +23,8 @@ Requests on one connection are answered in order. Error codes: ``bad_request`` (
 not an object, wrong field types), ``unsupported_version``, ``unknown_command``,
 ``invalid_argument``, ``line_too_long`` (the connection is then closed),
 ``permission_denied`` (peer is neither the owner nor root; closed), ``busy`` (too many
-connections; closed), ``not_implemented`` (the command exists, the daemon side does not yet),
+connections; closed), ``not_configured`` (the command needs something the policy does not
+give, e.g. a roaming profile), ``unavailable`` (the server did not answer; nothing was lost),
 ``failed`` (the handler raised a ``CscdError``: the message says why) and ``internal`` (a bug,
 logged with its traceback). A malformed request never ends the connection's task with an
 exception, let alone the daemon. Built in: ``hello`` (protocol version, pid, commands).
@@ -172,15 +173,6 @@ def _reply(req_id: Any, result: Any) -> dict[str, Any]:
 def _error(req_id: Any, code: str, message: str) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": req_id, "ok": False,
             "error": {"code": code, "message": message}}
-
-
-def not_implemented(command: str, issue: int, needs: str) -> Handler:
-    """A handler for a command whose daemon side is not built yet: a clear error, naming
-    the issue that builds it and what it needs."""
-    async def handler(args: dict[str, Any]) -> Any:
-        raise ControlError("not_implemented",
-                           f"cscd {command} is not implemented in the daemon yet (issue {issue}: {needs})")
-    return handler
 
 
 def argument(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None,

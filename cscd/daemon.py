@@ -60,6 +60,8 @@ from cscd.network import MeteredWatcher
 from cscd.policy.config import DaemonConfig, FolderConfig
 from cscd.policy.credentials import load_credentials
 from cscd.policy.model import Policy
+from cscd.profile.from_policy import profile_service, profile_settings
+from cscd.profile.service import ProfileService
 from cscd.redirect import (
     RECORD,
     USER_DIRS,
@@ -73,7 +75,7 @@ from cscd.redirect import (
 )
 from cscd.sync.engine import SyncEngine
 from cscd.sync.source import FolderSource
-from cscd.types import FolderLink, Mode
+from cscd.types import FolderLink, Mode, UncTarget
 from cscd.upstream.base import Upstream
 from cscd.upstream.offload import OffloadedUpstream
 from cscd.upstream.smb import SmbUpstream
@@ -81,6 +83,8 @@ from cscd.upstream.smb import SmbUpstream
 log = logging.getLogger(__name__)
 
 GRACE_S = 5.0
+#: The longest logoff push at stop; systemd's TimeoutStopSec is 30 s.
+PROFILE_LOGOFF_S = 10.0
 
 
 def check_mountpoint(path: Path) -> None:
@@ -216,11 +220,15 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
         is_metered=metered.is_metered,
     )
     metered.on_change = monitor.wake_all
+    profile = profile_service(config, policy, exclude_paths=_never_roams(config, plan),
+                              mode=functools.partial(_profile_mode, policy, config, links, metered))
     source = FolderSource(upstreams, links, fetch_timeout_s=config.timings.fetch_timeout_s,
                           on_link_error=monitor.report_failure, policies=policies)
     cache = Cache(config.cache, [n.encode() for n in upstreams], source,
                   limit_bytes=operations.cache_limit_bytes(config))
     keeper.attach(policies, monitor, cache)
+    if profile is not None:
+        keeper.profile = functools.partial(_update_profile, profile)
     try:
         async with trio.open_nursery() as nursery:
             for name, up in upstreams.items():
@@ -245,32 +253,37 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
         ops = CscdFs(cache)
         pyfuse3.init(ops, str(config.mount), mount_options())
         try:
-            await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan)
+            await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,
+                         profile)
         finally:
             pyfuse3.close(unmount=True)  # synchronous: nothing to shield
     finally:
         with trio.move_on_after(GRACE_S, shield=True):
-            for up in upstreams.values():
+            for up in (*upstreams.values(), *([profile.upstream] if profile else [])):
                 await up.close()
         cache.close()
 
 
-async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan) -> None:
+async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,
+                 profile) -> None:
     redirection = operations.RedirectionStatus()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, signals, nursery.cancel_scope, keeper, name="signals")
+        nursery.start_soon(_watch_signals, signals, nursery.cancel_scope, keeper, profile, name="signals")
         await nursery.start(cache.run, name="cache.flush")
         await nursery.start(metered.run, name="network.metered")
         await nursery.start(monitor.run, name="link")
         await nursery.start(engine.run, name="sync")
         await nursery.start(ops.serve_invalidations, name="fs.notify")
+        if profile is not None:
+            await nursery.start(profile.run, name="profile.background")
 
         async def fuse_main():
             await pyfuse3.main()
             nursery.cancel_scope.cancel()  # unmounted from outside, or terminate()
 
         nursery.start_soon(fuse_main, name="fuse")
-        await operations.start_operations(nursery, config, cache, monitor, engine, links, keeper, redirection)
+        await operations.start_operations(nursery, config, cache, monitor, engine, links, keeper, redirection,
+                                          profile)
         modes = operations.modes_text(links)
         log.info("mounted %s (%s)", config.mount, modes)
         await operations.wait_mount_answers(config.mount)
@@ -280,6 +293,63 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, 
             on_ready()
         if plan is not None:
             nursery.start_soon(redirect_folders, plan, cache, redirection, name="redirect")
+        if profile is not None:
+            nursery.start_soon(_logon, profile, name="profile.logon")
+
+
+# ---------------------------------------------------------------- roaming profile
+
+
+def _never_roams(config: DaemonConfig, plan: RedirectPlan | None) -> list[Path]:
+    """Local paths the roaming profile must not walk into: the mount (the redirected folders
+    would go up twice), the cache, and the redirected folders' local places."""
+    return [config.mount, config.cache, *(s.local for s in plan.steps)] if plan else [config.mount, config.cache]
+
+
+def _profile_mode(policy: Policy, config: DaemonConfig, links: dict[str, FolderLink],
+                  metered: MeteredWatcher) -> Mode:
+    """The link mode for the profile's server: that of a mounted folder on the same server,
+    else metered or online (the service probes before it uploads, so a lost server shows)."""
+    target = policy.roaming_profile.target
+    for f in config.folders:
+        if isinstance(f.target, UncTarget) and target is not None and f.name in links \
+                and f.target.server.casefold() == target.server.casefold():
+            return links[f.name].mode
+    return Mode.METERED if metered.is_metered() and policy.offline_files.cost_aware_sync else Mode.ONLINE
+
+
+def _update_profile(profile: ProfileService, policy: Policy) -> None:
+    try:
+        profile.update_settings(profile_settings(policy, exclude_paths=profile.settings.exclude_paths))
+    except ConfigError as exc:
+        log.warning("roaming profile: the new settings are not applied: %s", exc)
+
+
+async def _logon(profile: ProfileService) -> None:
+    """The logon's profile pull, after READY (a laptop away from the office must not wait for
+    it). A failure is logged; ``cscd profile logon`` runs it again."""
+    try:
+        report = await profile.logon()
+    except CscdError as exc:
+        log.warning("roaming profile: logon pull from %s did not run: %s; local files are used as they "
+                    "are (cscd profile logon to try again)", profile.upstream.description, exc)
+        return
+    log.info("roaming profile: logon pull from %s: %s files, %s bytes, %s conflicts",
+             profile.upstream.description, report.get("files"), report.get("bytes"),
+             len(report.get("conflicts", ())))
+
+
+async def _logoff(profile: ProfileService) -> None:
+    """The logoff push at SIGTERM, bounded so systemd's stop timeout (30 s) is kept; what does
+    not make it goes at the next logoff (the state file remembers what was agreed)."""
+    with trio.move_on_after(PROFILE_LOGOFF_S) as timer:
+        try:
+            await profile.logoff()
+        except CscdError as exc:
+            log.warning("roaming profile: logoff push did not finish: %s; it runs again at the next stop", exc)
+    if timer.cancelled_caught:
+        log.warning("roaming profile: logoff push cut off after %.0f s; the rest goes at the next stop",
+                    PROFILE_LOGOFF_S)
 
 
 async def redirect_folders(plan: RedirectPlan, cache: Cache, status: operations.RedirectionStatus, *,
@@ -349,7 +419,8 @@ def _report(status: operations.RedirectionStatus, results: tuple[StepResult, ...
                                      "local": str(step.local), "mounted": str(step.mounted)}
 
 
-async def _watch_signals(signals, cancel_scope: trio.CancelScope, keeper: operations.PolicyKeeper) -> None:
+async def _watch_signals(signals, cancel_scope: trio.CancelScope, keeper: operations.PolicyKeeper,
+                         profile: ProfileService | None) -> None:
     stopping = False
     async for signum in signals:
         if signum == signal.SIGHUP:
@@ -362,5 +433,7 @@ async def _watch_signals(signals, cancel_scope: trio.CancelScope, keeper: operat
         log.info("%s: unmounting", signal.Signals(signum).name)
         operations.sd_notify("STOPPING=1")
         emit(EventId.DAEMON_STOPPING, reason=signal.Signals(signum).name)
+        if profile is not None:
+            await _logoff(profile)
         pyfuse3.terminate()
         cancel_scope.cancel()

@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from cscd.link import LinkMonitor
 from cscd.policy.config import DaemonConfig
 from cscd.policy.machine import changed_keys, current_subject, daemon_config, load_policy, policy_rows
 from cscd.policy.model import Policy, Subject
+from cscd.profile.service import ProfileService
 from cscd.sync.engine import MANUAL_MODES, SyncEngine
 from cscd.types import FolderLink, Mode, OfflinePolicy
 
@@ -75,6 +76,8 @@ async def wait_mount_answers(mount: Path, timeout_s: float = 30.0) -> None:
 # ---------------------------------------------------------------- policy in force
 
 #: Offline Files keys that a policy may set but nothing enforces yet (shown, not applied).
+#: Roaming-profile keys that choose the server connection: applied at the next start.
+RESTART_ROAMING_KEYS = frozenset({"roaming_profile.target", "roaming_profile.enabled"})
 NOT_ENFORCED_KEYS = frozenset({"offline_files.exclude_patterns", "offline_files.max_file_size"})
 _LOCATED = re.compile(r"^(?P<file>/[^:]*):(?P<line>\d+): (?:(?P<key>[A-Za-z0-9_.%$-]+): )?(?P<reason>.*)$",
                       re.DOTALL)
@@ -125,6 +128,8 @@ class PolicyKeeper:
     policies: dict[str, OfflinePolicy] = field(default_factory=dict)
     monitor: LinkMonitor | None = None
     cache: Cache | None = None
+    #: applies a new policy's roaming-profile settings to the running profile service
+    profile: Callable[[Policy], None] | None = None
 
     @staticmethod
     def subject(base: DaemonConfig) -> Subject:
@@ -170,7 +175,11 @@ class PolicyKeeper:
         changed = changed_keys(old, new)
         before, after = effective_config(self.base, old), effective_config(self.base, new)
         applied = [k for k in changed if k.startswith("offline_files.") and k not in NOT_ENFORCED_KEYS]
-        restart = [k for k in changed if not k.startswith("offline_files.")]
+        roaming = [k for k in changed if k.startswith("roaming_profile.") and k not in RESTART_ROAMING_KEYS]
+        if roaming and self.profile is not None:
+            self.profile(new)  # the profile's settings (schedule, include, patterns) change live
+            applied += roaming
+        restart = [k for k in changed if not k.startswith("offline_files.") and k not in applied]
         not_enforced = [k for k in changed if k in NOT_ENFORCED_KEYS]
         if after.offline != before.offline:
             for name in self.policies:
@@ -270,9 +279,38 @@ def _folder_of_path(mount: Path, path: str, links: dict[str, FolderLink]) -> str
     return rel.parts[0]
 
 
+def profile_status(profile: ProfileService) -> dict[str, Any]:
+    """The roaming profile's part of ``cscd status``."""
+    st = profile.statistics()
+    upload = profile.settings
+    return {"target": profile.upstream.description, "running": st.is_running,
+            "logons": st.logons, "logoffs": st.logoffs, "uploads": st.uploads,
+            "skipped": st.skipped, "failed": st.failed, "last_result": st.last_result,
+            "background_upload": upload.is_background_upload_on,
+            "next_upload_in_s": None if st.next_upload_at is None
+            else round(max(0.0, st.next_upload_at - trio.current_time()), 1)}
+
+
+async def roam(profile: ProfileService | None, policy: Policy, action: str) -> dict[str, Any]:
+    """``cscd profile logon|logoff``: run it now and answer with its report."""
+    if profile is None:
+        if not policy.is_primary_computer():
+            why = f"{policy.subject.host} is not one of {policy.subject.user}'s primary computers"
+        elif policy.roaming_profile.target is None:
+            why = "the policy sets no roaming_profile.target for this user"
+        else:
+            why = "roaming_profile.enabled is false for this user"
+        raise control.ControlError("not_configured", f"no roaming profile here: {why}")
+    try:
+        return await (profile.logon() if action == "logon" else profile.logoff())
+    except CscdError as exc:
+        raise control.ControlError("unavailable", f"profile {action} did not finish: {exc}; "
+                                   f"nothing was lost, run it again when the server answers") from None
+
+
 async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: Cache, monitor: LinkMonitor,
                             engine: SyncEngine, links: dict[str, FolderLink], keeper: PolicyKeeper,
-                            redirection: RedirectionStatus) -> None:
+                            redirection: RedirectionStatus, profile: ProfileService | None = None) -> None:
     """Wire events, counters, systemd notifications and the control socket; start their tasks."""
     upstreams = {name: up for name, (up, _link) in monitor.folders.items()}
     collector = metrics.Collector(
@@ -338,7 +376,8 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
     async def status(args: dict) -> dict:
         answer = collector.status(pending_by_folder(cache, links))
         answer.update(mount=str(config.mount), pid=os.getpid(), redirection=redirection.as_dict(),
-                      is_primary_computer=keeper.policy.is_primary_computer())
+                      is_primary_computer=keeper.policy.is_primary_computer(),
+                      profile=None if profile is None else profile_status(profile))
         return answer
 
     async def stats(args: dict) -> dict:
@@ -405,8 +444,8 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         "conflicts": conflicts,
         "conflicts.resolve": resolve,
         "policy.show": policy_show,
-        "profile.logon": control.not_implemented("profile logon", 7, "the roaming profile is not built yet"),
-        "profile.logoff": control.not_implemented("profile logoff", 7, "the roaming profile is not built yet"),
+        "profile.logon": lambda args: roam(profile, keeper.policy, "logon"),
+        "profile.logoff": lambda args: roam(profile, keeper.policy, "logoff"),
     }
     collector.observe()  # the baseline: what happens from now on is news
     nursery.start_soon(_observe, collector, name="metrics")

@@ -349,12 +349,10 @@ def test_policy_show_without_policy_files_gives_defaults(live):
     assert plain.returncode == 0 and "every key has its default" in plain.stdout
 
 
-@pytest.mark.parametrize(("args", "issue"), [
-    (("profile", "logon"), 7), (("profile", "logoff"), 7),
-])
-def test_commands_not_built_yet_say_so(live, args, issue):
-    args = [a.format(docs=live.docs) for a in args]
-    error = cli(live, *args, code=6)["error"]
-    assert error["code"] == "not_implemented" and f"issue {issue}" in error["message"]
-    plain = live.daemon.run_cli(*args)
-    assert plain.returncode == 6 and f"issue {issue}" in plain.stderr
+@pytest.mark.parametrize("action", ["logon", "logoff"])
+def test_profile_without_a_roaming_profile_says_why(live, action):
+    error = cli(live, "profile", action, code=5)["error"]
+    assert error["code"] == "not_configured"
+    assert "no roaming profile here" in error["message"] and "roaming_profile.target" in error["message"]
+    plain = live.daemon.run_cli("profile", action)
+    assert plain.returncode == 5 and "roaming_profile.target" in plain.stderr

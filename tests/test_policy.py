@@ -194,6 +194,23 @@ BAD = [
     ("- offline_files:\n    slow_link_ms: 10\n    slow_link_ms: 20\n", 3,
      "offline_files.slow_link_ms", "appears twice"),
     ("- central_source: 'not unc'\n", 1, "central_source", "is not a UNC path"),
+    ("- roaming_profile:\n    taget: x\n", 2, "roaming_profile.taget", "did you mean 'target'?"),
+    ("- roaming_profile:\n    target: 'C:\\profiles'\n", 2, "roaming_profile.target",
+     "is not a UNC path"),
+    ("- roaming_profile:\n    include: [/etc]\n", 2, "roaming_profile.include[0]",
+     "relative to the home directory"),
+    ("- roaming_profile:\n    exclude_patterns: ['../x']\n", 2,
+     "roaming_profile.exclude_patterns[0]", "relative to the home directory"),
+    ("- roaming_profile:\n    background_upload: {interval_hours: 1, time_of_day: '03:00'}\n", 2,
+     "roaming_profile.background_upload.time_of_day", "not both"),
+    ("- roaming_profile:\n    background_upload: {interval_hours: 0}\n", 2,
+     "roaming_profile.background_upload.interval_hours", "out of range"),
+    ("- roaming_profile:\n    background_upload: {time_of_day: '25:00'}\n", 2,
+     "roaming_profile.background_upload.time_of_day", "expected a time of day"),
+    ("- roaming_profile:\n    background_upload: true\n", 2,
+     "roaming_profile.background_upload", "interval_hours"),
+    ("- roaming_profile:\n    redirections_xml: redirections.xml\n", 2,
+     "roaming_profile.redirections_xml", "absolute path"),
 ]
 
 
@@ -620,3 +637,28 @@ def test_reference_documents_every_key() -> None:
     text = (REPO / "policies" / "REFERENCE.md").read_text()
     missing = [k for k in ALL_KEYS if f"`{k.rsplit('.', 1)[-1]}`" not in text]
     assert not missing, f"policies/REFERENCE.md does not document {missing}"
+
+
+def test_roaming_profile_keys_reach_the_policy(tmp_path: Path) -> None:
+    write(tmp_path, "policy.yaml", """\
+- roaming_profile:
+    target: '\\\\srv\\profiles\\%USERNAME%'
+    include: [.config, .ssh/known_hosts]
+    exclude_patterns: [.config/chromium/, '*.log']
+    max_file_size: 5 MB
+    background_upload: {time_of_day: 03:30, max_offset_min: 5}
+- scope: {users: [bob]}
+  roaming_profile: {enabled: false, background_upload: {interval_hours: 6}}
+""")
+    policy_set = load_policy_set(tmp_path)
+    alice = effective_policy(policy_set, ALICE).roaming_profile
+    assert str(alice.target) == "\\\\srv\\profiles\\alice"
+    assert alice.include == (".config", ".ssh/known_hosts")
+    assert alice.exclude_patterns == (".config/chromium/", "*.log")
+    assert alice.max_file_size_bytes == 5_000_000
+    # unquoted 03:30 is the number 210 to YAML 1.1; the raw text is what counts
+    assert (alice.background_upload.time_of_day, alice.background_upload.max_offset_min) == ("03:30", 5)
+    assert alice.is_on
+    bob = effective_policy(policy_set, who("bob")).roaming_profile
+    assert not bob.is_on and str(bob.background_upload) == "every 6 h"
+    assert bob.background_upload.max_offset_min == 5  # the offset from the wider block stays

@@ -42,11 +42,13 @@ from cscd.policy.credentials import load_credentials
 from cscd.policy.located import Origin
 from cscd.policy.model import (
     KNOWN_FOLDERS,
+    BackgroundUpload,
     CredentialSource,
     FolderPolicy,
     GroupTarget,
     OfflineFilesPolicy,
     Policy,
+    RoamingProfilePolicy,
     SecurityPolicy,
     Subject,
 )
@@ -61,6 +63,8 @@ DEFAULT_MACHINE_ID = Path("/etc/machine-id")
 
 #: ``offline_files`` keys as written in files → field of ``OfflineFilesPolicy``.
 _OFFLINE_FIELDS = {"max_file_size": "max_file_size_bytes"}
+#: ``roaming_profile`` keys as written → field of ``RoamingProfilePolicy`` (others: same name).
+_ROAMING_FIELDS = {"max_file_size": "max_file_size_bytes"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +222,7 @@ def effective_policy(policy_set: PolicySet, subject: Subject) -> Policy:
         security["credentials"] = _credentials(won["security.credentials"], variables, subject)
     central = won.get("central_source")
     return Policy(
+        roaming_profile=_roaming_profile(won, variables),
         subject=subject,
         folders=tuple(folders),
         offline_files=OfflineFilesPolicy(**offline),
@@ -227,6 +232,23 @@ def effective_policy(policy_set: PolicySet, subject: Subject) -> Policy:
         origins=tuple(sorted(origins.items())),
         files=policy_set.files,
     )
+
+
+def _roaming_profile(won: Mapping[str, Setting], variables: Mapping[str, str]) -> RoamingProfilePolicy:
+    prefix = "roaming_profile."
+    kw: dict[str, Any] = {
+        _ROAMING_FIELDS.get(k, k): s.value
+        for key, s in won.items() if key.startswith(prefix) and "background_upload" not in key
+        for k in [key[len(prefix):]]
+    }
+    if "target" in kw:
+        kw["target"] = _unc(kw["target"], won[prefix + "target"], variables)
+    upload = won.get(prefix + "background_upload")
+    schedule = upload.value if upload is not None else BackgroundUpload()
+    offset = won.get(prefix + "background_upload.max_offset_min")
+    if offset is not None:
+        schedule = replace(schedule, max_offset_min=offset.value)
+    return RoamingProfilePolicy(background_upload=schedule, **kw)
 
 
 def _first_group(entries: Iterable[GroupTarget], subject: Subject) -> GroupTarget | None:
@@ -309,6 +331,17 @@ def policy_rows(policy: Policy) -> list[PolicyRow]:
     rows += [(f"security.{k}", getattr(s, k)) for k in s.__dataclass_fields__]
     rows += [("primary_computers", policy.primary_computers or "(any computer)"),
              ("central_source", policy.central_source)]
+    r = policy.roaming_profile
+    rows += [("roaming_profile.target", r.target), ("roaming_profile.enabled", r.enabled),
+             ("roaming_profile.include", r.include),
+             ("roaming_profile.include_dotfiles", r.include_dotfiles),
+             ("roaming_profile.exclude_patterns", r.exclude_patterns),
+             ("roaming_profile.max_file_size",
+              "(no limit)" if r.max_file_size_bytes is None else f"{r.max_file_size_bytes} bytes"),
+             ("roaming_profile.redirections_xml", r.redirections_xml),
+             ("roaming_profile.background_upload", str(r.background_upload)),
+             ("roaming_profile.background_upload.max_offset_min",
+              r.background_upload.max_offset_min)]
     origins = dict(policy.origins)
     return [PolicyRow(k, _text(v), str(origins[k]) if k in origins else "default")
             for k, v in rows]

@@ -153,6 +153,54 @@ class SecurityPolicy:
     credentials: CredentialSource = CredentialSource()
 
 
+#: What roams by default: these folders below the home directory, with everything in them.
+ROAMING_INCLUDE: tuple[str, ...] = (".config", ".local/share")
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundUpload:
+    """When the roaming profile is uploaded while the user is logged on (Windows: "background
+    upload of a roaming user profile's registry file"): every ``interval_hours`` or daily at
+    ``time_of_day`` ("HH:MM", local time), each run delayed by up to ``max_offset_min``."""
+
+    interval_hours: int | None = None
+    time_of_day: str | None = None
+    max_offset_min: int = 60
+
+    @property
+    def is_on(self) -> bool:
+        return self.interval_hours is not None or self.time_of_day is not None
+
+    def __str__(self) -> str:
+        if self.interval_hours is not None:
+            return f"every {self.interval_hours} h"
+        if self.time_of_day is not None:
+            return f"daily at {self.time_of_day}"
+        return "off"
+
+
+@dataclass(frozen=True, slots=True)
+class RoamingProfilePolicy:
+    """The roaming profile: the parts of the home directory that are not redirected folders.
+
+    ``exclude_patterns`` are added to the built-in exclusions (cscd's own state, caches,
+    locks), never replace them: those protect the machine, not a preference.
+    """
+
+    target: UncTarget | None = None
+    enabled: bool = True
+    include: tuple[str, ...] = ROAMING_INCLUDE
+    include_dotfiles: bool = True
+    exclude_patterns: tuple[str, ...] = ()
+    max_file_size_bytes: int | None = None
+    redirections_xml: Path | None = None
+    background_upload: BackgroundUpload = BackgroundUpload()
+
+    @property
+    def is_on(self) -> bool:
+        return self.enabled and self.target is not None
+
+
 @dataclass(frozen=True)
 class Policy:
     """The effective policy. ``origins`` maps each key that a file set to where it was set;
@@ -164,6 +212,7 @@ class Policy:
     security: SecurityPolicy = SecurityPolicy()
     primary_computers: tuple[str, ...] = ()
     central_source: UncTarget | None = None
+    roaming_profile: RoamingProfilePolicy = RoamingProfilePolicy()
     origins: tuple[tuple[str, Origin], ...] = ()
     files: tuple[Path, ...] = field(default=())
 
@@ -183,3 +232,7 @@ class Policy:
         if not self.primary_computers:
             return True
         return any(self.subject.is_host(name) for name in self.primary_computers)
+
+    def roams(self) -> bool:
+        """True if the roaming profile applies here (on, and a primary computer)."""
+        return self.roaming_profile.is_on and self.is_primary_computer()

@@ -14,10 +14,12 @@ File shape: a list of blocks (or a single mapping, taken as one block). A block:
       security: {require_encryption: true, credentials: kerberos}
       primary_computers: [ws-alice, 5f2b…machine-id]
       central_source: '\\\\server\\netlogon\\cscd'
+      roaming_profile: {target: '\\\\server\\profiles\\%USERNAME%', background_upload: {interval_hours: 12}}
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,13 +32,15 @@ from cscd.policy.located import Located, Origin, load_yaml
 from cscd.policy.model import (
     KNOWN_FOLDERS,
     VARIABLES,
+    BackgroundUpload,
     CacheSizeLimit,
     GroupTarget,
     RemovalAction,
 )
 from cscd.policy.unc import check_server_name, parse_unc
 
-TOP_KEYS = ("scope", "folders", "offline_files", "security", "primary_computers", "central_source")
+TOP_KEYS = ("scope", "folders", "offline_files", "security", "primary_computers", "central_source",
+            "roaming_profile")
 SCOPE_KEYS = ("users", "groups", "hosts")
 FOLDER_KEYS = ("target", "targets_by_group", "path", "enabled", "offline", "move_contents",
                "removal_action")
@@ -229,6 +233,77 @@ def credentials_source(loc: Located) -> str:
     return text
 
 
+def home_relative(loc: Located, text: str, *, what: str) -> str:
+    """A ``/``-separated path below the home directory: not absolute, no ``.`` or ``..``."""
+    parts = text.rstrip("/").split("/")
+    if text.startswith(("/", "~")) or "\0" in text or any(p in ("", ".", "..") for p in parts):
+        raise loc.error(f"{text!r}: {what} is relative to the home directory, without '.', "
+                        f"'..' or '~', e.g. .config/app")
+    return text
+
+
+def profile_paths(loc: Located) -> tuple[str, ...]:
+    items = loc.as_str_list()
+    return tuple(home_relative(item, text, what="an included path") for text, item in items)
+
+
+def profile_patterns(loc: Located) -> tuple[str, ...]:
+    """Patterns of the roaming profile: a name (any depth), ``dir/`` (directories only) or a
+    home-relative path pattern with ``/`` (see ``profile/settings.py``)."""
+    items = loc.as_str_list()
+    if len(items) > MAX_PATTERNS:
+        raise loc.error(f"{len(items)} patterns; at most {MAX_PATTERNS} are allowed")
+    return tuple(home_relative(item, text, what="a pattern") for text, item in items)
+
+
+def absolute_path(loc: Located) -> Path:
+    text = loc.as_str()
+    if not text.startswith("/") or "\0" in text:
+        raise loc.error(f"{text!r}: expected an absolute path on this machine")
+    return Path(text)
+
+
+_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def time_of_day(loc: Located) -> str:
+    """``"03:00"``: read from the raw text, since YAML 1.1 turns an unquoted 03:00 into 180."""
+    loc.scalar()  # refuses a list or a mapping
+    text = str(loc.node.value).strip()
+    m = _TIME.match(text)
+    if m is None:
+        raise loc.error(f"expected a time of day like '03:00' (24-hour, local time), got {text!r}")
+    return datetime.time(int(m.group(1)), int(m.group(2))).strftime("%H:%M")
+
+
+def background_upload(loc: Located) -> list[Setting]:
+    """``false`` (off), or ``{interval_hours: N}`` / ``{time_of_day: "HH:MM"}`` with an optional
+    ``max_offset_min``. Interval and time share one slot, so a narrower block's choice replaces
+    the other form."""
+    slot = "roaming_profile.background_upload"
+    if not loc.is_mapping:
+        if loc.as_bool():
+            raise loc.error("give {interval_hours: N} or {time_of_day: 'HH:MM'}, or false for off")
+        return [Setting(slot, BackgroundUpload(), loc.origin)]
+    given = dict(loc.items(("interval_hours", "time_of_day", "max_offset_min"),
+                           what="a mapping {interval_hours | time_of_day, max_offset_min}"))
+    if "interval_hours" in given and "time_of_day" in given:
+        raise given["time_of_day"].error("give either interval_hours or time_of_day, not both")
+    out = []
+    if "interval_hours" in given:
+        hours = given["interval_hours"].as_int(1, 720, "hours")
+        out.append(Setting(slot, BackgroundUpload(interval_hours=hours), given["interval_hours"].origin))
+    elif "time_of_day" in given:
+        at = time_of_day(given["time_of_day"])
+        out.append(Setting(slot, BackgroundUpload(time_of_day=at), given["time_of_day"].origin))
+    if "max_offset_min" in given:
+        item = given["max_offset_min"]
+        out.append(Setting(f"{slot}.max_offset_min", item.as_int(0, 24 * 60, "minutes"), item.origin))
+    if not out:
+        raise loc.error("give interval_hours or time_of_day (or false for off)")
+    return out
+
+
 def removal(loc: Located) -> RemovalAction:
     return RemovalAction(loc.as_choice(a.value for a in RemovalAction))
 
@@ -252,6 +327,15 @@ SECURITY_KEYS: Mapping[str, Reader] = {
     "require_signing": Located.as_bool,
     "credentials": credentials_source,
 }
+ROAMING_KEYS: Mapping[str, Reader] = {
+    "target": unc_template,
+    "enabled": Located.as_bool,
+    "include": profile_paths,
+    "include_dotfiles": Located.as_bool,
+    "exclude_patterns": profile_patterns,
+    "max_file_size": lambda loc: size_bytes(loc, 1, MAX_FILE_BYTES),
+    "redirections_xml": absolute_path,
+}
 FOLDER_READERS: Mapping[str, Reader] = {
     "target": unc_template,
     "targets_by_group": group_targets,
@@ -268,6 +352,8 @@ ALL_KEYS: tuple[str, ...] = (
     *(f"offline_files.{k}" for k in OFFLINE_KEYS),
     *(f"security.{k}" for k in SECURITY_KEYS),
     "primary_computers", "central_source",
+    *(f"roaming_profile.{k}" for k in ROAMING_KEYS),
+    "roaming_profile.background_upload", "roaming_profile.background_upload.max_offset_min",
     *(f"scope.{k}" for k in SCOPE_KEYS),
 )
 
@@ -314,6 +400,17 @@ def parse_section(loc: Located, readers: Mapping[str, Reader]) -> list[Setting]:
             for name, item in loc.items(readers)]
 
 
+def parse_roaming_profile(loc: Located) -> list[Setting]:
+    out: list[Setting] = []
+    for name, item in loc.items((*ROAMING_KEYS, "background_upload"),
+                                what="a mapping of roaming profile settings (target, include, …)"):
+        if name == "background_upload":
+            out += background_upload(item)
+        else:
+            out.append(Setting(item.key, ROAMING_KEYS[name](item), item.origin))
+    return out
+
+
 def parse_block(loc: Located, *, is_central: bool) -> Block:
     scope = Scope()
     settings: list[Setting] = []
@@ -329,6 +426,8 @@ def parse_block(loc: Located, *, is_central: bool) -> Block:
             settings += parse_section(item, SECURITY_KEYS)
         elif name == "primary_computers":
             settings.append(Setting(name, host_names(item), item.origin))
+        elif name == "roaming_profile":
+            settings += parse_roaming_profile(item)
         elif name == "central_source":
             if is_central:
                 raise item.error("the central policy cannot name another central source; "

@@ -15,7 +15,7 @@ import datetime
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -51,16 +51,20 @@ class ProfileService:
     """Roaming profile of one home directory against one server folder.
 
     ``mode`` returns the link mode of the profile's server now (the daemon passes a reader of
-    the link monitor's state); ``rng`` and ``wall_clock`` are for tests.
+    the link monitor's state); ``prepare`` runs before each run to get the upstream connected
+    (the daemon's creates the server folder the first time; default ``upstream.probe``, which
+    reconnects lazily); ``rng`` and ``wall_clock`` are for tests.
     """
 
     def __init__(self, upstream: Upstream, home: Path, settings: ProfileSettings, *,
                  mode: Callable[[], Mode] = lambda: Mode.ONLINE,
+                 prepare: Callable[[], Awaitable[object]] | None = None,
                  rng: random.Random | None = None,
                  wall_clock: Callable[[], datetime.datetime] = datetime.datetime.now) -> None:
         self.upstream = upstream
         self.home = Path(home)
         self._mode = mode
+        self._prepare = prepare or upstream.probe
         self._rng = rng or random.Random()
         self._wall_clock = wall_clock
         self._schedule = UploadSchedule(settings, self._rng)
@@ -113,7 +117,7 @@ class ProfileService:
             return self._skipped(reason)
         async with self._lock:
             try:
-                await self.upstream.probe()
+                await self._prepare()
             except (UpstreamUnavailable, UpstreamTimeout):
                 return self._skipped(SKIP_UNAVAILABLE)
             except CscdError as exc:
@@ -124,6 +128,7 @@ class ProfileService:
         """Pull the server's profile into the home directory (see ``sync.logon``); raises
         ``CscdError`` when the server cannot be reached or listed."""
         async with self._lock:
+            await self._prepare()
             report = await logon(self.upstream, self.home, self.settings)
         self._counts["logons"] += 1
         self._last_result = "logon"
@@ -133,6 +138,11 @@ class ProfileService:
         """Push local changes to the server (see ``sync.logoff``), with the upload events;
         raises ``CscdError`` (after PROFILE_UPLOAD_FAILED) when the server is lost."""
         async with self._lock:
+            try:
+                await self._prepare()
+            except CscdError as exc:
+                self._failed(str(exc))
+                raise
             result = await self._push("logoff", raises=True)
         self._counts["logoffs"] += 1
         return result

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from cscd.policy.fslogix import ProfileExclusions
+from cscd.policy.model import ROAMING_INCLUDE
 
-#: Folders below the home directory that roam, with everything below them.
-DEFAULT_INCLUDE: tuple[str, ...] = (".config", ".local/share")
+#: Folders below the home directory that roam, with everything below them (the policy's default).
+DEFAULT_INCLUDE: tuple[str, ...] = ROAMING_INCLUDE
 
 #: Patterns that never move, in either direction. ``name/`` matches directories only; a pattern
 #: with a ``/`` inside is matched against the whole home-relative path, otherwise against the

@@ -1,0 +1,114 @@
+"""The roaming profile as the policy asks for it: ``ProfileSettings`` from ``roaming_profile.*``
+(and the Offline Files keys the profile shares), the server folder's upstream, the service.
+
+Separate from ``settings.py`` because it reads files (``redirections.xml``, credentials) and
+knows the policy's shape; ``settings.py`` stays pure. The daemon passes the local paths that must never
+roam — the mount point, the cache directory, the redirected folders' local places — because
+only it knows them: a roaming profile that walked into the mount would upload the redirected
+folders a second time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from cscd.errors import ConfigError, Exists, NotFound
+from cscd.policy.config import DaemonConfig
+from cscd.policy.credentials import load_credentials
+from cscd.policy.fslogix import ProfileExclusions, load_redirections_xml
+from cscd.policy.model import Policy
+from cscd.profile.service import ProfileService
+from cscd.profile.settings import DEFAULT_EXCLUDE_PATTERNS, ProfileSettings
+from cscd.types import Mode, UncTarget
+from cscd.upstream.base import Upstream
+from cscd.upstream.smb import SmbUpstream
+
+log = logging.getLogger(__name__)
+
+
+def profile_settings(policy: Policy, *, exclude_paths: Iterable[Path] = (),
+                     state_path: Path | None = None) -> ProfileSettings:
+    """The roaming profile's settings for ``policy``; raises ``ConfigError`` (file and line)
+    when the ``redirections.xml`` the policy names cannot be read or parsed."""
+    r = policy.roaming_profile
+    upload = r.background_upload
+    exclusions = (load_redirections_xml(r.redirections_xml) if r.redirections_xml is not None
+                  else ProfileExclusions())
+    at = None
+    if upload.time_of_day is not None:
+        hours, minutes = upload.time_of_day.split(":")
+        at = datetime.time(int(hours), int(minutes))
+    return ProfileSettings(
+        include=r.include,
+        include_dotfiles=r.include_dotfiles,
+        # The built-in patterns protect cscd's own state and per-machine data: always kept.
+        exclude_patterns=DEFAULT_EXCLUDE_PATTERNS + tuple(
+            p for p in r.exclude_patterns if p not in DEFAULT_EXCLUDE_PATTERNS),
+        exclusions=exclusions,
+        exclude_paths=tuple(Path(p) for p in exclude_paths),
+        state_path=state_path,
+        max_file_size_bytes=r.max_file_size_bytes,
+        upload_interval_s=None if upload.interval_hours is None else upload.interval_hours * 3600.0,
+        upload_time_of_day=at,
+        upload_max_offset_s=upload.max_offset_min * 60.0,
+        upload_on_slow_link=False,
+        upload_on_metered=policy.offline_files.sync_on_metered
+        or not policy.offline_files.cost_aware_sync,
+        host=policy.subject.short_host or None,
+    )
+
+
+def profile_service(config: DaemonConfig, policy: Policy, *, exclude_paths: Iterable[Path],
+                    mode: Callable[[], Mode]) -> ProfileService | None:
+    """The daemon's roaming profile, or None when the policy has none for this user here
+    (no ``roaming_profile.target``, ``enabled: false``, or not a primary computer).
+
+    Builds only; connects nothing (a laptop away from the office starts without its server).
+    Uses the folders' credentials and SMB security, like Windows uses the user's logon.
+    """
+    if not policy.roams():
+        return None
+    target = policy.roaming_profile.target
+    assert target is not None
+    if config.credentials is None:
+        where = policy.origin("roaming_profile.target")
+        raise ConfigError(f"{where}: roaming_profile.target: the roaming profile on {target} needs "
+                          f"credentials; set 'credentials' in {config.path}")
+    credentials = load_credentials(config.credentials)
+
+    def connect_to(where: UncTarget) -> SmbUpstream:
+        return SmbUpstream(where, credentials, port=config.port, security=config.security,
+                           timeout_s=config.timings.request_timeout_s)
+
+    upstream = connect_to(target)
+    settings = profile_settings(policy, exclude_paths=exclude_paths)
+    return ProfileService(upstream, config.home_dir, settings, mode=mode,
+                          prepare=lambda: ensure_server_folder(upstream, connect_to))
+
+
+async def ensure_server_folder(upstream: Upstream, connect_to: Callable[[UncTarget], Upstream]
+                               ) -> None:
+    """Connect, creating the user's profile folder on the server the first time (Windows
+    creates it at the first logoff, in a share where users may create their own folder)."""
+    target = upstream.target  # type: ignore[attr-defined]
+    try:
+        await upstream.connect()
+        return
+    except NotFound:
+        if not target.path:
+            raise
+    parent = connect_to(replace(target, path=target.path[:-1]))
+    try:
+        await parent.connect()
+        try:
+            await parent.mkdir(target.path[-1].encode())
+        except Exists:
+            pass  # made meanwhile by another machine of the same user
+        log.info("created the roaming profile folder %s", target)
+    finally:
+        await parent.close()
+    await upstream.connect()

@@ -1,0 +1,120 @@
+"""The roaming profile in the running daemon: pulled at start, pushed by ``cscd profile
+logoff`` and at stop, shown in ``cscd status``, steered by the ``roaming_profile`` policy keys.
+
+Real parts only: the session smbd behind the ``MountEnv``'s TCP proxy, the daemon in a
+subprocess with a policy directory and a home directory of its own, plain file I/O on both
+sides. ``tests/test_profile.py`` covers the merge rules themselves against the same smbd.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.helpers.wait import wait_for
+from tests.test_policy_daemon import PolicyEnv, penv  # noqa: F401 - penv is a fixture
+
+OLD = 1_600_000_000  # an mtime well in the past: the server's files are older than any edit
+
+
+def put(root: Path, rel: str, data: bytes, mtime: int | None = None) -> Path:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    if mtime is not None:
+        os.utime(p, (mtime, mtime))
+    return p
+
+
+def roaming_policy(env: PolicyEnv, sub: str = "Profile", extra: str = "") -> str:
+    return f"""
+        - roaming_profile:
+            target: '{env.unc(sub)}'
+            exclude_patterns: ['*.log']
+        {extra}"""
+
+
+def test_profile_roams_at_start_on_logoff_and_at_stop(penv):
+    server = penv.server_dir("Profile")
+    put(server, ".config/app/settings.ini", b"theme=dark\n", OLD)
+    put(server, ".bashrc", b"alias ll='ls -l'\n", OLD)
+    put(server, ".cache/thumbs/a.png", b"never roams", OLD)
+    put(penv.home, ".config/editor/init.vim", b"set number\n")
+    penv.write_policy(roaming_policy(penv))
+    penv.start()
+
+    # logon at start: the server's profile comes down by itself, excluded paths do not
+    wait_for(lambda: (penv.home / ".config/app/settings.ini").is_file(), 30, "profile not pulled at start")
+    assert (penv.home / ".bashrc").read_bytes() == b"alias ll='ls -l'\n"
+    assert not (penv.home / ".cache").exists()
+    wait_for(lambda: penv.status()["profile"]["logons"] == 1, 10, "logon not counted")
+    status = penv.status()["profile"]
+    assert status["target"].endswith("\\Profile") and status["background_upload"] is False
+
+    # cscd profile logoff pushes local files now; a policy pattern keeps *.log at home
+    put(penv.home, ".config/editor/session.log", b"local only")
+    put(penv.home, ".local/share/app/history", b"h" * 70_000)
+    report = penv.cli("profile", "logoff")
+    assert report["result"] == "finished" and report["errors"] == []
+    assert (server / ".config/editor/init.vim").read_bytes() == b"set number\n"
+    assert (server / ".local/share/app/history").read_bytes() == b"h" * 70_000
+    assert not (server / ".config/editor/session.log").exists()
+    names = [e["name"] for e in penv.cli("events")["events"]]
+    assert "PROFILE_UPLOAD_STARTED" in names and "PROFILE_UPLOAD_FINISHED" in names
+
+    # stopping the daemon (the session ends) pushes what changed since
+    (penv.home / ".bashrc").write_bytes(b"alias ll='ls -la'\n")
+    penv.daemon.stop()
+    assert (server / ".bashrc").read_bytes() == b"alias ll='ls -la'\n"
+
+
+def start_roaming(env: PolicyEnv) -> Path:
+    """Start with an empty server profile and wait for the logon pull; the server folder."""
+    server = env.server_dir("Profile")
+    server.mkdir(parents=True)
+    env.write_policy(roaming_policy(env))
+    env.start()
+    wait_for(lambda: env.status()["profile"]["logons"] == 1, 30, "logon did not run")
+    return server
+
+
+def test_first_logon_creates_the_profile_folder_on_the_server(penv):
+    server = penv.server_dir("NewProfile")
+    server.parent.mkdir(parents=True, exist_ok=True)
+    assert not server.exists()
+    put(penv.home, ".gitconfig", b"[user]\n\tname = A\n")
+    penv.write_policy(roaming_policy(penv, "NewProfile"))
+    penv.start()
+    wait_for(lambda: server.is_dir(), 30, "the profile folder was not created")
+    penv.cli("profile", "logoff")
+    assert (server / ".gitconfig").read_bytes() == b"[user]\n\tname = A\n"
+
+
+def test_background_upload_follows_a_reloaded_policy(penv):
+    start_roaming(penv)
+    assert penv.status()["profile"]["next_upload_in_s"] is None
+
+    penv.write_policy(roaming_policy(penv, extra="""
+        - roaming_profile:
+            background_upload: {interval_hours: 1, max_offset_min: 0}
+        """))
+    answer = penv.cli("reload")
+    assert "roaming_profile.background_upload" in answer["applied"]
+    status = penv.status()["profile"]
+    assert status["background_upload"] is True
+    assert 3500 < status["next_upload_in_s"] <= 3600
+
+
+def test_profile_logoff_with_the_server_gone_fails_and_keeps_the_files(penv):
+    server = start_roaming(penv)
+    put(penv.home, ".config/app/new.ini", b"made while the server is gone")
+    penv.env.proxy.stop_listening()
+    penv.env.proxy.reset()
+    error = penv.cli("profile", "logoff", code=5)["error"]
+    assert error["code"] == "unavailable" and "nothing was lost" in error["message"]
+    assert (penv.home / ".config/app/new.ini").read_bytes() == b"made while the server is gone"
+    assert not (server / ".config/app/new.ini").exists()
+    # the stop's own logoff push fails too, and says so
+    penv.expected_warnings += [r"profile upload failed", r"logoff push did not finish",
+                               r"sync of Documents did not finish"]
+    penv.daemon.stop()
