@@ -16,6 +16,7 @@ directory, not on the mount. Modules, top to bottom:
 - ``scope.py``: what roams: include list, patterns, ``redirections.xml``, names. Pure.
 - ``state.py``: the last agreed listing (one JSON file).
 - ``settings.py``: ``ProfileSettings``. ``work.py``: bounded concurrent tasks.
+- ``from_policy.py``: settings and service from the effective policy (reads redirections.xml).
 
 How the merge works (Windows' roaming profile, with memory): a logon pulls — server files
 that are newer or new come down, server deletions since the last agreement are applied — and a
@@ -24,15 +25,9 @@ remembers what both sides agreed on, so a file deleted on one side is deleted on
 instead of coming back; a file changed on both sides keeps both versions (the newer keeps the
 name, the older becomes a conflict copy), so nothing is lost.
 
-Policy keys that should feed ``ProfileSettings`` (``policy/model.py`` has none yet):
-``roaming_profile.target`` (UNC of the server folder: the upstream),
-``roaming_profile.include``, ``roaming_profile.include_dotfiles``,
-``roaming_profile.exclude_patterns``, ``roaming_profile.redirections_xml`` (a file or folder
-parsed with ``policy.fslogix.load_redirections_xml`` → ``exclusions``),
-``roaming_profile.max_file_size``, ``roaming_profile.background_upload.interval_hours``
-(1–720; off when absent) or ``.time_of_day`` (``"03:00"``), ``.max_offset_min`` (default 60),
-and from ``offline_files``: ``sync_on_metered`` → ``upload_on_metered``.
-The daemon adds ``exclude_paths`` (mount point, cache directory, redirected folders) itself.
+The policy's ``roaming_profile`` keys (``policy/model.py``) become ``ProfileSettings`` in
+``from_policy.py``, which also builds the service for the daemon; the daemon adds
+``exclude_paths`` (mount point, cache directory, redirected folders) itself.
 
 Not supported: symbolic links, special files and POSIX modes do not roam; names the server
 cannot store are reported and stay local; no delta upload (profile files are small);

@@ -1,9 +1,8 @@
 """Settings of the roaming profile: what roams, what never moves, when background uploads run.
 
 Owns ``ProfileSettings`` (frozen; its defaults live here) and the default exclusion patterns.
-Pure: no I/O, no logging, no network. ``policy/model.py`` has no roaming-profile keys yet;
-the daemon builds this object from the policy (see the package docstring for the keys that
-should feed each field) and hands it to ``ProfileService``.
+Pure: no I/O, no logging, no network. ``from_policy.py`` builds it from the policy's
+``roaming_profile`` keys.
 """
 
 from __future__ import annotations
