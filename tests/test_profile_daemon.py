@@ -116,5 +116,5 @@ def test_profile_logoff_with_the_server_gone_fails_and_keeps_the_files(penv):
     assert not (server / ".config/app/new.ini").exists()
     # the stop's own logoff push fails too, and says so
     penv.expected_warnings += [r"profile upload failed", r"logoff push did not finish",
-                               r"sync of Documents did not finish"]
+                               r"sync of Documents did not finish", r"Documents is now offline"]
     penv.daemon.stop()
