@@ -257,7 +257,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     for name, f in status.get("folders", {}).items():
         rtt = f" (rtt {f['rtt_ms']:.1f} ms)" if f.get("rtt_ms") is not None else ""
-        print(f"{name}: {f['mode']} — {f['reason']}{rtt}")
+        uncached = "" if f.get("cached", True) else " (not cached: offline: false)"
+        print(f"{name}: {f['mode']} — {f['reason']}{rtt}{uncached}")
         if f.get("target"):
             print(f"  target     {f['target']}")
         pending = ("?" if f.get("pending_changes") is None

@@ -15,7 +15,9 @@ reuse one; add new ones in their group.
 | 2002 | SYNC_FAILED              | WARNING | trigger, reason, pending               |
 | 2010 | UPLOAD_FAILED_QUOTA      | ERROR   | path, reason                           |
 | 2011 | UPLOAD_FAILED_PERMISSION | ERROR   | path, reason                           |
+| 2012 | UPLOAD_FAILED_WRITE_THROUGH | WARNING | path, reason, kept (dropped, pending): a folder that is not cached |
 | 2020 | NOT_AVAILABLE_OFFLINE    | INFO    | path, mode                             |
+| 2030 | SYNC_FILE_TOO_LARGE      | INFO    | path, size, limit (offline_files.max_file_size) |
 | 3000 | MODE_CHANGED             | INFO    | mode, previous, reason, cause (start, rtt, error, policy, user) |
 | 4000 | CONFLICT_CREATED         | WARNING | path, copy, count                      |
 | 4001 | CONFLICT_RESOLVED        | INFO    | path, keep                             |
@@ -75,7 +77,9 @@ class EventId(enum.IntEnum):
     SYNC_FAILED = 2002
     UPLOAD_FAILED_QUOTA = 2010
     UPLOAD_FAILED_PERMISSION = 2011
+    UPLOAD_FAILED_WRITE_THROUGH = 2012
     NOT_AVAILABLE_OFFLINE = 2020
+    SYNC_FILE_TOO_LARGE = 2030
     MODE_CHANGED = 3000
     CONFLICT_CREATED = 4000
     CONFLICT_RESOLVED = 4001
@@ -125,6 +129,13 @@ EVENTS: dict[EventId, EventSpec] = {
     EventId.NOT_AVAILABLE_OFFLINE: _spec(
         logging.INFO, "{path} in {folder} is not available offline ({mode})",
         "3fd60de9a58c5195a75fab9676925627"),
+    EventId.UPLOAD_FAILED_WRITE_THROUGH: _spec(
+        logging.WARNING, "{path} in {folder} (not cached) could not be written to the server: "
+        "{reason}; the application was told (change {kept})",
+        "cdb2aaf37f9e5d05a753a166afe8d863"),
+    EventId.SYNC_FILE_TOO_LARGE: _spec(
+        logging.INFO, "{path} in {folder}: {size} bytes is more than offline_files.max_file_size "
+        "({limit} bytes); refused with EFBIG", "d2b952d881ea59eb8894e8704a90e029"),
     EventId.MODE_CHANGED: _spec(
         logging.INFO, "mode of {folder} changed from {previous} to {mode} ({cause}): {reason}",
         "b0efcac3408f5e65a36ed5e97ce63804"),

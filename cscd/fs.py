@@ -5,6 +5,12 @@ keys here: everything goes through ``cscd.cache.Cache``. Errors from below becom
 ``FUSEError`` in one place (``_errno_boundary``); a bug fails only its request with EIO and
 is logged once with its traceback.
 
+Folders that are not cached (policy ``offline: false``) and files larger than
+``offline_files.max_file_size`` are not kept by the kernel either: their attributes and names
+time out at once and ``open`` does not keep the page cache, so every access asks the daemon,
+which asks the server (``Cache.guard``). ``flush`` (each ``close``) and ``fsync`` of a file
+written in such a folder return only once the server has it (``Cache.write_through``).
+
 Not supported, by design (documented in the README): hard links (EPERM), symbolic links and
 special files (EPERM), ``RENAME_EXCHANGE`` (EINVAL), ownership changes (ignored: every file
 belongs to the mounting user), extended attributes (ENOTSUP / ENOATTR), atime updates.
@@ -60,12 +66,13 @@ def _errno_boundary(fn):
 
 
 class _Handle:
-    __slots__ = ("node_id", "fd", "wrote")
+    __slots__ = ("node_id", "fd", "wrote", "unpushed")
 
     def __init__(self, node_id: int, fd: int) -> None:
         self.node_id = node_id
         self.fd = fd
         self.wrote = False
+        self.unpushed = False  # written since the last write-through (uncached folders)
 
 
 class CscdFs(pyfuse3.Operations):
@@ -94,8 +101,9 @@ class CscdFs(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.id
         a.generation = 0
-        a.entry_timeout = ENTRY_TIMEOUT_S
-        a.attr_timeout = ATTR_TIMEOUT_S
+        kept = self.cache.residency.keeps_content(node)
+        a.entry_timeout = ENTRY_TIMEOUT_S if kept else 0
+        a.attr_timeout = ATTR_TIMEOUT_S if kept else 0
         a.st_mode = node.st_mode
         a.st_nlink = 2 if node.is_dir else 1
         a.st_uid = self.uid
@@ -118,6 +126,7 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def lookup(self, parent_inode, name, ctx=None):
+        await self.cache.guard(parent_inode, fresh=True)
         return self._entry(await self.cache.lookup(parent_inode, name))
 
     @_errno_boundary
@@ -132,25 +141,31 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def getattr(self, inode, ctx=None):
-        return self._attrs(self.cache.node(inode))
+        return self._attrs(await self.cache.guard(inode))
 
     @_errno_boundary
     async def setattr(self, inode, attr, fields, fh, ctx):
         size = attr.st_size if fields.update_size else None
         mode = attr.st_mode if fields.update_mode else None
         mtime = attr.st_mtime_ns if fields.update_mtime else None
-        node = self.cache.setattr(inode, size=size, mode=mode, mtime_ns=mtime)
-        return self._attrs(node)
+        await self.cache.guard(inode)
+        if size is not None:
+            self.cache.residency.check_size(inode, size)
+        self.cache.setattr(inode, size=size, mode=mode, mtime_ns=mtime)
+        if (size is not None or mtime is not None) and not self.cache.is_open_for_write(inode):
+            await self.cache.write_through(inode)  # truncate(2) by path; a writer's close pushes
+        return self._attrs(self.cache.node(inode))
 
     @_errno_boundary
     async def opendir(self, inode, ctx):
-        node = self.cache.node(inode)
+        node = await self.cache.guard(inode, fresh=True)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     @_errno_boundary
     async def readdir(self, fh, start_id, token):
+        await self.cache.guard(fh, fresh=not start_id, now=True)  # every `ls` asks the server
         after = start_id
         while True:
             batch = await self.cache.readdir(fh, after)
@@ -168,24 +183,36 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._entry(self.cache.mkdir(parent_inode, name, mode & ~ctx.umask))
+        await self.cache.guard(parent_inode)
+        node = self.cache.mkdir(parent_inode, name, mode & ~ctx.umask)
+        await self.cache.write_through(node.id, discard=False)
+        return self._entry(self.cache.node(node.id))
 
     @_errno_boundary
     async def rmdir(self, parent_inode, name, ctx):
-        await self.cache.rmdir(parent_inode, name)
+        await self.cache.guard(parent_inode, fresh=True)
+        node = await self.cache.rmdir(parent_inode, name)
+        await self.cache.write_through(node.id, discard=False)
 
     @_errno_boundary
     async def unlink(self, parent_inode, name, ctx):
-        await self.cache.unlink(parent_inode, name)
+        await self.cache.guard(parent_inode, fresh=True)
+        node = await self.cache.unlink(parent_inode, name)
+        await self.cache.write_through(node.id, discard=False)
 
     @_errno_boundary
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        await self.cache.rename(
+        await self.cache.guard(parent_inode_old, fresh=True)
+        await self.cache.guard(parent_inode_new, fresh=True)
+        node, replaced = await self.cache.rename(
             parent_inode_old, name_old, parent_inode_new, name_new,
             noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
         )
+        await self.cache.write_through(node.id, discard=False)
+        if replaced is not None:
+            await self.cache.write_through(replaced.id, discard=False)
 
     @_errno_boundary
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -233,40 +260,59 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def create(self, parent_inode, name, mode, flags, ctx):
+        await self.cache.guard(parent_inode)
         node = self.cache.create(parent_inode, name, mode & ~ctx.umask)
         fd = self.cache.open(node.id, truncate=False, write=True)
         fh = self._new_handle(node.id, fd)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(node)
+        self._handles[fh].unpushed = True  # even an empty new file goes to the server at close
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node)), self._entry(node)
 
     @_errno_boundary
     async def open(self, inode, flags, ctx):
         write = (flags & os.O_ACCMODE) != os.O_RDONLY
-        fd = self.cache.open(inode, truncate=bool(flags & os.O_TRUNC), write=write)
-        return pyfuse3.FileInfo(fh=self._new_handle(inode, fd), keep_cache=True)
+        node = await self.cache.guard(inode, fresh=True, now=True)
+        truncate = bool(flags & os.O_TRUNC)
+        if truncate and write:
+            self.cache.residency.check_size(inode, 0)
+        fd = self.cache.open(inode, truncate=truncate, write=write)
+        fh = self._new_handle(inode, fd)
+        self._handles[fh].unpushed = truncate and bool(node.size)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node))
 
     @_errno_boundary
     async def read(self, fh, off, size):
         h = self._handles[fh]
+        await self.cache.guard(h.node_id)
         return await self.cache.read(h.node_id, h.fd, off, size)
 
     @_errno_boundary
     async def write(self, fh, off, buf):
         h = self._handles[fh]
-        h.wrote = True
+        await self.cache.guard(h.node_id)
+        self.cache.residency.check_size(h.node_id, off + len(buf))
+        h.wrote = h.unpushed = True
         return self.cache.write(h.node_id, h.fd, off, buf)
+
+    async def _write_through(self, h: _Handle) -> None:
+        if h.unpushed:
+            h.unpushed = False
+            await self.cache.write_through(h.node_id)
 
     @_errno_boundary
     async def flush(self, fh):
-        return None
+        await self._write_through(self._handles[fh])
 
     @_errno_boundary
     async def fsync(self, fh, datasync):
-        await self.cache.fsync(self._handles[fh].fd)
+        h = self._handles[fh]
+        await self.cache.fsync(h.fd)
+        await self._write_through(h)
 
     @_errno_boundary
     async def release(self, fh):
         h = self._handles.pop(fh)
         self.cache.release(h.node_id, h.fd, wrote=h.wrote)
+        self.cache.residency.after_close(h.node_id)
 
     @_errno_boundary
     async def getxattr(self, inode, name, ctx):

@@ -10,10 +10,11 @@ inside the mount to cache nodes; the cache and sync do the work.
 
 What a reload can change while running: the Offline Files values (slow-link threshold,
 background-sync interval and offset, always offline, fetch on slow link, cost-aware sync and
-its override, the cache size limit). Everything else — the folder set and targets, primary
-computers, the per-folder redirection keys, security and credentials — is decided at start:
-the reply of ``cscd reload`` lists those keys and asks for a restart. ``exclude_patterns`` and
-``max_file_size`` are shown but not enforced by the cache yet.
+its override, the cache size limit, the maximum file size). Everything else — the folder set
+and targets, primary computers, the per-folder redirection keys (``offline`` included),
+security and credentials, and ``offline_files.exclude_patterns`` (changing which names sync
+sees needs every directory re-listed and the local-only files looked at again) — is decided
+at start: the reply of ``cscd reload`` lists those keys and asks for a restart.
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ async def wait_mount_answers(mount: Path, timeout_s: float = 30.0) -> None:
 
 # ---------------------------------------------------------------- policy in force
 
-#: Offline Files keys that a policy may set but nothing enforces yet (shown, not applied).
 #: Roaming-profile keys that choose the server connection: applied at the next start.
 RESTART_ROAMING_KEYS = frozenset({"roaming_profile.target", "roaming_profile.enabled"})
-NOT_ENFORCED_KEYS = frozenset({"offline_files.exclude_patterns", "offline_files.max_file_size"})
+#: Offline Files keys that a policy may set but nothing enforces yet (shown, not applied).
+NOT_ENFORCED_KEYS: frozenset[str] = frozenset()
+#: Offline Files keys that take effect only at the next start.
+RESTART_OFFLINE_KEYS = frozenset({"offline_files.exclude_patterns"})
 _LOCATED = re.compile(r"^(?P<file>/[^:]*):(?P<line>\d+): (?:(?P<key>[A-Za-z0-9_.%$-]+): )?(?P<reason>.*)$",
                       re.DOTALL)
 
@@ -174,12 +177,14 @@ class PolicyKeeper:
         old, self.policy = self.policy, new
         changed = changed_keys(old, new)
         before, after = effective_config(self.base, old), effective_config(self.base, new)
-        applied = [k for k in changed if k.startswith("offline_files.") and k not in NOT_ENFORCED_KEYS]
+        applied = [k for k in changed if k.startswith("offline_files.")
+                   and k not in NOT_ENFORCED_KEYS | RESTART_OFFLINE_KEYS]
         roaming = [k for k in changed if k.startswith("roaming_profile.") and k not in RESTART_ROAMING_KEYS]
         if roaming and self.profile is not None:
             self.profile(new)  # the profile's settings (schedule, include, patterns) change live
             applied += roaming
-        restart = [k for k in changed if not k.startswith("offline_files.") and k not in applied]
+        restart = [k for k in changed if (not k.startswith("offline_files.") or k in RESTART_OFFLINE_KEYS)
+                   and k not in applied]
         not_enforced = [k for k in changed if k in NOT_ENFORCED_KEYS]
         if after.offline != before.offline:
             for name in self.policies:
@@ -189,6 +194,8 @@ class PolicyKeeper:
         if self.cache is not None and (after.cache_limit_bytes, after.cache_limit_fraction) != (
                 before.cache_limit_bytes, before.cache_limit_fraction):
             self.cache.residency.limit_bytes = cache_limit_bytes(after)
+        if self.cache is not None:
+            self.cache.residency.max_file_bytes = after.max_file_size_bytes
         if not changed:
             message = "policy reloaded: nothing changed"
         else:
@@ -375,6 +382,8 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
 
     async def status(args: dict) -> dict:
         answer = collector.status(pending_by_folder(cache, links))
+        for name, folder in answer["folders"].items():
+            folder["cached"] = name.encode() not in cache.residency.uncached_folders
         answer.update(mount=str(config.mount), pid=os.getpid(), redirection=redirection.as_dict(),
                       is_primary_computer=keeper.policy.is_primary_computer(),
                       profile=None if profile is None else profile_status(profile))

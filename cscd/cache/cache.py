@@ -77,12 +77,16 @@ class RemoteSource(Protocol):
     async def list_dir(self, folder: bytes, path: bytes) -> list[RemoteEntry]:
         """One enumeration of a server directory, within the source's deadline."""
 
+    async def push(self, folder: bytes, node_id: int) -> None:
+        """Put one node's local change on the server now (write-through of uncached folders)."""
+
 
 class Cache(Hydration, SyncSide):
     """Namespace, attributes and content of every redirected folder, served locally."""
 
     def __init__(self, cache_dir: Path, folders: Iterable[bytes], source: RemoteSource, *,
-                 limit_bytes: int | None = None) -> None:
+                 limit_bytes: int | None = None, uncached: Iterable[bytes] = (),
+                 max_file_bytes: int | None = None) -> None:
         self.dir = cache_dir
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(cache_dir, 0o700)
@@ -109,7 +113,7 @@ class Cache(Hydration, SyncSide):
         self.recent_dirs: dict[int, float] = {}
         self.hits = 0
         self.misses = 0
-        self.residency = Residency(self, limit_bytes)
+        self.residency = Residency(self, limit_bytes, uncached=uncached, max_file_bytes=max_file_bytes)
         self.used_bytes = 0
         self._setup_tree()
 

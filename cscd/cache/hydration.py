@@ -6,21 +6,39 @@ file, and writing fetched bytes only into holes (never over local writes made me
 and only if the file's base did not change during the fetch. The network is reached only
 through the cache's ``RemoteSource``, which applies the folder's mode and deadline.
 A mixin of ``Cache``, split out for size.
+
+Also the traffic of content this machine does not keep (``residency.py`` decides what that
+is): a file larger than ``offline_files.max_file_size`` is read straight from the server,
+never stored; in a folder that is not cached (``offline: false``) every operation first
+passes ``guard`` — it fails with EHOSTDOWN when the server cannot be reached (nothing is
+served from what happens to be local) and re-lists the directory so names and attributes
+are the server's —, and ``write_through`` puts a change on the server before ``close`` or
+``fsync`` returns, dropping it if that fails.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import trio
 
 from cscd.cache import nodes, ranges
-from cscd.errors import NotAvailableOffline
+from cscd.cache.nodes import Node
+from cscd.errors import CscdError, NotAvailableOffline, NotFound
+from cscd.events import EventId, emit
+from cscd.types import ROOT_ID
+
+log = logging.getLogger(__name__)
 
 #: Hydration granularity: missing bytes are fetched in aligned blocks of this size.
 BLOCK_BYTES = 1 << 20
 #: A sequential reader gets up to this much read ahead per fetch.
 READAHEAD_BYTES = 8 << 20
+#: In a folder that is not cached, a directory is re-listed on lookup and readdir when its
+#: last listing is older than this (the kernel's own entry timeout is 1 s); ``open`` always
+#: re-lists, so a read sees the server's current version.
+FRESH_S = 1.0
 
 
 class Hydration:
@@ -34,9 +52,92 @@ class Hydration:
             return b""
         if node.is_hydrated:
             self.hits += 1
+        elif self.residency.is_too_large(node) and not self.is_open_for_write(node_id):
+            return await self._read_through(node, offset, end)
         else:
             await self.hydrate(node_id, offset, end)
         return os.pread(fd, end - offset, offset)
+
+    async def _read_through(self, node: Node, offset: int, end: int) -> bytes:
+        """Bytes straight from the server, not stored (a file too large to cache)."""
+        self.misses += 1
+        folder, path = self.remote_path(node)
+        if not self.source.may_fetch(folder):
+            raise NotAvailableOffline(f"{path.decode(errors='replace')} is larger than "
+                                      "offline_files.max_file_size, so never cached, and the server "
+                                      "cannot be reached in this mode")
+        return await self.source.read(folder, path, offset, end - offset)
+
+    async def guard(self, node_id: int, *, fresh: bool = False, now: bool = False) -> Node:
+        """Check a node before an operation; returns it. Fast and local for cached folders.
+
+        In a folder that is not cached: raises ``NotAvailableOffline`` (EHOSTDOWN) while its
+        server cannot be reached (the folder's own node is still shown in the mount's root),
+        and with ``fresh`` re-lists the node's directory (its parent for a file) if the last
+        listing is older than ``FRESH_S`` — with ``now``, always. Waits on the network then,
+        within the source's deadline.
+        """
+        node = self.node(node_id)
+        folder = self.residency.uncached_folder_of(node)
+        if folder is None:
+            return node
+        if not self.source.may_list(folder):
+            if node.parent == ROOT_ID and not fresh:
+                return node  # the folder's entry in the mount's root (ls -l of the mount)
+            raise NotAvailableOffline(f"{folder.decode(errors='replace')} is not cached on this machine "
+                                      "and its server cannot be reached now")
+        if fresh:
+            await self._refresh(node.id if node.is_dir else node.parent, 0.0 if now else FRESH_S)
+            node = self.node(node_id)
+        return node
+
+    async def _refresh(self, dir_id: int, max_age_s: float) -> None:
+        refreshed = self.residency.refreshed_at
+        if trio.current_time() - refreshed.get(dir_id, -FRESH_S * 2) < max_age_s:
+            return
+        node = self.node(dir_id)
+        if not node.has_base:
+            return  # a new directory (not on the server yet): nothing to ask
+        lock = self._list_locks.setdefault(dir_id, trio.Lock())
+        async with lock:
+            started_at = trio.current_time()
+            if started_at - refreshed.get(dir_id, -FRESH_S * 2) < max_age_s:
+                return
+            folder, path = self.remote_path(node)
+            started = self.listing_started()
+            entries = await self.source.list_dir(folder, path)
+            self.merge_listing(dir_id, entries, started)
+            refreshed[dir_id] = started_at
+
+    async def write_through(self, node_id: int, *, discard: bool = True) -> None:
+        """Put a change of an uncached folder on the server now (``close``, ``fsync``, and
+        namespace changes); nothing to do in a cached folder.
+
+        Waits on the network. If that fails, the error is raised — the application hears of
+        it — and, with ``discard``, the content change is dropped (``residency.discard_change``)
+        so nothing waits in a queue. A namespace change (``discard=False``: mkdir, rename,
+        unlink) that fails after the server was reachable stays pending and is pushed when
+        the folder is back online.
+        """
+        if not self.residency.uncached_folders:
+            return
+        try:
+            node = self.node(node_id)
+        except NotFound:
+            return  # a new file removed again: the server never had it
+        folder = self.residency.uncached_folder_of(node)
+        if folder is None:
+            return
+        try:
+            await self.source.push(folder, node_id)
+        except CscdError as exc:
+            path = b"/".join(self.path_of(node)[1:]).decode(errors="replace")
+            emit(EventId.UPLOAD_FAILED_WRITE_THROUGH, folder=folder.decode(errors="replace"), path=path,
+                 reason=str(exc) or type(exc).__name__,
+                 kept="pending" if not discard else "dropped")
+            if discard:
+                self.residency.discard_change(node_id)
+            raise
 
     async def hydrate(self, node_id: int, start: int, end: int) -> None:
         """Make ``[start, end)`` present, fetching missing blocks (plus read-ahead) from the source."""

@@ -1,9 +1,21 @@
-"""Which content stays on this machine: pins, the size limit, LRU eviction, free-space.
+"""Which content stays on this machine: pins, the size limit, LRU eviction, free-space,
+folders that are not cached and files too large to cache.
 
 Owns the ``PINNED`` flag, the ``lru`` database and the decision to turn clean files back into
 placeholders. Pinned content ("always available offline") is never evicted; dirty or open
 files are never touched. Eviction runs in the cache's background task; no network here
 (hydrating pinned files is sync's job: it asks ``pinned_missing``).
+
+Two policy keys narrow what is kept (``hydration.py`` does the traffic they cause):
+
+- ``folders.NAME.offline: false`` (``uncached_folders``): the folder is mounted but its
+  content does not stay. A file's content is evicted when its last handle closes
+  (``after_close``), changes are written through to the server at close and fsync, and a
+  write-through that fails drops the local change (``discard_change``): the application was
+  told, nothing waits in a queue. Pinning there is refused.
+- ``offline_files.max_file_size`` (``max_file_bytes``): a server file larger than it is shown
+  but never stored (reads go through to the server); a write that would make a file larger,
+  or that changes a file already larger, fails with EFBIG (``check_size``).
 
 A part of ``Cache`` split out for size: it uses the cache's package-private helpers.
 """
@@ -14,12 +26,14 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from cscd.cache import nodes
 from cscd.cache.index import from_u64, u64
-from cscd.cache.nodes import Flag, Node
-from cscd.errors import CscdError
+from cscd.cache.nodes import DirtyReason, Flag, Node
+from cscd.errors import CscdError, NotFound, TooLarge
+from cscd.events import EventId, emit
 from cscd.types import ROOT_ID
 
 if TYPE_CHECKING:
@@ -30,11 +44,94 @@ _U64 = struct.Struct(">Q")
 
 
 class Residency:
-    def __init__(self, cache: Cache, limit_bytes: int | None) -> None:
+    def __init__(self, cache: Cache, limit_bytes: int | None, *, uncached: Iterable[bytes] = (),
+                 max_file_bytes: int | None = None) -> None:
         self.cache = cache
         self.limit_bytes = limit_bytes
+        #: folders with ``offline: false``: mounted, not cached (decided at start)
+        self.uncached_folders = frozenset(uncached)
+        #: ``offline_files.max_file_size``; None: no limit. A reload may change it.
+        self.max_file_bytes = max_file_bytes
+        #: directory id → trio time of its last listing refresh (uncached folders)
+        self.refreshed_at: dict[int, float] = {}
         self.evicted_files = 0
         self.evicted_bytes = 0
+
+    # ------------------------------------------------------------ not cached
+
+    def uncached_folder_of(self, node: Node) -> bytes | None:
+        """The node's folder if that folder is not cached (the folder's own node included),
+        else None. Costs a walk up the parents only when some folder is uncached."""
+        if not self.uncached_folders or node.id == ROOT_ID:
+            return None
+        try:
+            folder = self.cache.folder_of(node)[0]
+        except NotFound:
+            return None
+        return folder if folder in self.uncached_folders else None
+
+    def is_too_large(self, node: Node) -> bool:
+        """A file larger than ``offline_files.max_file_size``: shown, read through, not stored."""
+        return not node.is_dir and self.max_file_bytes is not None and node.size > self.max_file_bytes
+
+    def keeps_content(self, node: Node) -> bool:
+        """Whether the node's content may stay after its last close."""
+        return not self.is_too_large(node) and self.uncached_folder_of(node) is None
+
+    def check_size(self, node_id: int, end: int) -> None:
+        """Refuse (EFBIG) a change that makes a file end past ``max_file_bytes``, or that
+        changes a file already larger than it (cscd uploads from the cache, and such a file
+        is never cached)."""
+        limit = self.max_file_bytes
+        if limit is None:
+            return
+        node = self.cache.node(node_id)
+        if end <= limit and node.size <= limit:
+            return
+        size = max(end, node.size)
+        folder, *parts = [p.decode(errors="replace") for p in self.cache.path_of(node)]
+        path = "/".join(parts)
+        emit(EventId.SYNC_FILE_TOO_LARGE, folder=folder, path=path, size=size, limit=limit)
+        raise TooLarge(f"{folder}/{path}: {size} bytes is more than offline_files.max_file_size ({limit} bytes)")
+
+    def after_close(self, node_id: int) -> None:
+        """The last handle may have closed: drop content this machine must not keep."""
+        if self.cache._open_count.get(node_id):
+            return
+        try:
+            node = self.cache.node(node_id)
+        except NotFound:
+            return  # a tombstone purged at its last close
+        if not self.keeps_content(node):
+            self._dehydrate(node_id)
+
+    def discard_change(self, node_id: int) -> None:
+        """A write-through failed: forget the local content change instead of queueing it.
+
+        A file the server has goes back to a placeholder of the server's version; a new
+        file the server never had is removed. Namespace changes (a rename) stay pending.
+        """
+        cache = self.cache
+        ix = cache.index
+        with cache._txn(write=True) as txn:
+            node = nodes.find(ix, txn, node_id)
+            if node is None or Flag.TOMBSTONE in node.flags:
+                return
+            if not node.has_base:
+                cache._drop(txn, node)
+                cache._publish(("entry", node.parent, node.name))
+                return
+            nodes.clear_dirty(ix, txn, node_id, DirtyReason.CONTENT | DirtyReason.META)
+            node.size, node.mtime_ns = node.base_size, node.base_mtime_ns
+            node.flags &= ~Flag.HYDRATED
+            if node.size == 0:
+                node.flags |= Flag.HYDRATED
+            txn.delete(u64(node_id), db=ix.ranges)
+            nodes.put(ix, txn, node)
+            if cache.store.exists(node_id):  # open handles keep their fd: empty it, keep the file
+                cache.store.truncate(node_id, 0)
+                cache.store.truncate(node_id, node.size)
+        cache._publish(("inode", node_id))
 
     # ------------------------------------------------------------ LRU
 
@@ -56,6 +153,10 @@ class Residency:
     def set_pinned(self, node_id: int, pinned: bool) -> None:
         """Pin or unpin a node; a pinned directory covers everything under it, new files too."""
         ix = self.cache.index
+        folder = self.uncached_folder_of(self.cache.node(node_id)) if pinned else None
+        if folder is not None:
+            raise CscdError(f"{folder.decode(errors='replace')} is not cached on this machine (policy "
+                            f"folders.{folder.decode(errors='replace')}.offline: false); it cannot be pinned")
         with self.cache._txn(write=True) as txn:
             node = nodes.get(ix, txn, node_id)
             if node.id == ROOT_ID or node.parent == ROOT_ID and not node.is_dir:
@@ -96,7 +197,7 @@ class Residency:
                     if Flag.LISTED not in node.flags:
                         dirs.append(node.id)
                     stack.extend(nodes.get(ix, txn, cid) for cid, _ in nodes.iter_children(ix, txn, node.id))
-                elif not node.is_hydrated:
+                elif not node.is_hydrated and self.keeps_content(node):
                     files.append(node.id)
         return dirs, files
 

@@ -8,7 +8,6 @@ transaction rules apply (one write transaction per logical change, no await insi
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import xxhash
@@ -16,7 +15,6 @@ import xxhash
 from cscd.cache import chunks as chunkmaps
 from cscd.cache import conflicts, nodes, ranges
 from cscd.cache.merge import merge_listing
-from cscd.cache.moved import adopt_moved_bases
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.types import ROOT_ID, RemoteEntry
 
@@ -102,6 +100,26 @@ class SyncSide:
             self._changed()
         return clean
 
+    def record_local_only(self, node_id: int, version: int) -> bool:
+        """A file sync keeps out (an excluded name): no base, nothing to upload, kept here.
+
+        Clears its base and dirty bits if it did not change since ``version``; returns False
+        (still dirty, looked at again) if it did. Its content has no server copy, so
+        ``residency`` never evicts it (eviction needs a base).
+        """
+        ix = self.index
+        self._base_generation += 1
+        with self._txn(write=True) as txn:
+            node = nodes.find(ix, txn, node_id)
+            if node is None or node.version != version:
+                return node is None
+            if node.has_base:
+                self._dir_stamp[node.base_parent] = self._base_generation
+            nodes.clear_base(ix, txn, node)
+            nodes.clear_dirty(ix, txn, node_id)
+            nodes.put(ix, txn, node)
+        return True
+
     def rename_for_conflict(self, node_id: int, new_name: bytes) -> None:
         """Keep the local version of a conflicting node under ``new_name`` (see ``conflicts``)."""
         conflicts.rename_for_conflict(self, node_id, new_name)
@@ -166,11 +184,6 @@ class SyncSide:
     def content_path(self, node_id: int) -> Path:
         """Where the node's content lives on local disk (for hashing in another process)."""
         return self.store.path(node_id)
-
-    def adopt_moved_bases(self, folder: bytes, entries: Mapping[bytes, RemoteEntry]) -> int:
-        """After a server-side copy of ``folder`` to a new target: re-point the bases that the
-        copy reproduced (see ``moved``), so nothing is downloaded again. Returns the count."""
-        return adopt_moved_bases(self, folder, entries)
 
     def content_fd(self, node_id: int) -> int:
         """A read-only fd of the node's content file for uploading (caller closes it)."""

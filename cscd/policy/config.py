@@ -12,6 +12,17 @@ Minimal form (kept stable for tools and later policy layers)::
 Optional sections: ``security`` (``require_encryption``, ``require_signing``) and
 ``timings`` (seconds; see ``Timings``). Unknown keys are errors, never silently ignored.
 
+A folder may also be a mapping, to turn its caching off (``offline: false``: redirected and
+mounted, but served from the server, never kept in the cache; see ``cache/residency.py``)::
+
+    folders:
+      Scans: {target: '\\\\server\\share\\alice\\Scans', offline: false}
+
+``exclude_patterns`` (a list of file-name patterns, ``*.tmp``, ``~$*``, ``.~lock.*#`` by
+default: such files live only on this machine) and ``max_file_size`` (``10G`` by default: no
+file larger is cached) are the policy's ``offline_files`` keys of the same names; a policy
+file that sets them wins (``machine.daemon_config``).
+
 Machine policy (``policy/machine.py``) is read from ``policy_dir`` (default ``/etc/cscd``; a
 missing directory means no machine policy) and laid over this file by the daemon; ``home``
 (default ``$HOME``) is the home directory whose known folders policy redirects. When the file
@@ -33,6 +44,11 @@ from cscd.errors import BadName, ConfigError
 from cscd.names import check_name
 from cscd.policy.unc import parse_unc
 from cscd.types import OfflinePolicy, SmbSecurity, UncTarget
+
+#: Defaults of the policy keys ``offline_files.exclude_patterns`` and ``max_file_size``
+#: (``policy/model.py`` has the same values; ``tests/test_config.py`` keeps them equal).
+DEFAULT_EXCLUDE_PATTERNS: tuple[str, ...] = ("*.tmp", "~$*", ".~lock.*#")
+DEFAULT_MAX_FILE_BYTES = 10 * 1000**3
 
 #: Machine policy's default place (``policy/machine.py`` reads ``policy.yaml`` and ``policy.d``).
 DEFAULT_POLICY_DIR = Path("/etc/cscd")
@@ -58,6 +74,8 @@ class FolderConfig:
 
     name: str
     target: UncTarget | Path
+    #: False: redirected but not cached (policy ``folders.NAME.offline``)
+    offline: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,10 @@ class DaemonConfig:
     policy_dir: Path | None = DEFAULT_POLICY_DIR
     #: the home directory whose known folders are redirected; None: ``$HOME``
     home: Path | None = None
+    #: file-name patterns kept out of sync: such files live only in this machine's cache
+    exclude_patterns: tuple[str, ...] = DEFAULT_EXCLUDE_PATTERNS
+    #: no file larger than this is cached (reads go to the server, growing past it is EFBIG)
+    max_file_size_bytes: int = DEFAULT_MAX_FILE_BYTES
 
     @property
     def home_dir(self) -> Path:
@@ -98,7 +120,7 @@ class DaemonConfig:
 
 
 _TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file",
-             "metered_dbus", "cache_limit", "policy_dir", "home"}
+             "metered_dbus", "cache_limit", "policy_dir", "home", "exclude_patterns", "max_file_size"}
 
 
 class _Doc:
@@ -216,15 +238,7 @@ def load_config(path: Path) -> DaemonConfig:
             check_name(name.encode("utf-8"))
         except BadName as exc:
             raise folders_doc.err(name, f"not usable as a folder name: {exc}") from None
-        unc = folders_doc.get_str(name, required=True)
-        if unc.startswith("/"):
-            folders.append(FolderConfig(name, Path(unc)))
-            continue
-        try:
-            target = parse_unc(unc)
-        except BadName as exc:
-            raise folders_doc.err(name, str(exc)) from None
-        folders.append(FolderConfig(name, target))
+        folders.append(_folder(folders_doc, name))
 
     security = SmbSecurity()
     sec = doc.sub("security")
@@ -271,12 +285,49 @@ def load_config(path: Path) -> DaemonConfig:
             limit_bytes, limit_fraction = parse_size_or_percent(raw)
         except ValueError as exc:
             raise doc.err("cache_limit", str(exc)) from None
+    patterns = DEFAULT_EXCLUDE_PATTERNS
+    if "exclude_patterns" in doc.items:
+        raw = doc.value("exclude_patterns")
+        if not isinstance(raw, list) or not all(isinstance(p, str) and p and "/" not in p for p in raw):
+            raise doc.err("exclude_patterns", f"expected a list of file-name patterns like '*.tmp', got {raw!r}")
+        patterns = tuple(raw)
+    max_file_bytes = DEFAULT_MAX_FILE_BYTES
+    if "max_file_size" in doc.items:
+        try:
+            max_file_bytes, _share = parse_size_or_percent(doc.value("max_file_size"))
+        except ValueError as exc:
+            raise doc.err("max_file_size", str(exc)) from None
+        if max_file_bytes is None:
+            raise doc.err("max_file_size", f"expected a size like 500M or 2G, got {doc.value('max_file_size')!r}")
     return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings,
                         offline=offline, metered_file=metered_file, metered_dbus=metered_dbus,
                         cache_limit_bytes=limit_bytes,
                         cache_limit_fraction=limit_fraction,
                         policy_dir=policy_dir if policy_dir is not None else DEFAULT_POLICY_DIR,
-                        home=home)
+                        home=home, exclude_patterns=patterns, max_file_size_bytes=max_file_bytes)
+
+
+def _folder(folders_doc: _Doc, name: str) -> FolderConfig:
+    """One entry of ``folders``: a target string, or ``{target: ..., offline: false}``."""
+    offline = True
+    if isinstance(folders_doc.items[name][0], yaml.MappingNode):
+        sub = folders_doc.sub(name)
+        assert sub is not None
+        sub.check_keys({"target", "offline"})
+        unc = sub.get_str("target", required=True)
+        offline = sub.get_bool("offline", True)
+        err = sub.err
+        key = "target"
+    else:
+        unc = folders_doc.get_str(name, required=True)
+        err, key = folders_doc.err, name
+    assert unc is not None
+    if unc.startswith("/"):
+        return FolderConfig(name, Path(unc), offline)
+    try:
+        return FolderConfig(name, parse_unc(unc), offline)
+    except BadName as exc:
+        raise err(key, str(exc)) from None
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -375,7 +375,7 @@ def folder_configs(policy: Policy) -> tuple[FolderConfig, ...]:
     """
     if not policy.is_primary_computer():
         return ()
-    return tuple(FolderConfig(f.name, f.target) for f in policy.folders
+    return tuple(FolderConfig(f.name, f.target, f.offline) for f in policy.folders
                  if f.is_redirected and f.target is not None)
 
 
@@ -405,7 +405,9 @@ def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
     dropped; on a machine that is not a primary computer no folder is left. Offline Files and
     security keys override the config only where a policy file set them (so a test's short
     timings in the config survive an empty policy). A credentials file named by the policy
-    replaces the config's; ``kerberos`` leaves the config's as it is.
+    replaces the config's; ``kerberos`` leaves the config's as it is. A folder's ``offline``
+    flag and the ``exclude_patterns`` and ``max_file_size`` keys travel the same way, so the
+    cache and the folder source enforce them (``folders.X.offline: false`` → not cached).
     """
     if not policy.is_primary_computer():
         return replace(config, folders=())
@@ -427,8 +429,11 @@ def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
         if f"security.{k}" in origins
     })
     credentials = policy.security.credentials.path or config.credentials
+    content = {field: getattr(policy.offline_files, field)
+               for key, field in (("exclude_patterns", "exclude_patterns"), ("max_file_size", "max_file_size_bytes"))
+               if f"offline_files.{key}" in origins}
     return replace(config, folders=folders, offline=offline, security=security,
-                   credentials=credentials)
+                   credentials=credentials, **content)
 
 
 def load_policy_credentials(policy: Policy) -> Credentials | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import trio
 
 from cscd.errors import CscdError
+from cscd.sync.exclusions import ExclusionMatcher
 from cscd.sync.hashing import Hasher
 from cscd.sync.local import LocalSide
 from cscd.sync.notify import Notifier
@@ -59,12 +60,14 @@ class SyncEngine:
     def __init__(self, local: LocalSide, upstreams: dict[str, Upstream], links: dict[str, FolderLink], *,
                  upload_delay_s: float, scan_interval_s: float, full_scan_interval_s: float,
                  on_link_error: Callable[[str], None],
-                 policies: dict[str, OfflinePolicy] | None = None) -> None:
+                 policies: dict[str, OfflinePolicy] | None = None,
+                 matcher: ExclusionMatcher | None = None) -> None:
         self.local = local
         self.links = links
         self.policies = policies or {}
         self.hasher = Hasher()
-        self.pusher = Pusher(local, upstreams, links, on_link_error, hasher=self.hasher, policies=self.policies)
+        self.pusher = Pusher(local, upstreams, links, on_link_error, hasher=self.hasher, policies=self.policies,
+                             matcher=matcher)
         self.scanner = Scanner(local, upstreams, links, on_link_error)
         self.notifier = Notifier(local, upstreams, links, self.scanner, on_link_error)
         self.upload_delay_s = upload_delay_s

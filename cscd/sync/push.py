@@ -11,6 +11,19 @@ Conflicts (the server file is not the base any more, or a new local name is take
 server): the server keeps its name; the local version is uploaded as a conflict copy and the
 local node takes that name; the server's version comes back as a placeholder on the next
 listing. Nothing is overwritten.
+
+Excluded names (``offline_files.exclude_patterns``, ``sync/exclusions.py``): a file with such
+a name is never uploaded; its dirty bits are cleared and it stays in the cache only (the
+*local-only* step). A synced file renamed to such a name left the synced view: its server
+file is deleted (if it is still the agreed version) before anything else in the round, and
+it becomes local-only (the *leave* step, first so that ``doc.odt`` → ``doc.odt.tmp`` and then
+``new.tmp`` → ``doc.odt`` — the save pattern of many editors — finds the name free). A new
+file renamed over a synced one replaces the server file in place: the upload names the
+replaced version as the one it expects (no conflict with our own pending delete).
+
+Write-through (``push_node``): folders that are not cached push one node at close and fsync,
+ancestors first, and the caller hears of a failure. A per-node lock keeps a round and a
+write-through from uploading the same node twice at once.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from cscd.errors import CscdError, Exists, NotEmpty, NotFound, UpstreamTimeout, 
 from cscd.sync.chunker import Chunk, same_chunks
 from cscd.sync.conflicts import conflict_name
 from cscd.sync.delta import DeltaPlan, plan_delta, plan_full
+from cscd.sync.exclusions import ExclusionMatcher
 from cscd.sync.hashing import Hasher
 from cscd.sync.local import LocalSide
 from cscd.types import FolderLink, Mode, OfflinePolicy, RemoteEntry
@@ -35,6 +49,8 @@ from cscd.upstream.base import Conflict, Upstream
 log = logging.getLogger(__name__)
 
 CONTENT, META, NAMESPACE, DELETE = 1, 2, 4, 8
+#: plan phases: leave sync (excluded now), create/rename/upload, delete
+LEAVE, CHANGE, REMOVE = -1, 0, 1
 #: file uploads of one round in flight at once
 UPLOADS_IN_FLIGHT = 4
 #: Below this a changed file is uploaded whole even when its base chunks are known: the
@@ -64,7 +80,8 @@ class PushCounters:
 class Pusher:
     def __init__(self, local: LocalSide, upstreams: dict[str, Upstream], links: dict[str, FolderLink],
                  on_link_error: Callable[[str], None], *, hasher: Hasher | None = None,
-                 policies: dict[str, OfflinePolicy] | None = None) -> None:
+                 policies: dict[str, OfflinePolicy] | None = None,
+                 matcher: ExclusionMatcher | None = None) -> None:
         self.local = local
         self.policies = policies if policies is not None else {}
         self.upstreams = upstreams
@@ -72,22 +89,58 @@ class Pusher:
         self.on_link_error = on_link_error
         self.counters = PushCounters()
         self.hasher = hasher or Hasher()
+        self.matcher = matcher or ExclusionMatcher()
+        self._locks: dict[int, trio.Lock] = {}
+        #: (folder, server path) → tombstone whose server delete is pending (rename-over)
+        self._deletes: dict[tuple[bytes, bytes], object] = {}
+
+    def _is_local_only(self, node) -> bool:
+        return not node.is_dir and self.matcher.is_excluded(node.name)
 
     def _plan(self) -> list[tuple[int, int, object, int, str]]:
         """(phase, depth key, node, reasons, folder) for every dirty node, in push order."""
         plan = []
+        self._deletes = {}
         for node, reasons in self.local.dirty_nodes():
             try:
                 if reasons & DELETE:
                     folder, path = self.local.remote_path(node)
-                    plan.append((1, -path.count(b"/"), node, reasons, folder.decode()))
+                    plan.append((REMOVE, -path.count(b"/"), node, reasons, folder.decode()))
+                    if not node.is_dir:
+                        self._deletes[(folder, path)] = node
                 else:
                     folder, parts = self.local.folder_of(node)
-                    plan.append((0, len(parts), node, reasons, folder.decode()))
+                    phase = LEAVE if self._is_local_only(node) else CHANGE
+                    plan.append((phase, len(parts), node, reasons, folder.decode()))
             except NotFound:
                 continue  # detached (its parent was deleted first); handled with the parent
         plan.sort(key=lambda p: (p[0], p[1]))
         return plan
+
+    async def push_node(self, node_id: int) -> None:
+        """Push one node's change now (write-through), after any new directories above it.
+
+        Waits on the network; raises what the upstream raises (``UpstreamUnavailable``,
+        ``UpstreamTimeout``, ``Conflict`` never: a conflict is kept as a conflict copy) and
+        ``NotFound`` if the node went away. Unlike a round, a file still open for writing is
+        pushed too: the caller is its ``close`` or ``fsync``.
+        """
+        self._plan()  # the pending deletes a rename-over replaces
+        reasons_of = {n.id: r for n, r in self.local.dirty_nodes()}
+        node = self.local.node(node_id)
+        folder = self.local.folder_of(node)[0].decode()
+        up = self.upstreams[folder]
+        chain = [node]
+        while not chain[-1].has_base and chain[-1].parent in reasons_of:
+            chain.append(self.local.node(chain[-1].parent))
+        for n in reversed(chain):
+            reasons = reasons_of.get(n.id)
+            if reasons:
+                async with self._lock(n.id):
+                    await self._push_one(self.local.node(n.id), reasons, up, force=True)
+
+    def _lock(self, node_id: int) -> trio.Lock:
+        return self._locks.setdefault(node_id, trio.Lock())
 
     async def push_round(self, allowed: set[str]) -> int:
         """Push the dirty nodes of the ``allowed`` folders; return how many stay dirty.
@@ -107,7 +160,11 @@ class Pusher:
                 left += 1
                 return
             try:
-                await self._push_one(node, reasons, self.upstreams[folder])
+                async with self._lock(node.id):
+                    if self._changed_meanwhile(node, base_too=True):
+                        left += 1  # a write-through pushed it meanwhile; the next round looks again
+                        return
+                    await self._push_one(node, reasons, self.upstreams[folder])
             except (UpstreamUnavailable, UpstreamTimeout) as exc:
                 log.info("push to %s paused: %s", folder, exc)
                 self.on_link_error(folder)
@@ -131,14 +188,17 @@ class Pusher:
             self._apply_cap(folder)
         todo = [p for p in plan if p[4] in allowed]
         left += len(plan) - len(todo)
+        for phase, _depth, node, reasons, folder in todo:
+            if phase == LEAVE:
+                await one(node, reasons, folder)
         async with trio.open_nursery() as nursery:
             for phase, _depth, node, reasons, folder in todo:
-                if phase == 0 and not node.is_dir:
+                if phase == CHANGE and not node.is_dir:
                     nursery.start_soon(limited, node, reasons, folder, name="sync.upload")
-                elif phase == 0:
+                elif phase == CHANGE:
                     await one(node, reasons, folder)
         for phase, _depth, node, reasons, folder in todo:
-            if phase == 1:
+            if phase == REMOVE:
                 await one(node, reasons, folder)
         if not failed_folders and allowed:
             self.counters.last_success = trio.current_time()
@@ -153,15 +213,34 @@ class Pusher:
         policy = self.policies.get(folder) or OfflinePolicy()
         up.set_upload_rate(policy.upload_rate(slow=link.mode is Mode.SLOW_LINK))
 
-    def _changed_meanwhile(self, node) -> bool:
+    def _changed_meanwhile(self, node, *, base_too: bool = False) -> bool:
         try:
-            return self.local.node(node.id).version != node.version
+            now = self.local.node(node.id)
         except NotFound:
             return True
+        return now.version != node.version or base_too and now.base_entry() != node.base_entry()
 
-    async def _push_one(self, node, reasons: int, up: Upstream) -> None:
+    async def _leave_sync(self, node, version: int, up: Upstream) -> None:
+        """An excluded name: delete the agreed server file, if any, and keep it local only."""
+        if node.has_base:
+            _, path = self.local.remote_path(node)
+            try:
+                current = await up.stat(path)
+                if node.matches_base(current):
+                    await up.delete(path, is_dir=False)
+                    self.counters.deletes += 1
+                    log.info("%r left the synced view (renamed to the excluded %r): deleted on the server",
+                             path, node.name)
+            except NotFound:
+                pass
+        self.local.record_local_only(node.id, version)
+
+    async def _push_one(self, node, reasons: int, up: Upstream, *, force: bool = False) -> None:
         local = self.local
         version = node.version
+        if not reasons & DELETE and self._is_local_only(node):
+            await self._leave_sync(node, version, up)
+            return
         if reasons & DELETE:
             _, path = local.remote_path(node)
             try:
@@ -198,17 +277,21 @@ class Pusher:
                         return
             local.record_synced(node.id, version, parent.id, entry, reasons)
             return
-        if local.is_open_for_write(node.id):
+        if local.is_open_for_write(node.id) and not force:
             return  # uploaded when the last writer closes
         chunks = None
+        replaced = None if node.has_base else self._deletes.get((local.folder_of(node)[0], target))
         if reasons & CONTENT or not node.has_base:
-            entry, chunks = await self._upload(node, parent, parent_path, target, up)
+            entry, chunks = await self._upload(node, parent, parent_path, target, up, replaced)
         elif reasons & META:
             entry = await up.set_mtime(target, node.mtime_ns)
         local.record_synced(node.id, version, parent.id, entry, reasons, chunks=chunks)
+        if replaced is not None:
+            # The server file this one replaced is gone with the upload: its delete is done.
+            local.record_synced(replaced.id, replaced.version, 0, None, DELETE)
 
     async def _upload(self, node, parent, parent_path: bytes, target: bytes,
-                      up: Upstream) -> tuple[RemoteEntry, list[Chunk] | None]:
+                      up: Upstream, replaced=None) -> tuple[RemoteEntry, list[Chunk] | None]:
         """Upload a file's content; returns the new server entry and the content's chunks.
 
         The chunks (computed in a worker process) decide how: the same chunks as the base
@@ -225,7 +308,7 @@ class Pusher:
         fd = local.content_fd(node.id)
         try:
             if base is None:
-                return await self._upload_while_chunking(node, parent_path, target, up, fd)
+                return await self._upload_while_chunking(node, parent_path, target, up, fd, replaced)
             chunks = await self._chunks(node)
             if chunks is not None and same_chunks(base, chunks):
                 entry = await self._send(node, parent_path, target, up, fd, None, times_only=True)
@@ -237,7 +320,7 @@ class Pusher:
             os.close(fd)
 
     async def _upload_while_chunking(self, node, parent_path: bytes, target: bytes, up: Upstream,
-                                     fd: int) -> tuple[RemoteEntry, list[Chunk] | None]:
+                                     fd: int, replaced=None) -> tuple[RemoteEntry, list[Chunk] | None]:
         chunks: list[list[Chunk] | None] = [None]
         sent: list[RemoteEntry] = []
         failed: list[Exception] = []
@@ -248,7 +331,7 @@ class Pusher:
         async def send() -> None:
             try:
                 sent.append(await self._send(node, parent_path, target, up, fd,
-                                             self._delta_plan(node, None, None)))
+                                             self._delta_plan(node, None, None), replaced=replaced))
             except Exception as exc:  # noqa: BLE001 - re-raised below as itself, not in a group
                 failed.append(exc)
                 nursery.cancel_scope.cancel()
@@ -261,19 +344,23 @@ class Pusher:
         return sent[0], chunks[0]
 
     async def _send(self, node, parent_path: bytes, target: bytes, up: Upstream, fd: int,
-                    plan: DeltaPlan | None, *, times_only: bool = False) -> RemoteEntry:
-        """Put the content on the server (or only its time); a conflict keeps both versions."""
-        expected = node.base_entry()
+                    plan: DeltaPlan | None, *, times_only: bool = False, replaced=None) -> RemoteEntry:
+        """Put the content on the server (or only its time); a conflict keeps both versions.
+
+        ``replaced``: the tombstone of a synced file this new one was renamed over; its
+        server version is the one the upload may replace."""
+        expected = node.base_entry() if replaced is None else replaced.base_entry()
+        may_replace = node.has_base or replaced is not None
         try:
             if times_only and expected is not None:
                 return await self._times_only(target, node.mtime_ns, expected, up)
             if plan is None:
                 entry = await up.upload(target, fd, node.size, node.mtime_ns,
-                                        expected=expected, replace=node.has_base)
+                                        expected=expected, replace=may_replace)
             else:
                 entry = await up.upload_delta(
                     target, fd, node.size, node.mtime_ns, plan=plan.extents, expected=expected,
-                    replace=node.has_base, resume_token=_resume_token(node))
+                    replace=may_replace, resume_token=_resume_token(node))
                 self.counters.delta_uploads += plan.copies_anything
         except Conflict:
             own = await self._own_earlier_upload(target, node, up)

@@ -3,32 +3,79 @@
 Implements the cache's ``RemoteSource``. Every call has a deadline (``fetch_timeout_s``);
 a lost server is reported to the link monitor at once, so the folder turns offline and the
 next uncached read fails immediately instead of waiting again.
+
+Server listings are filtered here, before the cache sees them: names that
+``offline_files.exclude_patterns`` keeps out of sync are not shown (``ExclusionMatcher``).
+``ListingFilter`` applies the same filter to the upstreams sync rescans with, so a listing
+looks the same whichever way it came. ``push`` is the write-through path of folders that are
+not cached (``offline: false``): the cache calls it at close and fsync, and it runs the
+sync pusher on that one node now (``use_pusher`` hands the pusher over once sync exists).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import trio
 
 from cscd.errors import NotAvailableOffline, UpstreamTimeout, UpstreamUnavailable
+from cscd.sync.exclusions import ExclusionMatcher
 from cscd.types import FolderLink, Mode, OfflinePolicy, RemoteEntry
 from cscd.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
 
+class NodePusher(Protocol):
+    """The one method of ``sync.push.Pusher`` the write-through path needs."""
+
+    async def push_node(self, node_id: int) -> None: ...
+
+
+def visible(entries: list[RemoteEntry], matcher: ExclusionMatcher) -> list[RemoteEntry]:
+    """``entries`` without the names the exclusion patterns keep out of sync."""
+    if not matcher:
+        return entries
+    return [e for e in entries if not matcher.is_excluded(e.name, e.is_dir)]
+
+
+class ListingFilter:
+    """An ``Upstream`` whose ``list_dir`` hides excluded names; every other call passes through.
+
+    Sync's scanner and change notification re-list directories through it, so a file the
+    patterns exclude never appears from the server side, however the listing was taken.
+    """
+
+    def __init__(self, upstream: Upstream, matcher: ExclusionMatcher) -> None:
+        self.upstream = upstream
+        self.matcher = matcher
+
+    async def list_dir(self, path: bytes) -> list[RemoteEntry]:
+        return visible(await self.upstream.list_dir(path), self.matcher)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.upstream, name)
+
+
 class FolderSource:
     def __init__(self, upstreams: dict[str, Upstream], links: dict[str, FolderLink], *,
                  fetch_timeout_s: float, on_link_error: Callable[[str], None],
-                 policies: dict[str, OfflinePolicy] | None = None) -> None:
+                 policies: dict[str, OfflinePolicy] | None = None,
+                 matcher: ExclusionMatcher | None = None) -> None:
         self.policies = policies or {}
         self.upstreams = upstreams
         self.links = links
         self.fetch_timeout_s = fetch_timeout_s
         self.on_link_error = on_link_error
+        self.matcher = matcher or ExclusionMatcher()
         self.bytes_fetched = 0
+        self._pusher: NodePusher | None = None
+
+    def use_pusher(self, pusher: NodePusher) -> None:
+        """Hand over sync's pusher (built after the cache, which needs this source first)."""
+        self._pusher = pusher
 
     def may_list(self, folder: bytes) -> bool:
         """Listing a never-listed directory costs little: allowed whenever the server is
@@ -45,14 +92,15 @@ class FolderSource:
             return (self.policies.get(name) or OfflinePolicy()).fetch_uncached_on_slow_link
         return True
 
-    async def _call(self, folder: bytes, fn, *args):
+    async def _call(self, folder: bytes, fn, *args, timeout_s: float | None = None):
         name = folder.decode()
+        timeout_s = self.fetch_timeout_s if timeout_s is None else timeout_s
         try:
-            with trio.fail_after(self.fetch_timeout_s):
+            with trio.fail_after(timeout_s):
                 return await fn(*args)
         except trio.TooSlowError:
             self.on_link_error(name)
-            raise UpstreamTimeout(f"the server did not answer within {self.fetch_timeout_s:g} s") from None
+            raise UpstreamTimeout(f"the server did not answer within {timeout_s:g} s") from None
         except (UpstreamUnavailable, UpstreamTimeout):
             self.on_link_error(name)
             raise
@@ -66,4 +114,19 @@ class FolderSource:
         return data
 
     async def list_dir(self, folder: bytes, path: bytes) -> list[RemoteEntry]:
-        return await self._call(folder, self.upstreams[folder.decode()].list_dir, path)
+        entries = await self._call(folder, self.upstreams[folder.decode()].list_dir, path)
+        return visible(entries, self.matcher)
+
+    async def push(self, folder: bytes, node_id: int) -> None:
+        """Put one node's local change on the server now (write-through), within the deadline.
+
+        Waits on the network. Raises ``UpstreamUnavailable`` / ``UpstreamTimeout`` / ``NotAvailableOffline`` (the
+        link monitor hears of it) or another ``CscdError`` when the server refused; the
+        caller reports it to the application.
+        """
+        if self._pusher is None:
+            raise NotAvailableOffline("sync is not running yet")
+        if not self.may_list(folder):
+            raise NotAvailableOffline(f"{folder.decode(errors='replace')} cannot reach its server now")
+        # No overall deadline: a large upload may take long; each request has its own timeout.
+        await self._call(folder, self._pusher.push_node, node_id, timeout_s=float("inf"))

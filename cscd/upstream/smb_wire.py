@@ -287,15 +287,13 @@ class SmbLink:
     # -- sending and waiting ----------------------------------------------------------------
 
     def send(
-        self, messages: Sequence[object], call: Call, *, related: bool = False,
-        tree: TreeConnect | None = None,
+        self, messages: Sequence[object], call: Call, *, related: bool = False
     ) -> list[object]:
         """Send one message or a compound; returns the ``Request`` objects to ``wait`` on.
 
-        Waits (until the deadline) for SMB credits if other requests hold them all. ``tree``:
-        another share connected on this session (a move across shares), else the link's own.
+        Waits (until the deadline) for SMB credits if other requests hold them all.
         """
-        reqs = self._send(messages, call, related=related, block=True, tree=tree)
+        reqs = self._send(messages, call, related=related, block=True)
         assert reqs is not None
         return reqs
 
@@ -306,10 +304,9 @@ class SmbLink:
         return reqs[0] if reqs else None
 
     def _send(
-        self, messages: Sequence[object], call: Call, *, related: bool, block: bool,
-        tree: TreeConnect | None = None,
+        self, messages: Sequence[object], call: Call, *, related: bool, block: bool
     ) -> list[object] | None:
-        conn, session, tree = self.conn, self.session, tree or self.tree
+        conn, session, tree = self.conn, self.session, self.tree
         if conn is None or session is None or tree is None or self._dead:
             raise SMBConnectionClosed("the connection was dropped")
         call.check()
