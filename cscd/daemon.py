@@ -5,7 +5,8 @@ notifications live in ``operations.py``. Nothing imports it but ``cli``.
 
 Start-up order: read configuration, machine policy (``policy_dir``; an invalid policy stops
 the start with its ``FILE:LINE: KEY: message``, exit 2) and credentials; plan the logon's
-folder redirection; open the cache; connect each folder's server with a deadline — an
+folder redirection and move the folders whose target changed; open the cache (re-pointing
+a copied folder's bases at the copy); connect each folder's server with a deadline — an
 unreachable server is fine when the folder has a cache (we start offline and come back by
 ourselves), and an error only on a first start with nothing cached; then start the cache
 timer, the link monitor, sync and the invalidation task, mount, and send ``READY=1``. Then,
@@ -18,10 +19,13 @@ only rename a complete temporary file.
 What is mounted: the YAML's folders, with the policy's redirected folders added or replacing
 those of the same name (``machine.daemon_config``); only the policy's folders are
 *redirected* (known folder and ``user-dirs.dirs`` pointed into the mount, content moved in),
-the YAML's are only mounted. Two exceptions keep data reachable: a folder whose policy target
-changed stays on its recorded target (moving content between targets is not built yet), and
-a folder whose redirection is being removed is mounted from its recorded target until the
-removal is done.
+the YAML's are only mounted. A folder whose policy target changed is moved on the server
+before anything is mounted (``move_targets``: one rename on the same share, a server-side copy
+to another share of the same server; the cache is kept and nothing is downloaded again) and
+then mounted from its new target; if the move cannot happen now (a server does not answer,
+another server, a name taken at the new place) it stays on its recorded target and the next
+start tries again. A folder whose redirection is being removed is mounted from its recorded
+target until the removal is done.
 
 Primary computers: on a machine that is not one of the user's primary computers the daemon
 still starts and serves the mount (``cscd status`` and the control socket keep working, the
@@ -73,17 +77,20 @@ from cscd.redirect import (
     load_record,
     plan_redirection,
 )
+from cscd.redirect.move import move_target
 from cscd.sync.engine import SyncEngine
 from cscd.sync.exclusions import ExclusionMatcher
 from cscd.sync.source import FolderSource, ListingFilter
 from cscd.types import FolderLink, Mode, UncTarget
-from cscd.upstream.base import Upstream
+from cscd.upstream.base import RemoteEntry, Upstream
 from cscd.upstream.offload import OffloadedUpstream
 from cscd.upstream.smb import SmbUpstream
 
 log = logging.getLogger(__name__)
 
 GRACE_S = 5.0
+#: How much longer systemd should wait for the start while one folder's content moves.
+MOVE_EXTEND_S = 300.0
 #: The longest logoff push at stop; systemd's TimeoutStopSec is 30 s.
 PROFILE_LOGOFF_S = 10.0
 
@@ -179,14 +186,74 @@ def plan_logon(config: DaemonConfig, policy: Policy) -> tuple[RedirectPlan | Non
         return None, config.folders
     folders = {f.name: f for f in config.folders}
     for step in plan.steps:
-        if step.kind is StepKind.MOVE_TARGET:
-            old = record[step.name].target
-            log.warning("%s: the policy moves it from %s to %s; moving content between targets is not "
-                        "built yet, so it stays on %s", step.name, old, step.target, old)
-            folders[step.name] = FolderConfig(step.name, old)
-        elif step.kind in _REMOVALS:
+        if step.kind in _REMOVALS:
             folders[step.name] = FolderConfig(step.name, record[step.name].target)
     return plan, tuple(folders.values())
+
+
+async def move_targets(config: DaemonConfig, plan: RedirectPlan | None, folders: tuple[FolderConfig, ...]
+                       ) -> tuple[RedirectPlan | None, tuple[FolderConfig, ...], dict[str, dict[bytes, RemoteEntry]]]:
+    """Move the content of every folder whose policy target changed, on the server, before
+    anything is mounted (``redirect.move``: a rename, or a server-side copy). Waits on the network.
+
+    A moved folder is mounted from its new target (its step gets ``moved``, so ``apply_plan``
+    records the new target); the third value holds, per folder, the new tree for
+    ``Cache.adopt_moved_bases`` after a copy. A move that cannot happen now — a server that
+    does not answer, another server, a name taken — is logged (WARNING); the folder is mounted
+    from its old target, its record is kept, and the next start tries again. Pending changes
+    need no wait: a rename keeps every FileId and a copy's bases are re-pointed, so they upload
+    to the new target.
+    """
+    if plan is None or not any(s.kind is StepKind.MOVE_TARGET for s in plan.steps):
+        return plan, folders, {}
+    byname, steps, moved = {f.name: f for f in folders}, [], {}
+    for step in plan.steps:
+        if step.kind is not StepKind.MOVE_TARGET:
+            steps.append(step)
+            continue
+        assert step.move is not None
+        old_target = step.move.old
+        operations.sd_notify(f"EXTEND_TIMEOUT_USEC={int(MOVE_EXTEND_S * 1e6)}\n"
+                             f"STATUS=moving {step.name} from {old_target} to {step.move.new}")
+        old, new = (_move_upstream(config, t) for t in (old_target, step.move.new))
+        try:
+            result = await move_target(step.move, old, new)
+        except (CscdError, OSError) as exc:
+            log.warning("%s: not moved from %s to %s: %s; it stays on the old target for now and the "
+                        "move is tried again at the next start", step.name, old_target, step.move.new, exc)
+            byname[step.name] = replace(byname.get(step.name, FolderConfig(step.name, old_target)),
+                                        target=old_target)
+            steps.append(replace(step, note=str(exc)))
+            continue
+        finally:
+            with trio.move_on_after(GRACE_S, shield=True):
+                await old.close()
+                await new.close()
+        done = (f"{result.how}: {result.files} files, {result.bytes_copied} bytes copied on the server"
+                if result.how != "renamed" else "renamed: one rename on the server")
+        log.info("%s: moved from %s to %s (%s; no content through this machine)", step.name, old_target,
+                 step.move.new, done)
+        if result.left_on_old:
+            log.warning("%s: moved, but left on %s (delete it by hand): %s", step.name, old_target,
+                        "; ".join(result.left_on_old))
+        moved[step.name] = result.entries
+        steps.append(replace(step, moved=done))
+    return replace(plan, steps=tuple(steps)), tuple(byname.values()), moved
+
+
+def _move_upstream(config: DaemonConfig, target: UncTarget) -> SmbUpstream:
+    """A connection of its own for a move (not offloaded: a move sends no content)."""
+    if config.credentials is None:
+        raise ConfigError(f"{config.path}: credentials: missing; SMB folders need a credentials file")
+    return SmbUpstream(target, load_credentials(config.credentials), port=config.port,
+                       security=config.security, timeout_s=config.timings.request_timeout_s)
+
+
+def _adopt_moved(cache: Cache, moved: dict[str, dict[bytes, RemoteEntry]]) -> None:
+    for name, entries in moved.items():
+        if entries:
+            n = cache.adopt_moved_bases(name.encode(), entries)
+            log.info("%s: the cache keeps %d entries across the move (no download)", name, n)
 
 
 async def _run(base: DaemonConfig, on_ready, signals) -> None:
@@ -194,6 +261,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
     policy = keeper.policy
     config = keeper.config()
     plan, folders = plan_logon(config, policy)
+    plan, folders, moved = await move_targets(config, plan, folders)
     config = replace(config, folders=folders)
     if not policy.is_primary_computer():
         log.info("%s is not one of %s's primary computers (%s): no folder is redirected here%s",
@@ -230,6 +298,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
                   limit_bytes=operations.cache_limit_bytes(config),
                   uncached=[f.name.encode() for f in config.folders if not f.offline],
                   max_file_bytes=config.max_file_size_bytes)
+    _adopt_moved(cache, moved)
     keeper.attach(policies, monitor, cache)
     if profile is not None:
         keeper.profile = functools.partial(_update_profile, profile)
@@ -396,6 +465,7 @@ async def _apply(plan: RedirectPlan) -> tuple[StepResult, ...]:
 _DONE_TEXT = {
     StepKind.REDIRECT: "redirected into {mounted}",
     StepKind.KEEP: "redirected into {mounted} (as before)",
+    StepKind.MOVE_TARGET: "redirected into {mounted}; its content moved to the new target on the server",
     StepKind.REMOVE_LEAVE: "no longer redirected: its content stays on the server; {local} is a local folder again",
     StepKind.REMOVE_BACK: "no longer redirected: its content was copied home to {local}",
 }

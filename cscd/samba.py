@@ -27,7 +27,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -114,7 +114,9 @@ class EmbeddedSamba:
     ``username`` must be a unix account (default: the current user; smbd maps the Samba user
     to it); ``password`` defaults to a random token. ``extra_options`` are smb.conf settings,
     e.g. ``{"change notify": "no"}``: global parameters go to ``[global]``, the others to the
-    share's section (``testparm`` says which is which).
+    share's section (``testparm`` says which is which). ``extra_shares`` names more shares
+    with the same settings, each served from ``extra_share_dir(name)`` (for moves across
+    shares of one server).
     """
 
     def __init__(
@@ -125,9 +127,11 @@ class EmbeddedSamba:
         password: str | None = None,
         *,
         extra_options: Mapping[str, str] | None = None,
+        extra_shares: Sequence[str] = (),
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self._share = share
+        self._extra_shares = tuple(extra_shares)
         self._username = username or getpass.getuser()
         self._password = password if password is not None else secrets.token_urlsafe(18)
         self._extra = dict(extra_options or {})
@@ -154,6 +158,10 @@ class EmbeddedSamba:
     @property
     def share_dir(self) -> Path:
         return self.state_dir / "share"
+
+    def extra_share_dir(self, name: str) -> Path:
+        """The directory on disk of one of the ``extra_shares``."""
+        return self.state_dir / "shares" / name
 
     @property
     def username(self) -> str:
@@ -312,8 +320,10 @@ class EmbeddedSamba:
                 f"the Samba user {self._username!r} has no unix account; "
                 "smbd maps each Samba user to a unix user of the same name"
             ) from None
-        if os.geteuid() == 0 and share.stat().st_uid != pw.pw_uid:
-            os.chown(share, pw.pw_uid, pw.pw_gid)
+        for path in (share, *(self.extra_share_dir(n) for n in self._extra_shares)):
+            path.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0 and path.stat().st_uid != pw.pw_uid:
+                os.chown(path, pw.pw_uid, pw.pw_gid)
 
     def _reap_stale(self) -> None:
         """Kill an smbd left running on this state directory by an earlier, crashed run.
@@ -388,6 +398,9 @@ class EmbeddedSamba:
         lines += [f"\t{k} = {v}" for k, v in glob.items()]
         lines += ["", f"[{self._share}]"]
         lines += [f"\t{k} = {v}" for k, v in share.items()]
+        for name in self._extra_shares:
+            lines += ["", f"[{name}]"]
+            lines += [f"\t{k} = {v}" for k, v in {**share, "path": str(self.extra_share_dir(name))}.items()]
         self.conf_path.write_text("\n".join(lines) + "\n")
 
     def _add_user(self) -> None:

@@ -401,19 +401,3 @@ def test_leaving_the_primary_computers_brings_the_folder_back(penv_policy_folder
     assert env.user_dirs()["XDG_DOCUMENTS_DIR"] == env.home / "Documents"
     assert env.status()["is_primary_computer"] is False
 
-
-def test_a_changed_target_keeps_the_folder_on_its_old_target_for_now(penv):
-    """Moving content between targets is not built yet: nothing moves, nothing is lost."""
-    want = redirect_documents(penv, "leave")
-    penv.server_dir("A").mkdir(parents=True)
-    penv.write_policy(f"- folders:\n    Documents: {{target: '{penv.unc('A')}'}}\n")
-    penv.expected_warnings += [r"Documents: the policy moves it from .* moving content between targets is "
-                               r"not built yet"]
-    penv.start()
-    result = penv.wait_redirection()
-    assert result["folders"]["Documents"]["step"] == "move_target" and not result["folders"]["Documents"]["done"]
-    assert tree(penv.mount / "Documents") == want
-    (penv.mount / "Documents" / "after.txt").write_text("still the old target")
-    wait_for(lambda: (penv.server_dir() / "after.txt").exists(), 15, "not uploaded to the old target")
-    assert list(penv.server_dir("A").iterdir()) == []
-    assert penv.record()["Documents"]["target"].endswith("\\Documents")

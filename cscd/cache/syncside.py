@@ -8,6 +8,7 @@ transaction rules apply (one write transaction per logical change, no await insi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import xxhash
@@ -15,6 +16,7 @@ import xxhash
 from cscd.cache import chunks as chunkmaps
 from cscd.cache import conflicts, nodes, ranges
 from cscd.cache.merge import merge_listing
+from cscd.cache.moved import adopt_moved_bases
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.types import ROOT_ID, RemoteEntry
 
@@ -184,6 +186,11 @@ class SyncSide:
     def content_path(self, node_id: int) -> Path:
         """Where the node's content lives on local disk (for hashing in another process)."""
         return self.store.path(node_id)
+
+    def adopt_moved_bases(self, folder: bytes, entries: Mapping[bytes, RemoteEntry]) -> int:
+        """After a server-side copy of ``folder`` to a new target: re-point the bases that the
+        copy reproduced (see ``moved``), so nothing is downloaded again. Returns the count."""
+        return adopt_moved_bases(self, folder, entries)
 
     def content_fd(self, node_id: int) -> int:
         """A read-only fd of the node's content file for uploading (caller closes it)."""

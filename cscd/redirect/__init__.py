@@ -5,7 +5,7 @@ other line kept), the record of applied redirections (``RECORD``, so a removal l
 removal action in force when the folder was redirected, as Windows keeps it), the plan for a
 logon (pure: ``plan_redirection``), carrying it out with plain file operations through the
 mounted path (``apply_plan``), and the pure plan for moving a folder when its target changes
-(``plan_target_move``; carrying that out through ``upstream`` is not in this module yet).
+(``plan_target_move``, carried out through two upstreams by ``move.move_target``).
 
 Must not touch LMDB or the cache, and must never lose a byte: a local file is deleted only
 after its copy in the mount was read back and its xxh3-128 hash matched; a failure midway
@@ -37,6 +37,7 @@ import xxhash
 from cscd.errors import CscdError
 from cscd.policy.model import Policy, RemovalAction
 from cscd.policy.unc import parse_unc
+from cscd.redirect.move import MoveKind, TargetMove, plan_target_move  # noqa: F401 - re-exported
 from cscd.types import UncTarget
 
 XDG_KEYS: dict[str, str] = {
@@ -137,48 +138,6 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-# -- target changes (pure) ---------------------------------------------------------------------
-
-
-class MoveKind(enum.Enum):
-    NONE = "none"
-    SERVER_RENAME = "server_rename"  # same server and share: one rename on the server
-    SERVER_COPY = "server_copy"  # same server: server-side copy, nothing crosses the client
-    CLIENT_COPY = "client_copy"  # another server: upload from the cache, fetch only uncached
-
-
-@dataclass(frozen=True, slots=True)
-class TargetMove:
-    kind: MoveKind
-    old: UncTarget
-    new: UncTarget
-    reason: str
-
-
-def _fold(t: UncTarget) -> tuple[str, str, tuple[str, ...]]:
-    return t.server.casefold(), t.share.casefold(), tuple(p.casefold() for p in t.path)
-
-
-def plan_target_move(old: UncTarget, new: UncTarget) -> TargetMove:
-    """How to move a folder's server content when its target changes, keeping the cache."""
-    (os_, oh, op), (ns, nh, np) = _fold(old), _fold(new)
-    if old == new:
-        return TargetMove(MoveKind.NONE, old, new, "the target did not change")
-    if os_ != ns:
-        return TargetMove(MoveKind.CLIENT_COPY, old, new, "another server: upload the cached "
-                          "content to the new target, fetch only what is not cached")
-    if oh != nh:
-        return TargetMove(MoveKind.SERVER_COPY, old, new, "another share on the same server: "
-                          "server-side copy, then delete the old folder")
-    if op == np:
-        return TargetMove(MoveKind.SERVER_RENAME, old, new, "only the case of the name changed")
-    shorter = min(len(op), len(np))
-    if op[:shorter] == np[:shorter]:
-        return TargetMove(MoveKind.SERVER_COPY, old, new, "one target lies inside the other, so "
-                          "a rename cannot move it; server-side copy of the entries instead")
-    return TargetMove(MoveKind.SERVER_RENAME, old, new, "same share: rename on the server")
-
-
 # -- the plan (pure) ----------------------------------------------------------------------------
 
 
@@ -200,6 +159,8 @@ class FolderStep:
     move_contents: bool = True
     removal_action: RemovalAction = RemovalAction.LEAVE
     move: TargetMove | None = None
+    note: str = ""  # MOVE_TARGET: why the move was not carried out (set by the daemon) …
+    moved: str = ""  # … or what moved the content to the new target (then it is recorded)
 
 
 @dataclass(frozen=True)
@@ -524,8 +485,9 @@ def apply_plan(plan: RedirectPlan, *, record_path: Path | None = None,
     that succeeded. A failed step is reported (``done=False``, with the reason) and changes
     neither file for its folder; the next logon plans it again.
 
-    ``MOVE_TARGET`` is not carried out here (it needs the upstream): the folder stays recorded
-    with its old target and the result says so.
+    ``MOVE_TARGET`` moves no content here (that needs the upstreams: ``move.move_target``, run
+    by the daemon before mounting): a step with ``moved`` set is recorded with its new target,
+    one without keeps its old target recorded and the result gives ``note`` as the reason.
     """
     home = plan.home
     record_path = record_path or home / RECORD
@@ -541,9 +503,11 @@ def apply_plan(plan: RedirectPlan, *, record_path: Path | None = None,
                 _redirect(replace(step, move_contents=False), plan.host)
             elif step.kind is StepKind.MOVE_TARGET:
                 assert step.move is not None
-                results.append(StepResult(step, False, f"target change not carried out yet "
-                                          f"({step.move.kind.value}: {step.move.reason})"))
-                continue
+                if not step.moved:
+                    results.append(StepResult(step, False, step.note or f"target change not carried "
+                                              f"out ({step.move.kind.value}: {step.move.reason})"))
+                    continue
+                _redirect(replace(step, move_contents=False), plan.host)
             elif step.kind is StepKind.REMOVE_LEAVE:
                 _remove_leave(step)
             else:

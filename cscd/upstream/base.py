@@ -203,3 +203,25 @@ class Upstream(Protocol):
 
     def statistics(self) -> UpstreamStatistics:
         """Counters since creation; cheap, never blocks."""
+
+    # -- moving the target folder when its policy target changes (issue 6) ---------------------
+    # ``to`` is another upstream of the same kind; an implementation that cannot reach it
+    # from here (another server, another filesystem) raises ``Unsupported``.
+
+    async def make_target(self) -> None:
+        """Create the target folder and its missing parents (``mkdir -p``); fine if it exists."""
+
+    async def rename_target(self, to: Upstream) -> RemoteEntry:
+        """Rename the target folder itself to ``to``'s target in one server rename, keeping
+        FileIds and content; missing parents are created and an empty folder at the new place
+        is replaced. ``Exists`` if the new place holds files; ``Unsupported`` if one rename
+        cannot do it (another share, server or filesystem)."""
+
+    async def copy_to(self, path: bytes, to: Upstream) -> RemoteEntry:
+        """Copy the file ``path`` to the same path below ``to``'s target without the content
+        crossing the client (SMB: server-side copy on one server, any share), with the same
+        write time, through a temporary renamed into place; returns the new entry. ``Exists``
+        if the name is taken there, ``Unsupported`` if no server-side copy is possible."""
+
+    async def remove_target(self) -> None:
+        """Delete the target folder itself once it is empty (``NotEmpty`` otherwise)."""

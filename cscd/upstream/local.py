@@ -442,6 +442,60 @@ class LocalUpstream:
 
         return self._entry(path.rsplit(b"/", 1)[-1], await self._run(p, work))
 
+    # -- moving the target folder (issue 6) ---------------------------------------------------
+
+    async def make_target(self) -> None:
+        await self._run(self.root, functools.partial(os.makedirs, self.root, 0o755, exist_ok=True))
+
+    def _local(self, to: object) -> LocalUpstream:
+        if not isinstance(to, LocalUpstream):
+            raise Unsupported(f"{self.root}: cannot move to {getattr(to, 'description', to)}")
+        return to
+
+    async def rename_target(self, to: object) -> RemoteEntry:
+        """One ``rename(2)`` of the root to ``to``'s root (``Unsupported`` across filesystems)."""
+        dst = self._local(to).root
+
+        def work() -> os.stat_result:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if os.stat(self.root).st_dev != os.stat(dst.parent).st_dev:
+                raise Unsupported(f"{self.root} and {dst} are on different filesystems")
+            if dst.is_dir() and not any(dst.iterdir()):
+                dst.rmdir()
+            _rename_noreplace(self.root, dst)
+            return os.stat(dst)
+
+        return self._entry(b"", await self._run(f"{self.root} → {dst}", work))
+
+    async def copy_to(self, path: bytes, to: object) -> RemoteEntry:
+        """Copy with ``copy_file_range`` (the kernel copies; a reflink where the filesystem
+        can), into a temporary renamed into place, keeping the write time."""
+        src, dst = self._abs(path), self._local(to)._abs(path)
+
+        def work() -> os.stat_result:
+            temp = dst.with_name(UPLOAD_TEMP_PREFIX + secrets.token_hex(8))
+            with open(src, "rb") as fin, open(temp, "xb") as fout:
+                st = os.fstat(fin.fileno())
+                left = st.st_size
+                while left > 0:
+                    n = os.copy_file_range(fin.fileno(), fout.fileno(), left)
+                    if n == 0:
+                        break
+                    left -= n
+            try:
+                os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+                _rename_noreplace(temp, dst)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+            self._count(copied=st.st_size, requests=0)
+            return os.stat(dst)
+
+        return self._entry(path.rsplit(b"/", 1)[-1], await self._run(f"{src} → {dst}", work))
+
+    async def remove_target(self) -> None:
+        await self._run(self.root, os.rmdir, self.root)
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

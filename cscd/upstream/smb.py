@@ -43,10 +43,10 @@ from typing import TypeVar
 
 import trio
 
-from cscd.errors import BadName, CscdError, NotDir, NotFound, UpstreamTimeout
+from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout
 from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name
 from cscd.types import Credentials, SmbSecurity, UncTarget
-from cscd.upstream import smb_delta
+from cscd.upstream import smb_delta, smb_move
 from cscd.upstream import smb_ops as ops
 from cscd.upstream.base import Conflict, Extent, RemoteEntry, UpstreamStatistics, check_plan
 from cscd.upstream.ratelimit import RateLimit
@@ -105,6 +105,7 @@ class SmbUpstream:
         self._connect_failure: tuple[float, CscdError] | None = None
         self._leftovers: set[str] = set()
         self._copy_state = smb_delta.CopyState()
+        self._trees: dict[str, tuple[SmbLink, object]] = {}  # other shares on this session
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
 
@@ -541,6 +542,60 @@ class SmbUpstream:
         spath, where = self._spath(path)
         attrs, fid = await self._run(where, ops.set_mtime, spath, mtime_ns)
         return self._entry(self._leaf(path), attrs, fid)
+
+    # -- moving the target folder (issue 6) ---------------------------------------------------
+
+    async def make_target(self) -> None:
+        """Create the target folder and its missing parents (``mkdir -p``); fine if it exists."""
+        comps = tuple(self.target.path)
+        await self._run(str(self.target), smb_move.make_dirs, comps, None, idempotent=True)
+
+    def _same_server(self, to: object) -> SmbUpstream:
+        if not (isinstance(to, SmbUpstream) and to.target.server.casefold() == self.target.server.casefold()
+                and to.port == self.port and to._credentials == self._credentials):
+            raise Unsupported(f"{self.description} and {getattr(to, 'description', to)} are not on one "
+                              f"server with one account: no server-side move between them")
+        return to
+
+    async def rename_target(self, to: object) -> RemoteEntry:
+        """Rename the target folder itself to ``to``'s target (same server and share only,
+        else ``Unsupported``): FileIds and content stay. ``Exists`` if the new place holds files."""
+        to = self._same_server(to)
+        if to.target.share.casefold() != self.target.share.casefold():
+            raise Unsupported(f"{self.description} and {to.description} are on different shares")
+        spath, where = self._spath(b"")
+        attrs, fid = await self._run(f"{where} → {to.description}", smb_move.rename_folder, spath,
+                                     tuple(to.target.path))
+        return self._entry(b"", attrs, fid)
+
+    async def copy_to(self, path: bytes, to: object) -> RemoteEntry:
+        """Copy the file ``path`` to the same path below ``to``'s target with a server-side copy
+        (same server; any share), keeping its write time; nothing crosses the client.
+        ``Unsupported`` if the server cannot copy, ``Exists`` if the name is taken there."""
+        to = self._same_server(to)
+        entry = await self.stat(path)
+        spath, where = self._spath(path)
+        dst_spath, _ = to._spath(path)
+        share = to.target.share
+        same_share = share.casefold() == self.target.share.casefold()
+
+        def work(link: SmbLink, call: Call) -> tuple[Attrs, int]:
+            tree = None
+            if not same_share:
+                known = self._trees.get(share.casefold())
+                if known is None or known[0] is not link:
+                    known = (link, smb_move.connect_tree(link, call, f"\\\\{self.target.server}\\{share}"))
+                    self._trees[share.casefold()] = known
+                tree = known[1]
+            return smb_move.copy_file(link, call, spath, tree, dst_spath, entry.size, entry.mtime_ns)
+
+        attrs, fid = await self._run(f"{where} → {to.description}", work)
+        return self._entry(self._leaf(path), attrs, fid)
+
+    async def remove_target(self) -> None:
+        """Delete the target folder itself once it is empty (``NotEmpty`` otherwise)."""
+        spath, where = self._spath(b"")
+        await self._run(where, functools.partial(ops.delete, is_dir=True), spath)
 
 
 def _open_link(link: SmbLink, call: Call) -> None:

@@ -287,13 +287,15 @@ class SmbLink:
     # -- sending and waiting ----------------------------------------------------------------
 
     def send(
-        self, messages: Sequence[object], call: Call, *, related: bool = False
+        self, messages: Sequence[object], call: Call, *, related: bool = False,
+        tree: TreeConnect | None = None,
     ) -> list[object]:
         """Send one message or a compound; returns the ``Request`` objects to ``wait`` on.
 
-        Waits (until the deadline) for SMB credits if other requests hold them all.
+        Waits (until the deadline) for SMB credits if other requests hold them all. ``tree``:
+        another share connected on this session (a move across shares), else the link's own.
         """
-        reqs = self._send(messages, call, related=related, block=True)
+        reqs = self._send(messages, call, related=related, block=True, tree=tree)
         assert reqs is not None
         return reqs
 
@@ -304,9 +306,10 @@ class SmbLink:
         return reqs[0] if reqs else None
 
     def _send(
-        self, messages: Sequence[object], call: Call, *, related: bool, block: bool
+        self, messages: Sequence[object], call: Call, *, related: bool, block: bool,
+        tree: TreeConnect | None = None,
     ) -> list[object] | None:
-        conn, session, tree = self.conn, self.session, self.tree
+        conn, session, tree = self.conn, self.session, tree or self.tree
         if conn is None or session is None or tree is None or self._dead:
             raise SMBConnectionClosed("the connection was dropped")
         call.check()
