@@ -273,6 +273,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     limit = "no limit" if c.get("limit_bytes") is None else f"limit {_size(c['limit_bytes'])}"
     print(f"cache: {_size(c.get('used_bytes'))} used, {limit}; {c.get('hits', 0)} hits, "
           f"{c.get('misses', 0)} misses")
+    prof = status.get("profile")
+    if prof:
+        nxt = prof.get("next_upload_in_s")
+        upload = "background upload off" if nxt is None else f"next background upload in {nxt / 60:.0f} min"
+        print(f"roaming profile: {prof['target']}; {prof['logons']} logons, {prof['logoffs']} logoffs, "
+              f"{prof['uploads']} uploads, {prof['failed']} failed; last: {prof.get('last_result') or 'none'}; "
+              f"{upload}")
     return 0
 
 
@@ -437,7 +444,7 @@ def _cmd_policy(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cscd", description="Offline Files for Linux: redirected folders over SMB",
                                 epilog="Exit codes: 0 ok, 1 bug, 2 bad input, 3 server unreachable at first "
-                                       "start, 4 daemon not running, 5 request refused, 6 not implemented yet, "
+                                       "start, 4 daemon not running, 5 request refused, 6 daemon too old for this command, "
                                        "7 sync left changes pending.")
     p.add_argument("--version", action="version", version=f"cscd {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: debug, -vv: libraries too)")

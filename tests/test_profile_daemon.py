@@ -86,7 +86,9 @@ def test_first_logon_creates_the_profile_folder_on_the_server(penv):
     penv.write_policy(roaming_policy(penv, "NewProfile"))
     penv.start()
     wait_for(lambda: server.is_dir(), 30, "the profile folder was not created")
-    penv.cli("profile", "logoff")
+    plain = penv.daemon.run_cli("profile", "logoff")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.startswith("logoff: 1 files (17 bytes) pushed"), plain.stdout
     assert (server / ".gitconfig").read_bytes() == b"[user]\n\tname = A\n"
 
 
@@ -103,6 +105,8 @@ def test_background_upload_follows_a_reloaded_policy(penv):
     status = penv.status()["profile"]
     assert status["background_upload"] is True
     assert 3500 < status["next_upload_in_s"] <= 3600
+    plain = penv.daemon.run_cli("status").stdout
+    assert "roaming profile: " in plain and "next background upload in 60 min" in plain, plain
 
 
 def test_profile_logoff_with_the_server_gone_fails_and_keeps_the_files(penv):

@@ -77,7 +77,18 @@ class RoamReport:
     duration_s: float = 0.0
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "message": self.summary()}
+
+    def summary(self) -> str:
+        """One line for people (``cscd profile logon|logoff``)."""
+        moved = "pulled" if self.kind == "logon" else "pushed"
+        text = (f"{self.kind}: {self.files} files ({self.bytes} bytes) {moved}, {self.deleted} deleted, "
+                f"{len(self.conflicts)} conflicts, {len(self.errors)} errors in {self.duration_s:.1f} s")
+        if self.conflicts:
+            text += "; kept both: " + ", ".join(self.conflicts[:5])
+        if self.errors:
+            text += "; failed: " + ", ".join(self.errors[:5])
+        return text
 
 
 @dataclass
