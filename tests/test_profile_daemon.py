@@ -122,3 +122,19 @@ def test_profile_logoff_with_the_server_gone_fails_and_keeps_the_files(penv):
     penv.expected_warnings += [r"profile upload failed", r"logoff push did not finish",
                                r"sync of Documents did not finish", r"Documents is now offline"]
     penv.daemon.stop()
+
+
+def test_nothing_roams_on_a_computer_that_is_not_primary(penv):
+    server = penv.server_dir("Profile")
+    put(server, ".config/app/settings.ini", b"theme=dark\n", OLD)
+    put(penv.home, ".bashrc", b"local\n")
+    penv.write_policy(roaming_policy(penv, extra="""
+        - primary_computers: [some-other-workstation]
+        """))
+    penv.start()
+    assert penv.status()["profile"] is None
+    error = penv.cli("profile", "logoff", code=5)["error"]
+    assert error["code"] == "not_configured" and "not one of" in error["message"]
+    penv.daemon.stop()
+    assert not (penv.home / ".config/app").exists()
+    assert sorted(p.name for p in server.rglob("*")) == [".config", "app", "settings.ini"]  # no .bashrc
