@@ -257,7 +257,7 @@ def _adopt_moved(cache: Cache, moved: dict[str, dict[bytes, RemoteEntry]]) -> No
 
 
 async def _run(base: DaemonConfig, on_ready, signals) -> None:
-    keeper = operations.PolicyKeeper.load(base)
+    keeper = await operations.PolicyKeeper.open(base)
     policy = keeper.policy
     config = keeper.config()
     plan, folders = plan_logon(config, policy)
@@ -500,7 +500,7 @@ async def _watch_signals(signals, cancel_scope: trio.CancelScope, keeper: operat
     stopping = False
     async for signum in signals:
         if signum == signal.SIGHUP:
-            keeper.reload("SIGHUP")
+            await keeper.reload("SIGHUP")
             continue
         if stopping:
             log.info("%s: already unmounting", signal.Signals(signum).name)

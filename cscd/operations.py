@@ -36,12 +36,15 @@ from cscd.cache.nodes import DirtyReason
 from cscd.errors import ConfigError, CscdError, NotFound
 from cscd.events import EventId, emit
 from cscd.link import LinkMonitor
+from cscd.policy.central import MANIFEST, copy_central_policy
 from cscd.policy.config import DaemonConfig
+from cscd.policy.credentials import load_credentials
 from cscd.policy.machine import changed_keys, current_subject, daemon_config, load_policy, policy_rows
 from cscd.policy.model import Policy, Subject
 from cscd.profile.service import ProfileService
 from cscd.sync.engine import MANUAL_MODES, SyncEngine
 from cscd.types import FolderLink, Mode, OfflinePolicy
+from cscd.upstream.smb import SmbUpstream
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +121,19 @@ def located_fields(message: str) -> dict[str, str]:
 class PolicyKeeper:
     """The machine policy in force for this user, and what a reload may change live.
 
-    ``load`` reads it at start (a ConfigError there stops the daemon). ``reload`` reads the
+    ``open`` reads it at start (a ConfigError there stops the daemon). ``reload`` reads the
     files again and, only if they are valid, replaces the policy, updates the shared
     per-folder ``policies`` dict in place (the link monitor, sync and the folder source hold
     the same dict) and the cache size limit, and says which changed keys wait for a restart.
     Reading the files is a few small local reads, done on the trio thread.
+
+    The central policy (``central_source`` in the local files): both ``open`` and ``reload``
+    first bring its local copy (``CACHE/central-policy``) up to date from the server
+    (``policy.central``: only changed files are read), within ``CENTRAL_TIMEOUT_S``; then the
+    copy is read as the last files of the file order, validated like local files (an invalid
+    central file stops a start and is rejected by a reload, with its file:line: key). A
+    source that cannot be reached leaves the last copy in force (WARNING); with no copy yet
+    only the local files apply.
     """
 
     base: DaemonConfig
@@ -133,6 +144,8 @@ class PolicyKeeper:
     cache: Cache | None = None
     #: applies a new policy's roaming-profile settings to the running profile service
     profile: Callable[[Policy], None] | None = None
+    #: what the last refresh of the central copy did, for ``cscd policy show``
+    central: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def subject(base: DaemonConfig) -> Subject:
@@ -145,16 +158,22 @@ class PolicyKeeper:
         return replace(subject, home=str(base.home_dir))
 
     @classmethod
-    def load(cls, base: DaemonConfig) -> PolicyKeeper:
-        """Read the policy for start-up; raises ConfigError (``FILE:LINE: KEY: message``)."""
-        return cls(base, cls.read(base))
+    async def open(cls, base: DaemonConfig) -> PolicyKeeper:
+        """Refresh the central copy, then read the policy for start-up; raises ConfigError
+        (``FILE:LINE: KEY: message``). Waits on the network at most ``CENTRAL_TIMEOUT_S``."""
+        central = await refresh_central_copy(base)
+        return cls(base, cls.read(base), central=central)
 
     @classmethod
     def read(cls, base: DaemonConfig) -> Policy:
+        """The local files plus, where they name a central source, its last local copy."""
         subject = cls.subject(base)
         if base.policy_dir is None:
             return Policy(subject)
-        return load_policy(subject, base.policy_dir)
+        policy = load_policy(subject, base.policy_dir)
+        if policy.central_source is None:
+            return policy
+        return load_policy(subject, base.policy_dir, central_dir=central_dir(base))
 
     def config(self) -> DaemonConfig:
         return effective_config(self.base, self.policy)
@@ -163,10 +182,12 @@ class PolicyKeeper:
         """Give the keeper the live objects a reload updates."""
         self.policies, self.monitor, self.cache = policies, monitor, cache
 
-    def reload(self, source: str) -> dict[str, Any]:
-        """Re-read the policy (SIGHUP, ``cscd reload``). On an error the last good policy stays,
-        a WARNING says why and POLICY_REJECTED is emitted; the answer then has
-        ``reloaded: false`` and ``error``. Never raises."""
+    async def reload(self, source: str) -> dict[str, Any]:
+        """Refresh the central copy and re-read the policy (SIGHUP, ``cscd reload``). On an
+        error the last good policy stays, a WARNING says why and POLICY_REJECTED is emitted;
+        the answer then has ``reloaded: false`` and ``error``. Never raises. Waits on the
+        network at most ``CENTRAL_TIMEOUT_S`` (only when a central source is set)."""
+        self.central = await refresh_central_copy(self.base)
         try:
             new = self.read(self.base)
         except ConfigError as exc:
@@ -220,8 +241,65 @@ class PolicyKeeper:
             "policy_dir": None if self.base.policy_dir is None else str(self.base.policy_dir),
             "files": [str(f) for f in p.files],
             "is_primary_computer": p.is_primary_computer(),
-            "rows": [{"key": r.key, "value": r.value, "origin": r.origin} for r in policy_rows(p)],
+            "rows": [{"key": r.key, "value": r.value, "origin": self._origin(r.origin)} for r in policy_rows(p)],
+            "central": self.central,
         }
+
+    def _origin(self, origin: str) -> str:
+        """``file:line``, marked ``central`` with its source for a file of the central copy."""
+        copy = str(central_dir(self.base)) + os.sep
+        if self.central.get("source") and origin.startswith(copy):
+            return f"{origin} (central: {self.central['source']})"
+        return origin
+
+
+#: How long a start or reload waits for the central policy source before using the last copy.
+CENTRAL_TIMEOUT_S = 10.0
+
+
+def central_dir(base: DaemonConfig) -> Path:
+    """Where the local, read-only copy of the central policy lives (per user, in the cache)."""
+    return base.cache / "central-policy"
+
+
+async def refresh_central_copy(base: DaemonConfig) -> dict[str, Any]:
+    """Bring the local copy of the central policy up to date, if the local files name a source.
+
+    Waits on the network, at most ``CENTRAL_TIMEOUT_S``. Never raises: invalid local files
+    are left for ``PolicyKeeper.read`` to report; a source that cannot be reached (or holds a
+    file too big to be a policy) is logged (WARNING) and the last copy stays. Returns what
+    happened, for ``cscd policy show``.
+    """
+    if base.policy_dir is None:
+        return {}
+    try:
+        local = load_policy(PolicyKeeper.subject(base), base.policy_dir)
+    except ConfigError:
+        return {}
+    if local.central_source is None:
+        return {}
+    config, where = effective_config(base, local), central_dir(base)
+    state: dict[str, Any] = {"source": str(local.central_source), "copy": str(where)}
+    try:
+        if config.credentials is None:
+            raise ConfigError(f"{base.path}: credentials: missing; the central policy source needs them")
+        up = SmbUpstream(local.central_source, load_credentials(config.credentials), port=config.port,
+                         security=config.security, timeout_s=CENTRAL_TIMEOUT_S / 2)
+        try:
+            with trio.fail_after(CENTRAL_TIMEOUT_S):
+                done = await copy_central_policy(up, b"", where)
+        finally:
+            with trio.move_on_after(1, shield=True):
+                await up.close()
+    except (CscdError, OSError, trio.TooSlowError) as exc:
+        last = (where / MANIFEST).exists()
+        log.warning("central policy %s: not copied (%s); %s", local.central_source, exc or "no answer in time",
+                    "the last copy stays in force" if last else "no copy yet: only the local policy applies")
+        return dict(state, state="unreachable", error=str(exc) or "no answer in time", last_copy=last)
+    log.info("central policy %s: %s", local.central_source,
+             f"copied {', '.join(done.copied)}" if done.copied or done.removed else "unchanged")
+    return dict(state, state="copied" if done.copied or done.removed else "unchanged",
+                copied=list(done.copied), removed=list(done.removed), unchanged=list(done.unchanged))
 
 
 @dataclass
@@ -393,7 +471,7 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         return collector.stats()
 
     async def reload_handler(args: dict) -> dict:
-        answer = keeper.reload("cscd reload")
+        answer = await keeper.reload("cscd reload")
         if not answer["reloaded"]:
             raise control.ControlError("policy_rejected", answer["message"])
         return answer
