@@ -23,30 +23,20 @@ from cscd.samba import EmbeddedSamba
 from cscd.types import UncTarget
 from cscd.upstream.local import LocalUpstream
 from tests.helpers.wait import wait_for
-from tests.test_policy_daemon import FILES, PolicyEnv, fill, redirect_documents, tree
+from tests.test_policy_daemon import FILES, PolicyEnv, fill, penv, redirect_documents, tree  # noqa: F401 - penv
 
 CONTENT_BYTES = sum(len(v) for v in FILES.values())
 
 
 @pytest.fixture(scope="module")
-def smbd2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSamba]:
-    """A private smbd serving ``share`` and a second share ``other``."""
+def smbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSamba]:
+    """Here the server (under ``penv``) is a private smbd serving ``share`` and ``other``."""
     server = EmbeddedSamba(tmp_path_factory.mktemp("smbd2"), extra_shares=["other"])
     server.start()
     try:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def penv(smbd2, tmp_path):
-    env = PolicyEnv(smbd2, tmp_path)
-    try:
-        yield env
-        env.check_warnings()
-    finally:
-        env.close()
 
 
 def other_share(env: PolicyEnv) -> tuple[str, Path]:
@@ -79,7 +69,7 @@ def assert_moved_without_download(env: PolicyEnv, want: dict[str, str], new_dir:
 # ---------------------------------------------------------------- the two server-side moves
 
 
-def test_same_share_target_change_renames_on_the_server(penv):
+def test_same_share_target_change_renames_on_the_server(penv):  # noqa: F811
     want = redirect_documents(penv, "leave")
     new_unc, new_dir = penv.unc("Moved\\Documents"), penv.server_dir("Moved/Documents")
     ids = {p.name: p.stat().st_ino for p in penv.server_dir().iterdir()}
@@ -94,7 +84,7 @@ def test_same_share_target_change_renames_on_the_server(penv):
     assert "renamed: one rename on the server" in penv.daemon.log_text()
 
 
-def test_other_share_target_change_copies_on_the_server(penv):
+def test_other_share_target_change_copies_on_the_server(penv):  # noqa: F811
     want = redirect_documents(penv, "leave")
     new_unc, new_dir = other_share(penv)
     retarget(penv, new_unc)
@@ -112,7 +102,7 @@ def test_other_share_target_change_copies_on_the_server(penv):
 # ---------------------------------------------------------------- failures and pending changes
 
 
-def test_unreachable_server_keeps_the_old_target_and_moves_at_the_next_start(penv):
+def test_unreachable_server_keeps_the_old_target_and_moves_at_the_next_start(penv):  # noqa: F811
     want = redirect_documents(penv, "leave")
     new_unc, new_dir = penv.unc("Moved\\Documents"), penv.server_dir("Moved/Documents")
     old_unc = penv.record()["Documents"]["target"]
@@ -136,7 +126,7 @@ def test_unreachable_server_keeps_the_old_target_and_moves_at_the_next_start(pen
     assert penv.record()["Documents"]["target"] == new_unc
 
 
-def test_changes_waiting_to_upload_follow_the_copy(penv):
+def test_changes_waiting_to_upload_follow_the_copy(penv):  # noqa: F811
     want = redirect_documents(penv, "leave")
     penv.env.proxy.stop_listening()  # offline edits: they wait in the dirty set
     penv.start()
