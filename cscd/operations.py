@@ -36,7 +36,7 @@ from cscd.cache.nodes import DirtyReason
 from cscd.errors import ConfigError, CscdError, NotFound
 from cscd.events import EventId, emit
 from cscd.link import LinkMonitor
-from cscd.policy.central import MANIFEST, copy_central_policy
+from cscd.policy.central import MANIFEST, CentralPolicyRejected, copy_central_policy
 from cscd.policy.config import DaemonConfig
 from cscd.policy.credentials import load_credentials
 from cscd.policy.machine import changed_keys, current_subject, daemon_config, load_policy, policy_rows
@@ -85,7 +85,7 @@ RESTART_ROAMING_KEYS = frozenset({"roaming_profile.target", "roaming_profile.ena
 NOT_ENFORCED_KEYS: frozenset[str] = frozenset()
 #: Offline Files keys that take effect only at the next start.
 RESTART_OFFLINE_KEYS = frozenset({"offline_files.exclude_patterns"})
-_LOCATED = re.compile(r"^(?P<file>/[^:]*):(?P<line>\d+): (?:(?P<key>[A-Za-z0-9_.%$-]+): )?(?P<reason>.*)$",
+_LOCATED = re.compile(r"^(?P<file>(?:/|\\\\)[^:]*):(?P<line>\d+): (?:(?P<key>[A-Za-z0-9_.%$-]+): )?(?P<reason>.*)$",
                       re.DOTALL)
 
 
@@ -130,10 +130,11 @@ class PolicyKeeper:
     The central policy (``central_source`` in the local files): both ``open`` and ``reload``
     first bring its local copy (``CACHE/central-policy``) up to date from the server
     (``policy.central``: only changed files are read), within ``CENTRAL_TIMEOUT_S``; then the
-    copy is read as the last files of the file order, validated like local files (an invalid
-    central file stops a start and is rejected by a reload, with its file:line: key). A
-    source that cannot be reached leaves the last copy in force (WARNING); with no copy yet
-    only the local files apply.
+    copy is read as the last files of the file order. A central file that does not validate
+    is never copied: WARNING and POLICY_REJECTED name the server file, line and key, and the
+    last good copy stays in force — one typo on the server must not stop a fleet's starts. A
+    source that cannot be reached leaves the last copy in force too (WARNING); with no copy
+    yet only the local files apply.
     """
 
     base: DaemonConfig
@@ -197,6 +198,8 @@ class PolicyKeeper:
                     "message": f"policy rejected; the last good policy stays in force: {exc}"}
         old, self.policy = self.policy, new
         changed = changed_keys(old, new)
+        central_note = (f"; central policy rejected, its last good copy stays in force: {self.central['error']}"
+                        if self.central.get("state") == "rejected" else "")
         before, after = effective_config(self.base, old), effective_config(self.base, new)
         applied = [k for k in changed if k.startswith("offline_files.")
                    and k not in NOT_ENFORCED_KEYS | RESTART_OFFLINE_KEYS]
@@ -228,6 +231,7 @@ class PolicyKeeper:
             if not_enforced:
                 parts.append(f"not enforced yet: {', '.join(not_enforced)}")
             message = "; ".join(parts)
+        message += central_note
         log.info("%s: %s", source, message)
         emit(EventId.RELOADED, result=message, source=source)
         return {"reloaded": True, "changed": changed, "applied": applied, "restart_needed": restart,
@@ -291,6 +295,12 @@ async def refresh_central_copy(base: DaemonConfig) -> dict[str, Any]:
         finally:
             with trio.move_on_after(1, shield=True):
                 await up.close()
+    except CentralPolicyRejected as exc:
+        last = (where / MANIFEST).exists()
+        log.warning("central policy rejected; %s: %s", "its last good copy stays in force" if last
+                    else "no good copy yet: only the local policy applies", exc)
+        emit(EventId.POLICY_REJECTED, source=f"central {local.central_source}", **located_fields(str(exc)))
+        return dict(state, state="rejected", error=str(exc), last_copy=last)
     except (CscdError, OSError, trio.TooSlowError) as exc:
         last = (where / MANIFEST).exists()
         log.warning("central policy %s: not copied (%s); %s", local.central_source, exc or "no answer in time",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.helpers.daemon import run_cscd
 from tests.test_policy_daemon import PolicyEnv, penv  # noqa: F401 - the fixture
 
 
@@ -62,17 +61,37 @@ def test_server_down_at_start_uses_the_last_copy(penv):  # noqa: F811
     assert state["state"] == "unreachable" and state["last_copy"] is True
 
 
-def test_an_invalid_central_file_is_refused_with_file_line_key(penv):  # noqa: F811
-    copy = central(penv, "- offline_files:\n    slow_link_ms: fast\n")
-    result = run_cscd("daemon", "--config", str(penv.daemon.config_path), timeout_s=30)
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("cscd: ")]
-    assert len(errors) == 1 and errors[0].startswith(f"cscd: {copy}:2: offline_files.slow_link_ms: "), \
-        result.stderr
-    assert not penv.daemon.is_mounted()
+def test_an_invalid_central_file_is_never_copied_and_the_last_good_copy_stays(penv):  # noqa: F811
+    copy = central(penv, "- offline_files: {slow_link_ms: 55}\n")
+    penv.start()
+    assert shown(penv)["offline_files.slow_link_ms"]["value"] == "55"
+
+    # an admin's typo on the server: the reload names the server file, line and key, the last
+    # good copy stays in force, and so does the policy
+    server_file = penv.server_dir("central") / "10-site.yaml"
+    server_file.write_text("- offline_files:\n    slow_link_ms: fast\n")
+    penv.expected_warnings += [r"central policy rejected; its last good copy stays in force",
+                               r"\[5000\] policy rejected: .*10-site.yaml:2"]
+    answer = penv.cli("reload")
+    where = f"{penv.unc('central')}\\10-site.yaml:2: offline_files.slow_link_ms: "
+    assert "central policy rejected" in answer["message"] and where in answer["message"], answer
+    assert copy.read_text() == "- offline_files: {slow_link_ms: 55}\n"
+    assert shown(penv)["offline_files.slow_link_ms"]["value"] == "55"
+    events = [e for e in penv.cli("events")["events"] if e["name"] == "POLICY_REJECTED"]
+    assert events and events[-1]["fields"]["key"] == "offline_files.slow_link_ms", events
+
+    # and a restart with the typo still there starts on the last good copy
+    penv.daemon.stop()
+    penv.start()
+    assert shown(penv)["offline_files.slow_link_ms"]["value"] == "55"
+    assert penv.cli("policy", "show")["central"]["state"] == "rejected"
 
 
-def test_a_central_file_cannot_name_another_source(penv):  # noqa: F811
+def test_a_central_file_naming_another_source_is_rejected_at_first_start(penv):  # noqa: F811
     copy = central(penv, "- central_source: '\\\\elsewhere\\netlogon'\n")
-    result = run_cscd("daemon", "--config", str(penv.daemon.config_path), timeout_s=30)
-    assert result.returncode == 2 and f"cscd: {copy}:1: central_source: " in result.stderr, result.stderr
+    penv.expected_warnings += [r"central policy rejected; no good copy yet: only the local policy applies",
+                               r"\[5000\] policy rejected: .*10-site.yaml:1: central_source"]
+    penv.start()  # the local policy alone: the start does not fail for a server-side mistake
+    state = penv.cli("policy", "show")["central"]
+    assert state["state"] == "rejected" and "10-site.yaml:1: central_source: " in state["error"]
+    assert not copy.exists()

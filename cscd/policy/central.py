@@ -10,8 +10,11 @@ last files of the file order. The daemon calls it at start and at every reload
 Talks to the server only through an object with the ``stat``/``list_dir``/``read`` methods of
 ``cscd.upstream.base.Upstream`` (declared here as ``PolicySource``, so this leaf-level package
 does not import ``upstream``); it never writes to the server. Local writes (a few small files)
-run in a worker thread. Everything is read from the server before anything local changes, so
-a server that fails midway leaves the last good copy as it was.
+run in a worker thread. Everything is read from the server and validated (``schema.parse_file``
+for YAML, ``fslogix`` for ``redirections.xml``: whatever can be checked without knowing the
+user) before anything local changes, so a server that fails midway — or an admin's typo in one
+central file — leaves the last good copy as it was: one bad file on the server must not stop
+every client of the fleet at its next start.
 
 Not supported: subfolders in the source folder (ignored), files over ``MAX_POLICY_FILE_BYTES``
 (refused), two processes copying into the same directory at once.
@@ -29,7 +32,9 @@ from typing import Protocol
 import trio
 
 from cscd.errors import ConfigError, UpstreamError
+from cscd.policy.fslogix import parse_redirections_xml
 from cscd.policy.located import MAX_POLICY_FILE_BYTES
+from cscd.policy.schema import parse_file
 from cscd.types import RemoteEntry
 
 MANIFEST = ".manifest.json"
@@ -37,6 +42,11 @@ FSLOGIX_FILE = "redirections.xml"
 _READ_CHUNK = 1 << 20
 #: A file that changes under us while we read it is read again this often, then refused.
 _READ_ATTEMPTS = 3
+
+
+class CentralPolicyRejected(ConfigError):
+    """A file of the central source does not validate; the message names the server file,
+    the line and the key. The last good copy is left as it was."""
 
 
 class PolicySource(Protocol):
@@ -125,7 +135,8 @@ async def copy_central_policy(source: PolicySource, directory: bytes,
     new_manifest.update({n: _version(e) for n, (e, _) in fresh.items()})
     if fresh or stale or not (cache_dir / MANIFEST).exists():
         contents = {n: data for n, (_, data) in fresh.items()}
-        await trio.to_thread.run_sync(_update_copy, cache_dir, contents, stale, new_manifest)
+        where = getattr(source, "description", "the central source")
+        await trio.to_thread.run_sync(_update_copy, cache_dir, contents, stale, new_manifest, where)
     return CentralCopy(tuple(sorted(fresh)), tuple(unchanged), tuple(stale), reads, bytes_read)
 
 
@@ -155,9 +166,31 @@ async def _read_whole(source: PolicySource, path: bytes, entry: RemoteEntry
                         f"while it is read; try again later")
 
 
+def _validate(staging: Path, name: str, data: bytes, where: str) -> None:
+    """Raise ``CentralPolicyRejected`` naming ``where``'s file if ``data`` does not validate."""
+    path = staging / name
+    try:
+        if name.casefold() == FSLOGIX_FILE:
+            parse_redirections_xml(data, f"{where}\\{name}")
+        else:
+            _write_atomic(path, data, 0o444)
+            parse_file(path, is_central=True)
+    except ConfigError as exc:
+        raise CentralPolicyRejected(str(exc).replace(str(path), f"{where}\\{name}")) from None
+
+
 def _update_copy(cache_dir: Path, contents: Mapping[str, bytes], stale: list[str],
-                 manifest: Mapping[str, list[int]]) -> None:
+                 manifest: Mapping[str, list[int]], where: str = "the central source") -> None:
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    staging = cache_dir / ".incoming"
+    staging.mkdir(exist_ok=True, mode=0o700)
+    try:
+        for name, data in contents.items():
+            _validate(staging, name, data, where)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
     for name, data in contents.items():
         _write_atomic(cache_dir / name, data, 0o444)
     for name in stale:
