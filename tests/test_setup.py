@@ -50,8 +50,7 @@ def test_ci_script_is_valid_bash(script: Path) -> None:
 
 
 def test_run_holds_the_readme_test_command() -> None:
-    if not README.exists():
-        pytest.skip("README.md is not written yet")
+    assert README.exists(), "README.md is missing: it holds the two commands"
     command = readme_test_command()
     assert command == "bash .ci/setup && .venv/bin/python -m pytest"
     code_lines = [
