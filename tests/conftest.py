@@ -8,6 +8,7 @@ server's log shows a PANIC.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +27,14 @@ def smbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSamba]:
     log_text = server.log_text()
     if "PANIC" in log_text:
         pytest.fail(f"smbd logged a PANIC; its log ends:\n{server.log_tail()}")
+
+
+@pytest.fixture
+def own_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
+    """A private smbd for one test, which the test may kill and start again."""
+    server = EmbeddedSamba(tmp_path / "own-smbd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -15,8 +15,10 @@ import os
 import pytest
 
 from cscd.cache.store import ContentStore
-from cscd.policy.config import DEFAULT_EXCLUDE_PATTERNS, DEFAULT_MAX_FILE_BYTES
-from cscd.policy.model import OfflineFilesPolicy
+from cscd.operations import PolicyKeeper
+from cscd.policy.config import DEFAULT_EXCLUDE_PATTERNS, DEFAULT_MAX_FILE_BYTES, DaemonConfig, load_config
+from cscd.policy.machine import daemon_config, load_policy
+from cscd.policy.model import OfflineFilesPolicy, Subject
 from cscd.sync.exclusions import ExclusionMatcher
 from tests.helpers.mount_env import MountEnv
 from tests.helpers.wait import wait_for
@@ -56,6 +58,45 @@ def test_the_matcher_compares_names_case_insensitively_and_never_excludes_direct
 def test_config_defaults_are_the_policy_defaults():
     assert DEFAULT_EXCLUDE_PATTERNS == OfflineFilesPolicy().exclude_patterns
     assert DEFAULT_MAX_FILE_BYTES == OfflineFilesPolicy().max_file_size_bytes
+
+
+POLICY = r"""
+- folders:
+    Scans: {path: ~/Scans, target: '\\files.example.com\scans\%USERNAME%', offline: false}
+    Documents: {target: '\\files.example.com\home\%USERNAME%\Documents'}
+  offline_files:
+    exclude_patterns: ['*.part']
+    max_file_size: 1 MiB
+"""
+
+
+def test_the_policy_reaches_the_daemon_config(tmp_path):
+    base = DaemonConfig(tmp_path / "c.yaml", tmp_path / "m", tmp_path / "c", None)
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    cfg = daemon_config(base, load_policy(Subject("alice", host="ws1"), tmp_path))
+    assert {f.name: f.offline for f in cfg.folders} == {"Documents": True, "Scans": False}
+    assert cfg.exclude_patterns == ("*.part",) and cfg.max_file_size_bytes == MiB
+    (tmp_path / "empty").mkdir()
+    assert daemon_config(base, load_policy(Subject("alice"), tmp_path / "empty")) == base
+
+
+def test_the_daemon_yaml_takes_the_same_keys(tmp_path):
+    path = tmp_path / "cscd.yaml"
+    path.write_text("mount: /m\ncache: /c\nmax_file_size: 2M\nexclude_patterns: ['*.bak']\n"
+                    "folders:\n  Scans: {target: '\\\\srv\\s\\x', offline: false}\n  Docs: '\\\\srv\\s\\d'\n")
+    cfg = load_config(path)
+    assert cfg.max_file_size_bytes == 2 * MiB and cfg.exclude_patterns == ("*.bak",)
+    assert [(f.name, f.offline) for f in cfg.folders] == [("Scans", False), ("Docs", True)]
+
+
+async def test_a_reload_applies_max_file_size_and_asks_a_restart_for_patterns(tmp_path):
+    base = DaemonConfig(tmp_path / "c.yaml", tmp_path / "m", tmp_path / "c", None, policy_dir=tmp_path)
+    keeper = await PolicyKeeper.open(base)
+    (tmp_path / "policy.yaml").write_text("- offline_files: {exclude_patterns: ['*.part'], max_file_size: 1 MiB}\n")
+    answer = await keeper.reload("test")
+    assert answer["applied"] == ["offline_files.max_file_size"]
+    assert answer["restart_needed"] == ["offline_files.exclude_patterns"]
+    assert answer["not_enforced"] == []
 
 
 def test_excluded_files_live_only_here(env):

@@ -426,7 +426,7 @@ def test_conversions_for_the_daemon(tmp_path: Path) -> None:
     p = load_policy(ALICE, tmp_path)
     assert folder_configs(p) == (
         FolderConfig("Documents", UncTarget("files.example.com", "home$", ("alice", "Documents"))),
-        FolderConfig("Projects", UncTarget("files.example.com", "proj", ("alice",))),
+        FolderConfig("Projects", UncTarget("files.example.com", "proj", ("alice",)), offline=False),
     )
     o = offline_policy(p)
     assert o.slow_link_ms == 80.0 and o.background_sync_interval_s == 7200.0

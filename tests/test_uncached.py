@@ -9,14 +9,13 @@ with EHOSTDOWN. Pinning there is refused; ``cscd status`` says the folder is not
 from __future__ import annotations
 
 import errno
-import json
 import os
 
 import pytest
 
 from cscd.cache.store import ContentStore
-from cscd.samba import EmbeddedSamba
 from tests.helpers.mount_env import MountEnv
+from tests.helpers.ops import cli_json
 from tests.helpers.wait import wait_for
 
 
@@ -25,10 +24,7 @@ def eventually(predicate, timeout_s, message):
 
 
 def cli(env, *args, code=0):
-    result = env.daemon.run_cli(*args, "--json", timeout_s=60)
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    return json.loads(result.stdout) if code == 0 else result
+    return cli_json(env.daemon, *args, code=code)
 
 
 def uncached_env(smbd, workdir) -> MountEnv:
@@ -50,16 +46,6 @@ def env(smbd, tmp_path):
         yield env
     finally:
         env.close()
-
-
-@pytest.fixture
-def own_smbd(tmp_path):
-    server = EmbeddedSamba(tmp_path / "own-smbd")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -122,8 +108,8 @@ def test_namespace_changes_reach_the_server_before_the_call_returns(env):
 def test_pinning_is_refused(env):
     (env.server / "p.txt").write_text("p")
     assert os.listdir(env.docs) == ["p.txt"]
-    result = cli(env, "pin", str(env.docs / "p.txt"), code=5)
-    assert "cannot be pinned" in result.stderr + result.stdout
+    answer = cli(env, "pin", str(env.docs / "p.txt"), code=5)
+    assert "cannot be pinned" in answer["error"]["message"]
 
 
 def test_a_write_with_the_server_gone_fails_and_is_not_queued(env_own, own_smbd):

@@ -253,6 +253,8 @@ class Pusher:
             except NotFound:
                 pass
             except NotEmpty:
+                if force:  # write-through: the caller's rmdir hears it
+                    raise
                 log.info("%r kept on the server: it holds files this client never saw", path)
             local.record_synced(node.id, version, 0, None, DELETE)
             return

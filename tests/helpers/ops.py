@@ -3,11 +3,13 @@
 Owns ``NotifySocket`` (an AF_UNIX datagram socket in the abstract namespace, as systemd's
 ``$NOTIFY_SOCKET``, that records every message with its arrival time), ``JournalSocket``
 (the same for journald's native protocol, decoded into field dicts), ``control_path`` and
-``wait_control`` (the daemon's control socket, once it answers). No fixtures here.
+``wait_control`` (the daemon's control socket, once it answers) and ``cli_json`` (one
+``cscd`` command against a daemon, its JSON answer). No fixtures here.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import time
@@ -18,7 +20,7 @@ from cscd.control import ControlClient, ControlError, socket_path
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.wait import wait_for
 
-__all__ = ["JournalSocket", "NotifySocket", "control_path", "decode_journal", "wait_control"]
+__all__ = ["JournalSocket", "NotifySocket", "cli_json", "control_path", "decode_journal", "wait_control"]
 
 
 class NotifySocket:
@@ -123,3 +125,12 @@ def wait_control(daemon: DaemonProcess, timeout_s: float = 10.0) -> Path:
 
     wait_for(answers, timeout_s, f"control socket {path} does not answer", ignore=(ControlError,))
     return path
+
+
+def cli_json(daemon: DaemonProcess, *args: str, code: int = 0) -> dict:
+    """Run ``cscd ARGS --json`` against ``daemon``; assert the exit code, return the JSON answer
+    (for a failure, ``{"error": …}`` as the command prints it)."""
+    result = daemon.run_cli(*args, "--json", timeout_s=60)
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    return json.loads(result.stdout)
