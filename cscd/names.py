@@ -7,12 +7,15 @@ reaches the server.
 
 from __future__ import annotations
 
+import re
+
 from cscd.errors import BadName, NameTooLong
 
 RESERVED_CHARS = frozenset('\\:*?"<>|')
 RESERVED_DEVICE_NAMES = frozenset(
     ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)] + [f"LPT{i}" for i in range(1, 10)]
 )
+_RESERVED_RE = re.compile(r'[\\:*?"<>|\x00-\x1f]')  # RESERVED_CHARS and controls
 MAX_NAME_BYTES = 255
 
 #: Prefix of the temporary names cscd uses on the server while uploading; hidden from listings.
@@ -36,8 +39,8 @@ def check_name(name: bytes) -> str:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
         raise BadName(f"{name!r} is not valid UTF-8; the server stores names as Unicode") from None
-    bad = sorted({c for c in text if c in RESERVED_CHARS or ord(c) < 32})
-    if bad:
+    if _RESERVED_RE.search(text):  # the set below only for the message: listings check every name
+        bad = sorted({c for c in text if c in RESERVED_CHARS or ord(c) < 32})
         raise BadName(f"{text!r} contains characters the server cannot store: {''.join(bad)!r}")
     if text.endswith((".", " ")):
         raise BadName(f"{text!r} ends with a dot or a space, which the server cannot store")

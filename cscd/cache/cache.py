@@ -108,7 +108,6 @@ class Cache(Hydration, SyncSide):
         # after the listing started is discarded (the next one is fresh).
         self._base_generation = 0
         self._dir_stamp: dict[int, int] = {}
-        self._last_listing: dict[int, tuple[bytes, int]] = {}
         #: directory id → trio time of the last lookup/readdir; sync rescans these first.
         self.recent_dirs: dict[int, float] = {}
         self.hits = 0
@@ -140,12 +139,15 @@ class Cache(Hydration, SyncSide):
                 if name not in self.folders:
                     log.warning("folder %r is no longer configured; its cache is kept but hidden", name)
                     nodes.unlink(ix, txn, nodes.get(ix, txn, cid))
-            # Tombstones whose server delete is done and that nobody holds any more.
-            for key, data in list(txn.cursor(db=ix.nodes)):
-                node = Node.unpack(int.from_bytes(key, "big"), data)
-                if Flag.TOMBSTONE in node.flags and not nodes.dirty_reasons(ix, txn, node.id):
+            # Tombstones whose server delete is done and that nobody holds any more (read from
+            # their own table: a walk over every node took seconds at a million files).
+            for nid in list(nodes.iter_tombstones(ix, txn)):
+                node = nodes.find(ix, txn, nid)
+                if node is None:
+                    txn.delete(u64(nid), db=ix.tombstones)
+                elif not nodes.dirty_reasons(ix, txn, nid):
                     nodes.delete_record(ix, txn, node)
-                    self.store.remove(node.id)
+                    self.store.remove(nid)
         ix.sync()
 
     def close(self) -> None:

@@ -37,6 +37,10 @@ def check_cache(cache_dir: Path) -> list[str]:
             bases = {(from_u64(k[:8]), bytes(k[8:])): from_u64(v) for k, v in txn.cursor(db=dbs["bases"])}
             dirty = {from_u64(k): DirtyReason(from_u32(v)) for k, v in txn.cursor(db=dbs["dirty"])}
             present = {from_u64(k): unpack(bytes(v)) for k, v in txn.cursor(db=dbs["ranges"])}
+            schema = bytes(txn.get(b"schema", db=dbs["meta"]) or b"")
+            flag_tables = {name: {from_u64(k) for k in txn.cursor(db=env.open_db(name.encode(), txn=txn, create=False))
+                                  .iternext(values=False)}
+                           for name in ("listed", "tombstones", "pins")} if schema != b"1" else {}
     finally:
         env.close()
 
@@ -95,7 +99,27 @@ def check_cache(cache_dir: Path) -> list[str]:
     for nid in dirty:
         if nid not in nodes:
             problems.append(f"dirty entry {nid}: no such node")
+    problems += _check_flag_tables(nodes, flag_tables)
     return problems
+
+
+def _check_flag_tables(nodes: dict[int, Node], tables: dict[str, set[int]]) -> list[str]:
+    """``listed``, ``tombstones`` and ``pins`` hold exactly the nodes their flag names."""
+    if not tables:
+        return []  # schema 1: the tables are built when cscd next opens the index
+    want = {
+        "listed": {nid for nid, n in nodes.items() if n.is_dir and Flag.LISTED in n.flags
+                   and Flag.TOMBSTONE not in n.flags and nid != ROOT_ID},
+        "tombstones": {nid for nid, n in nodes.items() if Flag.TOMBSTONE in n.flags},
+        "pins": {nid for nid, n in nodes.items() if Flag.PINNED in n.flags},
+    }
+    out = []
+    for name, ids in want.items():
+        for nid in sorted(ids - tables[name]):
+            out.append(f"node {nid} ({nodes[nid].name!r}): flagged but not in {name}")
+        for nid in sorted(tables[name] - ids):
+            out.append(f"{name} entry {nid}: " + ("no such node" if nid not in nodes else "the node's flags disagree"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,8 @@ Named databases (all integers big-endian, so byte order is numeric order):
 
 ``meta``
     ``b"schema"`` → ASCII schema version; ``b"next_id"`` → u64, the next node id to give out.
+    Version 1 had no ``listed`` and ``tombstones`` (and may lack ``pins`` entries): opening it
+    rebuilds those three from the node flags in one walk and writes version 2 (``_migrate``).
 ``nodes``
     id u64 → packed ``Node`` (``cscd.cache.nodes``): parent, kind, flags, mode, size, times,
     local version, the *base* (what client and server last agreed on: base parent, base name,
@@ -50,6 +52,16 @@ Named databases (all integers big-endian, so byte order is numeric order):
 ``pins``
     id u64 → b"" for every node with the ``PINNED`` flag, so finding what pins cover never
     walks the whole index.
+``listed``
+    id u64 → the 16-byte XXH3-128 digest of the server listing last merged into that directory
+    (``cscd.cache.syncside``), or b"" when unknown or when sync changed the directory on the
+    server since; one entry for every live directory with the ``LISTED`` flag but the root.
+    What a full rescan re-lists, without walking every node (``nodes.put`` keeps it in step
+    with the flags), and what lets a rescan that finds the same listing skip the merge, also
+    after a restart.
+``tombstones``
+    id u64 → b"" for every node with the ``TOMBSTONE`` flag, so the start-up sweep of finished
+    deletes reads only them (``nodes.put`` adds, ``nodes.delete_record`` removes).
 ``conflicts``
     id u64 of a conflict copy → JSON ``{"original": name, "parent": id, "at": ns, "host": name}``,
     what ``cscd conflicts`` lists until the user resolves it.
@@ -70,13 +82,18 @@ from pathlib import Path
 import lmdb
 
 from cscd.errors import ConfigError
+from cscd.types import ROOT_ID
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = b"1"
+SCHEMA_VERSION = b"2"
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 MAP_SIZE_BYTES = 64 << 30
+#: For ``_migrate`` only, which must not import ``nodes`` (it imports this module): the kind
+#: byte and flag word right after a packed node's u64 parent, and the flag bits it reads.
+_KIND_FLAGS = struct.Struct(">BI")
+_LISTED, _TOMBSTONE, _PINNED = 2, 4, 8  # nodes.Flag; tests/test_cache_index.py checks
 
 
 def u64(n: int) -> bytes:
@@ -131,11 +148,16 @@ class Index:
         self.lru = self.env.open_db(b"lru")
         self.conflicts = self.env.open_db(b"conflicts")
         self.pins = self.env.open_db(b"pins")
+        self.listed = self.env.open_db(b"listed")
+        self.tombstones = self.env.open_db(b"tombstones")
         with self.env.begin(write=True) as txn:
             version = txn.get(b"schema", db=self.meta)
             if version is None:
                 txn.put(b"schema", SCHEMA_VERSION, db=self.meta)
                 txn.put(b"next_id", u64(2), db=self.meta)
+            elif version == b"1":
+                self._migrate(txn)
+                txn.put(b"schema", SCHEMA_VERSION, db=self.meta)
             elif version != SCHEMA_VERSION:
                 raise ConfigError(
                     f"{path}: cache index has schema {version.decode(errors='replace')}, "
@@ -144,10 +166,29 @@ class Index:
         for p in path.iterdir():
             os.chmod(p, 0o600)
 
-    def allocate_id(self, txn: lmdb.Transaction) -> int:
-        """Hand out a fresh node id inside the caller's write transaction."""
+    def _migrate(self, txn: lmdb.Transaction) -> None:
+        """Schema 1 → 2: fill ``listed``, ``tombstones`` and ``pins`` from the node flags.
+
+        One walk over every node, once per cache (about 1 s per million nodes); the only place
+        besides ``cscd.cache.check`` that reads the whole ``nodes`` table.
+        """
+        n = 0
+        for key, data in txn.cursor(db=self.nodes):
+            is_dir, flags = _KIND_FLAGS.unpack_from(data, 8)
+            if flags & _TOMBSTONE:
+                txn.put(key, b"", db=self.tombstones)
+            elif is_dir and flags & _LISTED and from_u64(key) != ROOT_ID:
+                txn.put(key, b"", db=self.listed)
+            if flags & _PINNED:
+                txn.put(key, b"", db=self.pins)
+            n += 1
+        log.info("cache index upgraded to schema %s (%d nodes)", SCHEMA_VERSION.decode(), n)
+
+    def allocate_id(self, txn: lmdb.Transaction, count: int = 1) -> int:
+        """Hand out ``count`` fresh node ids inside the caller's write transaction; returns
+        the first (the others follow it)."""
         n = from_u64(txn.get(b"next_id", db=self.meta))
-        txn.put(b"next_id", u64(n + 1), db=self.meta)
+        txn.put(b"next_id", u64(n + count), db=self.meta)
         return n
 
     def sync(self) -> None:

@@ -16,68 +16,116 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import xxhash
+
 from cscd.cache import nodes
-from cscd.cache.index import u64
+from cscd.cache.index import child_key, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
-from cscd.types import RemoteEntry
+from cscd.types import ROOT_ID, RemoteEntry
 
 if TYPE_CHECKING:
     from cscd.cache.cache import Cache
 
 DEFAULT_FILE_MODE = 0o644
 DEFAULT_DIR_MODE = 0o755
+_NEW_ENTRY = Flag.HAS_BASE
+_NEW_EMPTY_FILE = Flag.HAS_BASE | Flag.HYDRATED
 
 
-def merge_listing(cache: Cache, dir_id: int, entries: list[RemoteEntry]) -> None:
+def listing_digest(entries: list[RemoteEntry]) -> bytes:
+    """XXH3-128 of everything a merge looks at in a listing (names, kinds, sizes, times, ids)."""
+    return xxhash.xxh3_128_digest(b"".join(
+        b"%s\0%d\0%d\0%d\0%d\n" % (e.name, e.is_dir, e.size, e.mtime_ns, e.file_id) for e in entries))
+
+
+def merge_listing(cache: Cache, dir_id: int, entries: list[RemoteEntry], digest: bytes = b"") -> None:
     """Bring a directory's children in line with one server enumeration.
 
     Matches the listing against the *agreed* server names (``bases``), so local changes
     not yet uploaded are left for sync: a clean node follows the server (its content is
     dropped if the version changed), a dirty one keeps its local state. New server names
     become placeholders; agreed names gone from the server vanish locally if clean.
+    ``digest`` (``listing_digest`` of ``entries``) is stored in ``listed`` with the result.
     """
     ix = cache.index
     now = time.time_ns()
-    seen: set[bytes] = set()
     with cache._txn(write=True) as txn:
         parent = nodes.get(ix, txn, dir_id)
-        for entry in entries:
-            seen.add(entry.name)
-            bid = nodes.base_lookup_id(ix, txn, dir_id, entry.name)
-            if bid is not None:
-                node = nodes.get(ix, txn, bid)
-                if node.matches_base(entry) or nodes.dirty_reasons(ix, txn, bid):
-                    continue
-                if node.is_dir != entry.is_dir:
-                    _forget_subtree(cache, txn, node)
-                else:
-                    _follow_server(cache, txn, node, dir_id, entry)
-                    continue
-            if nodes.lookup_id(ix, txn, dir_id, entry.name) is not None:
-                continue  # a local name not yet on the server: sync sorts it out
-            node = Node(
-                ix.allocate_id(txn), dir_id, entry.is_dir, Flag(0),
-                DEFAULT_DIR_MODE if entry.is_dir else DEFAULT_FILE_MODE,
-                0 if entry.is_dir else entry.size, entry.mtime_ns or now, entry.ctime_ns or now,
-                0, 0, 0, 0, 0, entry.name, b"",
-            )
-            if not entry.is_dir and entry.size == 0:
-                node.flags |= Flag.HYDRATED
-            nodes.set_base(ix, txn, node, dir_id, entry)
-            nodes.put(ix, txn, node)
-            nodes.link(ix, txn, node)
-            cache._publish(("entry", dir_id, entry.name))
-        for name, bid in list(nodes.iter_base_children(ix, txn, dir_id)):
-            if name in seen:
-                continue
-            node = nodes.get(ix, txn, bid)
-            if _subtree_clean(cache, txn, node):
-                _forget_subtree(cache, txn, node)
-            else:
-                _keep_local_changes(cache, txn, node)
+        if nodes.has_children(ix, txn, dir_id) or next(nodes.iter_base_children(ix, txn, dir_id), None):
+            _match(cache, txn, dir_id, entries, now)
+        else:
+            _fill(cache, txn, parent, entries, now)
         parent = nodes.get(ix, txn, dir_id)
         parent.flags |= Flag.LISTED
         nodes.put(ix, txn, parent)
+        if dir_id != ROOT_ID and Flag.TOMBSTONE not in parent.flags:
+            txn.put(u64(dir_id), digest, db=ix.listed)
+
+def _match(cache: Cache, txn, dir_id: int, entries: list[RemoteEntry], now: int) -> None:
+    """Merge into a directory that has children or agreed names: match every entry."""
+    ix = cache.index
+    seen: set[bytes] = set()
+    for entry in entries:
+        seen.add(entry.name)
+        bid = nodes.base_lookup_id(ix, txn, dir_id, entry.name)
+        if bid is not None:
+            node = nodes.get(ix, txn, bid)
+            if node.matches_base(entry) or nodes.dirty_reasons(ix, txn, bid):
+                continue
+            if node.is_dir != entry.is_dir:
+                _forget_subtree(cache, txn, node)
+            else:
+                _follow_server(cache, txn, node, dir_id, entry)
+                continue
+        if nodes.lookup_id(ix, txn, dir_id, entry.name) is not None:
+            continue  # a local name not yet on the server: sync sorts it out
+        _add_placeholder(ix, txn, dir_id, ix.allocate_id(txn), entry, now)
+        cache._publish(("entry", dir_id, entry.name))
+    for name, bid in list(nodes.iter_base_children(ix, txn, dir_id)):
+        if name in seen:
+            continue
+        node = nodes.get(ix, txn, bid)
+        if _subtree_clean(cache, txn, node):
+            _forget_subtree(cache, txn, node)
+        else:
+            _keep_local_changes(cache, txn, node)
+
+
+def _fill(cache: Cache, txn, parent: Node, entries: list[RemoteEntry], now: int) -> None:
+    """Merge into a directory with no children and no agreed names (most often its first
+    listing): every entry is new, so nothing is looked up (100,000 entries: ~1 s, not ~3 s).
+
+    The kernel is told about each new name only if the directory was listed before: until
+    then no lookup in it was answered, so the kernel holds no negative entry to drop.
+    """
+    ix = cache.index
+    was_listed = Flag.LISTED in parent.flags
+    next_id = ix.allocate_id(txn, len(entries))
+    for entry in entries:
+        _add_placeholder(ix, txn, parent.id, next_id, entry, now)
+        next_id += 1
+        if was_listed:
+            cache._publish(("entry", parent.id, entry.name))
+
+
+def _add_placeholder(ix, txn, dir_id: int, node_id: int, entry: RemoteEntry, now: int) -> None:
+    """A new local node for a server entry, its content not here yet (empty files are).
+
+    Built with its base already in place and ``bases`` written directly: what
+    ``nodes.set_base`` does for a node that had none, without its enum arithmetic (this runs
+    once per entry of every first listing).
+    """
+    empty_file = not entry.is_dir and entry.size == 0
+    node = Node(
+        node_id, dir_id, entry.is_dir, _NEW_EMPTY_FILE if empty_file else _NEW_ENTRY,
+        DEFAULT_DIR_MODE if entry.is_dir else DEFAULT_FILE_MODE,
+        0 if entry.is_dir else entry.size, entry.mtime_ns or now, entry.ctime_ns or now,
+        0, dir_id, entry.file_id, entry.size, entry.mtime_ns, entry.name, entry.name,
+    )
+    txn.put(child_key(dir_id, entry.name), u64(node_id), db=ix.bases)
+    nodes.put(ix, txn, node)
+    nodes.link(ix, txn, node)
+
 
 def _follow_server(cache: Cache, txn, node: Node, dir_id: int, entry: RemoteEntry) -> None:
     ix = cache.index

@@ -17,7 +17,7 @@ import lmdb
 
 from cscd.cache.index import Index, child_key, dirent_key, from_u32, from_u64, u32, u64
 from cscd.errors import NotFound
-from cscd.types import RemoteEntry
+from cscd.types import ROOT_ID, RemoteEntry
 
 
 class Flag(enum.IntFlag):
@@ -36,6 +36,9 @@ class DirtyReason(enum.IntFlag):
 
 
 _FIXED = struct.Struct(">QBIIQqqQQQQqHH")
+#: ``Flag(n)`` costs ~1 µs and ``unpack`` runs once per entry of every listing: look them up.
+_FLAGS = tuple(Flag(n) for n in range(32))
+_TOMBSTONE, _LISTED = int(Flag.TOMBSTONE), int(Flag.LISTED)
 
 
 @dataclass(slots=True)
@@ -88,7 +91,8 @@ class Node:
         name = bytes(data[off : off + f[12]])
         base_name = bytes(data[off + f[12] : off + f[12] + f[13]])
         return cls(
-            node_id, f[0], bool(f[1]), Flag(f[2]), f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11],
+            node_id, f[0], bool(f[1]), _FLAGS[f[2]] if f[2] < 32 else Flag(f[2]), f[3],
+            f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11],
             name, base_name,
         )
 
@@ -133,7 +137,16 @@ def find(ix: Index, txn: lmdb.Transaction, node_id: int) -> Node | None:
 
 
 def put(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
-    txn.put(u64(node.id), node.pack(), db=ix.nodes)
+    """Store ``node``; keeps ``listed`` and ``tombstones`` in step with its flags."""
+    key = u64(node.id)
+    txn.put(key, node.pack(), db=ix.nodes)
+    flags = int(node.flags)  # int tests: enum ones cost ~1 µs, and every listed entry comes here
+    if flags & _TOMBSTONE:
+        txn.put(key, b"", db=ix.tombstones)
+        if node.is_dir:
+            txn.delete(key, db=ix.listed)
+    elif node.is_dir and flags & _LISTED and node.id != ROOT_ID:
+        txn.put(key, b"", db=ix.listed, overwrite=False)  # keep the listing digest
 
 
 def lookup_id(ix: Index, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
@@ -244,3 +257,18 @@ def delete_record(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     txn.delete(u64(node.id), db=ix.ranges)
     txn.delete(u64(node.id), db=ix.pins)
     txn.delete(u64(node.id), db=ix.chunks)
+    txn.delete(u64(node.id), db=ix.tombstones)
+    if node.is_dir:
+        txn.delete(u64(node.id), db=ix.listed)
+
+
+def iter_tombstones(ix: Index, txn: lmdb.Transaction):
+    """Yield the id of every tombstone (read from ``tombstones``, not from every node)."""
+    for key in txn.cursor(db=ix.tombstones).iternext(keys=True, values=False):
+        yield from_u64(key)
+
+
+def iter_listed(ix: Index, txn: lmdb.Transaction):
+    """Yield the id of every live listed directory but the root (from ``listed``)."""
+    for key in txn.cursor(db=ix.listed).iternext(keys=True, values=False):
+        yield from_u64(key)
