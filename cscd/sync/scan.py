@@ -1,8 +1,14 @@
 """Learning about server changes by re-listing directories (one enumeration each).
 
 Recently used directories are re-listed every ``scan_interval_s``, every listed directory
-every ``full_scan_interval_s`` and after each return to online. Change notification (issue 5)
-will trigger the same ``scan_dir`` for the directory it names.
+every ``full_scan_interval_s`` and after each return to online; change notification
+(``notify``) triggers the same ``scan_dir`` for the directory it names.
+
+The recent-directory rescans are paced by what they cost: a directory whose last listing
+took ``d`` seconds (fetch and merge) is re-listed as "recent" at most every
+``d / RECENT_COST_SHARE`` seconds, so a 100,000-entry directory that takes 3 s to list is not
+fetched again every 3 s while a small one still is. Full scans and notifications are not
+paced: they answer a known or possible change.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ RECENT_S = 60.0
 #: … and at most this many of the most recently used are rescanned per tick (the rest wait
 #: for the full scan or a change notification).
 RECENT_MAX = 32
+#: At most this share of the time goes to re-listing any one recent directory (see above).
+RECENT_COST_SHARE = 0.05
 
 
 class Scanner:
@@ -34,15 +42,21 @@ class Scanner:
         self.links = links
         self.on_link_error = on_link_error
         self.dirs_scanned = 0
+        #: directory id → (trio time its last listing ended, seconds it took)
+        self._cost: dict[int, tuple[float, float]] = {}
 
     async def scan_dir(self, dir_id: int) -> None:
+        """Re-list one directory on the server and merge the result (network, deadline)."""
+        t0 = trio.current_time()
         node = self.local.node(dir_id)
         folder, path = self.local.remote_path(node)
         started = self.local.listing_started()
         entries = await self.upstreams[folder.decode()].list_dir(path)
         self.local.merge_listing(dir_id, entries, started)
         self.dirs_scanned += 1
-        log.debug("rescanned %s:%r (%d entries)", folder, path, len(entries))
+        t1 = trio.current_time()
+        self._cost[dir_id] = (t1, t1 - t0)
+        log.debug("rescanned %s:%r (%d entries, %.3f s)", folder, path, len(entries), t1 - t0)
 
     async def scan(self, dir_ids: list[int], *, modes: tuple[Mode, ...] = (Mode.ONLINE,)) -> None:
         """Re-list each directory whose folder is in one of ``modes``; a folder stops at its
@@ -66,7 +80,17 @@ class Scanner:
             await trio.lowlevel.checkpoint()
 
     def recent(self, now: float) -> list[int]:
+        """The recently used directories due for a rescan at ``now``, most recent first."""
         recent = self.local.recent_dirs
         for d in [d for d, t in recent.items() if now - t > RECENT_S]:
             del recent[d]
-        return sorted(recent, key=recent.__getitem__, reverse=True)[:RECENT_MAX]
+        for d in [d for d in self._cost if d not in recent]:
+            del self._cost[d]
+        due = [d for d in recent if d not in self._cost or rescan_due(now, *self._cost[d])]
+        return sorted(due, key=recent.__getitem__, reverse=True)[:RECENT_MAX]
+
+
+def rescan_due(now: float, ended: float, took_s: float) -> bool:
+    """Whether a recent directory whose last listing ended at ``ended`` after ``took_s``
+    seconds may be re-listed at ``now`` (at most ``RECENT_COST_SHARE`` of the time on it)."""
+    return now - ended >= took_s / RECENT_COST_SHARE
