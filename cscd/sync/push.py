@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -139,8 +140,19 @@ class Pusher:
                 async with self._lock(n.id):
                     await self._push_one(self.local.node(n.id), reasons, up, force=True)
 
-    def _lock(self, node_id: int) -> trio.Lock:
-        return self._locks.setdefault(node_id, trio.Lock())
+    @asynccontextmanager
+    async def _lock(self, node_id: int) -> AsyncIterator[None]:
+        """One push of a node at a time (a background round and a close-time upload); the lock
+        is dropped when nobody holds or waits for it, so the table stays as small as the work."""
+        lock = self._locks.setdefault(node_id, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            # trio hands a released lock straight to the next waiter, so "not locked" means
+            # nobody is waiting either
+            if not lock.locked() and self._locks.get(node_id) is lock:
+                del self._locks[node_id]
 
     async def push_round(self, allowed: set[str]) -> int:
         """Push the dirty nodes of the ``allowed`` folders; return how many stay dirty.
