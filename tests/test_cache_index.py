@@ -13,7 +13,7 @@ from cscd.cache import nodes
 from cscd.cache.check import check_cache
 from cscd.cache.index import SCHEMA_VERSION, Index, u64
 from cscd.cache.nodes import Flag, Node
-from cscd.types import ROOT_ID
+from cscd.types import ROOT_ID, RemoteEntry
 
 
 def _node(ix: Index, txn, parent: int, name: bytes, *, is_dir: bool, flags: Flag = Flag.HYDRATED) -> Node:
@@ -98,3 +98,42 @@ def test_the_check_finds_a_flag_table_out_of_step(tmp_path: Path) -> None:
     problems = check_cache(tmp_path)
     assert any(f"node {ids['listed']} " in p and "not in listed" in p for p in problems), problems
     assert any(f"tombstones entry {ids['unlisted']}: the node's flags disagree" in p for p in problems), problems
+
+
+def test_a_change_of_the_names_under_a_directory_drops_its_listing_digest(tmp_path: Path) -> None:
+    """The digest lets an unchanged rescan skip its merge (also after a restart): it must go
+    whenever the merge's outcome could differ — an agreed name set or cleared, a local name gone."""
+    ix = Index(tmp_path / "index")
+    ids = _tree(ix)
+    digest = b"d" * 16
+
+    def digest_of(dir_id: int) -> bytes:
+        with ix.env.begin() as txn:
+            return bytes(txn.get(u64(dir_id), db=ix.listed))
+
+    def set_digest(dir_id: int) -> None:
+        with ix.env.begin(write=True) as txn:
+            txn.put(u64(dir_id), digest, db=ix.listed)
+
+    set_digest(ids["listed"])
+    with ix.env.begin(write=True) as txn:  # a node put again keeps the digest
+        nodes.put(ix, txn, nodes.get(ix, txn, ids["listed"]))
+    assert digest_of(ids["listed"]) == digest
+    with ix.env.begin(write=True) as txn:  # an upload records a base under the directory
+        pinned = nodes.get(ix, txn, ids["pinned"])
+        nodes.set_base(ix, txn, pinned, ids["listed"], RemoteEntry(b"pinned.txt", False, 0, 1, 1, 77))
+        nodes.put(ix, txn, pinned)
+    assert digest_of(ids["listed"]) == b""
+
+    set_digest(ids["listed"])
+    with ix.env.begin(write=True) as txn:  # a server delete done: the base goes
+        pinned = nodes.get(ix, txn, ids["pinned"])
+        nodes.clear_base(ix, txn, pinned)
+        nodes.put(ix, txn, pinned)
+    assert digest_of(ids["listed"]) == b""
+
+    set_digest(ids["listed"])
+    with ix.env.begin(write=True) as txn:  # a local name leaves (delete or rename)
+        nodes.unlink(ix, txn, nodes.get(ix, txn, ids["pinned"]))
+    assert digest_of(ids["listed"]) == b""
+    ix.close()

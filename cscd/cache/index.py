@@ -54,8 +54,10 @@ Named databases (all integers big-endian, so byte order is numeric order):
     walks the whole index.
 ``listed``
     id u64 → the 16-byte XXH3-128 digest of the server listing last merged into that directory
-    (``cscd.cache.syncside``), or b"" when unknown or when sync changed the directory on the
-    server since; one entry for every live directory with the ``LISTED`` flag but the root.
+    (``cscd.cache.syncside``), or b"" when unknown or when an agreed name under it changed or
+    a local name left it since (``nodes.set_base``, ``clear_base`` and ``unlink`` clear it;
+    the merge writes it last); one entry for every live directory with the ``LISTED`` flag
+    but the root.
     What a full rescan re-lists, without walking every node (``nodes.put`` keeps it in step
     with the flags), and what lets a rescan that finds the same listing skip the merge, also
     after a restart.

@@ -36,7 +36,6 @@ def adopt_moved_bases(cache: Cache, folder: bytes, entries: Mapping[bytes, Remot
         todo = [] if top is None else [(top, b"")]
         while todo:
             dir_id, prefix = todo.pop()
-            cache._forget_listing(txn, dir_id)  # its bases change: the next listing is merged
             for name, nid in list(nodes.iter_base_children(ix, txn, dir_id)):
                 rel = prefix + b"/" + name if prefix else name
                 entry, node = entries.get(rel), nodes.get(ix, txn, nid)

@@ -169,6 +169,8 @@ def unlink(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     """Remove ``node`` from the local namespace (its record stays)."""
     txn.delete(child_key(node.parent, node.name), db=ix.children)
     txn.delete(dirent_key(node.parent, node.id), db=ix.dirents)
+    # A server name that a merge skipped because this local name held it must appear now.
+    forget_listing(ix, txn, node.parent)
 
 
 def set_base(ix: Index, txn: lmdb.Transaction, node: Node, base_parent: int, entry: RemoteEntry) -> None:
@@ -181,6 +183,7 @@ def set_base(ix: Index, txn: lmdb.Transaction, node: Node, base_parent: int, ent
     node.base_mtime_ns = entry.mtime_ns
     node.flags |= Flag.HAS_BASE
     txn.put(child_key(base_parent, entry.name), u64(node.id), db=ix.bases)
+    forget_listing(ix, txn, base_parent)
 
 
 def clear_base(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
@@ -188,9 +191,18 @@ def clear_base(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
         key = child_key(node.base_parent, node.base_name)
         if txn.get(key, db=ix.bases) == u64(node.id):
             txn.delete(key, db=ix.bases)
+        forget_listing(ix, txn, node.base_parent)
     node.flags &= ~Flag.HAS_BASE
     node.base_parent = node.base_file_id = node.base_size = node.base_mtime_ns = 0
     node.base_name = b""
+
+
+def forget_listing(ix: Index, txn: lmdb.Transaction, dir_id: int) -> None:
+    """The agreed names under ``dir_id`` changed: drop the digest of its last merged listing
+    (``listed``), so the next listing is merged even if it is the same as that one."""
+    key = u64(dir_id)
+    if txn.get(key, db=ix.listed):
+        txn.put(key, b"", db=ix.listed)
 
 
 def dirty_reasons(ix: Index, txn: lmdb.Transaction, node_id: int) -> DirtyReason:

@@ -40,20 +40,14 @@ class SyncSide:
             return False
         # An unchanged listing of a directory sync has not touched since changes nothing: skip
         # the write transaction (a rescan of 100,000 entries costs ~2 s on the trio thread).
-        # The digest is kept in ``listed`` (cleared when sync changes the directory on the
-        # server, see ``_forget_listing``), so this holds across restarts too.
+        # The digest is kept in ``listed`` (cleared whenever an agreed name under the directory
+        # changes, see ``nodes.forget_listing``), so this holds across restarts too.
         digest = listing_digest(entries)
         with self._txn() as txn:
             if txn.get(u64(dir_id), db=self.index.listed) == digest:
                 return True
         merge_listing(self, dir_id, entries, digest)
         return True
-
-    def _forget_listing(self, txn, dir_id: int) -> None:
-        """Sync changed ``dir_id`` on the server: its next listing must be merged, not skipped."""
-        key = u64(dir_id)
-        if txn.get(key, db=self.index.listed):
-            txn.put(key, b"", db=self.index.listed)
 
     # ---------------------------------------------------------------- for sync
 
@@ -87,8 +81,6 @@ class SyncSide:
                 return True
             # Both the directory the base leaves and the one it enters changed on the server.
             self._dir_stamp[node.base_parent] = self._dir_stamp[base_parent] = self._base_generation
-            self._forget_listing(txn, node.base_parent)
-            self._forget_listing(txn, base_parent)
             if entry is None:
                 nodes.clear_base(ix, txn, node)
                 nodes.clear_dirty(ix, txn, node_id, DirtyReason.DELETE)
@@ -133,10 +125,7 @@ class SyncSide:
         """Keep the local version of a conflicting node under ``new_name`` (see ``conflicts``)."""
         conflicts.rename_for_conflict(self, node_id, new_name)
         self._base_generation += 1
-        parent = self.node(node_id).parent
-        self._dir_stamp[parent] = self._base_generation
-        with self._txn(write=True) as txn:
-            self._forget_listing(txn, parent)
+        self._dir_stamp[self.node(node_id).parent] = self._base_generation
 
     def list_conflicts(self) -> list[dict]:
         return conflicts.list_conflicts(self)
