@@ -110,6 +110,9 @@ class Cache(Hydration, SyncSide):
         self._dir_stamp: dict[int, int] = {}
         #: directory id → trio time of the last lookup/readdir; sync rescans these first.
         self.recent_dirs: dict[int, float] = {}
+        #: directory id → (trio time its last listing ended, seconds it took); sync paces the
+        #: rescans of big directories by it (``cscd.sync.scan``) and adds its own listings.
+        self.listing_cost: dict[int, tuple[float, float]] = {}
         self.hits = 0
         self.misses = 0
         self.residency = Residency(self, limit_bytes, uncached=uncached, max_file_bytes=max_file_bytes)
@@ -246,8 +249,11 @@ class Cache(Hydration, SyncSide):
                 )
             for _ in range(5):
                 started = self.listing_started()
+                t0 = trio.current_time()
                 entries = await self.source.list_dir(folder, path)
                 if self.merge_listing(dir_id, entries, started):
+                    t1 = trio.current_time()
+                    self.listing_cost[dir_id] = (t1, t1 - t0)
                     return
 
     async def readdir(self, dir_id: int, after_id: int) -> list[tuple[bytes, Node]]:

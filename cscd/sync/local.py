@@ -15,6 +15,8 @@ ChunkTriple = tuple[int, int, bytes]
 
 class LocalSide(Protocol):
     recent_dirs: dict[int, float]
+    #: directory id → (trio time its last listing ended, seconds it took)
+    listing_cost: dict[int, tuple[float, float]]
     #: ids of files whose download just completed (for their chunk map)
     hydrated: trio.MemoryReceiveChannel[int]
 

@@ -5,10 +5,11 @@ every ``full_scan_interval_s`` and after each return to online; change notificat
 (``notify``) triggers the same ``scan_dir`` for the directory it names.
 
 The recent-directory rescans are paced by what they cost: a directory whose last listing
-took ``d`` seconds (fetch and merge) is re-listed as "recent" at most every
-``d / RECENT_COST_SHARE`` seconds, so a 100,000-entry directory that takes 3 s to list is not
-fetched again every 3 s while a small one still is. Full scans and notifications are not
-paced: they answer a known or possible change.
+(a rescan here or its first listing by the cache, ``LocalSide.listing_cost``) took ``d``
+seconds (fetch and merge) is re-listed as "recent" at most every ``d / RECENT_COST_SHARE``
+seconds, so a 100,000-entry directory that takes 3 s to list is not fetched again every 3 s
+while a small one still is. Full scans and notifications are not paced: they answer a known
+or possible change.
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ class Scanner:
         self.links = links
         self.on_link_error = on_link_error
         self.dirs_scanned = 0
-        #: directory id → (trio time its last listing ended, seconds it took)
-        self._cost: dict[int, tuple[float, float]] = {}
 
     async def scan_dir(self, dir_id: int) -> None:
         """Re-list one directory on the server and merge the result (network, deadline)."""
@@ -55,7 +54,7 @@ class Scanner:
         self.local.merge_listing(dir_id, entries, started)
         self.dirs_scanned += 1
         t1 = trio.current_time()
-        self._cost[dir_id] = (t1, t1 - t0)
+        self.local.listing_cost[dir_id] = (t1, t1 - t0)
         log.debug("rescanned %s:%r (%d entries, %.3f s)", folder, path, len(entries), t1 - t0)
 
     async def scan(self, dir_ids: list[int], *, modes: tuple[Mode, ...] = (Mode.ONLINE,)) -> None:
@@ -84,9 +83,10 @@ class Scanner:
         recent = self.local.recent_dirs
         for d in [d for d, t in recent.items() if now - t > RECENT_S]:
             del recent[d]
-        for d in [d for d in self._cost if d not in recent]:
-            del self._cost[d]
-        due = [d for d in recent if d not in self._cost or rescan_due(now, *self._cost[d])]
+        cost = self.local.listing_cost  # also the first listings, which the cache makes
+        for d in [d for d in cost if d not in recent]:
+            del cost[d]
+        due = [d for d in recent if d not in cost or rescan_due(now, *cost[d])]
         return sorted(due, key=recent.__getitem__, reverse=True)[:RECENT_MAX]
 
 
