@@ -39,14 +39,15 @@ CASES: list[Case] = [
     Case("hashing", "7. xxh3-128 hashing vs xxhsum", cases.run_hashing, needs_mounts=False),
     Case("upload-read", "extra: cached reads while a large upload runs", stress.run_upload_read,
          stress.prepare_upload_read),
-    # After the data cases: cscd re-lists every recently used directory every 3 s for 5 minutes, so
+    # After the data cases: cscd re-lists every recently used directory every 3 s for a minute, so
     # the 200+ directories walked here would load the daemon during the cases after it (see README).
     Case("metadata", "4. ls -lR / find over many files", cases.run_metadata, cases.prepare_metadata),
     # Last: it kills smbd, and a client that does not recover would spoil the cases after it.
     Case("server-loss", "8. smbd killed: stalls on cached data, recovery", stress.run_server_loss,
          stress.prepare_server_loss),
-    # After everything: a million-file index slows every case after it (cscd walks its whole index
-    # for pins every 3 s and rescans big directories), and it restarts both clients.
+    # After everything: a million-file index slows every case after it (cscd rescans the big
+    # directories it listed, and re-lists everything once after each restart), and it restarts
+    # both clients.
     Case("scale", "9. an index of many files: listing, stat, RSS, restart", scale.run_scale, scale.prepare_scale),
 ]
 ALIASES = {"hash": "hashing", "small-files": "small", "meta": "metadata", "loss": "server-loss",
@@ -80,12 +81,13 @@ def _case_list(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="small sizes, one run each, N=1,000, 20,000 files in the scale case (about 4 minutes)")
+                   help="small sizes, one run each, N=1,000, 200 small files, 20,000 files in the scale case "
+                        "(under 2 minutes)")
     p.add_argument("--size", type=parse_size, help="big-file size (default 1G; --quick: 32M)")
     p.add_argument("--repeat", type=int, help="runs per measurement, the median is reported (default 3; --quick: 1)")
     p.add_argument("--files", type=int, help="files in the metadata tree, in 100 directories (default 10000; "
                                              "--quick: 1000)")
-    p.add_argument("--small-files", type=int, default=1000, help="files in the small-files case (default 1000)")
+    p.add_argument("--small-files", type=int, help="files in the small-files case (default 1000; --quick: 200)")
     p.add_argument("--scale-files", type=int, help="empty files in the scale case, in 10 directories, the biggest "
                                                    "min(100000, N/2) (default 1000000; --quick: 20000)")
     p.add_argument("--only", type=_case_list, help="comma-separated cases to run (default: all)")
@@ -179,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size or (32 * MiB if quick else GiB),
         repeat=max(1, args.repeat or (1 if quick else 3)),
         meta_files=max(100, args.files or (1000 if quick else 10_000)),
-        small_files=max(1, args.small_files),
+        small_files=max(1, args.small_files or (200 if quick else 1000)),
         loss_window_s=args.loss_window,
         loss_cap_s=10.0 if quick else 30.0,
         scale_files=max(100, args.scale_files or (20_000 if quick else 1_000_000)),
+        busy_cap_s=5.0 if quick else 90.0,
     )
+    idle_s = 1.0 if quick else 3.0  # how long each client is watched doing nothing, at start and end
     names = args.only or [c.name for c in CASES]
     selected = [c for c in CASES if c.name in names and c.name not in args.skip]
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 env.start_mounts()
             for what, err in env.errors.items():
                 print(f"bench: {what}: {err}", file=sys.stderr, flush=True)
-            meta["idle_after_start"] = env.idle_cost()
+            meta["idle_after_start"] = env.idle_cost(idle_s)
         for c in selected:
             res = CaseResult(c.name, c.title)
             print(f"bench: {c.title} ...", file=sys.stderr, flush=True)
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
             write_json(args.json, results, {**meta, "partial": True})
         if env.cscd is not None or env.rclone is not None:
-            meta["idle_at_end"] = env.idle_cost()
+            meta["idle_at_end"] = env.idle_cost(idle_s)
     except KeyboardInterrupt:
         print("bench: interrupted; cleaning up", file=sys.stderr, flush=True)
         failed = True

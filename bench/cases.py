@@ -63,6 +63,8 @@ class Options:
     loss_window_s: float = 3.0
     loss_cap_s: float = 30.0
     scale_files: int = 1_000_000
+    #: how long the scale case watches cscd for its background work to end (twice)
+    busy_cap_s: float = 90.0
 
     @property
     def upload_timeout_s(self) -> float:

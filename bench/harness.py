@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from cscd.control import ControlClient, socket_candidates
 from cscd.samba import EmbeddedSamba
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +158,14 @@ class CscdMount:
 
     def is_alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def counters(self) -> dict[str, float]:
+        """The daemon's own metrics (``cscd stats`` over its control socket), summed over
+        folders, e.g. ``dirs_scanned_total`` and ``pending_changes``; raises if it does not answer."""
+        with ControlClient(socket_candidates(self.config_path, self.cache), timeout_s=10.0) as client:
+            answer = client.call("stats")
+        return {family["name"]: sum(float(s["value"]) for s in family["samples"])
+                for family in answer["metrics"]}
 
     def stop(self) -> None:
         """SIGTERM and expect exit code 0 with the mount gone; else lazy-unmount and kill."""

@@ -22,8 +22,9 @@ so the files are made once.
 
 Order, so that no client's background work lands in another client's samples: rclone first
 (cold listing, index, warm, stat, RSS), then the local disk, then cscd (which afterwards
-re-lists the directories it saw used in the last minute every 3 s; ``info.busy_after_index``
-shows what that costs). For the restarts both clients are stopped, then each is started alone
+re-lists the directories it saw used in the last minute every 3 s, big ones less often;
+``info.busy_after_index`` shows what that costs, watched until cscd is idle: see
+``_busy_until_idle``). For the restarts both clients are stopped, then each is started alone
 and timed. The case's server files are removed at tear-down (``Env.cleanups``), after the
 mounts are gone, also with ``--keep``.
 """
@@ -48,9 +49,13 @@ from bench.report import CaseResult
 DIRS = 10
 BIG_MAX = 100_000
 STAT_SAMPLE = 1_000
-#: How long to watch cscd after the listings and after the last start for its background work
-#: to end: longer than the 60 s a listed directory stays "recent" (rescanned every 3 s).
-BUSY_CAP_S = 90.0
+#: cscd counts as idle once, for this long in a row, it has re-listed no directory, has nothing
+#: pending and used under ``IDLE_PERCENT`` CPU: longer than its 3 s rescan interval. The watch
+#: ends there or at ``Options.busy_cap_s`` (90 s: longer than the 60 s a listed directory stays
+#: "recent"; ``--quick``: 10 s).
+QUIET_S = 4.0
+IDLE_PERCENT = 5.0
+POLL_S = 0.25
 MB = 1e6
 CLIENTS = ("rclone", "cscd")  # measured in this order (see the module doc)
 
@@ -178,29 +183,45 @@ def _rss(env: Env, name: str, res: CaseResult, key: str) -> None:
     res.cell(f"{key}.{name}", "MB").sample(take)
 
 
-def _busy_until_idle(env: Env, name: str, cap_s: float, *, window_s: float = 3.0,
-                     idle_percent: float = 5.0) -> dict[str, Any]:
-    """Watch ``name`` in windows of ``window_s`` (cscd's rescan interval) until it uses under
-    ``idle_percent`` CPU for two windows in a row or ``cap_s`` passes: the seconds that took,
-    its CPU seconds and its wire bytes meanwhile."""
+def _busy_until_idle(env: Env, name: str, cap_s: float) -> dict[str, Any]:
+    """Watch ``name`` (cscd) until it has nothing left to do or ``cap_s`` passes.
+
+    Idle means: for ``QUIET_S`` in a row no directory re-listed (its ``dirs_scanned_total``
+    counter, read over the control socket every ``POLL_S``), no change pending
+    (``pending_changes``) and under ``IDLE_PERCENT`` CPU (which also catches a long listing still
+    on its way). Returns when it went quiet (None if it never did), its CPU seconds, listings
+    and wire bytes meanwhile.
+    """
     side = env.side(name)
+    mount = _mount(env, name)
+    assert isinstance(mount, CscdMount), "only cscd has counters to watch"
     side.proxy.reset_counters()
     t0 = time.perf_counter()
-    cpu0 = prev = env.cpu_seconds().get(name, 0.0)
-    quiet = 0
+    cpu0 = env.cpu_seconds().get(name, 0.0)
+    first = last = mount.counters()
+    quiet_since, cpu_quiet = t0, cpu0
     idle_at = None
+    cpu = cpu0
     while time.perf_counter() - t0 < cap_s:
-        time.sleep(window_s)
-        now = env.cpu_seconds().get(name, prev)
-        quiet = quiet + 1 if (now - prev) / window_s * 100 < idle_percent else 0
-        prev = now
-        if quiet >= 2:
-            idle_at = time.perf_counter() - t0 - 2 * window_s
-            break
+        time.sleep(POLL_S)
+        now = time.perf_counter()
+        c = mount.counters()
+        cpu = env.cpu_seconds().get(name, cpu)
+        active = (c.get("dirs_scanned_total") != last.get("dirs_scanned_total")
+                  or c.get("pending_changes", 0) > 0)
+        last = c
+        if active:
+            quiet_since, cpu_quiet = now, cpu
+        elif now - quiet_since >= QUIET_S:
+            if (cpu - cpu_quiet) / (now - quiet_since) * 100 < IDLE_PERCENT:
+                idle_at = quiet_since - t0
+                break
+            quiet_since, cpu_quiet = now, cpu  # busy without a finished listing: watch on
     return {
-        "seconds_until_idle": None if idle_at is None else round(max(0.0, idle_at), 1),
+        "seconds_until_idle": None if idle_at is None else round(idle_at, 1),
         "still_busy_after_s": None if idle_at is not None else cap_s,
-        "cpu_s": round(prev - cpu0, 2),
+        "cpu_s": round(cpu - cpu0, 2),
+        "dirs_listed": int(last.get("dirs_scanned_total", 0) - first.get("dirs_scanned_total", 0)),
         "wire_bytes_from_server": side.proxy.bytes_to_client,
         "wire_bytes_to_server": side.proxy.bytes_to_server,
     }
@@ -355,7 +376,7 @@ def run_scale(env: Env, o: Options, res: CaseResult, state: dict[str, Any]) -> N
         res.cell("index_mb.cscd", "MB").fail(exc)
     # What cscd does on its own after a listing of everything (it rescans "recent" directories).
     try:
-        res.info["busy_after_index.cscd"] = _busy_until_idle(env, "cscd", BUSY_CAP_S)
+        res.info["busy_after_index.cscd"] = _busy_until_idle(env, "cscd", o.busy_cap_s)
         _rss(env, "cscd", res, "rss_idle")
     except Exception as exc:  # noqa: BLE001
         res.info["busy_after_index.cscd"] = str(exc)
@@ -413,7 +434,7 @@ def run_scale(env: Env, o: Options, res: CaseResult, state: dict[str, Any]) -> N
             lambda root=root, name=name: listing("first", name, root / big_name, big_count, False))
         _rss(env, name, res, "rss_restart")
     try:
-        res.info["busy_after_start.cscd"] = _busy_until_idle(env, "cscd", BUSY_CAP_S)
+        res.info["busy_after_start.cscd"] = _busy_until_idle(env, "cscd", o.busy_cap_s)
         _rss(env, "cscd", res, "rss_end")
     except Exception as exc:  # noqa: BLE001
         res.info["busy_after_start.cscd"] = str(exc)
