@@ -444,7 +444,8 @@ def _cmd_policy(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cscd", description="Offline Files for Linux: redirected folders over SMB",
                                 epilog="Exit codes: 0 ok, 1 bug, 2 bad input, 3 server unreachable at first "
-                                       "start, 4 daemon not running, 5 request refused, 6 daemon too old for this command, "
+                                       "start, 4 daemon not running, 5 request refused, "
+                                       "6 daemon too old for this command, "
                                        "7 sync left changes pending.")
     p.add_argument("--version", action="version", version=f"cscd {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: debug, -vv: libraries too)")

@@ -8,9 +8,9 @@ A probe never blocks a filesystem operation: it runs in its own task with a dead
 The mode follows from a few inputs (``decide_mode``, pure): the user's "work offline"
 switch (persisted in a small state file so it survives restarts), reachability, the
 metered state, the always-offline policy and the smoothed round-trip time with hysteresis
-(``SlowLinkDetector``, pure: the fastest of the last few probes decides). Server loss is noticed at the first failed request — sync and
-on-demand reads report it — and probing goes on with backoff (at most ``reconnect_max_s``),
-so the folder comes back online by itself.
+(``SlowLinkDetector``, pure: the fastest of the last few probes decides). Server loss is
+noticed at the first failed request — sync and on-demand reads report it — and probing goes
+on with backoff (at most ``reconnect_max_s``), so the folder comes back online by itself.
 """
 
 from __future__ import annotations

@@ -492,7 +492,8 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
     async def node_at(args: dict):
         path = control.argument(args, "path", str)
         _folder_of_path(config.mount, path, links)
-        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(config.mount))
+        # abspath is string work (and getcwd), no filesystem access: fine on the trio thread
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(config.mount))  # noqa: ASYNC240
         try:
             return await cache.resolve([os.fsencode(p) for p in rel.parts])
         except NotFound:

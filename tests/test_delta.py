@@ -228,17 +228,6 @@ async def test_change_during_delta_upload_is_a_conflict(smbd: EmbeddedSamba,
         await other.close()
 
 
-@pytest.fixture
-def own_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
-    """A private smbd this test may kill."""
-    server = EmbeddedSamba(tmp_path / "own-smbd")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def temp_size(disk: Path) -> int:
     return max((p.stat().st_size for p in disk.iterdir() if p.name.startswith(UPLOAD_TEMP_PREFIX)),
                default=0)

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from cscd.samba import EmbeddedSamba
 from tests.helpers.mount_env import MountEnv
 from tests.helpers.wait import wait_for
 
@@ -31,17 +30,6 @@ def timed(fn, *args):
 
 def mode_lines(env):
     return [line for line in env.daemon.log_text().splitlines() if "is now" in line]
-
-
-@pytest.fixture
-def own_smbd(tmp_path):
-    """A private smbd this test may kill."""
-    server = EmbeddedSamba(tmp_path / "own-smbd")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

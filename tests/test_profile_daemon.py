@@ -34,7 +34,7 @@ def roaming_policy(env: PolicyEnv, sub: str = "Profile", extra: str = "") -> str
         {extra}"""
 
 
-def test_profile_roams_at_start_on_logoff_and_at_stop(penv):
+def test_profile_roams_at_start_on_logoff_and_at_stop(penv):  # noqa: F811 - penv is the imported fixture
     server = penv.server_dir("Profile")
     put(server, ".config/app/settings.ini", b"theme=dark\n", OLD)
     put(server, ".bashrc", b"alias ll='ls -l'\n", OLD)
@@ -78,7 +78,7 @@ def start_roaming(env: PolicyEnv) -> Path:
     return server
 
 
-def test_first_logon_creates_the_profile_folder_on_the_server(penv):
+def test_first_logon_creates_the_profile_folder_on_the_server(penv):  # noqa: F811 - penv is the imported fixture
     server = penv.server_dir("NewProfile")
     server.parent.mkdir(parents=True, exist_ok=True)
     assert not server.exists()
@@ -92,7 +92,7 @@ def test_first_logon_creates_the_profile_folder_on_the_server(penv):
     assert (server / ".gitconfig").read_bytes() == b"[user]\n\tname = A\n"
 
 
-def test_background_upload_follows_a_reloaded_policy(penv):
+def test_background_upload_follows_a_reloaded_policy(penv):  # noqa: F811 - penv is the imported fixture
     start_roaming(penv)
     assert penv.status()["profile"]["next_upload_in_s"] is None
 
@@ -109,7 +109,7 @@ def test_background_upload_follows_a_reloaded_policy(penv):
     assert "roaming profile: " in plain and "next background upload in 60 min" in plain, plain
 
 
-def test_profile_logoff_with_the_server_gone_fails_and_keeps_the_files(penv):
+def test_profile_logoff_with_the_server_gone_fails_and_keeps_the_files(penv):  # noqa: F811 - penv is the imported fixture
     server = start_roaming(penv)
     put(penv.home, ".config/app/new.ini", b"made while the server is gone")
     penv.env.proxy.stop_listening()
@@ -124,7 +124,7 @@ def test_profile_logoff_with_the_server_gone_fails_and_keeps_the_files(penv):
     penv.daemon.stop()
 
 
-def test_nothing_roams_on_a_computer_that_is_not_primary(penv):
+def test_nothing_roams_on_a_computer_that_is_not_primary(penv):  # noqa: F811 - penv is the imported fixture
     server = penv.server_dir("Profile")
     put(server, ".config/app/settings.ini", b"theme=dark\n", OLD)
     put(penv.home, ".bashrc", b"local\n")

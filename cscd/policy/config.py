@@ -231,7 +231,8 @@ def load_config(path: Path) -> DaemonConfig:
     home = doc.get_path("home", required=False)
     folders_doc = doc.sub("folders")
     if policy_dir is None and (folders_doc is None or not folders_doc.items):
-        raise doc.err("folders", "missing: name at least one folder, e.g. Documents: '\\\\server\\share\\you\\Documents'")
+        raise doc.err("folders", "missing: name at least one folder, "
+                                 "e.g. Documents: '\\\\server\\share\\you\\Documents'")
     folders = []
     for name in (folders_doc.items if folders_doc is not None else ()):
         try:

@@ -16,8 +16,8 @@ runs one ``trio.run`` per job. A job names the content file by path (from ``/pro
 so file data never crosses the pipe.
 Byte counters of the jobs are added to this object's ``statistics()``, so counts stay exact.
 The upload cap of the in-process upstream travels with each job (a cap changed while a job
-runs applies from the next job). Cancellation kills the worker (``kill_on_cancel``); an upload killed half-way leaves at most a
-temporary file on the server, which a later upload removes.
+runs applies from the next job). Cancellation kills the worker (``kill_on_cancel``); an upload
+killed half-way leaves at most a temporary file on the server, which a later upload removes.
 """
 
 from __future__ import annotations
