@@ -199,6 +199,8 @@ BAD = [
      "is not a UNC path"),
     ("- roaming_profile:\n    include: [/etc]\n", 2, "roaming_profile.include[0]",
      "relative to the home directory"),
+    ("- roaming_profile:\n    exclude_patterns: ['~/.cache']\n", 2,
+     "roaming_profile.exclude_patterns[0]", "relative to the home directory"),
     ("- roaming_profile:\n    exclude_patterns: ['../x']\n", 2,
      "roaming_profile.exclude_patterns[0]", "relative to the home directory"),
     ("- roaming_profile:\n    background_upload: {interval_hours: 1, time_of_day: '03:00'}\n", 2,
@@ -644,7 +646,7 @@ def test_roaming_profile_keys_reach_the_policy(tmp_path: Path) -> None:
 - roaming_profile:
     target: '\\\\srv\\profiles\\%USERNAME%'
     include: [.config, .ssh/known_hosts]
-    exclude_patterns: [.config/chromium/, '*.log']
+    exclude_patterns: [.config/chromium/, '*.log', '~$*']
     max_file_size: 5 MB
     background_upload: {time_of_day: 03:30, max_offset_min: 5}
 - scope: {users: [bob]}
@@ -654,7 +656,7 @@ def test_roaming_profile_keys_reach_the_policy(tmp_path: Path) -> None:
     alice = effective_policy(policy_set, ALICE).roaming_profile
     assert str(alice.target) == "\\\\srv\\profiles\\alice"
     assert alice.include == (".config", ".ssh/known_hosts")
-    assert alice.exclude_patterns == (".config/chromium/", "*.log")
+    assert alice.exclude_patterns == (".config/chromium/", "*.log", "~$*")
     assert alice.max_file_size_bytes == 5_000_000
     # unquoted 03:30 is the number 210 to YAML 1.1; the raw text is what counts
     assert (alice.background_upload.time_of_day, alice.background_upload.max_offset_min) == ("03:30", 5)

@@ -236,7 +236,8 @@ def credentials_source(loc: Located) -> str:
 def home_relative(loc: Located, text: str, *, what: str) -> str:
     """A ``/``-separated path below the home directory: not absolute, no ``.`` or ``..``."""
     parts = text.rstrip("/").split("/")
-    if text.startswith(("/", "~")) or "\0" in text or any(p in ("", ".", "..") for p in parts):
+    # "~/x" and "~" would mean the home directory itself; "~$*" (Office's owner files) is a name
+    if text.startswith(("/", "~/")) or text == "~" or "\0" in text or any(p in ("", ".", "..") for p in parts):
         raise loc.error(f"{text!r}: {what} is relative to the home directory, without '.', "
                         f"'..' or '~', e.g. .config/app")
     return text
