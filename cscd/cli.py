@@ -269,6 +269,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     s = status.get("sync", {})
     print(f"sync: {s.get('pending_changes', 0)} changes pending, {s.get('files_uploaded', 0)} files "
           f"uploaded, {s.get('conflicts', 0)} conflicts since start")
+    problems = s.get("problems") or []
+    if problems:
+        print(f"sync problems: {len(problems)} file(s) keep failing (cached here, retried):")
+        for p in problems:
+            print(f"  {p['folder']}/{p['path'].split('/', 1)[-1]}: {p['reason']} "
+                  f"({p['failures']} tries, next in {p['retry_in_s']} s)")
     c = status.get("cache", {})
     limit = "no limit" if c.get("limit_bytes") is None else f"limit {_size(c['limit_bytes'])}"
     print(f"cache: {_size(c.get('used_bytes'))} used, {limit}; {c.get('hits', 0)} hits, "

@@ -19,6 +19,12 @@ class NotFound(CscdError):
     errno = errno.ENOENT
 
 
+class SourceChanged(CscdError):
+    """A file changed while sync was taking the copy it uploads; it is looked at again."""
+
+    errno = errno.EAGAIN
+
+
 class Exists(CscdError):
     errno = errno.EEXIST
 

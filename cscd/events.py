@@ -18,6 +18,8 @@ reuse one; add new ones in their group.
 | 2012 | UPLOAD_FAILED_WRITE_THROUGH | WARNING | path, reason, kept (dropped, pending): a folder that is not cached |
 | 2020 | NOT_AVAILABLE_OFFLINE    | INFO    | path, mode                             |
 | 2030 | SYNC_FILE_TOO_LARGE      | INFO    | path, size, limit (offline_files.max_file_size) |
+| 2040 | SYNC_PROBLEM             | WARNING | path, failures, reason, retry_s: a file that keeps failing to sync |
+| 2041 | SYNC_PROBLEM_CLEARED     | INFO    | path, failures: it synced after all    |
 | 3000 | MODE_CHANGED             | INFO    | mode, previous, reason, cause (start, rtt, error, policy, user) |
 | 4000 | CONFLICT_CREATED         | WARNING | path, copy, count                      |
 | 4001 | CONFLICT_RESOLVED        | INFO    | path, keep                             |
@@ -80,6 +82,8 @@ class EventId(enum.IntEnum):
     UPLOAD_FAILED_WRITE_THROUGH = 2012
     NOT_AVAILABLE_OFFLINE = 2020
     SYNC_FILE_TOO_LARGE = 2030
+    SYNC_PROBLEM = 2040
+    SYNC_PROBLEM_CLEARED = 2041
     MODE_CHANGED = 3000
     CONFLICT_CREATED = 4000
     CONFLICT_RESOLVED = 4001
@@ -136,6 +140,12 @@ EVENTS: dict[EventId, EventSpec] = {
     EventId.SYNC_FILE_TOO_LARGE: _spec(
         logging.INFO, "{path} in {folder}: {size} bytes is more than offline_files.max_file_size "
         "({limit} bytes); refused with EFBIG", "d2b952d881ea59eb8894e8704a90e029"),
+    EventId.SYNC_PROBLEM: _spec(
+        logging.WARNING, "{path} in {folder} keeps failing to sync ({failures} tries): {reason}; "
+        "it stays in the cache and is tried again in {retry_s} s", "5aeb56208cc350ef89f28ec22fc35f7a"),
+    EventId.SYNC_PROBLEM_CLEARED: _spec(
+        logging.INFO, "{path} in {folder} synced after {failures} failed tries",
+        "c90d2514b3c857f6a54ada28220bf499"),
     EventId.MODE_CHANGED: _spec(
         logging.INFO, "mode of {folder} changed from {previous} to {mode} ({cause}): {reason}",
         "b0efcac3408f5e65a36ed5e97ce63804"),

@@ -18,6 +18,7 @@ The counters (the Work Folders set, and more):
 | ``cache_hits_total``, ``cache_misses_total`` | counter | | cache |
 | ``hydrations_total`` | counter | | cache misses: each fetches missing ranges from the server |
 | ``pending_changes`` | gauge | | sync engine: dirty nodes left after the last push round |
+| ``sync_problems`` | gauge | | sync engine: files that keep failing to sync (``sync/problems.py``) |
 | ``link_rtt_seconds``, ``folder_online``, ``folder_connected`` | gauge | folder | link monitor, upstream |
 | ``last_sync_timestamp_seconds`` | gauge | folder | last push round that succeeded while online |
 | ``cache_used_bytes``, ``cache_limit_bytes`` | gauge | | content store (``cache_usage``) |
@@ -189,6 +190,8 @@ class Collector:
         for key, value in sync.items():
             if key == "pending":
                 values[("pending_changes", "")] = value
+            elif key == "sync_problems":
+                values[("sync_problems", "")] = value
             elif key == "bytes_uploaded":
                 values[("sync_bytes_uploaded_total", "")] = value
             elif key != "last_success":
@@ -287,6 +290,7 @@ class Collector:
                 "pending_changes": int(v.get(("pending_changes", ""), 0)),
                 "files_uploaded": int(v.get(("files_uploaded_total", ""), 0)),
                 "conflicts": int(v.get(("conflicts_total", ""), 0)),
+                "problems": [dict(p) for p in getattr(self.sync.statistics(), "problems", ())],
             },
             "cache": {"used_bytes": used, "limit_bytes": limit,
                       "hits": int(v.get(("cache_hits_total", ""), 0)),
@@ -401,6 +405,7 @@ def _help(name: str) -> str:
         return f"Rate of cscd_{base} over the last samples."
     return {
         "pending_changes": "Local changes waiting to be pushed after the last round.",
+        "sync_problems": "Files that keep failing to sync (listed by cscd status).",
         "link_rtt_seconds": "Last probe round trip to the folder's server.",
         "folder_online": "1 while the folder is online, else 0 (see cscd status for the mode).",
         "folder_connected": "1 while the folder's server connection is up.",

@@ -7,6 +7,7 @@ Leaf module: imports nothing from cscd. ``FolderLink`` is how news about the lin
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -137,3 +138,30 @@ class OfflinePolicy:
         """Bytes per second uploads may use now, or None for no cap."""
         caps = [c for c in (self.upload_cap_kibps, self.slow_link_upload_kibps if slow else 0.0) if c > 0]
         return min(caps) * 1024 if caps else None
+
+
+@dataclass
+class ContentSnapshot:
+    """A frozen copy of one file's content, made for one upload (the cache's ``content_snapshot``).
+
+    Why a copy: the user may write, truncate, rename or delete the file while its upload runs
+    (sqlite's journals, editors' swap files, git's ``index.lock`` live for milliseconds). The
+    upload reads this unnamed copy, never the live file, so it sends one consistent version;
+    ``version`` says which, and sync records the base only if the node is still at it.
+    ``path`` opens the same copy from another process (upload workers, hashing workers).
+    The owner closes it; closing twice is harmless.
+    """
+
+    fd: int
+    version: int
+    size: int
+    mtime_ns: int
+
+    @property
+    def path(self) -> str:
+        return f"/proc/{os.getpid()}/fd/{self.fd}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)

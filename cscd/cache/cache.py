@@ -102,6 +102,8 @@ class Cache(Hydration, SyncSide):
         self._writers: dict[int, int] = {}
         self._hydrate_locks: dict[int, trio.Lock] = {}
         self._list_locks: dict[int, trio.Lock] = {}
+        #: one large upload copy at a time: they compete for the same disk
+        self._snapshot_limiter = trio.CapacityLimiter(1)
         self._readahead: dict[int, tuple[int, int]] = {}
         # A listing taken before sync changed the server must not undo that change:
         # record_synced stamps the directories involved, and a listing of a directory stamped
@@ -170,6 +172,11 @@ class Cache(Hydration, SyncSide):
     def node(self, node_id: int) -> Node:
         with self._txn() as txn:
             return nodes.get(self.index, txn, node_id)
+
+    def exists(self, node_id: int) -> bool:
+        """Whether the index still has a record of the node (a tombstone counts)."""
+        with self._txn() as txn:
+            return nodes.find(self.index, txn, node_id) is not None
 
     def folder_of(self, node: Node) -> tuple[bytes, list[bytes]]:
         """The folder name a node belongs to and its local path components below it."""
@@ -422,7 +429,9 @@ class Cache(Hydration, SyncSide):
                 node.mtime_ns = mtime_ns
                 reason |= DirtyReason.META
             node.ctime_ns = now
-            if reason and node.id != ROOT_ID and node.parent != ROOT_ID:
+            if reason and node.is_deleted:
+                node.version += 1  # see ``write``: a deleted file has nothing to upload
+            elif reason and node.id != ROOT_ID and node.parent != ROOT_ID:
                 nodes.mark_dirty(ix, txn, node, reason)
             nodes.put(ix, txn, node)
         if reason:
@@ -489,7 +498,12 @@ class Cache(Hydration, SyncSide):
                 self._store_ranges(txn, node, have, max(node.size, end))
             node.size = max(node.size, end)
             node.mtime_ns = node.ctime_ns = time.time_ns()
-            nodes.mark_dirty(ix, txn, node, DirtyReason.CONTENT)
+            if node.is_deleted:
+                # Written through a handle after its unlink (sqlite's -shm pages written back
+                # at munmap): nothing to upload; the version still moves for an upload in flight.
+                node.version += 1
+            else:
+                nodes.mark_dirty(ix, txn, node, DirtyReason.CONTENT)
             nodes.put(ix, txn, node)
         return n
 
@@ -522,7 +536,7 @@ class Cache(Hydration, SyncSide):
             node = nodes.find(ix, txn, node_id)
             if node is None or Flag.TOMBSTONE not in node.flags:
                 return
-            if nodes.dirty_reasons(ix, txn, node_id):
+            if node.has_base and nodes.dirty_reasons(ix, txn, node_id):
                 self.store.remove(node_id)  # record stays for the pending server delete
                 return
             nodes.delete_record(ix, txn, node)

@@ -101,6 +101,11 @@ class Node:
         return Flag.HAS_BASE in self.flags
 
     @property
+    def is_deleted(self) -> bool:
+        """Gone from the namespace here (a tombstone kept for a server delete or an open handle)."""
+        return Flag.TOMBSTONE in self.flags
+
+    @property
     def is_hydrated(self) -> bool:
         return Flag.HYDRATED in self.flags
 

@@ -2,16 +2,26 @@
 
 Owns content bytes on local disk; knows nothing of LMDB (``ranges`` in the index says which
 bytes of a file are real). Calls here are fast local syscalls and run inline on the trio
-thread, except ``fsync``, which the caller sends to a thread.
+thread, except ``fsync`` and the copy of a large ``snapshot``, which the caller sends to a
+thread.
+
+Snapshots are what uploads read: an unnamed copy (``O_TMPFILE``) of a content file, made with
+``copy_file_range`` (a reflink where the filesystem has them). Writes, truncations and deletes
+of the node after the snapshot cannot tear an upload, and the copy vanishes with its last
+descriptor, so a crash leaves nothing behind. Another process reads it through
+``/proc/<daemon pid>/fd/<n>``, which opens the same file even though it has no name.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 from pathlib import Path
 
 from cscd.errors import CacheFull
+
+_SNAPSHOT_SEQ = itertools.count()
 
 
 class ContentStore:
@@ -32,6 +42,54 @@ class ContentStore:
         if size is not None and os.fstat(fd).st_size != size:
             os.ftruncate(fd, size)
         return fd
+
+    def snapshot(self, node_id: int, size: int) -> int:
+        """A private read-write copy of the first ``size`` bytes of the node's content; returns
+        its fd (the caller closes it). Copies in the kernel; the caller decides the thread.
+
+        Raises ``FileNotFoundError`` if the node has no content file, ``CacheFull`` if the
+        cache's disk cannot hold the copy (the caller may then read the live file instead).
+        """
+        src = os.open(self.path(node_id), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            dst = self._unnamed_file()
+            try:
+                done = 0
+                while done < size:
+                    n = os.copy_file_range(src, dst, size - done, done, done)
+                    if n == 0:
+                        break  # the file is shorter than the index says: the rest is zeros
+                    done += n
+                if done < size:
+                    os.ftruncate(dst, size)
+            except OSError as exc:
+                os.close(dst)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise CacheFull("the cache's filesystem is full") from None
+                raise
+            return dst
+        finally:
+            os.close(src)
+
+    def _unnamed_file(self) -> int:
+        try:
+            return os.open(self.root, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+        # A filesystem without O_TMPFILE: a named file, unlinked at once.
+        path = self.root / f".snapshot-{os.getpid()}-{next(_SNAPSHOT_SEQ)}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.unlink(path)
+        return fd
+
+    def snapshot_empty(self) -> int:
+        """An empty unnamed file: the snapshot of a node whose content file was never made."""
+        return self._unnamed_file()
+
+    def open_readonly(self, node_id: int) -> int:
+        """The live content file, read-only (``FileNotFoundError`` if it has none)."""
+        return os.open(self.path(node_id), os.O_RDONLY | os.O_CLOEXEC)
 
     def exists(self, node_id: int) -> bool:
         return self.path(node_id).exists()

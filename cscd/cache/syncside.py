@@ -7,9 +7,12 @@ transaction rules apply (one write transaction per logical change, no await insi
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+import trio
 
 from cscd.cache import chunks as chunkmaps
 from cscd.cache import conflicts, nodes, ranges
@@ -17,7 +20,13 @@ from cscd.cache.index import u64
 from cscd.cache.merge import listing_digest, merge_listing
 from cscd.cache.moved import adopt_moved_bases
 from cscd.cache.nodes import DirtyReason, Flag, Node
-from cscd.types import ROOT_ID, RemoteEntry
+from cscd.errors import CacheFull, NotFound, SourceChanged
+from cscd.types import ROOT_ID, ContentSnapshot, RemoteEntry
+
+log = logging.getLogger(__name__)
+
+#: Files up to this size are copied for upload inline (~2 ms); larger ones in a thread.
+SNAPSHOT_INLINE_BYTES = 8 << 20
 
 
 class SyncSide:
@@ -83,7 +92,8 @@ class SyncSide:
             self._dir_stamp[node.base_parent] = self._dir_stamp[base_parent] = self._base_generation
             if entry is None:
                 nodes.clear_base(ix, txn, node)
-                nodes.clear_dirty(ix, txn, node_id, DirtyReason.DELETE)
+                # A deleted node has nothing left to push once its server copy is gone.
+                nodes.clear_dirty(ix, txn, node_id, None if node.is_deleted else DirtyReason.DELETE)
                 if Flag.TOMBSTONE in node.flags and not self._open_count.get(node_id):
                     nodes.delete_record(ix, txn, node)
                     self.store.remove(node_id)
@@ -93,6 +103,10 @@ class SyncSide:
             old_base = (node.base_file_id, node.base_size, node.base_mtime_ns)
             nodes.set_base(ix, txn, node, base_parent, entry)
             clean = node.version == version
+            if Flag.TOMBSTONE in node.flags:
+                # Deleted here while its upload ran: the server file just made goes next round.
+                nodes.mark_dirty(ix, txn, node, DirtyReason.DELETE)
+                clean = False
             if clean:
                 nodes.clear_dirty(ix, txn, node_id, reasons)
             chunkmaps.after_sync(ix, txn, node, old_base, reasons, chunks, clean=clean)
@@ -188,7 +202,53 @@ class SyncSide:
         copy reproduced (see ``moved``), so nothing is downloaded again. Returns the count."""
         return adopt_moved_bases(self, folder, entries)
 
-    def content_fd(self, node_id: int) -> int:
-        """A read-only fd of the node's content file for uploading (caller closes it)."""
-        return os.open(self.store.path(node_id), os.O_RDONLY | os.O_CLOEXEC)
+    async def content_snapshot(self, node_id: int) -> ContentSnapshot:
+        """A consistent copy of the node's content for one upload (see ``ContentSnapshot``).
+
+        Local only, no network. Up to ``SNAPSHOT_INLINE_BYTES`` the copy is made at once on
+        the trio thread, so no write can come between reading the node and copying it.
+        Larger files are copied in a thread and the node is checked again afterwards.
+        Raises ``NotFound`` if the node was deleted (or its content vanished), and
+        ``SourceChanged`` if the content is not complete or changed during the copy: both
+        mean "look again next round". A cache disk too full for a copy falls back to
+        reading the live file; the version check after the upload still catches a change.
+        """
+        node = self._live_file(node_id)
+        if node.size <= SNAPSHOT_INLINE_BYTES:
+            fd = self._snapshot_fd(node)
+        else:
+            async with self._snapshot_limiter:
+                fd = await trio.to_thread.run_sync(self._snapshot_fd, node)
+            try:
+                now = self._live_file(node_id)
+            except NotFound:
+                os.close(fd)
+                raise
+            if now.version != node.version:
+                os.close(fd)
+                raise SourceChanged(f"{node.name!r} changed while its upload was being prepared")
+        return ContentSnapshot(fd, node.version, node.size, node.mtime_ns)
+
+    def _live_file(self, node_id: int) -> Node:
+        with self._txn() as txn:
+            node = nodes.find(self.index, txn, node_id)
+            if node is None or Flag.TOMBSTONE in node.flags:
+                raise NotFound(f"node {node_id} was deleted")
+            if ranges.missing(self._ranges(txn, node), 0, node.size):
+                raise SourceChanged(f"{node.name!r} is not completely here (it was extended meanwhile)")
+            return node
+
+    def _snapshot_fd(self, node: Node) -> int:
+        try:
+            return self.store.snapshot(node.id, node.size)
+        except FileNotFoundError:
+            if node.size == 0:
+                return self.store.snapshot_empty()
+            raise NotFound(f"the content of {node.name!r} vanished (deleted meanwhile)") from None
+        except CacheFull:
+            log.info("no room for a copy of %r to upload; uploading from the live file", node.name)
+            try:
+                return self.store.open_readonly(node.id)
+            except FileNotFoundError:
+                raise NotFound(f"the content of {node.name!r} vanished (deleted meanwhile)") from None
 

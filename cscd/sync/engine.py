@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import lmdb
 import trio
 
 from cscd.errors import CscdError
@@ -54,6 +55,36 @@ class SyncStatistics:
     times_only: int = 0  # rewritten with the same content: only the write time was sent
     notify_batches: int = 0  # change notifications received
     bytes_chunked: int = 0  # content cut into chunks and hashed (worker processes)
+    sync_problems: int = 0  # files that failed to sync SHOW_AFTER times or more (a gauge)
+    #: those files, for ``cscd status``: folder, path, reason, failures, retry_in_s
+    problems: tuple = ()
+
+
+#: A restarted sync task waits this long after its first failure, doubling to the maximum.
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 60.0
+
+
+async def supervised(name: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Run a sync task for ever: a failure is logged (its traceback once) and the task is
+    restarted after a backoff, so no bug in syncing one file, listing or notification ends
+    the daemon (DESIGN.md invariant 7). Only the loss of the cache itself goes up: an LMDB
+    error means the index is unreadable, and serving on would be worse than stopping."""
+    failures = 0
+    while True:
+        try:
+            await fn(*args)
+            return
+        except lmdb.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the point of this function
+            failures += 1
+            delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** (failures - 1))
+            if failures == 1:
+                log.error("task %s failed and restarts in %g s: %s", name, delay, exc, exc_info=exc)
+            else:
+                log.info("task %s failed again (%d times), restarts in %g s: %s", name, failures, delay, exc)
+            await trio.sleep(delay)
 
 
 class SyncEngine:
@@ -93,12 +124,12 @@ class SyncEngine:
         for folder in self.links:
             self._schedule_background(folder, now)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._push_loop, name="sync.push")
-            nursery.start_soon(self._scan_loop, name="sync.scan")
-            nursery.start_soon(self._pin_loop, name="sync.pins")
-            nursery.start_soon(self.hasher.run_after_hydration, self.local, name="sync.chunk")
-            for folder in self.links:
-                nursery.start_soon(self.notifier.run_folder, folder, name=f"sync.notify:{folder}")
+            for name, fn, args in [("sync.push", self._push_loop, ()), ("sync.scan", self._scan_loop, ()),
+                                   ("sync.pins", self._pin_loop, ()),
+                                   ("sync.chunk", self.hasher.run_after_hydration, (self.local,)),
+                                   *((f"sync.notify:{folder}", self.notifier.run_folder, (folder,))
+                                     for folder in self.links)]:
+                nursery.start_soon(supervised, name, fn, *args, name=name)
             task_status.started()
 
     async def sync_now(self, folder: str | None = None) -> int:
@@ -205,4 +236,5 @@ class SyncEngine:
         return SyncStatistics(c.files_uploaded, c.bytes_uploaded, c.deletes, c.renames, c.conflicts,
                               self.scanner.dirs_scanned, self.pending, c.last_success,
                               c.delta_uploads, c.times_only, self.notifier.batches,
-                              self.hasher.bytes_chunked)
+                              self.hasher.bytes_chunked, self.pusher.problems.count,
+                              tuple(self.pusher.problems.shown(trio.current_time())))

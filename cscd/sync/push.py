@@ -29,22 +29,31 @@ write-through from uploading the same node twice at once.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 import trio_parallel
 
-from cscd.errors import CscdError, Exists, NotEmpty, NotFound, UpstreamTimeout, UpstreamUnavailable
+from cscd.errors import (
+    CscdError,
+    Exists,
+    NotEmpty,
+    NotFound,
+    SourceChanged,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from cscd.sync.chunker import Chunk, same_chunks
 from cscd.sync.conflicts import conflict_name
 from cscd.sync.delta import DeltaPlan, plan_delta, plan_full
 from cscd.sync.exclusions import ExclusionMatcher
 from cscd.sync.hashing import Hasher
 from cscd.sync.local import LocalSide
-from cscd.types import FolderLink, Mode, OfflinePolicy, RemoteEntry
+from cscd.sync.problems import SyncProblems
+from cscd.types import ContentSnapshot, FolderLink, Mode, OfflinePolicy, RemoteEntry
 from cscd.upstream.base import Conflict, Upstream
 
 log = logging.getLogger(__name__)
@@ -92,6 +101,7 @@ class Pusher:
         self.hasher = hasher or Hasher()
         self.matcher = matcher or ExclusionMatcher()
         self._locks: dict[int, trio.Lock] = {}
+        self.problems = SyncProblems()
         #: (folder, server path) → tombstone whose server delete is pending (rename-over)
         self._deletes: dict[tuple[bytes, bytes], object] = {}
 
@@ -104,7 +114,11 @@ class Pusher:
         self._deletes = {}
         for node, reasons in self.local.dirty_nodes():
             try:
-                if reasons & DELETE:
+                if node.is_deleted and not node.has_base:
+                    # Deleted before it ever reached the server (sqlite's -shm, an editor's
+                    # swap file): nothing to do there; the record goes once no handle holds it.
+                    self.local.record_synced(node.id, node.version, 0, None, reasons | DELETE)
+                elif reasons & DELETE:
                     folder, path = self.local.remote_path(node)
                     plan.append((REMOVE, -path.count(b"/"), node, reasons, folder.decode()))
                     if not node.is_dir:
@@ -168,7 +182,7 @@ class Pusher:
 
         async def one(node, reasons: int, folder: str) -> None:
             nonlocal left
-            if folder in failed_folders:
+            if folder in failed_folders or not self.problems.may_try(node.id, trio.current_time()):
                 left += 1
                 return
             try:
@@ -177,20 +191,22 @@ class Pusher:
                         left += 1  # a write-through pushed it meanwhile; the next round looks again
                         return
                     await self._push_one(node, reasons, self.upstreams[folder])
+                self.problems.succeeded(node.id)
             except (UpstreamUnavailable, UpstreamTimeout) as exc:
                 log.info("push to %s paused: %s", folder, exc)
                 self.on_link_error(folder)
                 failed_folders.add(folder)
                 left += 1
-            except NotFound as exc:
+            except (NotFound, SourceChanged) as exc:
+                # Deleted, renamed or rewritten while it waited or uploaded: normal under churn.
                 log.debug("push of node %s deferred: %s", node.id, exc)
                 left += 1
-            except CscdError as exc:
+            except Exception as exc:  # noqa: BLE001 - one file's failure never ends the daemon
                 left += 1
-                if self._changed_meanwhile(node):
+                if isinstance(exc, CscdError) and self._changed_meanwhile(node):
                     log.debug("push of %r restarts: it changed during the upload (%s)", node.name, exc)
                 else:
-                    log.warning("could not push %r to %s: %s", node.name, folder, exc)
+                    self.problems.failed(node.id, folder, self._describe(node), exc, trio.current_time())
 
         async def limited(node, reasons: int, folder: str) -> None:
             async with limiter:
@@ -215,6 +231,14 @@ class Pusher:
         if not failed_folders and allowed:
             self.counters.last_success = trio.current_time()
         return left
+
+    def _describe(self, node) -> str:
+        """The node's path for a log line or ``cscd status`` (its name if the path is gone)."""
+        try:
+            folder, parts = self.local.folder_of(self.local.node(node.id))
+            return "/".join(p.decode(errors="replace") for p in (folder, *parts))
+        except Exception:  # noqa: BLE001 - only for a message
+            return node.name.decode(errors="replace")
 
     def _apply_cap(self, folder: str) -> None:
         """Set the folder's upload cap for this round from its mode and policy."""
@@ -252,6 +276,9 @@ class Pusher:
         version = node.version
         if not reasons & DELETE and self._is_local_only(node):
             await self._leave_sync(node, version, up)
+            return
+        if node.is_deleted and not node.has_base:
+            local.record_synced(node.id, version, 0, None, reasons | DELETE)  # see ``_plan``
             return
         if reasons & DELETE:
             _, path = local.remote_path(node)
@@ -297,6 +324,13 @@ class Pusher:
         replaced = None if node.has_base else self._deletes.get((local.folder_of(node)[0], target))
         if reasons & CONTENT or not node.has_base:
             entry, chunks = await self._upload(node, parent, parent_path, target, up, replaced)
+            if not local.exists(node.id):
+                # A new file deleted here while it uploaded: no record is left to delete the
+                # server copy next round, so take it back now (if it is still ours).
+                await self._take_back(target, entry, up)
+                if replaced is not None:
+                    local.record_synced(replaced.id, replaced.version, 0, None, DELETE)
+                return
         elif reasons & META:
             entry = await up.set_mtime(target, node.mtime_ns)
         local.record_synced(node.id, version, parent.id, entry, reasons, chunks=chunks)
@@ -308,44 +342,49 @@ class Pusher:
                       up: Upstream, replaced=None) -> tuple[RemoteEntry, list[Chunk] | None]:
         """Upload a file's content; returns the new server entry and the content's chunks.
 
-        The chunks (computed in a worker process) decide how: the same chunks as the base
-        mean only the write time changed; known base chunks and a file of at least
-        ``DELTA_MIN_BYTES`` make a delta upload (server-side copies of what the base has);
-        anything else is a whole upload, resumable from ``RESUME_MIN_BYTES`` on. Without a
-        base chunk map there is nothing to compare with, so the upload starts at once and
-        the chunks (the next base's map) are computed meanwhile.
+        Reads a snapshot of the content (``LocalSide.content_snapshot``), never the live file:
+        a write, truncation, rename or delete while the upload runs cannot tear it, and the
+        version the snapshot holds is the one recorded. The chunks (computed in a worker
+        process) decide how: the same chunks as the base mean only the write time changed;
+        known base chunks and a file of at least ``DELTA_MIN_BYTES`` make a delta upload
+        (server-side copies of what the base has); anything else is a whole upload,
+        resumable from ``RESUME_MIN_BYTES`` on. Without a base chunk map there is nothing to
+        compare with, so the upload starts at once and the chunks (the next base's map) are
+        computed meanwhile. Raises ``NotFound`` / ``SourceChanged`` if the file went away or
+        changed before its snapshot was complete (the round looks again).
         """
         local = self.local
         for start, end in local.missing_ranges(node.id):
             await local.hydrate(node.id, start, end)
         base = local.base_chunks(node.id) if node.has_base else None
-        fd = local.content_fd(node.id)
+        snap = await local.content_snapshot(node.id)
         try:
             if base is None:
-                return await self._upload_while_chunking(node, parent_path, target, up, fd, replaced)
-            chunks = await self._chunks(node)
+                return await self._upload_while_chunking(node, parent_path, target, up, snap, replaced)
+            chunks = await self._chunks(node, snap)
             if chunks is not None and same_chunks(base, chunks):
-                entry = await self._send(node, parent_path, target, up, fd, None, times_only=True)
+                entry = await self._send(node, parent_path, target, up, snap, None, times_only=True)
                 self.counters.times_only += 1
                 return entry, chunks
-            plan = self._delta_plan(node, base, chunks)
-            return await self._send(node, parent_path, target, up, fd, plan), chunks
+            plan = self._delta_plan(snap, base, chunks)
+            return await self._send(node, parent_path, target, up, snap, plan), chunks
         finally:
-            os.close(fd)
+            snap.close()
 
     async def _upload_while_chunking(self, node, parent_path: bytes, target: bytes, up: Upstream,
-                                     fd: int, replaced=None) -> tuple[RemoteEntry, list[Chunk] | None]:
+                                     snap: ContentSnapshot, replaced=None
+                                     ) -> tuple[RemoteEntry, list[Chunk] | None]:
         chunks: list[list[Chunk] | None] = [None]
         sent: list[RemoteEntry] = []
         failed: list[Exception] = []
 
         async def chunk() -> None:
-            chunks[0] = await self._chunks(node)
+            chunks[0] = await self._chunks(node, snap)
 
         async def send() -> None:
             try:
-                sent.append(await self._send(node, parent_path, target, up, fd,
-                                             self._delta_plan(node, None, None), replaced=replaced))
+                sent.append(await self._send(node, parent_path, target, up, snap,
+                                             self._delta_plan(snap, None, None), replaced=replaced))
             except Exception as exc:  # noqa: BLE001 - re-raised below as itself, not in a group
                 failed.append(exc)
                 nursery.cancel_scope.cancel()
@@ -357,9 +396,9 @@ class Pusher:
             raise failed[0]
         return sent[0], chunks[0]
 
-    async def _send(self, node, parent_path: bytes, target: bytes, up: Upstream, fd: int,
+    async def _send(self, node, parent_path: bytes, target: bytes, up: Upstream, snap: ContentSnapshot,
                     plan: DeltaPlan | None, *, times_only: bool = False, replaced=None) -> RemoteEntry:
-        """Put the content on the server (or only its time); a conflict keeps both versions.
+        """Put the snapshot on the server (or only its time); a conflict keeps both versions.
 
         ``replaced``: the tombstone of a synced file this new one was renamed over; its
         server version is the one the upload may replace."""
@@ -367,32 +406,32 @@ class Pusher:
         may_replace = node.has_base or replaced is not None
         try:
             if times_only and expected is not None:
-                return await self._times_only(target, node.mtime_ns, expected, up)
+                return await self._times_only(target, snap.mtime_ns, expected, up)
             if plan is None:
-                entry = await up.upload(target, fd, node.size, node.mtime_ns,
+                entry = await up.upload(target, snap.fd, snap.size, snap.mtime_ns,
                                         expected=expected, replace=may_replace)
             else:
                 entry = await up.upload_delta(
-                    target, fd, node.size, node.mtime_ns, plan=plan.extents, expected=expected,
-                    replace=may_replace, resume_token=_resume_token(node))
+                    target, snap.fd, snap.size, snap.mtime_ns, plan=plan.extents, expected=expected,
+                    replace=may_replace, resume_token=_resume_token(node, snap))
                 self.counters.delta_uploads += plan.copies_anything
         except Conflict:
-            own = await self._own_earlier_upload(target, node, up)
+            own = await self._own_earlier_upload(target, snap, up)
             if own is not None:
                 return own
             name = conflict_name(node.name)
-            entry = await up.upload(_join(parent_path, name), fd, node.size, node.mtime_ns,
+            entry = await up.upload(_join(parent_path, name), snap.fd, snap.size, snap.mtime_ns,
                                     expected=None, replace=False)
             self.local.rename_for_conflict(node.id, name)
             self.counters.conflicts += 1
             log.warning("conflict: %r changed on the server and here; the local version is "
                         "kept as %r", target, name)
         self.counters.files_uploaded += 1
-        self.counters.bytes_uploaded += node.size
+        self.counters.bytes_uploaded += snap.size
         return entry
 
     @staticmethod
-    async def _own_earlier_upload(target: bytes, node, up: Upstream) -> RemoteEntry | None:
+    async def _own_earlier_upload(target: bytes, snap: ContentSnapshot, up: Upstream) -> RemoteEntry | None:
         """The server file if it is this very content, uploaded by us before a crash or a lost
         reply kept us from recording it (same size, and the write time we set, to SMB's
         100 ns); else None. Without this, such a file came back as a conflict with itself
@@ -401,28 +440,28 @@ class Pusher:
             current = await up.stat(target)
         except NotFound:
             return None
-        if not current.is_dir and current.size == node.size and current.mtime_ns == node.mtime_ns // 100 * 100:
+        if not current.is_dir and current.size == snap.size and current.mtime_ns == snap.mtime_ns // 100 * 100:
             log.info("%r is already on the server (an earlier upload); recording it", target)
             return current
         return None
 
-    async def _chunks(self, node) -> list[Chunk] | None:
-        """The chunks of the node's content, or None if they cannot be computed (then the
-        upload is a whole one and no chunk map is recorded)."""
+    async def _chunks(self, node, snap: ContentSnapshot) -> list[Chunk] | None:
+        """The chunks of the snapshot, or None if they cannot be computed (then the upload is
+        a whole one and no chunk map is recorded)."""
         try:
-            return await self.hasher.chunks_of(self.local.content_path(node.id), node.size)
+            return await self.hasher.chunks_of(Path(snap.path), snap.size)
         except (OSError, trio_parallel.BrokenWorkerError) as exc:
             log.info("cannot chunk %r, uploading it whole: %s", node.name, exc)
             return None
 
     @staticmethod
-    def _delta_plan(node, base: list | None, chunks: list[Chunk] | None) -> DeltaPlan | None:
-        if base is not None and chunks is not None and node.size >= DELTA_MIN_BYTES:
-            plan = plan_delta(base, chunks, node.size)
+    def _delta_plan(snap: ContentSnapshot, base: list | None, chunks: list[Chunk] | None) -> DeltaPlan | None:
+        if base is not None and chunks is not None and snap.size >= DELTA_MIN_BYTES:
+            plan = plan_delta(base, chunks, snap.size)
             if plan.copies_anything:
                 return plan
-        if node.size >= RESUME_MIN_BYTES:
-            return plan_full(node.size)
+        if snap.size >= RESUME_MIN_BYTES:
+            return plan_full(snap.size)
         return None
 
     @staticmethod
@@ -435,6 +474,15 @@ class Pusher:
                            "based on")
         return await up.set_mtime(target, mtime_ns)
 
+    async def _take_back(self, target: bytes, entry: RemoteEntry, up: Upstream) -> None:
+        try:
+            current = await up.stat(target)
+            if entry.same_version(current):
+                await up.delete(target, is_dir=False)
+                self.counters.deletes += 1
+        except NotFound:
+            pass
+
     async def _rename_local_conflict(self, node) -> None:
         name = conflict_name(node.name)
         self.local.rename_for_conflict(node.id, name)
@@ -442,8 +490,8 @@ class Pusher:
         log.warning("conflict: %r is a file on the server; the local folder is kept as %r", node.name, name)
 
 
-def _resume_token(node) -> str:
+def _resume_token(node, snap: ContentSnapshot) -> str:
     """Names the upload temporary after the content: the same token means the same bytes."""
     base = node.base_entry()
     ident = (base.file_id, base.size, base.mtime_ns) if base is not None else ()
-    return f"{node.id}:{node.version}:{node.size}:{node.mtime_ns}:{ident}"
+    return f"{node.id}:{snap.version}:{snap.size}:{snap.mtime_ns}:{ident}"

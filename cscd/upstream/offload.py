@@ -12,8 +12,8 @@ their speed during a large upload (bench/ case "upload-read": 118 vs 584 MB/s). 
 process it costs the daemon nothing but the pipe.
 
 Each worker process keeps its own connection per target (reconnecting when it needs to) and
-runs one ``trio.run`` per job. A job names the content file by path (from ``/proc/self/fd``),
-so file data never crosses the pipe.
+runs one ``trio.run`` per job. A job names the content by ``/proc/<daemon pid>/fd/<n>`` of the daemon's open
+snapshot, so file data never crosses the pipe and a deleted file stays readable.
 Byte counters of the jobs are added to this object's ``statistics()``, so counts stay exact.
 The upload cap of the in-process upstream travels with each job (a cap changed while a job
 runs applies from the next job). Cancellation kills the worker (``kill_on_cancel``); an upload
@@ -71,6 +71,14 @@ def _job(params: tuple, op: str, args: tuple, kwargs: dict, rate: float | None =
             after.bytes_copied - before.bytes_copied)
 
 
+def _shared_path(fd: int) -> str:
+    """A path another process opens to reach this process's ``fd`` — the same open file,
+    even when it has no name (an unlinked or ``O_TMPFILE`` snapshot): ``/proc/PID/fd/N``.
+    Reading the link's target instead (``/proc/self/fd/N``) gave a name that no longer
+    existed once the file was deleted, and the worker's ``FileNotFoundError`` ended the daemon."""
+    return f"/proc/{os.getpid()}/fd/{fd}"
+
+
 class OffloadedUpstream:
     """An ``SmbUpstream`` whose bulk transfers run in worker processes."""
 
@@ -113,12 +121,10 @@ class OffloadedUpstream:
     async def upload(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
         if size < BULK_BYTES:
             return await self.inner.upload(path, fd, size, mtime_ns, **kwargs)
-        source = os.readlink(f"/proc/self/fd/{fd}")
-        return await self._in_worker("upload", path, source, size, mtime_ns, **kwargs)
+        return await self._in_worker("upload", path, _shared_path(fd), size, mtime_ns, **kwargs)
 
     async def upload_delta(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
-        source = os.readlink(f"/proc/self/fd/{fd}")
-        return await self._in_worker("upload_delta", path, source, size, mtime_ns, **kwargs)
+        return await self._in_worker("upload_delta", path, _shared_path(fd), size, mtime_ns, **kwargs)
 
     def statistics(self) -> UpstreamStatistics:
         own = self.inner.statistics()
