@@ -180,17 +180,22 @@ class Pusher:
         left = 0
         limiter = trio.CapacityLimiter(UPLOADS_IN_FLIGHT)
 
-        async def one(node, reasons: int, folder: str) -> None:
+        async def one(node, reasons: int, folder: str, *, rename_only: bool = False) -> None:
             nonlocal left
             if folder in failed_folders or not self.problems.may_try(node.id, trio.current_time()):
                 left += 1
                 return
             try:
                 async with self._lock(node.id):
-                    if self._changed_meanwhile(node, base_too=True):
+                    if node.id in renamed:
+                        node = self.local.node(node.id)  # its base moved with the rename pass
+                    elif self._changed_meanwhile(node, base_too=True):
                         left += 1  # a write-through pushed it meanwhile; the next round looks again
                         return
-                    await self._push_one(node, reasons, self.upstreams[folder])
+                    await self._push_one(node, reasons, self.upstreams[folder], rename_only=rename_only)
+                    if rename_only:
+                        renamed.add(node.id)
+                        return
                 self.problems.succeeded(node.id)
             except (UpstreamUnavailable, UpstreamTimeout) as exc:
                 log.info("push to %s paused: %s", folder, exc)
@@ -219,6 +224,13 @@ class Pusher:
         for phase, _depth, node, reasons, folder in todo:
             if phase == LEAVE:
                 await one(node, reasons, folder)
+        # Renames next, one at a time, before any upload: a new file may take the name one of
+        # them frees (vim moves doc to doc~, then writes a new doc). Uploaded at once beside
+        # the rename, the new doc found the old one still there: a conflict with itself.
+        renamed: set[int] = set()
+        for phase, _depth, node, reasons, folder in todo:
+            if phase == CHANGE and not node.is_dir and _is_moved(node):
+                await one(node, reasons, folder, rename_only=True)
         async with trio.open_nursery() as nursery:
             for phase, _depth, node, reasons, folder in todo:
                 if phase == CHANGE and not node.is_dir:
@@ -271,7 +283,8 @@ class Pusher:
                 pass
         self.local.record_local_only(node.id, version)
 
-    async def _push_one(self, node, reasons: int, up: Upstream, *, force: bool = False) -> None:
+    async def _push_one(self, node, reasons: int, up: Upstream, *, force: bool = False,
+                        rename_only: bool = False) -> None:
         local = self.local
         version = node.version
         if not reasons & DELETE and self._is_local_only(node):
@@ -301,12 +314,14 @@ class Pusher:
         _, parent_path = local.remote_path(parent)  # NotFound: parent not on the server yet
         target = _join(parent_path, node.name)
         entry: RemoteEntry | None = node.base_entry()
-        if node.has_base and (node.base_parent, node.base_name) != (node.parent, node.name):
+        if _is_moved(node):
             _, old = local.remote_path(node)
             entry = await up.rename(old, target, replace=True)
             self.counters.renames += 1
             local.record_synced(node.id, version, parent.id, entry, NAMESPACE)
             node = local.node(node.id)
+        if rename_only:
+            return
         if node.is_dir:
             if not node.has_base:
                 try:
@@ -488,6 +503,11 @@ class Pusher:
         self.local.rename_for_conflict(node.id, name)
         self.counters.conflicts += 1
         log.warning("conflict: %r is a file on the server; the local folder is kept as %r", node.name, name)
+
+
+def _is_moved(node) -> bool:
+    """Renamed or moved here since the version both sides agreed on."""
+    return node.has_base and (node.base_parent, node.base_name) != (node.parent, node.name)
 
 
 def _resume_token(node, snap: ContentSnapshot) -> str:
