@@ -1,6 +1,7 @@
 """Bringing server news into the index: one directory enumeration merged at a time.
 
-Owns the rules for what a server listing changes locally. The listing is matched against
+Owns carrying out what a server listing changes locally; the rule itself is
+``cscd.reconcile.decide``, the same one the push applies. The listing is matched against
 the *agreed* server names (``bases``), so local changes not yet uploaded are left for sync:
 a clean node follows the server (its content is dropped if the version changed), a dirty
 one keeps its local state. New server names become placeholders; agreed names gone from
@@ -21,6 +22,7 @@ import xxhash
 from cscd.cache import nodes
 from cscd.cache.index import child_key, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
+from cscd.reconcile import Action, Local, decide
 from cscd.types import ROOT_ID, RemoteEntry
 
 if TYPE_CHECKING:
@@ -62,7 +64,9 @@ def merge_listing(cache: Cache, dir_id: int, entries: list[RemoteEntry], digest:
             txn.put(u64(dir_id), digest, db=ix.listed)
 
 def _match(cache: Cache, txn, dir_id: int, entries: list[RemoteEntry], now: int) -> None:
-    """Merge into a directory that has children or agreed names: match every entry."""
+    """Merge into a directory that has children or agreed names: ``reconcile.decide`` for
+    every entry and every agreed name the listing no longer shows. Only the server-side
+    actions are carried out here; the others (push, delete there, conflict) are the push's."""
     ix = cache.index
     seen: set[bytes] = set()
     for entry in entries:
@@ -70,25 +74,32 @@ def _match(cache: Cache, txn, dir_id: int, entries: list[RemoteEntry], now: int)
         bid = nodes.base_lookup_id(ix, txn, dir_id, entry.name)
         if bid is not None:
             node = nodes.get(ix, txn, bid)
-            if node.matches_base(entry) or nodes.dirty_reasons(ix, txn, bid):
-                continue
-            if node.is_dir != entry.is_dir:
-                _forget_subtree(cache, txn, node)
-            else:
+            action = decide(node.base_entry(), _local(ix, txn, node), entry)
+            if action is Action.FOLLOW:
                 _follow_server(cache, txn, node, dir_id, entry)
                 continue
-        if nodes.lookup_id(ix, txn, dir_id, entry.name) is not None:
-            continue  # a local name not yet on the server: sync sorts it out
-        _add_placeholder(ix, txn, dir_id, ix.allocate_id(txn), entry, now)
-        cache._publish(("entry", dir_id, entry.name))
+            if action is not Action.REPLACE_KIND:
+                continue  # nothing to do, or the push's to do
+            _forget_subtree(cache, txn, node)
+        lid = nodes.lookup_id(ix, txn, dir_id, entry.name)
+        here = None if lid is None else _local(ix, txn, nodes.get(ix, txn, lid))
+        if decide(None, here, entry) is Action.ADD:
+            _add_placeholder(ix, txn, dir_id, ix.allocate_id(txn), entry, now)
+            cache._publish(("entry", dir_id, entry.name))
     for name, bid in list(nodes.iter_base_children(ix, txn, dir_id)):
         if name in seen:
             continue
         node = nodes.get(ix, txn, bid)
-        if _subtree_clean(cache, txn, node):
-            _forget_subtree(cache, txn, node)
-        else:
+        local = Local(exists=not node.is_deleted, changed=not _subtree_clean(cache, txn, node), is_dir=node.is_dir)
+        if decide(node.base_entry(), local, None) is Action.KEEP_AS_NEW:
             _keep_local_changes(cache, txn, node)
+        else:
+            _forget_subtree(cache, txn, node)
+
+
+def _local(ix, txn, node: Node) -> Local:
+    return Local(exists=not node.is_deleted, changed=bool(nodes.dirty_reasons(ix, txn, node.id)),
+                 is_dir=node.is_dir)
 
 
 def _fill(cache: Cache, txn, parent: Node, entries: list[RemoteEntry], now: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from cscd.errors import CacheFull, NotFound, SourceChanged
 from cscd.types import ROOT_ID, ContentSnapshot, RemoteEntry
 
 log = logging.getLogger(__name__)
+
+_SENDING = struct.Struct(">Qq")
+#: Unrecorded uploads remembered per node (one per crash or lost answer in a row).
+SENDING_KEPT = 4
 
 #: Files up to this size are copied for upload inline (~2 ms); larger ones in a thread.
 SNAPSHOT_INLINE_BYTES = 8 << 20
@@ -90,6 +95,7 @@ class SyncSide:
                 return True
             # Both the directory the base leaves and the one it enters changed on the server.
             self._dir_stamp[node.base_parent] = self._dir_stamp[base_parent] = self._base_generation
+            txn.delete(u64(node_id), db=ix.sending)
             if entry is None:
                 nodes.clear_base(ix, txn, node)
                 # A deleted node has nothing left to push once its server copy is gone.
@@ -114,6 +120,19 @@ class SyncSide:
         if not clean:
             self._changed()
         return clean
+
+    def record_sending(self, node_id: int, size: int, mtime_ns: int) -> list[tuple[int, int]]:
+        """Note an upload of (size, write time) about to start; returns the ones noted before
+        that never got recorded (a crash or a lost answer came between), newest first. See
+        ``sending`` in ``index``: such an earlier upload may be on the server, and it is ours."""
+        key = u64(node_id)
+        with self._txn(write=True) as txn:
+            data = txn.get(key, db=self.index.sending) or b""
+            earlier = [_SENDING.unpack_from(data, i) for i in range(0, len(data) - len(data) % _SENDING.size,
+                                                                   _SENDING.size)]
+            earlier = [e for e in earlier if e != (size, mtime_ns)][:SENDING_KEPT - 1]
+            txn.put(key, b"".join(_SENDING.pack(*e) for e in [(size, mtime_ns), *earlier]), db=self.index.sending)
+        return earlier
 
     def record_local_only(self, node_id: int, version: int) -> bool:
         """A file sync keeps out (an excluded name): no base, nothing to upload, kept here.

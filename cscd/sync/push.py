@@ -46,6 +46,7 @@ from cscd.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from cscd.reconcile import Action, Local, Ours, decide
 from cscd.sync.chunker import Chunk, same_chunks
 from cscd.sync.conflicts import conflict_name
 from cscd.sync.delta import DeltaPlan, plan_delta, plan_full
@@ -179,6 +180,7 @@ class Pusher:
         failed_folders: set[str] = set()
         left = 0
         limiter = trio.CapacityLimiter(UPLOADS_IN_FLIGHT)
+        renamed: set[int] = set()  # files whose rename went first this round (below)
 
         async def one(node, reasons: int, folder: str, *, rename_only: bool = False) -> None:
             nonlocal left
@@ -227,7 +229,6 @@ class Pusher:
         # Renames next, one at a time, before any upload: a new file may take the name one of
         # them frees (vim moves doc to doc~, then writes a new doc). Uploaded at once beside
         # the rename, the new doc found the old one still there: a conflict with itself.
-        renamed: set[int] = set()
         for phase, _depth, node, reasons, folder in todo:
             if phase == CHANGE and not node.is_dir and _is_moved(node):
                 await one(node, reasons, folder, rename_only=True)
@@ -328,7 +329,7 @@ class Pusher:
                     entry = await up.mkdir(target)
                 except Exists:
                     entry = await up.stat(target)
-                    if not entry.is_dir:
+                    if decide(None, Local(is_dir=True, changed=True), entry) is Action.CONFLICT:
                         await self._rename_local_conflict(node)
                         return
             local.record_synced(node.id, version, parent.id, entry, reasons)
@@ -419,6 +420,7 @@ class Pusher:
         server version is the one the upload may replace."""
         expected = node.base_entry() if replaced is None else replaced.base_entry()
         may_replace = node.has_base or replaced is not None
+        earlier = self.local.record_sending(node.id, snap.size, snap.mtime_ns)
         try:
             if times_only and expected is not None:
                 return await self._times_only(target, snap.mtime_ns, expected, up)
@@ -431,9 +433,28 @@ class Pusher:
                     replace=may_replace, resume_token=_resume_token(node, snap))
                 self.counters.delta_uploads += plan.copies_anything
         except Conflict:
-            own = await self._own_earlier_upload(target, snap, up)
-            if own is not None:
-                return own
+            try:
+                current = await up.stat(target)
+            except NotFound:
+                current = None
+            here = Local(is_dir=False, changed=True)
+            action = decide(expected, here, current, ours=Ours(snap.size, snap.mtime_ns))
+            if action is Action.ADOPT:
+                log.info("%r is already on the server (an earlier upload); recording it", target)
+                return current
+            if any(decide(expected, here, current, ours=Ours(*e)) is Action.ADOPT for e in earlier):
+                # An earlier upload of ours that was never recorded (the daemon was killed, or
+                # its answer was lost): it is what we build on. Whole, not as a delta: the
+                # delta's plan copies from the base, which is not what the server holds.
+                log.info("%r holds an earlier upload of ours; uploading the new version over it", target)
+                entry = await up.upload(target, snap.fd, snap.size, snap.mtime_ns, expected=current, replace=True)
+                self.counters.files_uploaded += 1
+                self.counters.bytes_uploaded += snap.size
+                return entry
+            if action is not Action.CONFLICT:
+                # The server moved between the check and now (back to the base, or the file
+                # went away): no second writer is proven, so look again next round.
+                raise SourceChanged(f"{target!r} changed on the server during the upload ({action.value})") from None
             name = conflict_name(node.name)
             entry = await up.upload(_join(parent_path, name), snap.fd, snap.size, snap.mtime_ns,
                                     expected=None, replace=False)
@@ -444,21 +465,6 @@ class Pusher:
         self.counters.files_uploaded += 1
         self.counters.bytes_uploaded += snap.size
         return entry
-
-    @staticmethod
-    async def _own_earlier_upload(target: bytes, snap: ContentSnapshot, up: Upstream) -> RemoteEntry | None:
-        """The server file if it is this very content, uploaded by us before a crash or a lost
-        reply kept us from recording it (same size, and the write time we set, to SMB's
-        100 ns); else None. Without this, such a file came back as a conflict with itself
-        (seen in bench/ as 'f00061 (conflict …)' for files nobody else touched)."""
-        try:
-            current = await up.stat(target)
-        except NotFound:
-            return None
-        if not current.is_dir and current.size == snap.size and current.mtime_ns == snap.mtime_ns // 100 * 100:
-            log.info("%r is already on the server (an earlier upload); recording it", target)
-            return current
-        return None
 
     async def _chunks(self, node, snap: ContentSnapshot) -> list[Chunk] | None:
         """The chunks of the snapshot, or None if they cannot be computed (then the upload is
