@@ -46,7 +46,7 @@ import trio
 
 from cscd import __version__
 from cscd.control import ControlClient, ControlError, default_config_path, socket_candidates, socket_path
-from cscd.errors import ConfigError, CscdError
+from cscd.errors import CacheLost, ConfigError, CscdError
 from cscd.events import JournalHandler, journal_stream_is_stderr
 from cscd.metrics import prometheus, write_textfile
 
@@ -541,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(inner, ConfigError):
             print(f"cscd: {inner}", file=sys.stderr)
             return inner.exit_code
+        if isinstance(inner, CacheLost):
+            print(f"cscd: {inner}", file=sys.stderr)
+            return 1  # not 2: systemd restarts it (the disk may be back)
         if isinstance(inner, CscdError):
             print(f"cscd: {inner}", file=sys.stderr)
             return 2

@@ -19,6 +19,12 @@ class NotFound(CscdError):
     errno = errno.ENOENT
 
 
+class CacheLost(CscdError):
+    """The cache itself failed (its index unreadable, its disk gone): the daemon stops."""
+
+    errno = errno.EIO
+
+
 class SourceChanged(CscdError):
     """A file changed while sync was taking the copy it uploads; it is looked at again."""
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import lmdb
 import trio
 
-from cscd.errors import CscdError
+from cscd.errors import CacheLost, CscdError
 from cscd.sync.exclusions import ExclusionMatcher
 from cscd.sync.hashing import Hasher
 from cscd.sync.local import LocalSide
@@ -75,8 +75,9 @@ async def supervised(name: str, fn: Callable[..., Awaitable[object]], *args: obj
         try:
             await fn(*args)
             return
-        except lmdb.Error:
-            raise
+        except lmdb.Error as exc:
+            raise CacheLost(f"the cache index failed in {name}: {exc}; the daemon stops (the "
+                            "changes it holds stay in the cache for the next start)") from exc
         except Exception as exc:  # noqa: BLE001 - the point of this function
             failures += 1
             delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** (failures - 1))
