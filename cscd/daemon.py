@@ -80,7 +80,7 @@ from cscd.redirect import (
 from cscd.redirect.move import move_target
 from cscd.sync.engine import SyncEngine
 from cscd.sync.exclusions import ExclusionMatcher
-from cscd.sync.source import FolderSource, ListingFilter
+from cscd.sync.source import FolderSource, ListingFilter, WriteThroughPusher
 from cscd.types import FolderLink, Mode, UncTarget
 from cscd.upstream.base import RemoteEntry, Upstream
 from cscd.upstream.offload import OffloadedUpstream
@@ -324,8 +324,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
             policies=policies,
             matcher=matcher,
         )
-        source.use_pusher(engine.pusher)  # write-through of folders that are not cached
-        ops = CscdFs(cache)
+        ops = CscdFs(cache, write_through=WriteThroughPusher(source, engine.pusher))
         pyfuse3.init(ops, str(config.mount), mount_options())
         try:
             await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,

@@ -9,7 +9,9 @@ Folders that are not cached (policy ``offline: false``) and files larger than
 ``offline_files.max_file_size`` are not kept by the kernel either: their attributes and names
 time out at once and ``open`` does not keep the page cache, so every access asks the daemon,
 which asks the server (``Cache.guard``). ``flush`` (each ``close``) and ``fsync`` of a file
-written in such a folder return only once the server has it (``Cache.write_through``).
+written in such a folder return only once the server has it: ``fs`` asks the cache which
+folder a change belongs to (``Cache.write_through_folder``) and hands it to the one-method
+``WriteThrough`` the daemon wires to sync's pusher.
 
 Not supported, by design (documented in the README): hard links (EPERM), symbolic links and
 special files (EPERM), ``RENAME_EXCHANGE`` (EINVAL), ownership changes (ignored: every file
@@ -23,6 +25,7 @@ import functools
 import logging
 import os
 from collections import Counter
+from typing import Protocol
 
 import pyfuse3
 import trio
@@ -75,6 +78,14 @@ class _Handle:
         self.unpushed = False  # written since the last write-through (uncached folders)
 
 
+class WriteThrough(Protocol):
+    """Puts one node's change on the server now (sync implements it; fs never imports sync).
+
+    Waits on the network; raises a ``CscdError`` the application hears as its errno."""
+
+    async def push(self, folder: bytes, node_id: int) -> None: ...
+
+
 class CscdFs(pyfuse3.Operations):
     """pyfuse3 operations over a ``Cache``; the inode number is the node id."""
 
@@ -85,9 +96,10 @@ class CscdFs(pyfuse3.Operations):
     # The cost is small writes: each write(2) becomes one request (128 KiB at most).
     enable_writeback_cache = False
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Cache, write_through: WriteThrough | None = None) -> None:
         super().__init__()
         self.cache = cache
+        self.write_through = write_through
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._lookups: Counter[int] = Counter()
@@ -153,7 +165,7 @@ class CscdFs(pyfuse3.Operations):
             self.cache.residency.check_size(inode, size)
         self.cache.setattr(inode, size=size, mode=mode, mtime_ns=mtime)
         if (size is not None or mtime is not None) and not self.cache.is_open_for_write(inode):
-            await self.cache.write_through(inode)  # truncate(2) by path; a writer's close pushes
+            await self._push_now(inode)  # truncate(2) by path; a writer's close pushes
         return self._attrs(self.cache.node(inode))
 
     @_errno_boundary
@@ -185,20 +197,20 @@ class CscdFs(pyfuse3.Operations):
     async def mkdir(self, parent_inode, name, mode, ctx):
         await self.cache.guard(parent_inode)
         node = self.cache.mkdir(parent_inode, name, mode & ~ctx.umask)
-        await self.cache.write_through(node.id, discard=False)
+        await self._push_now(node.id, discard=False)
         return self._entry(self.cache.node(node.id))
 
     @_errno_boundary
     async def rmdir(self, parent_inode, name, ctx):
         await self.cache.guard(parent_inode, fresh=True)
         node = await self.cache.rmdir(parent_inode, name)
-        await self.cache.write_through(node.id, discard=False)
+        await self._push_now(node.id, discard=False)
 
     @_errno_boundary
     async def unlink(self, parent_inode, name, ctx):
         await self.cache.guard(parent_inode, fresh=True)
         node = await self.cache.unlink(parent_inode, name)
-        await self.cache.write_through(node.id, discard=False)
+        await self._push_now(node.id, discard=False)
 
     @_errno_boundary
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
@@ -210,9 +222,9 @@ class CscdFs(pyfuse3.Operations):
             parent_inode_old, name_old, parent_inode_new, name_new,
             noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
         )
-        await self.cache.write_through(node.id, discard=False)
+        await self._push_now(node.id, discard=False)
         if replaced is not None:
-            await self.cache.write_through(replaced.id, discard=False)
+            await self._push_now(replaced.id, discard=False)
 
     @_errno_boundary
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -293,10 +305,21 @@ class CscdFs(pyfuse3.Operations):
         h.wrote = h.unpushed = True
         return self.cache.write(h.node_id, h.fd, off, buf)
 
+    async def _push_now(self, node_id: int, *, discard: bool = True) -> None:
+        """Write-through of a folder that is not cached; nothing to do in a cached one."""
+        folder = self.cache.write_through_folder(node_id)
+        if folder is None or self.write_through is None:
+            return
+        try:
+            await self.write_through.push(folder, node_id)
+        except CscdError as exc:
+            self.cache.write_through_failed(node_id, folder, exc, discard=discard)
+            raise
+
     async def _write_through(self, h: _Handle) -> None:
         if h.unpushed:
             h.unpushed = False
-            await self.cache.write_through(h.node_id)
+            await self._push_now(h.node_id)
 
     @_errno_boundary
     async def flush(self, fh):

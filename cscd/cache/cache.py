@@ -77,9 +77,6 @@ class RemoteSource(Protocol):
     async def list_dir(self, folder: bytes, path: bytes) -> list[RemoteEntry]:
         """One enumeration of a server directory, within the source's deadline."""
 
-    async def push(self, folder: bytes, node_id: int) -> None:
-        """Put one node's local change on the server now (write-through of uncached folders)."""
-
 
 class Cache(Hydration, SyncSide):
     """Namespace, attributes and content of every redirected folder, served locally."""

@@ -12,7 +12,7 @@ is): a file larger than ``offline_files.max_file_size`` is read straight from th
 never stored; in a folder that is not cached (``offline: false``) every operation first
 passes ``guard`` — it fails with EHOSTDOWN when the server cannot be reached (nothing is
 served from what happens to be local) and re-lists the directory so names and attributes
-are the server's —, and ``write_through`` puts a change on the server before ``close`` or
+are the server's —, and ``write_through_folder`` names the changes that must reach the server before ``close`` or
 ``fsync`` returns, dropping it if that fails.
 """
 
@@ -109,35 +109,32 @@ class Hydration:
             self.merge_listing(dir_id, entries, started)
             refreshed[dir_id] = started_at
 
-    async def write_through(self, node_id: int, *, discard: bool = True) -> None:
-        """Put a change of an uncached folder on the server now (``close``, ``fsync``, and
-        namespace changes); nothing to do in a cached folder.
-
-        Waits on the network. If that fails, the error is raised — the application hears of
-        it — and, with ``discard``, the content change is dropped (``residency.discard_change``)
-        so nothing waits in a queue. A namespace change (``discard=False``: mkdir, rename,
-        unlink) that fails after the server was reachable stays pending and is pushed when
-        the folder is back online.
-        """
+    def write_through_folder(self, node_id: int) -> bytes | None:
+        """The uncached folder whose change to ``node_id`` must reach the server before the
+        syscall returns (``close``, ``fsync``, namespace changes), or None (a cached folder,
+        or a new file removed again). Local only: ``fs`` then calls the ``WriteThrough``
+        the daemon wired to sync's pusher."""
         if not self.residency.uncached_folders:
-            return
+            return None
         try:
             node = self.node(node_id)
         except NotFound:
-            return  # a new file removed again: the server never had it
-        folder = self.residency.uncached_folder_of(node)
-        if folder is None:
-            return
+            return None
+        return self.residency.uncached_folder_of(node)
+
+    def write_through_failed(self, node_id: int, folder: bytes, exc: CscdError, *, discard: bool) -> None:
+        """A write-through of ``node_id`` failed (the application hears of it): report it, and
+        with ``discard`` drop the content change (``residency.discard_change``) so nothing
+        waits in a queue. A namespace change (``discard=False``: mkdir, rename, unlink) that
+        failed stays pending and is pushed when the folder is back online."""
         try:
-            await self.source.push(folder, node_id)
-        except CscdError as exc:
-            path = b"/".join(self.path_of(node)[1:]).decode(errors="replace")
-            emit(EventId.UPLOAD_FAILED_WRITE_THROUGH, folder=folder.decode(errors="replace"), path=path,
-                 reason=str(exc) or type(exc).__name__,
-                 kept="pending" if not discard else "dropped")
-            if discard:
-                self.residency.discard_change(node_id)
-            raise
+            path = b"/".join(self.path_of(self.node(node_id))[1:]).decode(errors="replace")
+        except NotFound:
+            path = f"node {node_id}"
+        emit(EventId.UPLOAD_FAILED_WRITE_THROUGH, folder=folder.decode(errors="replace"), path=path,
+             reason=str(exc) or type(exc).__name__, kept="pending" if not discard else "dropped")
+        if discard:
+            self.residency.discard_change(node_id)
 
     async def hydrate(self, node_id: int, start: int, end: int) -> None:
         """Make ``[start, end)`` present, fetching missing blocks (plus read-ahead) from the source."""

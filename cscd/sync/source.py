@@ -7,9 +7,9 @@ next uncached read fails immediately instead of waiting again.
 Server listings are filtered here, before the cache sees them: names that
 ``offline_files.exclude_patterns`` keeps out of sync are not shown (``ExclusionMatcher``).
 ``ListingFilter`` applies the same filter to the upstreams sync rescans with, so a listing
-looks the same whichever way it came. ``push`` is the write-through path of folders that are
-not cached (``offline: false``): the cache calls it at close and fsync, and it runs the
-sync pusher on that one node now (``use_pusher`` hands the pusher over once sync exists).
+looks the same whichever way it came. ``WriteThroughPusher`` is the write-through path of
+folders that are not cached (``offline: false``): ``fs`` calls it at close and fsync, and it
+runs the sync pusher on that one node now, under the source's mode rules.
 """
 
 from __future__ import annotations
@@ -71,11 +71,6 @@ class FolderSource:
         self.on_link_error = on_link_error
         self.matcher = matcher or ExclusionMatcher()
         self.bytes_fetched = 0
-        self._pusher: NodePusher | None = None
-
-    def use_pusher(self, pusher: NodePusher) -> None:
-        """Hand over sync's pusher (built after the cache, which needs this source first)."""
-        self._pusher = pusher
 
     def may_list(self, folder: bytes) -> bool:
         """Listing a never-listed directory costs little: allowed whenever the server is
@@ -117,16 +112,23 @@ class FolderSource:
         entries = await self._call(folder, self.upstreams[folder.decode()].list_dir, path)
         return visible(entries, self.matcher)
 
-    async def push(self, folder: bytes, node_id: int) -> None:
-        """Put one node's local change on the server now (write-through), within the deadline.
 
-        Waits on the network. Raises ``UpstreamUnavailable`` / ``UpstreamTimeout`` / ``NotAvailableOffline`` (the
-        link monitor hears of it) or another ``CscdError`` when the server refused; the
-        caller reports it to the application.
+class WriteThroughPusher:
+    """The filesystem's ``WriteThrough``: one node's change pushed now, within the source's
+    rules (the daemon builds it from the source and sync's pusher, after both exist)."""
+
+    def __init__(self, source: FolderSource, pusher: NodePusher) -> None:
+        self.source = source
+        self.pusher = pusher
+
+    async def push(self, folder: bytes, node_id: int) -> None:
+        """Put one node's local change on the server now.
+
+        Waits on the network. Raises ``UpstreamUnavailable`` / ``UpstreamTimeout`` /
+        ``NotAvailableOffline`` (the link monitor hears of it) or another ``CscdError`` when
+        the server refused; ``fs`` reports it to the application.
         """
-        if self._pusher is None:
-            raise NotAvailableOffline("sync is not running yet")
-        if not self.may_list(folder):
+        if not self.source.may_list(folder):
             raise NotAvailableOffline(f"{folder.decode(errors='replace')} cannot reach its server now")
         # No overall deadline: a large upload may take long; each request has its own timeout.
-        await self._call(folder, self._pusher.push_node, node_id, timeout_s=float("inf"))
+        await self.source._call(folder, self.pusher.push_node, node_id, timeout_s=float("inf"))
