@@ -62,7 +62,6 @@ from cscd.fs import CscdFs, mount_options
 from cscd.link import LinkMonitor, WorkingOfflineState
 from cscd.network import MeteredWatcher
 from cscd.policy.config import DaemonConfig, FolderConfig
-from cscd.policy.credentials import load_credentials
 from cscd.policy.model import Policy
 from cscd.profile.from_policy import profile_service, profile_settings
 from cscd.profile.service import ProfileService
@@ -80,11 +79,10 @@ from cscd.redirect import (
 from cscd.redirect.move import move_target
 from cscd.sync.engine import SyncEngine
 from cscd.sync.exclusions import ExclusionMatcher
-from cscd.sync.source import FolderSource, ListingFilter, WriteThroughPusher
-from cscd.types import FolderLink, Mode, UncTarget
+from cscd.sync.source import FolderSource, WriteThroughPusher
+from cscd.types import FolderLink, Mode, ServerSettings, UncTarget
+from cscd.upstream import open_upstream
 from cscd.upstream.base import RemoteEntry, Upstream
-from cscd.upstream.offload import OffloadedUpstream
-from cscd.upstream.smb import SmbUpstream
 
 log = logging.getLogger(__name__)
 
@@ -116,26 +114,12 @@ def check_mountpoint(path: Path) -> None:
 
 
 def build_upstreams(config: DaemonConfig) -> dict[str, Upstream]:
-    creds = None
-    out: dict[str, Upstream] = {}
-    for folder in config.folders:
-        if isinstance(folder.target, Path):
-            from cscd.upstream.local import LocalUpstream
-
-            out[folder.name] = LocalUpstream(folder.target, timeout_s=config.timings.request_timeout_s)
-            continue
-        if creds is None:
-            if config.credentials is None:
-                raise ConfigError(f"{config.path}: credentials: missing; SMB folders need a credentials file")
-            creds = load_credentials(config.credentials)
-        smb = SmbUpstream(
-            folder.target, creds, port=config.port, security=config.security,
-            timeout_s=config.timings.request_timeout_s,
-        )
-        # Bulk transfers in worker processes: smbprotocol's signing and copying would hold
-        # the GIL the FUSE loop needs (see upstream/offload.py).
-        out[folder.name] = OffloadedUpstream(smb) if config.offload_transfers else smb
-    return out
+    """One upstream per folder. The credentials file is read only if a folder is on SMB."""
+    if any(isinstance(f.target, UncTarget) for f in config.folders):
+        settings = config.server_settings()
+    else:
+        settings = ServerSettings(None, timeout_s=config.timings.request_timeout_s)
+    return {f.name: open_upstream(f.target, settings) for f in config.folders}
 
 
 async def _first_connect(name: str, upstream: Upstream, monitor: LinkMonitor, timeout_s: float) -> None:
@@ -241,12 +225,9 @@ async def move_targets(config: DaemonConfig, plan: RedirectPlan | None, folders:
     return replace(plan, steps=tuple(steps)), tuple(byname.values()), moved
 
 
-def _move_upstream(config: DaemonConfig, target: UncTarget) -> SmbUpstream:
+def _move_upstream(config: DaemonConfig, target: UncTarget) -> Upstream:
     """A connection of its own for a move (not offloaded: a move sends no content)."""
-    if config.credentials is None:
-        raise ConfigError(f"{config.path}: credentials: missing; SMB folders need a credentials file")
-    return SmbUpstream(target, load_credentials(config.credentials), port=config.port,
-                       security=config.security, timeout_s=config.timings.request_timeout_s)
+    return open_upstream(target, config.server_settings(offload=False))
 
 
 def _adopt_moved(cache: Cache, moved: dict[str, dict[bytes, RemoteEntry]]) -> None:
@@ -316,7 +297,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
                     )
                 log.warning("folder %s starts offline from its cache: %s", name, link.reason)
         engine = SyncEngine(
-            cache, {n: ListingFilter(up, matcher) for n, up in upstreams.items()}, links,
+            cache, upstreams, links,
             upload_delay_s=config.timings.upload_delay_s,
             scan_interval_s=config.timings.scan_interval_s,
             full_scan_interval_s=config.timings.full_scan_interval_s,

@@ -38,13 +38,12 @@ from cscd.events import EventId, emit
 from cscd.link import LinkMonitor
 from cscd.policy.central import MANIFEST, CentralPolicyRejected, copy_central_policy
 from cscd.policy.config import DaemonConfig
-from cscd.policy.credentials import load_credentials
 from cscd.policy.machine import changed_keys, current_subject, daemon_config, load_policy, policy_rows
 from cscd.policy.model import Policy, Subject
 from cscd.profile.service import ProfileService
 from cscd.sync.engine import MANUAL_MODES, SyncEngine
 from cscd.types import FolderLink, Mode, OfflinePolicy
-from cscd.upstream.smb import SmbUpstream
+from cscd.upstream import open_upstream
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +286,8 @@ async def refresh_central_copy(base: DaemonConfig) -> dict[str, Any]:
     try:
         if config.credentials is None:
             raise ConfigError(f"{base.path}: credentials: missing; the central policy source needs them")
-        up = SmbUpstream(local.central_source, load_credentials(config.credentials), port=config.port,
-                         security=config.security, timeout_s=CENTRAL_TIMEOUT_S / 2)
+        up = open_upstream(local.central_source,
+                           config.server_settings(offload=False, timeout_s=CENTRAL_TIMEOUT_S / 2))
         try:
             with trio.fail_after(CENTRAL_TIMEOUT_S):
                 done = await copy_central_policy(up, b"", where)

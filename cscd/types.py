@@ -94,6 +94,20 @@ class SmbSecurity:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """How to reach a folder's server: everything ``upstream.open_upstream`` needs but the
+    target. ``credentials`` None means none were configured; ``credentials_origin`` names
+    the setting to fix then (``FILE: credentials``). Picklable: offload workers get a copy."""
+
+    credentials: Credentials | None
+    port: int = 445
+    security: SmbSecurity = SmbSecurity()  # noqa: RUF009 - frozen dataclass
+    timeout_s: float = 10.0
+    offload: bool = False
+    credentials_origin: str = "credentials"
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteEntry:
     """What the server says about one name; ``file_id`` is the server's FileId (0 if unknown)."""
 

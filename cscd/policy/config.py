@@ -42,8 +42,9 @@ import yaml
 
 from cscd.errors import BadName, ConfigError
 from cscd.names import check_name
+from cscd.policy.credentials import load_credentials
 from cscd.policy.unc import parse_unc
-from cscd.types import OfflinePolicy, SmbSecurity, UncTarget
+from cscd.types import OfflinePolicy, ServerSettings, SmbSecurity, UncTarget
 
 #: Defaults of the policy keys ``offline_files.exclude_patterns`` and ``max_file_size``
 #: (``policy/model.py`` has the same values; ``tests/test_config.py`` keeps them equal).
@@ -107,6 +108,17 @@ class DaemonConfig:
     exclude_patterns: tuple[str, ...] = DEFAULT_EXCLUDE_PATTERNS
     #: no file larger than this is cached (reads go to the server, growing past it is EFBIG)
     max_file_size_bytes: int = DEFAULT_MAX_FILE_BYTES
+
+    def server_settings(self, *, offload: bool | None = None, timeout_s: float | None = None) -> ServerSettings:
+        """The settings ``upstream.open_upstream`` connects with; reads the credentials file
+        (``ConfigError`` naming it if it is unusable). ``offload`` defaults to
+        ``offload_transfers``, ``timeout_s`` to the request timeout."""
+        creds = load_credentials(self.credentials) if self.credentials is not None else None
+        return ServerSettings(
+            creds, port=self.port, security=self.security,
+            timeout_s=self.timings.request_timeout_s if timeout_s is None else timeout_s,
+            offload=self.offload_transfers if offload is None else offload,
+            credentials_origin=f"{self.path}: credentials")
 
     @property
     def home_dir(self) -> Path:

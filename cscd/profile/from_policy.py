@@ -18,14 +18,13 @@ from pathlib import Path
 
 from cscd.errors import ConfigError, Exists, NotFound
 from cscd.policy.config import DaemonConfig
-from cscd.policy.credentials import load_credentials
 from cscd.policy.fslogix import ProfileExclusions, load_redirections_xml
 from cscd.policy.model import Policy
 from cscd.profile.service import ProfileService
 from cscd.profile.settings import DEFAULT_EXCLUDE_PATTERNS, ProfileSettings
 from cscd.types import Mode, UncTarget
+from cscd.upstream import open_upstream
 from cscd.upstream.base import Upstream
-from cscd.upstream.smb import SmbUpstream
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +77,10 @@ def profile_service(config: DaemonConfig, policy: Policy, *, exclude_paths: Iter
         where = policy.origin("roaming_profile.target")
         raise ConfigError(f"{where}: roaming_profile.target: the roaming profile on {target} needs "
                           f"credentials; set 'credentials' in {config.path}")
-    credentials = load_credentials(config.credentials)
+    server = config.server_settings(offload=False)
 
-    def connect_to(where: UncTarget) -> SmbUpstream:
-        return SmbUpstream(where, credentials, port=config.port, security=config.security,
-                           timeout_s=config.timings.request_timeout_s)
+    def connect_to(where: UncTarget) -> Upstream:
+        return open_upstream(where, server)
 
     upstream = connect_to(target)
     settings = profile_settings(policy, exclude_paths=exclude_paths)

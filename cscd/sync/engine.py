@@ -100,7 +100,7 @@ class SyncEngine:
         self.hasher = Hasher()
         self.pusher = Pusher(local, upstreams, links, on_link_error, hasher=self.hasher, policies=self.policies,
                              matcher=matcher)
-        self.scanner = Scanner(local, upstreams, links, on_link_error)
+        self.scanner = Scanner(local, upstreams, links, on_link_error, matcher=matcher)
         self.notifier = Notifier(local, upstreams, links, self.scanner, on_link_error)
         self.upload_delay_s = upload_delay_s
         self.scan_interval_s = scan_interval_s

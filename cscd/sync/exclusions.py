@@ -19,6 +19,8 @@ import fnmatch
 import re
 from collections.abc import Iterable
 
+from cscd.types import RemoteEntry
+
 
 class ExclusionMatcher:
     """``is_excluded(name, is_dir)`` for a fixed list of patterns (compiled once)."""
@@ -39,3 +41,10 @@ class ExclusionMatcher:
 
     def __repr__(self) -> str:
         return f"ExclusionMatcher({list(self.patterns)!r})"
+
+
+def visible(entries: list[RemoteEntry], matcher: ExclusionMatcher) -> list[RemoteEntry]:
+    """``entries`` without the names the exclusion patterns keep out of sync."""
+    if not matcher:
+        return entries
+    return [e for e in entries if not matcher.is_excluded(e.name, e.is_dir)]

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import trio
 
 from cscd.errors import CscdError, NotFound, UpstreamTimeout, UpstreamUnavailable
+from cscd.sync.exclusions import ExclusionMatcher, visible
 from cscd.sync.local import LocalSide
 from cscd.types import FolderLink, Mode
 from cscd.upstream.base import Upstream
@@ -37,8 +38,9 @@ RECENT_COST_SHARE = 0.05
 
 class Scanner:
     def __init__(self, local: LocalSide, upstreams: dict[str, Upstream], links: dict[str, FolderLink],
-                 on_link_error: Callable[[str], None]) -> None:
+                 on_link_error: Callable[[str], None], matcher: ExclusionMatcher | None = None) -> None:
         self.local = local
+        self.matcher = matcher or ExclusionMatcher()
         self.upstreams = upstreams
         self.links = links
         self.on_link_error = on_link_error
@@ -50,7 +52,7 @@ class Scanner:
         node = self.local.node(dir_id)
         folder, path = self.local.remote_path(node)
         started = self.local.listing_started()
-        entries = await self.upstreams[folder.decode()].list_dir(path)
+        entries = visible(await self.upstreams[folder.decode()].list_dir(path), self.matcher)
         self.local.merge_listing(dir_id, entries, started)
         self.dirs_scanned += 1
         t1 = trio.current_time()

@@ -5,9 +5,9 @@ a lost server is reported to the link monitor at once, so the folder turns offli
 next uncached read fails immediately instead of waiting again.
 
 Server listings are filtered here, before the cache sees them: names that
-``offline_files.exclude_patterns`` keeps out of sync are not shown (``ExclusionMatcher``).
-``ListingFilter`` applies the same filter to the upstreams sync rescans with, so a listing
-looks the same whichever way it came. ``WriteThroughPusher`` is the write-through path of
+``offline_files.exclude_patterns`` keeps out of sync are not shown (``exclusions.visible``;
+sync's scanner applies the same filter, so a listing looks the same whichever way it came).
+``WriteThroughPusher`` is the write-through path of
 folders that are not cached (``offline: false``): ``fs`` calls it at close and fsync, and it
 runs the sync pusher on that one node now, under the source's mode rules.
 """
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from cscd.errors import NotAvailableOffline, UpstreamTimeout, UpstreamUnavailable
-from cscd.sync.exclusions import ExclusionMatcher
+from cscd.sync.exclusions import ExclusionMatcher, visible
 from cscd.types import FolderLink, Mode, OfflinePolicy, RemoteEntry
 from cscd.upstream.base import Upstream
 
@@ -32,31 +32,6 @@ class NodePusher(Protocol):
     """The one method of ``sync.push.Pusher`` the write-through path needs."""
 
     async def push_node(self, node_id: int) -> None: ...
-
-
-def visible(entries: list[RemoteEntry], matcher: ExclusionMatcher) -> list[RemoteEntry]:
-    """``entries`` without the names the exclusion patterns keep out of sync."""
-    if not matcher:
-        return entries
-    return [e for e in entries if not matcher.is_excluded(e.name, e.is_dir)]
-
-
-class ListingFilter:
-    """An ``Upstream`` whose ``list_dir`` hides excluded names; every other call passes through.
-
-    Sync's scanner and change notification re-list directories through it, so a file the
-    patterns exclude never appears from the server side, however the listing was taken.
-    """
-
-    def __init__(self, upstream: Upstream, matcher: ExclusionMatcher) -> None:
-        self.upstream = upstream
-        self.matcher = matcher
-
-    async def list_dir(self, path: bytes) -> list[RemoteEntry]:
-        return visible(await self.upstream.list_dir(path), self.matcher)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.upstream, name)
 
 
 class FolderSource:

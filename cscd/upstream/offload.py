@@ -1,8 +1,8 @@
 """Bulk transfers in worker processes, so the FUSE loop keeps the GIL to itself.
 
-Owns ``OffloadedUpstream``: an ``Upstream`` that sends large uploads (and delta uploads) of an
-``SmbUpstream`` to a small pool of worker processes (``trio_parallel``), and everything else —
-reads, listings, stats, renames, small uploads — to the in-process upstream. Reads stay here
+Owns ``OffloadedUpstream``: an ``SmbUpstream`` that sends its large uploads (and delta
+uploads) to a small pool of worker processes (``trio_parallel``) and does everything else —
+reads, listings, stats, renames, small uploads — itself, in the daemon. Reads stay here
 because a reader waits on them and the pickled result crossing the pipe cost half of a first
 read's speed; an upload runs in the background, which is where the GIL hurt.
 
@@ -12,8 +12,9 @@ their speed during a large upload (bench/ case "upload-read": 118 vs 584 MB/s). 
 process it costs the daemon nothing but the pipe.
 
 Each worker process keeps its own connection per target (reconnecting when it needs to) and
-runs one ``trio.run`` per job. A job names the content by ``/proc/<daemon pid>/fd/<n>`` of the daemon's open
-snapshot, so file data never crosses the pipe and a deleted file stays readable.
+runs one ``trio.run`` per job. A job names the content by ``/proc/<daemon pid>/fd/<n>`` of
+the daemon's open snapshot, so file data never crosses the pipe and a deleted file stays
+readable.
 Byte counters of the jobs are added to this object's ``statistics()``, so counts stay exact.
 The upload cap of the in-process upstream travels with each job (a cap changed while a job
 runs applies from the next job). Cancellation kills the worker (``kill_on_cancel``); an upload
@@ -30,7 +31,9 @@ import trio
 import trio_parallel
 
 from cscd.errors import UpstreamTimeout
+from cscd.types import ServerSettings, UncTarget
 from cscd.upstream.base import UpstreamStatistics
+from cscd.upstream.smb import SmbUpstream
 
 #: Transfers at least this large go to a worker process; smaller ones are not worth the hop.
 BULK_BYTES = 1 << 20
@@ -38,22 +41,22 @@ BULK_BYTES = 1 << 20
 _CLIENTS: dict[tuple, Any] = {}
 
 
-def _client(params: tuple) -> Any:
+def _client(target: UncTarget, settings: ServerSettings) -> SmbUpstream:
     """The worker process's upstream for these parameters (made once per process)."""
-    client = _CLIENTS.get(params)
+    key = (target, settings)
+    client = _CLIENTS.get(key)
     if client is None:
-        from cscd.upstream.smb import SmbUpstream
-
-        target, credentials, port, security, timeout_s = params
-        client = SmbUpstream(target, credentials, port=port, security=security, timeout_s=timeout_s)
-        _CLIENTS[params] = client
+        assert settings.credentials is not None
+        client = SmbUpstream(target, settings.credentials, port=settings.port, security=settings.security,
+                             timeout_s=settings.timeout_s)
+        _CLIENTS[key] = client
     return client
 
 
-def _job(params: tuple, op: str, args: tuple, kwargs: dict, rate: float | None = None
-         ) -> tuple[Any, int, int, int]:
+def _job(target: UncTarget, settings: ServerSettings, op: str, args: tuple, kwargs: dict,
+         rate: float | None = None) -> tuple[Any, int, int, int]:
     """Run one transfer in the worker: (result, bytes read, written, copied on the server)."""
-    client = _client(params)
+    client = _client(target, settings)
     client.set_upload_rate(rate)
     before = client.statistics()
 
@@ -79,29 +82,29 @@ def _shared_path(fd: int) -> str:
     return f"/proc/{os.getpid()}/fd/{fd}"
 
 
-class OffloadedUpstream:
-    """An ``SmbUpstream`` whose bulk transfers run in worker processes."""
+class OffloadedUpstream(SmbUpstream):
+    """An ``SmbUpstream`` whose bulk uploads run in worker processes; everything else is the
+    in-process ``SmbUpstream`` it is."""
 
-    def __init__(self, inner: Any, *, workers: int = 2, job_timeout_s: float = 3600.0) -> None:
-        self.inner = inner
-        self.description = inner.description
-        self._params = (inner.target, inner._credentials, inner.port, inner._security, inner._timeout_s)
-        self._limiter = trio.CapacityLimiter(workers)
+    def __init__(self, target: UncTarget, settings: ServerSettings, *, workers: int = 2,
+                 job_timeout_s: float = 3600.0) -> None:
+        assert settings.credentials is not None, "open_upstream checks the credentials"
+        super().__init__(target, settings.credentials, port=settings.port, security=settings.security,
+                         timeout_s=settings.timeout_s)
+        self._job_settings = settings
+        self._workers = trio.CapacityLimiter(workers)
         self._job_timeout_s = job_timeout_s
         self._read = 0
         self._written = 0
         self._copied = 0
         self._jobs = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
     async def _in_worker(self, op: str, *args: Any, **kwargs: Any) -> Any:
         try:
             with trio.fail_after(self._job_timeout_s):
                 result, read, written, copied = await trio_parallel.run_sync(
-                    _job, self._params, op, args, kwargs, self.inner.upload_rate.bytes_per_s,
-                    kill_on_cancel=True, limiter=self._limiter)
+                    _job, self.target, self._job_settings, op, args, kwargs, self.upload_rate.bytes_per_s,
+                    kill_on_cancel=True, limiter=self._workers)
         except trio.TooSlowError:
             raise UpstreamTimeout(f"{self.description}: a transfer took longer than "
                                   f"{self._job_timeout_s:g} s") from None
@@ -113,21 +116,20 @@ class OffloadedUpstream:
         self._copied += copied
         return result
 
-    async def read(self, path: bytes, offset: int, length: int, *, timeout_s: float | None = None) -> bytes:
-        # Reads stay in the daemon: someone is waiting for them, and handing 8 MiB back through
-        # the worker's pipe halved a first read (bench case 3: 77-104 vs 151-180 MB/s).
-        return await self.inner.read(path, offset, length, timeout_s=timeout_s)
+    # Reads stay in the daemon (the inherited ``read``): someone is waiting for them, and
+    # handing 8 MiB back through the worker's pipe halved a first read (bench case 3: 77-104
+    # vs 151-180 MB/s).
 
     async def upload(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
         if size < BULK_BYTES:
-            return await self.inner.upload(path, fd, size, mtime_ns, **kwargs)
+            return await super().upload(path, fd, size, mtime_ns, **kwargs)
         return await self._in_worker("upload", path, _shared_path(fd), size, mtime_ns, **kwargs)
 
     async def upload_delta(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
         return await self._in_worker("upload_delta", path, _shared_path(fd), size, mtime_ns, **kwargs)
 
     def statistics(self) -> UpstreamStatistics:
-        own = self.inner.statistics()
+        own = super().statistics()
         return dataclasses.replace(
             own, bytes_read=own.bytes_read + self._read, bytes_written=own.bytes_written + self._written,
             bytes_copied=own.bytes_copied + self._copied)
