@@ -1,7 +1,7 @@
 """The daemon: builds every object, runs them in one trio nursery, mounts last.
 
 Owns wiring, start-up checks and signals; the control handlers, events and systemd
-notifications live in ``operations.py``. Nothing imports it but ``cli``.
+notifications live in ``operations/``. Nothing imports it but ``cli``.
 
 Start-up order: read configuration, machine policy (``policy_dir``; an invalid policy stops
 the start with its ``FILE:LINE: KEY: message``, exit 2) and credentials; plan the logon's
@@ -11,7 +11,7 @@ unreachable server is fine when the folder has a cache (we start offline and com
 ourselves), and an error only on a first start with nothing cached; then start the cache
 timer, the link monitor, sync and the invalidation task, mount, and send ``READY=1``. Then,
 in a worker thread (never on the trio thread, which serves the mount the thread writes
-through), carry out the redirection plan. SIGHUP re-reads the policy (``operations``).
+through), carry out the redirection plan. SIGHUP re-reads the policy (``operations.policy_in_force``).
 SIGTERM/SIGINT: stop taking requests (``pyfuse3.terminate``), cancel everything, unmount,
 close the index. Work in flight is safe to cancel: the dirty set lives in LMDB and uploads
 only rename a complete temporary file.
@@ -54,13 +54,13 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from cscd import operations
 from cscd.cache.cache import Cache
 from cscd.errors import AccessDenied, ConfigError, CscdError
 from cscd.events import EventId, emit
 from cscd.fs import CscdFs, mount_options
 from cscd.link import LinkMonitor, WorkingOfflineState
 from cscd.network import MeteredWatcher
+from cscd.operations import handlers, policy_in_force, systemd
 from cscd.policy.config import DaemonConfig, FolderConfig
 from cscd.policy.model import Policy
 from cscd.profile.from_policy import profile_service, profile_settings
@@ -197,7 +197,7 @@ async def move_targets(config: DaemonConfig, plan: RedirectPlan | None, folders:
             continue
         assert step.move is not None
         old_target = step.move.old
-        operations.sd_notify(f"EXTEND_TIMEOUT_USEC={int(MOVE_EXTEND_S * 1e6)}\n"
+        systemd.sd_notify(f"EXTEND_TIMEOUT_USEC={int(MOVE_EXTEND_S * 1e6)}\n"
                              f"STATUS=moving {step.name} from {old_target} to {step.move.new}")
         old, new = (_move_upstream(config, t) for t in (old_target, step.move.new))
         try:
@@ -238,7 +238,7 @@ def _adopt_moved(cache: Cache, moved: dict[str, dict[bytes, RemoteEntry]]) -> No
 
 
 async def _run(base: DaemonConfig, on_ready, signals) -> None:
-    keeper = await operations.PolicyKeeper.open(base)
+    keeper = await policy_in_force.PolicyKeeper.open(base)
     policy = keeper.policy
     config = keeper.config()
     plan, folders = plan_logon(config, policy)
@@ -276,7 +276,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
     source = FolderSource(upstreams, links, fetch_timeout_s=config.timings.fetch_timeout_s,
                           on_link_error=monitor.report_failure, policies=policies, matcher=matcher)
     cache = Cache(config.cache, [n.encode() for n in upstreams], source,
-                  limit_bytes=operations.cache_limit_bytes(config),
+                  limit_bytes=policy_in_force.cache_limit_bytes(config),
                   uncached=[f.name.encode() for f in config.folders if not f.offline],
                   max_file_bytes=config.max_file_size_bytes)
     _adopt_moved(cache, moved)
@@ -321,7 +321,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
 
 async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,
                  profile) -> None:
-    redirection = operations.RedirectionStatus()
+    redirection = handlers.RedirectionStatus()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, signals, nursery.cancel_scope, keeper, profile, name="signals")
         await nursery.start(cache.run, name="cache.flush")
@@ -337,12 +337,12 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, 
             nursery.cancel_scope.cancel()  # unmounted from outside, or terminate()
 
         nursery.start_soon(fuse_main, name="fuse")
-        await operations.start_operations(nursery, config, cache, monitor, engine, links, keeper, redirection,
+        await handlers.start_operations(nursery, config, cache, monitor, engine, links, keeper, redirection,
                                           profile)
-        modes = operations.modes_text(links)
+        modes = systemd.modes_text(links)
         log.info("mounted %s (%s)", config.mount, modes)
-        await operations.wait_mount_answers(config.mount)
-        operations.sd_notify(f"READY=1\nSTATUS={modes}")
+        await systemd.wait_mount_answers(config.mount)
+        systemd.sd_notify(f"READY=1\nSTATUS={modes}")
         emit(EventId.DAEMON_READY, mount=str(config.mount), modes=modes)
         if on_ready is not None:
             on_ready()
@@ -407,7 +407,7 @@ async def _logoff(profile: ProfileService) -> None:
                     PROFILE_LOGOFF_S)
 
 
-async def redirect_folders(plan: RedirectPlan, cache: Cache, status: operations.RedirectionStatus, *,
+async def redirect_folders(plan: RedirectPlan, cache: Cache, status: handlers.RedirectionStatus, *,
                            poll_s: float = 1.0) -> None:
     """Carry out the logon's redirection plan in a worker thread, through the mount.
 
@@ -422,7 +422,7 @@ async def redirect_folders(plan: RedirectPlan, cache: Cache, status: operations.
     if first:
         _report(status, await _apply(replace(plan, steps=first)))
     while later:
-        pending = operations.pending_by_folder(cache, [s.name for s in later])
+        pending = handlers.pending_by_folder(cache, [s.name for s in later])
         ready = tuple(s for s in later if pending[s.name][0] == 0)
         if not ready:
             if status.state != "waiting":
@@ -451,7 +451,7 @@ _DONE_TEXT = {
 }
 
 
-def _report(status: operations.RedirectionStatus, results: tuple[StepResult, ...]) -> None:
+def _report(status: handlers.RedirectionStatus, results: tuple[StepResult, ...]) -> None:
     for r in results:
         step = r.step
         moved = ""
@@ -475,7 +475,7 @@ def _report(status: operations.RedirectionStatus, results: tuple[StepResult, ...
                                      "local": str(step.local), "mounted": str(step.mounted)}
 
 
-async def _watch_signals(signals, cancel_scope: trio.CancelScope, keeper: operations.PolicyKeeper,
+async def _watch_signals(signals, cancel_scope: trio.CancelScope, keeper: policy_in_force.PolicyKeeper,
                          profile: ProfileService | None) -> None:
     stopping = False
     async for signum in signals:
@@ -487,7 +487,7 @@ async def _watch_signals(signals, cancel_scope: trio.CancelScope, keeper: operat
             continue
         stopping = True
         log.info("%s: unmounting", signal.Signals(signum).name)
-        operations.sd_notify("STOPPING=1")
+        systemd.sd_notify("STOPPING=1")
         emit(EventId.DAEMON_STOPPING, reason=signal.Signals(signum).name)
         if profile is not None:
             await _logoff(profile)

@@ -15,7 +15,7 @@ import os
 import pytest
 
 from cscd.cache.store import ContentStore
-from cscd.operations import PolicyKeeper
+from cscd.operations.policy_in_force import PolicyKeeper
 from cscd.policy.config import DEFAULT_EXCLUDE_PATTERNS, DEFAULT_MAX_FILE_BYTES, DaemonConfig, load_config
 from cscd.policy.machine import daemon_config, load_policy
 from cscd.policy.model import OfflineFilesPolicy, Subject

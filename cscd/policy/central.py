@@ -5,7 +5,7 @@ or FSLogix's ``RedirXMLSourceFolder``): which files are copied (``*.yaml`` and
 ``redirections.xml``), the change test (size, write time and server FileId against a manifest
 of the last copy) and the atomic update of the copy. ``machine.py`` then reads the copy as the
 last files of the file order. The daemon calls it at start and at every reload
-(``operations.refresh_central_copy``, with a deadline; a failure leaves the last copy).
+(``operations.policy_in_force.refresh_central_copy``, with a deadline; a failure leaves the last copy).
 
 Talks to the server only through an object with the ``stat``/``list_dir``/``read`` methods of
 ``cscd.upstream.base.Upstream`` (declared here as ``PolicySource``, so this leaf-level package
