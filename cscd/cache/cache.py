@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+import lmdb
 import trio
 
 from cscd.cache import nodes, ranges
@@ -157,28 +158,29 @@ class Cache(Hydration, SyncSide):
 
     def has_content(self, folder: bytes) -> bool:
         """True if the folder was ever listed here: there is a cache to start offline from."""
-        with self._txn() as txn:
+        with self.txn() as txn:
             fid = nodes.lookup_id(self.index, txn, ROOT_ID, folder)
             return fid is not None and Flag.LISTED in nodes.get(self.index, txn, fid).flags
 
     # ---------------------------------------------------------------- helpers
 
-    def _txn(self, write: bool = False):
+    def txn(self, write: bool = False) -> lmdb.Transaction:
+        """A transaction on the index (the caller's ``with`` commits it); never await inside a write one."""
         return self.index.env.begin(write=write)
 
     def node(self, node_id: int) -> Node:
-        with self._txn() as txn:
+        with self.txn() as txn:
             return nodes.get(self.index, txn, node_id)
 
     def exists(self, node_id: int) -> bool:
         """Whether the index still has a record of the node (a tombstone counts)."""
-        with self._txn() as txn:
+        with self.txn() as txn:
             return nodes.find(self.index, txn, node_id) is not None
 
     def folder_of(self, node: Node) -> tuple[bytes, list[bytes]]:
         """The folder name a node belongs to and its local path components below it."""
         parts: list[bytes] = []
-        with self._txn() as txn:
+        with self.txn() as txn:
             while node.parent != ROOT_ID:
                 if node.id == ROOT_ID:
                     raise NotFound("the root belongs to no folder")
@@ -190,7 +192,7 @@ class Cache(Hydration, SyncSide):
     def remote_path(self, node: Node) -> tuple[bytes, bytes]:
         """(folder, server path) of a node's agreed server location, following base names."""
         parts: list[bytes] = []
-        with self._txn() as txn:
+        with self.txn() as txn:
             while True:
                 if not node.has_base:
                     raise NotFound(f"{node.name!r} is not on the server yet")
@@ -199,7 +201,12 @@ class Cache(Hydration, SyncSide):
                 parts.append(node.base_name)
                 node = nodes.get(self.index, txn, node.base_parent)
 
-    def _publish(self, item: tuple) -> None:
+    def is_open(self, node_id: int) -> bool:
+        """Whether a file handle (or an upload's hold) keeps the node's content alive."""
+        return bool(self._open_count.get(node_id))
+
+    def publish(self, item: tuple) -> None:
+        """Tell the kernel, through ``fs``'s invalidation task, that a node or a name changed."""
         try:
             self.invalidations_send.send_nowait(item)
         except trio.WouldBlock:
@@ -226,7 +233,7 @@ class Cache(Hydration, SyncSide):
     async def lookup(self, parent_id: int, name: bytes) -> Node:
         """Find ``name`` in a directory; may list the directory once (network, deadline)."""
         await self.ensure_listed(parent_id)
-        with self._txn() as txn:
+        with self.txn() as txn:
             cid = nodes.lookup_id(self.index, txn, parent_id, name)
             if cid is None:
                 raise NotFound(f"{name!r} not found")
@@ -264,7 +271,7 @@ class Cache(Hydration, SyncSide):
         """Children after ``after_id`` (the readdir offset), in stable id order."""
         await self.ensure_listed(dir_id)
         out = []
-        with self._txn() as txn:
+        with self.txn() as txn:
             for cid, name in nodes.iter_children(self.index, txn, dir_id, after_id):
                 out.append((name, nodes.get(self.index, txn, cid)))
                 if len(out) >= 512:
@@ -287,7 +294,7 @@ class Cache(Hydration, SyncSide):
         return node
 
     def mkdir(self, parent_id: int, name: bytes, mode: int) -> Node:
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             node = self._new_node(txn, self._check_parent(txn, parent_id), name, True, mode)
         self._changed()
         return node
@@ -295,13 +302,14 @@ class Cache(Hydration, SyncSide):
     def create(self, parent_id: int, name: bytes, mode: int) -> Node:
         """A new empty file. Its content file is made by the ``open`` that follows at once
         (``fs.create``); making it here too cost three more syscalls per file."""
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             node = self._new_node(txn, self._check_parent(txn, parent_id), name, False, mode)
         self._changed()
         return node
 
-    def _drop(self, txn, node: Node) -> None:
-        """Take ``node`` out of the namespace; keep what sync or an open handle still needs."""
+    def drop(self, txn, node: Node) -> None:
+        """Take ``node`` out of the namespace inside the caller's write transaction; keep what
+        sync or an open handle still needs."""
         ix = self.index
         nodes.unlink(ix, txn, node)
         node.flags |= Flag.TOMBSTONE
@@ -309,7 +317,7 @@ class Cache(Hydration, SyncSide):
             nodes.clear_dirty(ix, txn, node.id)
             nodes.mark_dirty(ix, txn, node, DirtyReason.DELETE)
             nodes.put(ix, txn, node)
-        elif self._open_count.get(node.id):
+        elif self.is_open(node.id):
             nodes.clear_dirty(ix, txn, node.id)
             nodes.put(ix, txn, node)
         else:
@@ -318,7 +326,7 @@ class Cache(Hydration, SyncSide):
 
     def _remove(self, parent_id: int, name: bytes, want_dir: bool) -> Node:
         ix = self.index
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             parent = self._check_parent(txn, parent_id)
             cid = nodes.lookup_id(ix, txn, parent_id, name)
             if cid is None:
@@ -332,7 +340,7 @@ class Cache(Hydration, SyncSide):
                 if Flag.LISTED not in node.flags:
                     raise NotAvailableOffline(f"{name!r} was never listed; cannot tell whether it is empty")
                 raise NotEmpty(f"{name!r} is not empty")
-            self._drop(txn, node)
+            self.drop(txn, node)
             parent.mtime_ns = parent.ctime_ns = time.time_ns()
             nodes.put(ix, txn, parent)
         self._changed()
@@ -356,7 +364,7 @@ class Cache(Hydration, SyncSide):
         await self.ensure_listed(new_parent)
         ix = self.index
         check_name(new_name)
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             src_parent = self._check_parent(txn, old_parent)
             dst_parent = self._check_parent(txn, new_parent)
             cid = nodes.lookup_id(ix, txn, old_parent, old_name)
@@ -381,7 +389,7 @@ class Cache(Hydration, SyncSide):
                     raise NotDir(f"{new_name!r} is not a directory")
                 if target.is_dir and (nodes.has_children(ix, txn, tid) or Flag.LISTED not in target.flags):
                     raise NotEmpty(f"{new_name!r} is not empty")
-                self._drop(txn, target)
+                self.drop(txn, target)
                 replaced = target
             nodes.unlink(ix, txn, node)
             node.parent, node.name = new_parent, new_name
@@ -412,7 +420,7 @@ class Cache(Hydration, SyncSide):
     def setattr(self, node_id: int, *, size: int | None = None, mode: int | None = None,
                 mtime_ns: int | None = None) -> Node:
         ix = self.index
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             node = nodes.get(ix, txn, node_id)
             now = time.time_ns()
             reason = DirtyReason(0)
@@ -484,7 +492,7 @@ class Cache(Hydration, SyncSide):
     def write(self, node_id: int, fd: int, offset: int, data: bytes) -> int:
         """Write into the cache and mark the node dirty, in one transaction."""
         ix = self.index
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             node = nodes.get(ix, txn, node_id)
             n = self.store.pwrite(fd, data, offset)
             end = offset + n
@@ -526,10 +534,10 @@ class Cache(Hydration, SyncSide):
         self._purge_if_unused(node_id)
 
     def _purge_if_unused(self, node_id: int) -> None:
-        if self._open_count.get(node_id):
+        if self.is_open(node_id):
             return
         ix = self.index
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None or Flag.TOMBSTONE not in node.flags:
                 return
@@ -575,7 +583,7 @@ class Cache(Hydration, SyncSide):
     def path_of(self, node: Node) -> list[bytes]:
         """Names from the mount's root down to ``node``."""
         parts = []
-        with self._txn() as txn:
+        with self.txn() as txn:
             while node.id != ROOT_ID:
                 parts.append(node.name)
                 node = nodes.get(self.index, txn, node.parent)

@@ -10,7 +10,8 @@ carries them to the server like any other change:
 - ``remote``: the conflict copy is deleted;
 - ``both``: both files stay, the record goes.
 
-A part of ``Cache`` split out for size: it uses the cache's package-private helpers.
+A collaborator of ``Cache``: it works through the cache's public transaction helpers
+(``txn``, ``publish``, ``is_open``, ``drop``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def rename_for_conflict(cache: Cache, node_id: int, new_name: bytes) -> None:
     copy's server entry.
     """
     ix = cache.index
-    with cache._txn(write=True) as txn:
+    with cache.txn(write=True) as txn:
         node = nodes.get(ix, txn, node_id)
         old_name = node.name
         nodes.unlink(ix, txn, node)
@@ -50,15 +51,15 @@ def rename_for_conflict(cache: Cache, node_id: int, new_name: bytes) -> None:
         record = {"original": old_name.decode("utf-8", "surrogateescape"), "parent": node.parent,
                   "at": time.time_ns(), "host": socket.gethostname()}
         txn.put(u64(node_id), json.dumps(record).encode(), db=ix.conflicts)
-    cache._publish(("entry", node.parent, old_name))
-    cache._publish(("entry", node.parent, new_name))
+    cache.publish(("entry", node.parent, old_name))
+    cache.publish(("entry", node.parent, new_name))
 
 
 def list_conflicts(cache: Cache) -> list[dict]:
     """Every unresolved conflict: the copy's path, the original's path, when and where."""
     ix = cache.index
     out = []
-    with cache._txn() as txn:
+    with cache.txn() as txn:
         records = [(from_u64(k), json.loads(bytes(v))) for k, v in txn.cursor(db=ix.conflicts)]
     for copy_id, rec in records:
         try:
@@ -79,7 +80,7 @@ def list_conflicts(cache: Cache) -> list[dict]:
 
 def _find(cache: Cache, node: Node) -> tuple[int, dict]:
     ix = cache.index
-    with cache._txn() as txn:
+    with cache.txn() as txn:
         for k, v in txn.cursor(db=ix.conflicts):
             copy_id, rec = from_u64(k), json.loads(bytes(v))
             if copy_id == node.id:
@@ -100,6 +101,6 @@ async def resolve(cache: Cache, node: Node, keep: str) -> dict:
         await cache.rename(copy.parent, copy.name, rec["parent"], original)
     elif keep == "remote":
         await cache.unlink(copy.parent, copy.name)
-    with cache._txn(write=True) as txn:
+    with cache.txn(write=True) as txn:
         txn.delete(u64(copy_id), db=cache.index.conflicts)
     return {"kept": keep, "original": rec["original"]}

@@ -138,7 +138,7 @@ class Hydration:
 
     async def hydrate(self, node_id: int, start: int, end: int) -> None:
         """Make ``[start, end)`` present, fetching missing blocks (plus read-ahead) from the source."""
-        with self._txn() as txn:
+        with self.txn() as txn:
             node = nodes.get(self.index, txn, node_id)
             need = ranges.missing(self._ranges(txn, node), start, min(end, node.size))
         if not need:
@@ -148,7 +148,7 @@ class Hydration:
         lock = self._hydrate_locks.setdefault(node_id, trio.Lock())
         async with lock:
             node = self.node(node_id)
-            with self._txn() as txn:
+            with self.txn() as txn:
                 need = ranges.missing(self._ranges(txn, node), start, min(end, node.size))
             if not need:
                 return
@@ -176,7 +176,7 @@ class Hydration:
     def _fill(self, node_id: int, base_before: tuple, offset: int, data: bytes) -> None:
         """Write fetched bytes into the holes they cover, unless the base changed meanwhile."""
         ix = self.index
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None or (node.base_file_id, node.base_size, node.base_mtime_ns) != base_before:
                 return

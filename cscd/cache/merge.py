@@ -8,8 +8,8 @@ one keeps its local state. New server names become placeholders; agreed names go
 the server vanish locally if their subtree is clean, else lose their base and are uploaded
 again as new — nothing local is lost. One write transaction per listing; no network here.
 
-A part of ``Cache`` split out for size: it uses the cache's package-private helpers
-(``_txn``, ``_publish``, ``_open_count``) and nothing outside ``cscd.cache`` calls it directly.
+It works through the cache's public transaction helpers (``txn``, ``publish``, ``is_open``);
+nothing outside ``cscd.cache`` calls it directly.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def merge_listing(cache: Cache, dir_id: int, entries: list[RemoteEntry], digest:
     """
     ix = cache.index
     now = time.time_ns()
-    with cache._txn(write=True) as txn:
+    with cache.txn(write=True) as txn:
         parent = nodes.get(ix, txn, dir_id)
         if nodes.has_children(ix, txn, dir_id) or next(nodes.iter_base_children(ix, txn, dir_id), None):
             _match(cache, txn, dir_id, entries, now)
@@ -85,7 +85,7 @@ def _match(cache: Cache, txn, dir_id: int, entries: list[RemoteEntry], now: int)
         here = None if lid is None else _local(ix, txn, nodes.get(ix, txn, lid))
         if decide(None, here, entry) is Action.ADD:
             _add_placeholder(ix, txn, dir_id, ix.allocate_id(txn), entry, now)
-            cache._publish(("entry", dir_id, entry.name))
+            cache.publish(("entry", dir_id, entry.name))
     for name, bid in list(nodes.iter_base_children(ix, txn, dir_id)):
         if name in seen:
             continue
@@ -116,7 +116,7 @@ def _fill(cache: Cache, txn, parent: Node, entries: list[RemoteEntry], now: int)
         _add_placeholder(ix, txn, parent.id, next_id, entry, now)
         next_id += 1
         if was_listed:
-            cache._publish(("entry", parent.id, entry.name))
+            cache.publish(("entry", parent.id, entry.name))
 
 
 def _add_placeholder(ix, txn, dir_id: int, node_id: int, entry: RemoteEntry, now: int) -> None:
@@ -156,7 +156,7 @@ def _follow_server(cache: Cache, txn, node: Node, dir_id: int, entry: RemoteEntr
     node.mtime_ns = entry.mtime_ns or node.mtime_ns
     node.ctime_ns = entry.ctime_ns or node.ctime_ns
     nodes.put(ix, txn, node)
-    cache._publish(("inode", node.id))
+    cache.publish(("inode", node.id))
 
 def _subtree_clean(cache: Cache, txn, node: Node) -> bool:
     if nodes.dirty_reasons(cache.index, txn, node.id):
@@ -173,8 +173,8 @@ def _forget_subtree(cache: Cache, txn, node: Node) -> None:
         for cid, _ in list(nodes.iter_children(ix, txn, node.id)):
             _forget_subtree(cache, txn, nodes.get(ix, txn, cid))
     nodes.unlink(ix, txn, node)
-    cache._publish(("entry", node.parent, node.name))
-    if cache._open_count.get(node.id):
+    cache.publish(("entry", node.parent, node.name))
+    if cache.is_open(node.id):
         node.flags |= Flag.TOMBSTONE
         nodes.clear_base(ix, txn, node)
         nodes.put(ix, txn, node)

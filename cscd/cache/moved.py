@@ -31,7 +31,7 @@ def adopt_moved_bases(cache: Cache, folder: bytes, entries: Mapping[bytes, Remot
     many nodes were re-pointed."""
     ix = cache.index
     count = 0
-    with cache._txn(write=True) as txn:
+    with cache.txn(write=True) as txn:
         top = nodes.base_lookup_id(ix, txn, ROOT_ID, folder)
         todo = [] if top is None else [(top, b"")]
         while todo:

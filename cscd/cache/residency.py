@@ -17,7 +17,8 @@ Two policy keys narrow what is kept (``hydration.py`` does the traffic they caus
   but never stored (reads go through to the server); a write that would make a file larger,
   or that changes a file already larger, fails with EFBIG (``check_size``).
 
-A part of ``Cache`` split out for size: it uses the cache's package-private helpers.
+A collaborator of ``Cache``: it works through the cache's public transaction helpers
+(``txn``, ``publish``, ``is_open``, ``drop``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Residency:
 
     def after_close(self, node_id: int) -> None:
         """The last handle may have closed: drop content this machine must not keep."""
-        if self.cache._open_count.get(node_id):
+        if self.cache.is_open(node_id):
             return
         try:
             node = self.cache.node(node_id)
@@ -113,13 +114,13 @@ class Residency:
         """
         cache = self.cache
         ix = cache.index
-        with cache._txn(write=True) as txn:
+        with cache.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None or Flag.TOMBSTONE in node.flags:
                 return
             if not node.has_base:
-                cache._drop(txn, node)
-                cache._publish(("entry", node.parent, node.name))
+                cache.drop(txn, node)
+                cache.publish(("entry", node.parent, node.name))
                 return
             nodes.clear_dirty(ix, txn, node_id, DirtyReason.CONTENT | DirtyReason.META)
             node.size, node.mtime_ns = node.base_size, node.base_mtime_ns
@@ -131,12 +132,12 @@ class Residency:
             if cache.store.exists(node_id):  # open handles keep their fd: empty it, keep the file
                 cache.store.truncate(node_id, 0)
                 cache.store.truncate(node_id, node.size)
-        cache._publish(("inode", node_id))
+        cache.publish(("inode", node_id))
 
     # ------------------------------------------------------------ LRU
 
     def touch(self, node_id: int) -> None:
-        with self.cache._txn(write=True) as txn:
+        with self.cache.txn(write=True) as txn:
             txn.put(u64(node_id), u64(time.time_ns()), db=self.cache.index.lru)
 
     # ------------------------------------------------------------ pins
@@ -157,7 +158,7 @@ class Residency:
         if folder is not None:
             raise CscdError(f"{folder.decode(errors='replace')} is not cached on this machine (policy "
                             f"folders.{folder.decode(errors='replace')}.offline: false); it cannot be pinned")
-        with self.cache._txn(write=True) as txn:
+        with self.cache.txn(write=True) as txn:
             node = nodes.get(ix, txn, node_id)
             if node.id == ROOT_ID or node.parent == ROOT_ID and not node.is_dir:
                 raise CscdError("pin a folder or something inside one")
@@ -184,7 +185,7 @@ class Residency:
         """(directories never listed, files not fully present) under pins: sync fills them."""
         ix = self.cache.index
         dirs, files = [], []
-        with self.cache._txn() as txn:
+        with self.cache.txn() as txn:
             roots = [nodes.find(ix, txn, from_u64(k)) for k, _ in txn.cursor(db=ix.pins)]
             stack = [n for n in roots if n is not None and Flag.TOMBSTONE not in n.flags]
             seen: set[int] = set()
@@ -211,7 +212,7 @@ class Residency:
         """
         ix = self.cache.index
         freed_files = freed_bytes = 0
-        with self.cache._txn() as txn:
+        with self.cache.txn() as txn:
             start = nodes.get(ix, txn, node_id)
             todo, stack = [], [start]
             while stack:
@@ -230,9 +231,9 @@ class Residency:
     def _dehydrate(self, node_id: int) -> int | None:
         cache = self.cache
         ix = cache.index
-        if cache._open_count.get(node_id):
+        if cache.is_open(node_id):
             return None
-        with cache._txn(write=True) as txn:
+        with cache.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if (node is None or node.is_dir or not node.has_base or nodes.dirty_reasons(ix, txn, node_id)
                     or self.is_pinned(txn, node) or not cache.store.exists(node_id)):
@@ -245,7 +246,7 @@ class Residency:
             txn.delete(u64(node_id), db=ix.lru)
             nodes.put(ix, txn, node)
             cache.store.remove(node_id)
-        cache._publish(("inode", node_id))
+        cache.publish(("inode", node_id))
         return size
 
     # ------------------------------------------------------------ the size limit
@@ -265,7 +266,7 @@ class Residency:
         """Free least recently used clean content until under the limit; returns bytes freed."""
         if self.limit_bytes is None or used <= self.limit_bytes:
             return 0
-        with self.cache._txn() as txn:
+        with self.cache.txn() as txn:
             order = sorted((from_u64(v), from_u64(k)) for k, v in txn.cursor(db=self.cache.index.lru))
         freed = 0
         for _, nid in order:

@@ -57,7 +57,7 @@ class SyncSide:
         # The digest is kept in ``listed`` (cleared whenever an agreed name under the directory
         # changes, see ``nodes.forget_listing``), so this holds across restarts too.
         digest = listing_digest(entries)
-        with self._txn() as txn:
+        with self.txn() as txn:
             if txn.get(u64(dir_id), db=self.index.listed) == digest:
                 return True
         merge_listing(self, dir_id, entries, digest)
@@ -67,7 +67,7 @@ class SyncSide:
 
     def dirty_nodes(self) -> list[tuple[Node, DirtyReason]]:
         out = []
-        with self._txn() as txn:
+        with self.txn() as txn:
             for nid, reasons in nodes.iter_dirty(self.index, txn):
                 node = nodes.find(self.index, txn, nid)
                 if node is not None:
@@ -75,7 +75,7 @@ class SyncSide:
         return out
 
     def missing_ranges(self, node_id: int) -> list[ranges.Range]:
-        with self._txn() as txn:
+        with self.txn() as txn:
             node = nodes.get(self.index, txn, node_id)
             return ranges.missing(self._ranges(txn, node), 0, node.size)
 
@@ -89,7 +89,7 @@ class SyncSide:
         """
         ix = self.index
         self._base_generation += 1
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None:
                 return True
@@ -100,7 +100,7 @@ class SyncSide:
                 nodes.clear_base(ix, txn, node)
                 # A deleted node has nothing left to push once its server copy is gone.
                 nodes.clear_dirty(ix, txn, node_id, None if node.is_deleted else DirtyReason.DELETE)
-                if Flag.TOMBSTONE in node.flags and not self._open_count.get(node_id):
+                if Flag.TOMBSTONE in node.flags and not self.is_open(node_id):
                     nodes.delete_record(ix, txn, node)
                     self.store.remove(node_id)
                     return True
@@ -126,7 +126,7 @@ class SyncSide:
         that never got recorded (a crash or a lost answer came between), newest first. See
         ``sending`` in ``index``: such an earlier upload may be on the server, and it is ours."""
         key = u64(node_id)
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             data = txn.get(key, db=self.index.sending) or b""
             earlier = [_SENDING.unpack_from(data, i) for i in range(0, len(data) - len(data) % _SENDING.size,
                                                                    _SENDING.size)]
@@ -143,7 +143,7 @@ class SyncSide:
         """
         ix = self.index
         self._base_generation += 1
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None or node.version != version:
                 return node is None
@@ -171,12 +171,12 @@ class SyncSide:
 
         Reads the ``listed`` table: one short cursor walk, not a walk over every node.
         """
-        with self._txn() as txn:
+        with self.txn() as txn:
             return list(nodes.iter_listed(self.index, txn))
 
     def base_chunks(self, node_id: int) -> list[chunkmaps.ChunkTriple] | None:
         """The chunk map of the node's base content; None if unknown or stale."""
-        with self._txn() as txn:
+        with self.txn() as txn:
             node = nodes.find(self.index, txn, node_id)
             return None if node is None else chunkmaps.get(self.index, txn, node)
 
@@ -184,7 +184,7 @@ class SyncSide:
                            chunk_map: list[chunkmaps.ChunkTriple]) -> bool:
         """Store the map of a downloaded file if its version and base did not move meanwhile."""
         ix = self.index
-        with self._txn(write=True) as txn:
+        with self.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             return node is not None and chunkmaps.record_for_base(
                 ix, txn, node, version, base, chunk_map,
@@ -198,7 +198,7 @@ class SyncSide:
         None if the way leads through something not listed (nothing cached to refresh).
         """
         ix = self.index
-        with self._txn() as txn:
+        with self.txn() as txn:
             nid = nodes.base_lookup_id(ix, txn, ROOT_ID, folder)
             found = None
             for name in [None, *parts]:
@@ -249,7 +249,7 @@ class SyncSide:
         return ContentSnapshot(fd, node.version, node.size, node.mtime_ns)
 
     def _live_file(self, node_id: int) -> Node:
-        with self._txn() as txn:
+        with self.txn() as txn:
             node = nodes.find(self.index, txn, node_id)
             if node is None or Flag.TOMBSTONE in node.flags:
                 raise NotFound(f"node {node_id} was deleted")
