@@ -46,7 +46,7 @@ from cscd.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from cscd.reconcile import Action, Local, Ours, decide
+from cscd.reconcile import Action, Local, Ours, decide, same_version
 from cscd.sync.chunker import Chunk, same_chunks
 from cscd.sync.conflicts import conflict_name
 from cscd.sync.delta import DeltaPlan, plan_delta, plan_full
@@ -332,6 +332,9 @@ class Pusher:
                     if decide(None, Local(is_dir=True, changed=True), entry) is Action.CONFLICT:
                         await self._rename_local_conflict(node)
                         return
+                if not local.exists(node.id):
+                    await self._take_back(target, entry, up)  # removed here while it was made there
+                    return
             local.record_synced(node.id, version, parent.id, entry, reasons)
             return
         if local.is_open_for_write(node.id) and not force:
@@ -496,12 +499,16 @@ class Pusher:
         return await up.set_mtime(target, mtime_ns)
 
     async def _take_back(self, target: bytes, entry: RemoteEntry, up: Upstream) -> None:
+        """Delete what this push just made on the server for a node that is gone here (a new
+        file or folder removed while it was being created there: no record is left to carry
+        the delete next round). Only if the server still holds exactly that; a folder only if
+        it is empty (what it holds has deletes of its own)."""
         try:
             current = await up.stat(target)
-            if entry.same_version(current):
-                await up.delete(target, is_dir=False)
+            if same_version(entry, current):
+                await up.delete(target, is_dir=entry.is_dir)
                 self.counters.deletes += 1
-        except NotFound:
+        except (NotFound, NotEmpty):
             pass
 
     async def _rename_local_conflict(self, node) -> None:
