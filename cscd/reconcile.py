@@ -65,15 +65,32 @@ class Local:
 
 @dataclass(frozen=True, slots=True)
 class Ours:
-    """A version this client uploaded itself: its size and the write time it set."""
+    """A version this client put on the server itself: an upload (its size and the write time
+    it set; the server picks the file id) or a rename (the base it moved: size, time and id)."""
 
     size: int
     mtime_ns: int
+    file_id: int = 0  # 0: not known in advance (an upload's temporary gets a new one)
+    is_dir: bool = False
 
     def is_(self, entry: RemoteEntry) -> bool:
-        """True if ``entry`` is this upload (same size, the write time we set, to SMB's unit)."""
-        return (not entry.is_dir and entry.size == self.size
-                and entry.mtime_ns == self.mtime_ns // SMB_TIME_UNIT_NS * SMB_TIME_UNIT_NS)
+        """True if ``entry`` is this version (same kind and id if known; a file's size and the
+        write time we set, to SMB's unit)."""
+        if entry.is_dir != self.is_dir or (self.file_id and entry.file_id != self.file_id):
+            return False
+        return self.is_dir or (entry.size == self.size
+                               and entry.mtime_ns == self.mtime_ns // SMB_TIME_UNIT_NS * SMB_TIME_UNIT_NS)
+
+
+@dataclass(frozen=True, slots=True)
+class Unrecorded:
+    """A server change this client started and has not recorded: node ``node_id`` put
+    ``ours`` under the name ``name`` of the directory node ``parent`` (see ``cache.unrecorded``)."""
+
+    parent: int
+    name: bytes
+    node_id: int
+    ours: Ours
 
 
 def same_version(base: RemoteEntry, remote: RemoteEntry) -> bool:

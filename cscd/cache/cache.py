@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -113,6 +114,7 @@ class Cache(Hydration, SyncSide):
         #: directory id → (trio time its last listing ended, seconds it took); sync paces the
         #: rescans of big directories by it (``cscd.sync.scan``) and adds its own listings.
         self.listing_cost: dict[int, tuple[float, float]] = {}
+        self._discarded: list[int] = []  # see ``discard_content``
         self.hits = 0
         self.misses = 0
         self.residency = Residency(self, limit_bytes, uncached=uncached, max_file_bytes=max_file_bytes)
@@ -164,9 +166,34 @@ class Cache(Hydration, SyncSide):
 
     # ---------------------------------------------------------------- helpers
 
-    def txn(self, write: bool = False) -> lmdb.Transaction:
-        """A transaction on the index (the caller's ``with`` commits it); never await inside a write one."""
-        return self.index.env.begin(write=write)
+    def txn(self, write: bool = False):
+        """A transaction on the index (the caller's ``with`` commits it); never await inside a write one.
+
+        A write one removes the content files ``discard_content`` named once it has committed,
+        and none if it aborts."""
+        if not write:
+            return self.index.env.begin()
+        return self._write_txn()
+
+    @contextmanager
+    def _write_txn(self) -> Iterator[lmdb.Transaction]:
+        self._discarded = []
+        try:
+            with self.index.env.begin(write=True) as txn:
+                yield txn
+        except BaseException:
+            self._discarded = []
+            raise
+        gone, self._discarded = self._discarded, []
+        for node_id in gone:
+            self.store.remove(node_id)
+
+    def discard_content(self, node_id: int) -> None:
+        """Remove the node's content file when the write transaction under way commits.
+
+        Never before: a daemon killed in between would leave a live node in the index whose
+        content is gone (a hydrated file reading as zeros)."""
+        self._discarded.append(node_id)
 
     def node(self, node_id: int) -> Node:
         with self.txn() as txn:
@@ -322,7 +349,7 @@ class Cache(Hydration, SyncSide):
             nodes.put(ix, txn, node)
         else:
             nodes.delete_record(ix, txn, node)
-            self.store.remove(node.id)
+            self.discard_content(node.id)
 
     def _remove(self, parent_id: int, name: bytes, want_dir: bool) -> Node:
         ix = self.index
@@ -452,6 +479,8 @@ class Cache(Hydration, SyncSide):
             if size > node.size:
                 have = ranges.add(have, node.size, size)
             self._store_ranges(txn, node, have, size)
+        if size > node.size:
+            self.store.truncate(node.id, node.size)  # the new tail is zeros: see ``write``
         node.size = size
         self.store.truncate(node.id, size)
         _ = ix
@@ -494,6 +523,10 @@ class Cache(Hydration, SyncSide):
         ix = self.index
         with self.txn(write=True) as txn:
             node = nodes.get(ix, txn, node_id)
+            if offset > node.size:
+                # The hole must read as zeros: cut what a write the daemon was killed in left
+                # past the end (its bytes reached the file, its size never the index).
+                os.ftruncate(fd, node.size)
             n = self.store.pwrite(fd, data, offset)
             end = offset + n
             if not node.is_hydrated:
@@ -542,10 +575,10 @@ class Cache(Hydration, SyncSide):
             if node is None or Flag.TOMBSTONE not in node.flags:
                 return
             if node.has_base and nodes.dirty_reasons(ix, txn, node_id):
-                self.store.remove(node_id)  # record stays for the pending server delete
+                self.discard_content(node_id)  # record stays for the pending server delete
                 return
             nodes.delete_record(ix, txn, node)
-        self.store.remove(node_id)
+            self.discard_content(node_id)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Flush the index to disk every second; keep the content within its size limit."""

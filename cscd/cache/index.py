@@ -64,12 +64,13 @@ Named databases (all integers big-endian, so byte order is numeric order):
 ``tombstones``
     id u64 → b"" for every node with the ``TOMBSTONE`` flag, so the start-up sweep of finished
     deletes reads only them (``nodes.put`` adds, ``nodes.delete_record`` removes).
-``sending``
-    id u64 → up to ``syncside.SENDING_KEPT`` pairs of size u64 + write time i64 ns, newest
-    first: uploads of the node that were started and not yet recorded
-    (``syncside.record_sending``; ``record_synced`` removes the entry). After
-    a crash or a lost answer, a server file with exactly that size and time is our own
-    upload, not a second writer's (``cscd.reconcile.Ours``).
+``unrecorded``
+    parent id u64 + name (as ``bases``) → up to ``unrecorded.KEPT`` notes of node id u64, is a
+    directory u8, size u64, write time i64 ns, file id u64, newest first: uploads and renames
+    to that server name that were started and not yet recorded (``cscd.cache.unrecorded``;
+    recording the result removes the node's note). After a crash or a lost answer, a server
+    file there that is such a version is our own, not a second writer's (``cscd.reconcile.Ours``).
+    (Schema 2 caches written before it may hold an unused ``sending`` table; nothing reads it.)
 ``conflicts``
     id u64 of a conflict copy → JSON ``{"original": name, "parent": id, "at": ns, "host": name}``,
     what ``cscd conflicts`` lists until the user resolves it.
@@ -158,7 +159,7 @@ class Index:
         self.pins = self.env.open_db(b"pins")
         self.listed = self.env.open_db(b"listed")
         self.tombstones = self.env.open_db(b"tombstones")
-        self.sending = self.env.open_db(b"sending")
+        self.unrecorded = self.env.open_db(b"unrecorded")
         with self.env.begin(write=True) as txn:
             version = txn.get(b"schema", db=self.meta)
             if version is None:

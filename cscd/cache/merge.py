@@ -14,19 +14,22 @@ nothing outside ``cscd.cache`` calls it directly.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 import xxhash
 
-from cscd.cache import nodes
+from cscd.cache import nodes, unrecorded
 from cscd.cache.index import child_key, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
-from cscd.reconcile import Action, Local, decide
+from cscd.reconcile import Action, Local, Ours, Unrecorded, decide
 from cscd.types import ROOT_ID, RemoteEntry
 
 if TYPE_CHECKING:
     from cscd.cache.cache import Cache
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FILE_MODE = 0o644
 DEFAULT_DIR_MODE = 0o755
@@ -53,7 +56,8 @@ def merge_listing(cache: Cache, dir_id: int, entries: list[RemoteEntry], digest:
     now = time.time_ns()
     with cache.txn(write=True) as txn:
         parent = nodes.get(ix, txn, dir_id)
-        if nodes.has_children(ix, txn, dir_id) or next(nodes.iter_base_children(ix, txn, dir_id), None):
+        if (nodes.has_children(ix, txn, dir_id) or next(nodes.iter_base_children(ix, txn, dir_id), None)
+                or unrecorded.any_under(ix, txn, dir_id)):
             _match(cache, txn, dir_id, entries, now)
         else:
             _fill(cache, txn, parent, entries, now)
@@ -83,7 +87,9 @@ def _match(cache: Cache, txn, dir_id: int, entries: list[RemoteEntry], now: int)
             _forget_subtree(cache, txn, node)
         lid = nodes.lookup_id(ix, txn, dir_id, entry.name)
         here = None if lid is None else _local(ix, txn, nodes.get(ix, txn, lid))
-        if decide(None, here, entry) is Action.ADD:
+        if decide(None, here, entry) is Action.ADD and unrecorded.claims(ix, txn, dir_id, entry) is None:
+            # (Our own unrecorded upload or rename is not someone else's new file: the push's
+            # recovery gives it back to its node or deletes it.)
             _add_placeholder(ix, txn, dir_id, ix.allocate_id(txn), entry, now)
             cache.publish(("entry", dir_id, entry.name))
     for name, bid in list(nodes.iter_base_children(ix, txn, dir_id)):
@@ -92,6 +98,8 @@ def _match(cache: Cache, txn, dir_id: int, entries: list[RemoteEntry], now: int)
         node = nodes.get(ix, txn, bid)
         local = Local(exists=not node.is_deleted, changed=not _subtree_clean(cache, txn, node), is_dir=node.is_dir)
         if decide(node.base_entry(), local, None) is Action.KEEP_AS_NEW:
+            log.debug("listing of %s: %r (node %s) is gone from the server; its changes are kept as new",
+                      dir_id, name, node.id)
             _keep_local_changes(cache, txn, node)
         else:
             _forget_subtree(cache, txn, node)
@@ -180,7 +188,7 @@ def _forget_subtree(cache: Cache, txn, node: Node) -> None:
         nodes.put(ix, txn, node)
     else:
         nodes.delete_record(ix, txn, node)
-        cache.store.remove(node.id)
+        cache.discard_content(node.id)
 
 
 
@@ -191,6 +199,12 @@ def _keep_local_changes(cache: Cache, txn, node: Node) -> None:
     and become new local nodes, uploaded again by sync.
     """
     ix = cache.index
+    if node.has_base:
+        # Most often the base is not gone but moved, by a rename of ours (of it or a folder
+        # above it) whose answer never got recorded: then the server holds the base under
+        # the node's present name, and that is ours to upload over, not a second writer's.
+        unrecorded.add(ix, txn, Unrecorded(node.parent, node.name, node.id, Ours(
+            node.base_size, node.base_mtime_ns, node.base_file_id, node.is_dir)))
     nodes.clear_base(ix, txn, node)
     nodes.mark_dirty(ix, txn, node, DirtyReason.NAMESPACE | (DirtyReason(0) if node.is_dir else DirtyReason.CONTENT))
     nodes.put(ix, txn, node)

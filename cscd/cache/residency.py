@@ -245,7 +245,7 @@ class Residency:
             txn.delete(u64(node_id), db=ix.ranges)
             txn.delete(u64(node_id), db=ix.lru)
             nodes.put(ix, txn, node)
-            cache.store.remove(node_id)
+            cache.discard_content(node_id)
         cache.publish(("inode", node_id))
         return size
 

@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import trio
 
 from cscd.cache import chunks as chunkmaps
-from cscd.cache import conflicts, nodes, ranges
+from cscd.cache import conflicts, nodes, ranges, unrecorded
 from cscd.cache.index import u64
 from cscd.cache.merge import listing_digest, merge_listing
 from cscd.cache.moved import adopt_moved_bases
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.errors import CacheFull, NotFound, SourceChanged
+from cscd.reconcile import Ours, Unrecorded
 from cscd.types import ROOT_ID, ContentSnapshot, RemoteEntry
 
 log = logging.getLogger(__name__)
-
-_SENDING = struct.Struct(">Qq")
-#: Unrecorded uploads remembered per node (one per crash or lost answer in a row).
-SENDING_KEPT = 4
 
 #: Files up to this size are copied for upload inline (~2 ms); larger ones in a thread.
 SNAPSHOT_INLINE_BYTES = 8 << 20
@@ -95,18 +91,21 @@ class SyncSide:
                 return True
             # Both the directory the base leaves and the one it enters changed on the server.
             self._dir_stamp[node.base_parent] = self._dir_stamp[base_parent] = self._base_generation
-            txn.delete(u64(node_id), db=ix.sending)
             if entry is None:
+                if node.has_base:
+                    unrecorded.remove(ix, txn, node.base_parent, node.base_name, node_id)
                 nodes.clear_base(ix, txn, node)
                 # A deleted node has nothing left to push once its server copy is gone.
                 nodes.clear_dirty(ix, txn, node_id, None if node.is_deleted else DirtyReason.DELETE)
                 if Flag.TOMBSTONE in node.flags and not self.is_open(node_id):
                     nodes.delete_record(ix, txn, node)
-                    self.store.remove(node_id)
+                    self.discard_content(node_id)
                     return True
                 nodes.put(ix, txn, node)
                 return True
             old_base = (node.base_file_id, node.base_size, node.base_mtime_ns)
+            # The server name holds this recorded version now: what was sent there before is gone.
+            unrecorded.clear(ix, txn, base_parent, entry.name)
             nodes.set_base(ix, txn, node, base_parent, entry)
             clean = node.version == version
             if Flag.TOMBSTONE in node.flags:
@@ -121,18 +120,83 @@ class SyncSide:
             self._changed()
         return clean
 
-    def record_sending(self, node_id: int, size: int, mtime_ns: int) -> list[tuple[int, int]]:
-        """Note an upload of (size, write time) about to start; returns the ones noted before
-        that never got recorded (a crash or a lost answer came between), newest first. See
-        ``sending`` in ``index``: such an earlier upload may be on the server, and it is ours."""
-        key = u64(node_id)
+    def record_sending(self, node_id: int, parent: int, name: bytes, ours: Ours) -> list[Ours]:
+        """Note an upload or rename of ``ours`` to the name ``name`` in directory ``parent``,
+        about to start; returns the versions noted there before that never got recorded (a
+        crash or a lost answer came between), newest first, whichever node sent them. Such a
+        version may be on the server, and it is ours (``unrecorded``)."""
         with self.txn(write=True) as txn:
-            data = txn.get(key, db=self.index.sending) or b""
-            earlier = [_SENDING.unpack_from(data, i) for i in range(0, len(data) - len(data) % _SENDING.size,
-                                                                   _SENDING.size)]
-            earlier = [e for e in earlier if e != (size, mtime_ns)][:SENDING_KEPT - 1]
-            txn.put(key, b"".join(_SENDING.pack(*e) for e in [(size, mtime_ns), *earlier]), db=self.index.sending)
-        return earlier
+            before = unrecorded.add(self.index, txn, Unrecorded(parent, name, node_id, ours))
+        return [n.ours for n in before]
+
+    def unrecorded_at(self, parent: int, name: bytes) -> list[Unrecorded]:
+        """The notes of versions this client sent to a name and never recorded, newest first."""
+        with self.txn() as txn:
+            return unrecorded.at(self.index, txn, parent, name)
+
+    def unrecorded(self) -> list[Unrecorded]:
+        """Every note of an unrecorded server change (a handful: they live for one upload)."""
+        with self.txn() as txn:
+            return list(unrecorded.iter_all(self.index, txn))
+
+    def forget_unrecorded(self, note: Unrecorded) -> None:
+        """The server does not hold that version (any more), or it was dealt with."""
+        with self.txn(write=True) as txn:
+            unrecorded.discard(self.index, txn, note)
+            nodes.forget_listing(self.index, txn, note.parent)  # a merge may have skipped it
+
+    def name_in_use(self, parent: int, name: bytes) -> bool:
+        """Whether a live node here has the name ``name`` in directory ``parent``, or has it as
+        its agreed server name: that node's push meets whatever the server holds there."""
+        ix = self.index
+        with self.txn() as txn:
+            holder = nodes.base_lookup_id(ix, txn, parent, name)
+            if holder is not None and not nodes.get(ix, txn, holder).is_deleted:
+                return True
+            return nodes.lookup_id(ix, txn, parent, name) is not None
+
+    def replaced_at(self, parent: int, name: bytes) -> Node | None:
+        """The deleted node whose agreed server name is ``name`` in ``parent``, if any: a file
+        renamed over it here (an atomic save) replaces that server version with its upload."""
+        ix = self.index
+        with self.txn() as txn:
+            holder = nodes.base_lookup_id(ix, txn, parent, name)
+            if holder is None:
+                return None
+            node = nodes.get(ix, txn, holder)
+            return node if node.is_deleted and not node.is_dir else None
+
+    def adopt_unrecorded(self, note: Unrecorded, entry: RemoteEntry) -> bool:
+        """The server holds ``entry``, the node's own unrecorded version (``note``): make it the
+        node's base, so its push carries on from there (renames it to where the node is now,
+        deletes it if the node is deleted, uploads over it). Returns False, and changes
+        nothing, if the node is gone or another node's base holds that name."""
+        ix = self.index
+        self._base_generation += 1
+        with self.txn(write=True) as txn:
+            node = nodes.find(ix, txn, note.node_id)
+            if node is None:
+                return False
+            holder_id = nodes.base_lookup_id(ix, txn, note.parent, entry.name)
+            if holder_id not in (None, node.id):
+                holder = nodes.get(ix, txn, holder_id)
+                if not holder.is_deleted:
+                    return False
+                # A file deleted here whose server version ours replaced: its delete is done.
+                nodes.clear_base(ix, txn, holder)
+                nodes.clear_dirty(ix, txn, holder.id)
+                if self.is_open(holder.id):
+                    nodes.put(ix, txn, holder)
+                else:
+                    nodes.delete_record(ix, txn, holder)
+                    self.discard_content(holder.id)
+            unrecorded.discard(ix, txn, note)
+            self._dir_stamp[node.base_parent] = self._dir_stamp[note.parent] = self._base_generation
+            nodes.set_base(ix, txn, node, note.parent, entry)
+            nodes.mark_dirty(ix, txn, node, DirtyReason.DELETE if node.is_deleted else DirtyReason.NAMESPACE)
+            nodes.put(ix, txn, node)
+        self._changed()
+        return True
 
     def record_local_only(self, node_id: int, version: int) -> bool:
         """A file sync keeps out (an excluded name): no base, nothing to upload, kept here.

@@ -54,7 +54,7 @@ from cscd.sync.exclusions import ExclusionMatcher
 from cscd.sync.hashing import Hasher
 from cscd.sync.local import LocalSide
 from cscd.sync.problems import SyncProblems
-from cscd.types import ContentSnapshot, FolderLink, Mode, OfflinePolicy, RemoteEntry
+from cscd.types import ROOT_ID, ContentSnapshot, FolderLink, Mode, OfflinePolicy, RemoteEntry
 from cscd.upstream.base import Conflict, Upstream
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,9 @@ class Pusher:
         self.matcher = matcher or ExclusionMatcher()
         self._locks: dict[int, trio.Lock] = {}
         self.problems = SyncProblems()
-        #: (folder, server path) → tombstone whose server delete is pending (rename-over)
-        self._deletes: dict[tuple[bytes, bytes], object] = {}
+        #: (folder, server path) → tombstones whose server delete is pending (rename-over);
+        #: more than one after a crash: a rename over one was done there and not recorded
+        self._deletes: dict[tuple[bytes, bytes], list] = {}
 
     def _is_local_only(self, node) -> bool:
         return not node.is_dir and self.matcher.is_excluded(node.name)
@@ -123,12 +124,13 @@ class Pusher:
                     folder, path = self.local.remote_path(node)
                     plan.append((REMOVE, -path.count(b"/"), node, reasons, folder.decode()))
                     if not node.is_dir:
-                        self._deletes[(folder, path)] = node
+                        self._deletes.setdefault((folder, path), []).append(node)
                 else:
                     folder, parts = self.local.folder_of(node)
                     phase = LEAVE if self._is_local_only(node) else CHANGE
                     plan.append((phase, len(parts), node, reasons, folder.decode()))
-            except NotFound:
+            except NotFound as exc:
+                log.debug("node %s not planned: %s", node.id, exc)
                 continue  # detached (its parent was deleted first); handled with the parent
         plan.sort(key=lambda p: (p[0], p[1]))
         return plan
@@ -176,6 +178,7 @@ class Pusher:
         to ``UPLOADS_IN_FLIGHT`` at once (a round trip per small file is the cost that
         matters), each started only after every directory above it was handled.
         """
+        await self.recover_unrecorded(allowed)
         plan = self._plan()
         failed_folders: set[str] = set()
         left = 0
@@ -275,7 +278,7 @@ class Pusher:
             _, path = self.local.remote_path(node)
             try:
                 current = await up.stat(path)
-                if node.matches_base(current):
+                if self._is_agreed_or_ours(node, current):
                     await up.delete(path, is_dir=False)
                     self.counters.deletes += 1
                     log.info("%r left the synced view (renamed to the excluded %r): deleted on the server",
@@ -283,6 +286,81 @@ class Pusher:
             except NotFound:
                 pass
         self.local.record_local_only(node.id, version)
+
+    def _is_agreed_or_ours(self, node, current: RemoteEntry) -> bool:
+        """Whether the server entry under a node's base name is its base, or a version of its
+        own that was never recorded: what a delete of the node may remove."""
+        return node.matches_base(current) or any(
+            n.node_id == node.id and n.ours.is_(current)
+            for n in self.local.unrecorded_at(node.base_parent, node.base_name))
+
+    async def recover_unrecorded(self, allowed: set[str]) -> None:
+        """Settle the server changes of ours that were never recorded and that no push will
+        meet (see ``cache.unrecorded``): their node was deleted, renamed or moved since, or is
+        gone, and no node here has that name or has it as its server name. Each such server
+        file, if still there and still ours, becomes its node's base again (the node's push
+        then renames, deletes or uploads over it as usual) or, if no node wants it, is
+        deleted. Runs before each round's plan. A note of a name in use is left to the push
+        of the node using it: the upload that meets the file builds on it. Network per note
+        (a handful after a crash, none otherwise); a link error stops it for that folder.
+        """
+        down: set[str] = set()
+        for note in self.local.unrecorded():
+            if self.local.name_in_use(note.parent, note.name):
+                continue
+            try:
+                parent = self.local.node(note.parent)
+                folder, parent_path = self.local.remote_path(parent)
+            except NotFound:
+                if not self.local.exists(note.parent):
+                    self.local.forget_unrecorded(note)
+                continue  # its directory is not on the server (yet)
+            folder = folder.decode()
+            if folder not in allowed or folder in down or folder not in self.upstreams:
+                continue
+            try:
+                async with self._lock(note.node_id):
+                    await self._recover_one(note, _join(parent_path, note.name), self.upstreams[folder])
+            except (UpstreamUnavailable, UpstreamTimeout):
+                down.add(folder)
+            except CscdError as exc:
+                log.info("unrecorded change to %r not settled yet: %s", note.name, exc)
+
+    async def _recover_one(self, note, path: bytes, up: Upstream) -> None:
+        try:
+            current = await up.stat(path)
+        except NotFound:
+            current = None
+        if current is None or not note.ours.is_(current):
+            self.local.forget_unrecorded(note)
+            return
+        node = self.local.node(note.node_id) if self.local.exists(note.node_id) else None
+        if node is not None and not await self._base_holds(node, up) and self.local.adopt_unrecorded(note, current):
+            log.info("%r on the server is an unrecorded %s of ours; it is the base of %r again",
+                     path, "rename" if note.ours.file_id else "upload", node.name)
+            return
+        self.local.forget_unrecorded(note)
+        await self._take_back(path, current, up)
+        log.info("%r on the server was an unrecorded upload of a file deleted here; deleted it", path)
+
+    async def _parent_holds(self, node, up: Upstream) -> None:
+        """Raise ``NotFound`` unless the directory above the node's base name is on the server
+        as agreed: a name missing only because its folder moved (a rename of ours whose answer
+        was lost) is not a finished delete."""
+        parent = self.local.node(node.base_parent)
+        if parent.parent == ROOT_ID:
+            return  # a redirected folder itself: its connection proves it
+        if not await self._base_holds(parent, up):
+            raise NotFound(f"the folder of {node.base_name!r} is not where it was on the server")
+
+    async def _base_holds(self, node, up: Upstream) -> bool:
+        """Whether the server still holds the node's base under the base's name."""
+        if not node.has_base:
+            return False
+        try:
+            return node.matches_base(await up.stat(self.local.remote_path(node)[1]))
+        except NotFound:
+            return False
 
     async def _push_one(self, node, reasons: int, up: Upstream, *, force: bool = False,
                         rename_only: bool = False) -> None:
@@ -300,11 +378,11 @@ class Pusher:
                 # Delete only the version we agreed on: a rename may already have put
                 # another file under this name (rename-over), or someone else did.
                 current = await up.stat(path)
-                if node.matches_base(current):
+                if self._is_agreed_or_ours(node, current):
                     await up.delete(path, is_dir=node.is_dir)
                     self.counters.deletes += 1
             except NotFound:
-                pass
+                await self._parent_holds(node, up)
             except NotEmpty:
                 if force:  # write-through: the caller's rmdir hears it
                     raise
@@ -317,7 +395,17 @@ class Pusher:
         entry: RemoteEntry | None = node.base_entry()
         if _is_moved(node):
             _, old = local.remote_path(node)
-            entry = await up.rename(old, target, replace=True)
+            moved = Ours(node.base_size, node.base_mtime_ns, node.base_file_id, node.is_dir)
+            local.record_sending(node.id, parent.id, node.name, moved)
+            try:
+                entry = await up.rename(old, target, replace=True)
+            except NotFound:
+                # Gone from the old name: if the base is under the new one, the rename itself
+                # went through and only its answer was lost (a crash, a broken link).
+                entry = await up.stat(target)
+                if not moved.is_(entry):
+                    raise
+                log.info("%r was already renamed to %r on the server; recording it", old, target)
             self.counters.renames += 1
             local.record_synced(node.id, version, parent.id, entry, NAMESPACE)
             node = local.node(node.id)
@@ -340,25 +428,40 @@ class Pusher:
         if local.is_open_for_write(node.id) and not force:
             return  # uploaded when the last writer closes
         chunks = None
-        replaced = None if node.has_base else self._deletes.get((local.folder_of(node)[0], target))
+        replaced = [] if node.has_base else self._replaced(node, parent, target)
         if reasons & CONTENT or not node.has_base:
             entry, chunks = await self._upload(node, parent, parent_path, target, up, replaced)
             if not local.exists(node.id):
                 # A new file deleted here while it uploaded: no record is left to delete the
                 # server copy next round, so take it back now (if it is still ours).
                 await self._take_back(target, entry, up)
-                if replaced is not None:
-                    local.record_synced(replaced.id, replaced.version, 0, None, DELETE)
+                self._settle_replaced(replaced)
                 return
         elif reasons & META:
             entry = await up.set_mtime(target, node.mtime_ns)
         local.record_synced(node.id, version, parent.id, entry, reasons, chunks=chunks)
-        if replaced is not None:
-            # The server file this one replaced is gone with the upload: its delete is done.
-            local.record_synced(replaced.id, replaced.version, 0, None, DELETE)
+        self._settle_replaced(replaced)
+
+    def _replaced(self, node, parent, target: bytes) -> list:
+        """The deleted files a new file was renamed over here (an atomic save): the server
+        version under its name is one of theirs, and its upload may replace it. Usually one;
+        after a crash between a rename over one of them on the server and its record, the
+        server holds the other's."""
+        found = list(self._deletes.get((self.local.folder_of(node)[0], target), ()))
+        holder = self.local.replaced_at(parent.id, node.name)
+        if holder is not None and all(n.id != holder.id for n in found):
+            found.append(holder)
+        return found
+
+    def _settle_replaced(self, replaced: list) -> None:
+        """The name holds the new upload now: nothing of the files it replaced is left there
+        to delete."""
+        for gone in replaced:
+            if self.local.exists(gone.id):
+                self.local.record_synced(gone.id, gone.version, 0, None, DELETE)
 
     async def _upload(self, node, parent, parent_path: bytes, target: bytes,
-                      up: Upstream, replaced=None) -> tuple[RemoteEntry, list[Chunk] | None]:
+                      up: Upstream, replaced: list | None = None) -> tuple[RemoteEntry, list[Chunk] | None]:
         """Upload a file's content; returns the new server entry and the content's chunks.
 
         Reads a snapshot of the content (``LocalSide.content_snapshot``), never the live file:
@@ -391,7 +494,7 @@ class Pusher:
             snap.close()
 
     async def _upload_while_chunking(self, node, parent_path: bytes, target: bytes, up: Upstream,
-                                     snap: ContentSnapshot, replaced=None
+                                     snap: ContentSnapshot, replaced: list | None = None
                                      ) -> tuple[RemoteEntry, list[Chunk] | None]:
         chunks: list[list[Chunk] | None] = [None]
         sent: list[RemoteEntry] = []
@@ -416,14 +519,16 @@ class Pusher:
         return sent[0], chunks[0]
 
     async def _send(self, node, parent_path: bytes, target: bytes, up: Upstream, snap: ContentSnapshot,
-                    plan: DeltaPlan | None, *, times_only: bool = False, replaced=None) -> RemoteEntry:
+                    plan: DeltaPlan | None, *, times_only: bool = False,
+                    replaced: list | None = None) -> RemoteEntry:
         """Put the snapshot on the server (or only its time); a conflict keeps both versions.
 
-        ``replaced``: the tombstone of a synced file this new one was renamed over; its
-        server version is the one the upload may replace."""
-        expected = node.base_entry() if replaced is None else replaced.base_entry()
-        may_replace = node.has_base or replaced is not None
-        earlier = self.local.record_sending(node.id, snap.size, snap.mtime_ns)
+        ``replaced``: the tombstones of the synced files this new one was renamed over
+        (``_replaced``); the server version of one of them is the one the upload may replace."""
+        replaced = replaced or []
+        expected = replaced[0].base_entry() if replaced and not node.has_base else node.base_entry()
+        may_replace = node.has_base or bool(replaced)
+        earlier = self.local.record_sending(node.id, node.parent, node.name, Ours(snap.size, snap.mtime_ns))
         try:
             if times_only and expected is not None:
                 return await self._times_only(target, snap.mtime_ns, expected, up)
@@ -442,13 +547,17 @@ class Pusher:
                 current = None
             here = Local(is_dir=False, changed=True)
             action = decide(expected, here, current, ours=Ours(snap.size, snap.mtime_ns))
+            log.debug("upload of %r (node %s, %d bytes at %d) met %s; base %s; unrecorded before: %s: %s",
+                      target, node.id, snap.size, snap.mtime_ns, current, expected, earlier, action.value)
             if action is Action.ADOPT:
                 log.info("%r is already on the server (an earlier upload); recording it", target)
                 return current
-            if any(decide(expected, here, current, ours=Ours(*e)) is Action.ADOPT for e in earlier):
+            if (any(decide(expected, here, current, ours=e) is Action.ADOPT for e in earlier)
+                    or current is not None and any(r.matches_base(current) for r in replaced)):
                 # An earlier upload of ours that was never recorded (the daemon was killed, or
-                # its answer was lost): it is what we build on. Whole, not as a delta: the
-                # delta's plan copies from the base, which is not what the server holds.
+                # its answer was lost), or the version of another file renamed over here: it is
+                # what we build on. Whole, not as a delta: the delta's plan copies from the
+                # base, which is not what the server holds.
                 log.info("%r holds an earlier upload of ours; uploading the new version over it", target)
                 entry = await up.upload(target, snap.fd, snap.size, snap.mtime_ns, expected=current, replace=True)
                 self.counters.files_uploaded += 1
