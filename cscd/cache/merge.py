@@ -90,6 +90,7 @@ def _match(cache: Cache, txn, dir_id: int, entries: list[RemoteEntry], now: int)
         if decide(None, here, entry) is Action.ADD and unrecorded.claims(ix, txn, dir_id, entry) is None:
             # (Our own unrecorded upload or rename is not someone else's new file: the push's
             # recovery gives it back to its node or deletes it.)
+            log.debug("listing of %s: %r is new on the server", dir_id, entry.name)
             _add_placeholder(ix, txn, dir_id, ix.allocate_id(txn), entry, now)
             cache.publish(("entry", dir_id, entry.name))
     for name, bid in list(nodes.iter_base_children(ix, txn, dir_id)):

@@ -379,6 +379,7 @@ class Pusher:
                 # another file under this name (rename-over), or someone else did.
                 current = await up.stat(path)
                 if self._is_agreed_or_ours(node, current):
+                    log.debug("delete %r (node %s)", path, node.id)
                     await up.delete(path, is_dir=node.is_dir)
                     self.counters.deletes += 1
             except NotFound:
@@ -397,6 +398,7 @@ class Pusher:
             _, old = local.remote_path(node)
             moved = Ours(node.base_size, node.base_mtime_ns, node.base_file_id, node.is_dir)
             local.record_sending(node.id, parent.id, node.name, moved)
+            log.debug("rename %r -> %r (node %s)", old, target, node.id)
             try:
                 entry = await up.rename(old, target, replace=True)
             except NotFound:
@@ -413,6 +415,7 @@ class Pusher:
             return
         if node.is_dir:
             if not node.has_base:
+                log.debug("mkdir %r (node %s)", target, node.id)
                 try:
                     entry = await up.mkdir(target)
                 except Exists:

@@ -68,13 +68,22 @@ def open_watch(
     event = req.response_event  # type: ignore[attr-defined]
     if event.wait(ARM_WAIT_S):
         with req.response_event_lock:  # type: ignore[attr-defined]
-            status = req.response["status"].get_value()  # type: ignore[attr-defined]
+            status = _status(req)
         if status in _UNSUPPORTED:
             link.drain([req], call)
             (close,) = link.send([w.close_req(file_id)], call)
             link.drain([close], call)
             raise Unsupported(f"{link.host} does not send change notifications")
     return link, file_id, req
+
+
+def _status(req: object) -> int:
+    """The status of a request whose event is set; smbprotocol also sets it, with no
+    response at all, for every request outstanding when the connection dies."""
+    response = req.response  # type: ignore[attr-defined]
+    if response is None:
+        raise SMBConnectionClosed("the connection was lost while watching")
+    return response["status"].get_value()
 
 
 class SmbWatch:
@@ -162,7 +171,7 @@ class SmbWatch:
             if event.wait(POLL_S):
                 call.check()  # a caller that went away leaves the reply to the next one
                 with req.response_event_lock:  # type: ignore[attr-defined]
-                    status = req.response["status"].get_value()  # type: ignore[attr-defined]
+                    status = _status(req)
                     if status == STATUS_PENDING:
                         event.clear()  # the interim reply: the real one comes later
                         continue
