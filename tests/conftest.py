@@ -2,7 +2,8 @@
 
 The server is real (``cscd.samba.EmbeddedSamba``): tests that need to kill or pause a server
 start their own instance so that this one stays undisturbed. Teardown fails the run if the
-server's log shows a PANIC.
+server's log shows a PANIC. Also registers the ``churn`` mark and the ``--soak`` option of
+``tests/test_churn.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ from pathlib import Path
 import pytest
 
 from cscd.samba import EmbeddedSamba
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="repeat the churn workloads (tests/test_churn.py) for about an hour in all")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "churn: real programs (sqlite3, git, tar, rsync, stress-ng, fio, editors' save "
+        "patterns) drive the real mount; judged by outcome")
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,9 @@ from cscd.policy.machine import daemon_config, load_policy
 from cscd.policy.model import OfflineFilesPolicy, Subject
 from cscd.sync.exclusions import ExclusionMatcher
 from tests.helpers.mount_env import MountEnv
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import eventually
 
 MiB = 1 << 20
-
-
-def eventually(predicate, timeout_s, message):
-    return wait_for(predicate, timeout_s, message, ignore=(OSError,))
 
 
 def sync_wait(env) -> dict:

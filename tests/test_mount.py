@@ -16,14 +16,9 @@ import time
 import pytest
 
 from tests.helpers.mount_env import MountEnv
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import eventually
 
 MiB = 1 << 20
-
-
-def eventually(predicate, timeout_s, message):
-    """Poll until true; a file not there yet (OSError) counts as false."""
-    return wait_for(predicate, timeout_s, message, ignore=(OSError,))
 
 
 @pytest.fixture
@@ -123,7 +118,8 @@ def test_overwrite_append_truncate_reach_server(cscd_env):
         f.write(b"ab")
     with open(p, "ab") as f:
         f.write(b"XYZ")
-    eventually(lambda: (cscd_env.server / "f.txt").read_bytes() == b"01ab456789XYZ", 5, "overwrite/append not on server")
+    eventually(lambda: (cscd_env.server / "f.txt").read_bytes() == b"01ab456789XYZ", 5,
+               "overwrite/append not on server")
     os.truncate(p, 4)
     eventually(lambda: (cscd_env.server / "f.txt").read_bytes() == b"01ab", 5, "truncate not on server")
     assert p.read_bytes() == b"01ab"
@@ -271,8 +267,8 @@ def test_eight_threads_write_and_read_different_files(cscd_env):
         t.join()
     assert not errors
     for i, digest in results.items():
-        eventually(lambda: (cscd_env.server / f"t{i}.bin").exists()
-                 and sha(cscd_env.server / f"t{i}.bin") == digest, 20, f"t{i}.bin wrong on the server")
+        on_server = cscd_env.server / f"t{i}.bin"
+        eventually(lambda p=on_server, d=digest: p.exists() and sha(p) == d, 20, f"t{i}.bin wrong on the server")
 
 
 def test_large_directory_lists_completely(cscd_env):

@@ -13,13 +13,9 @@ import time
 import pytest
 
 from tests.helpers.mount_env import MountEnv
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import eventually
 
 FAST_ENOUGH_S = 1.0
-
-
-def eventually(predicate, timeout_s, message):
-    return wait_for(predicate, timeout_s, message, ignore=(OSError,))
 
 
 def timed(fn, *args):

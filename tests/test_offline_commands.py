@@ -12,13 +12,9 @@ import pytest
 
 from tests.helpers.mount_env import MountEnv
 from tests.helpers.ops import wait_control
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import eventually
 
 MiB = 1 << 20
-
-
-def eventually(predicate, timeout_s, message):
-    return wait_for(predicate, timeout_s, message, ignore=(OSError,))
 
 
 def cli(env, *args, code=0):

@@ -16,11 +16,7 @@ import pytest
 from cscd.cache.store import ContentStore
 from tests.helpers.mount_env import MountEnv
 from tests.helpers.ops import cli_json
-from tests.helpers.wait import wait_for
-
-
-def eventually(predicate, timeout_s, message):
-    return wait_for(predicate, timeout_s, message, ignore=(OSError,))
+from tests.helpers.wait import eventually
 
 
 def cli(env, *args, code=0):

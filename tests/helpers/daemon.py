@@ -209,7 +209,8 @@ class DaemonProcess:
             log.write(f"---- start {stamp}: cscd daemon --config {self.config_path}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cscd", "daemon", "--config", str(self.config_path)],
+                [sys.executable, "-m", "cscd", *(["-v"] if os.environ.get("CSCD_TEST_DEBUG") else []),
+                 "daemon", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

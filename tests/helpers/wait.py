@@ -1,8 +1,9 @@
 """Polling with a deadline: the one way tests wait for something to become true.
 
-Owns ``wait_for`` (blocking, for sync tests and helpers) and ``wait_for_async`` (trio). Tests
-never sleep and hope (STYLE.md §5): they poll a predicate until it holds and fail with a
-message that says what did not happen and the last value seen. No network, no fixtures.
+Owns ``wait_for`` (blocking, for sync tests and helpers), ``eventually`` (the same for
+paths) and ``wait_for_async`` (trio). Tests never sleep and hope (STYLE.md §5): they poll a
+predicate until it holds and fail with a message that says what did not happen and the
+last value seen. No network, no fixtures.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ import trio
 
 T = TypeVar("T")
 
-__all__ = ["wait_for", "wait_for_async"]
+__all__ = ["eventually", "wait_for", "wait_for_async"]
 
 
 def _failure(message: str, timeout_s: float, last: object, polls: int) -> AssertionError:
     return AssertionError(
         f"{message} (still false after {timeout_s:g} s, {polls} polls; last value: {last!r})"
     )
+
+
+def eventually(predicate: Callable[[], T], timeout_s: float, message: str) -> T:
+    """``wait_for`` for files: a path not there yet (any ``OSError``) counts as false."""
+    return wait_for(predicate, timeout_s, message, ignore=(OSError,))
 
 
 def wait_for(
