@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.helpers.churn import wait_settled
 from tests.helpers.mount_env import MountEnv
 from tests.helpers.wait import eventually
 
@@ -224,3 +225,31 @@ def test_an_earlier_unrecorded_upload_is_not_a_conflict_with_itself(env):
                "the earlier upload was not recognised")
     assert sorted(os.listdir(env.server)) == ["mine.txt"]
     assert sorted(os.listdir(env.docs)) == ["mine.txt"]
+
+
+def test_a_folder_creation_the_server_runs_late_leaves_no_stray_folder(env):
+    """A hung server that recovers runs what it had queued, also requests cscd gave up on.
+    Here: ``mkdir late`` reaches the hung link, times out, and the folder is renamed to
+    ``moved`` here meanwhile; when the link comes back the server makes ``late`` after all.
+    That folder is cscd's own (noted before the mkdir went out), not a new one of somebody
+    else's: it ends as ``moved``, and no ``late`` is left on the server or in the mount."""
+    assert os.listdir(env.docs) == []
+    env.proxy.hang()
+    try:
+        (env.docs / "late").mkdir()
+        time.sleep(2.0)  # the push sent its mkdir into the hung link
+        os.rename(env.docs / "late", env.docs / "moved")
+        (env.docs / "moved" / "a.txt").write_text("a")
+        time.sleep(6.0)  # past the 5 s request timeout: cscd gave up on that mkdir
+    finally:
+        env.proxy.unhang()
+    eventually(lambda: (env.server / "moved" / "a.txt").read_text() == "a", 20, "moved/a.txt never reached the server")
+    wait_settled(env, 30)
+    # Absence needs a window: rescans (every 0.5 s here) and change notification would bring
+    # a stray folder into the mount within it.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        assert sorted(os.listdir(env.server)) == ["moved"]
+        assert sorted(os.listdir(env.docs)) == ["moved"]
+        time.sleep(0.1)
+    assert os.listdir(env.docs / "moved") == ["a.txt"]

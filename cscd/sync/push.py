@@ -337,11 +337,12 @@ class Pusher:
         node = self.local.node(note.node_id) if self.local.exists(note.node_id) else None
         if node is not None and not await self._base_holds(node, up) and self.local.adopt_unrecorded(note, current):
             log.info("%r on the server is an unrecorded %s of ours; it is the base of %r again",
-                     path, "rename" if note.ours.file_id else "upload", node.name)
+                     path, _kind_of(note.ours), node.name)
             return
         self.local.forget_unrecorded(note)
         await self._take_back(path, current, up)
-        log.info("%r on the server was an unrecorded upload of a file deleted here; deleted it", path)
+        log.info("%r on the server was an unrecorded %s of ours that nothing here wants any more; "
+                 "taken back (a folder only if empty)", path, _kind_of(note.ours))
 
     async def _parent_holds(self, node, up: Upstream) -> None:
         """Raise ``NotFound`` unless the directory above the node's base name is on the server
@@ -415,6 +416,11 @@ class Pusher:
             return
         if node.is_dir:
             if not node.has_base:
+                # Noted first: a mkdir whose answer was lost may still be carried out by the
+                # server later, after the folder moved or went away here (a hung server that
+                # recovers runs what it had queued). The note makes that folder ours, not a
+                # new one from someone else (see ``recover_unrecorded``).
+                local.record_sending(node.id, parent.id, node.name, Ours(0, 0, 0, True))
                 log.debug("mkdir %r (node %s)", target, node.id)
                 try:
                     entry = await up.mkdir(target)
@@ -628,6 +634,10 @@ class Pusher:
         self.local.rename_for_conflict(node.id, name)
         self.counters.conflicts += 1
         log.warning("conflict: %r is a file on the server; the local folder is kept as %r", node.name, name)
+
+
+def _kind_of(ours: Ours) -> str:
+    return "rename" if ours.file_id else "folder creation" if ours.is_dir else "upload"
 
 
 def _is_moved(node) -> bool:
