@@ -2,18 +2,22 @@
 
 The server is real (``cscd.samba.EmbeddedSamba``): tests that need to kill or pause a server
 start their own instance so that this one stays undisturbed. Teardown fails the run if the
-server's log shows a PANIC. Also registers the ``churn`` mark and the ``--soak`` option of
-``tests/test_churn.py``.
+server's log shows a PANIC. ``mount_env`` is the one fixture that gives a test a mounted
+daemon, and fails the test on anything unexpected in the daemon's log (``log_allows``).
+Also registers the ``churn`` mark and the ``--soak`` option of ``tests/test_churn.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cscd.samba import EmbeddedSamba
+from tests.helpers.mount_env import MountEnv
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,6 +29,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "churn: real programs (sqlite3, git, tar, rsync, stress-ng, fio, editors' save "
         "patterns) drive the real mount; judged by outcome")
+    config.addinivalue_line(
+        "markers", "log_allows(*patterns): daemon log lines at WARNING or worse that this test "
+        "expects (regular expressions searched in each line); any other fails it (``mount_env``)")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Keep each phase's report on the item: ``mount_env`` skips its log check after a
+    failure (the failure says more than the warnings it caused)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +66,49 @@ def own_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
         yield server
     finally:
         server.stop()
+
+
+def _allowed_patterns(node: pytest.Item) -> list[re.Pattern[str]]:
+    return [re.compile(p) for mark in node.iter_markers("log_allows") for p in mark.args]
+
+
+@pytest.fixture
+def mount_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba, tmp_path: Path
+              ) -> Iterator[Callable[..., MountEnv]]:
+    """The one way a test gets a mounted daemon: ``mount_env(**MountEnv options)``.
+
+    Returns a factory: ``server=`` (default the session's smbd; pass ``own_smbd`` to kill it),
+    ``start=False`` to start the daemon yourself, ``subdir=`` for a second client, and
+    ``MountEnv``'s own options (``timings``, ``offline``, ``extra``). At teardown every daemon
+    it made is stopped and its cache checked (``MountEnv.close``), and its log is read: a
+    traceback, or a line at WARNING or worse that no ``log_allows`` mark of the test, class
+    or module allows, fails the test.
+    """
+    made: list[MountEnv] = []
+
+    def make(*, server: EmbeddedSamba | None = None, start: bool = True, subdir: str = "client",
+             **options: Any) -> MountEnv:
+        env = MountEnv(server or smbd, tmp_path / (subdir if len(made) == 0 else f"{subdir}{len(made)}"),
+                       **options)
+        made.append(env)
+        if start:
+            env.start_daemon()
+        return env
+
+    try:
+        yield make
+    finally:
+        problems: list[str] = []
+        allowed = _allowed_patterns(request.node)
+        passed = getattr(request.node, "report_call", None) is not None and request.node.report_call.passed
+        for env in made:
+            lines = env.daemon.warnings()
+            try:
+                env.close()
+            finally:
+                if passed:
+                    problems += [f"{env.daemon.log_path}: {line}" for line in lines
+                                 if "Traceback" in line or not any(p.search(line) for p in allowed)]
+        if problems:
+            pytest.fail("the daemon logged what this test does not expect (add a log_allows mark "
+                        "if it should):\n" + "\n".join(problems[:20]), pytrace=False)

@@ -43,7 +43,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import churn
-from tests.helpers.mount_env import MountEnv
 
 pytestmark = pytest.mark.churn
 
@@ -79,15 +78,11 @@ def churn_round() -> int:
 
 
 @pytest.fixture
-def env(smbd, tmp_path):
-    env = MountEnv(smbd, tmp_path / "client")
-    try:
-        env.start_daemon()
-        yield env
-    finally:
-        # Shown with a failing test's report: what the daemon said last.
-        print(f"---- last lines of {env.daemon.log_path}:\n{env.daemon.log_tail(80)}")
-        env.close()
+def env(mount_env):
+    env = mount_env()
+    yield env
+    # Shown with a failing test's report: what the daemon said last.
+    print(f"---- last lines of {env.daemon.log_path}:\n{env.daemon.log_tail(80)}")
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from cscd.policy.config import DEFAULT_EXCLUDE_PATTERNS, DEFAULT_MAX_FILE_BYTES,
 from cscd.policy.machine import daemon_config, load_policy
 from cscd.policy.model import OfflineFilesPolicy, Subject
 from cscd.sync.exclusions import ExclusionMatcher
-from tests.helpers.mount_env import MountEnv
 from tests.helpers.wait import eventually
 
 MiB = 1 << 20
@@ -33,13 +32,8 @@ def sync_wait(env) -> dict:
 
 
 @pytest.fixture
-def env(smbd, tmp_path):
-    env = MountEnv(smbd, tmp_path, extra={"max_file_size": "1M"})
-    try:
-        env.start_daemon()
-        yield env
-    finally:
-        env.close()
+def env(mount_env):
+    return mount_env(extra={"max_file_size": "1M"})
 
 
 def test_the_matcher_compares_names_case_insensitively_and_never_excludes_directories():

@@ -15,22 +15,14 @@ import time
 
 import pytest
 
-from tests.helpers.mount_env import MountEnv
 from tests.helpers.wait import eventually
 
 MiB = 1 << 20
 
 
 @pytest.fixture
-def cscd_env(smbd, tmp_path):
-    env = MountEnv(smbd, tmp_path)
-    try:
-        env.start_daemon()
-        yield env
-        warnings = env.daemon.warnings()
-        assert not warnings, "daemon logged warnings:\n" + "\n".join(warnings)
-    finally:
-        env.close()
+def cscd_env(mount_env):
+    return mount_env()
 
 
 def sha(path) -> str:

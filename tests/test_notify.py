@@ -38,15 +38,11 @@ def no_warnings(env: MountEnv) -> None:
 
 
 @pytest.fixture
-def env(smbd: EmbeddedSamba, tmp_path: Path) -> Iterator[MountEnv]:
-    env = MountEnv(smbd, tmp_path, timings=SLOW_SCANS)
-    try:
-        (env.server / "sub").mkdir()
-        env.start_daemon()
-        yield env
-        no_warnings(env)
-    finally:
-        env.close()
+def env(mount_env) -> MountEnv:
+    env = mount_env(start=False, timings=SLOW_SCANS)
+    (env.server / "sub").mkdir()
+    env.start_daemon()
+    return env
 
 
 @pytest.fixture

@@ -18,6 +18,10 @@ from tests.helpers.wait import eventually
 
 FAST_ENOUGH_S = 1.0
 
+# The server goes away in most tests here: the daemon says so, at WARNING.
+
+pytestmark = pytest.mark.log_allows(r"is now offline")
+
 
 def timed(fn, *args):
     t0 = time.monotonic()
@@ -30,23 +34,13 @@ def mode_lines(env):
 
 
 @pytest.fixture
-def env_own(own_smbd, tmp_path):
-    env = MountEnv(own_smbd, tmp_path / "client")
-    try:
-        env.start_daemon()
-        yield env
-    finally:
-        env.close()
+def env_own(mount_env, own_smbd):
+    return mount_env(server=own_smbd)
 
 
 @pytest.fixture
-def env(smbd, tmp_path):
-    env = MountEnv(smbd, tmp_path)
-    try:
-        env.start_daemon()
-        yield env
-    finally:
-        env.close()
+def env(mount_env):
+    return mount_env()
 
 
 def prepare_cache(env):
@@ -133,6 +127,7 @@ def test_slow_link_is_entered_and_left(smbd, tmp_path):
         env.close()
 
 
+@pytest.mark.log_allows(r"conflict: ")
 def test_conflict_keeps_both_versions(env):
     (env.server / "doc.txt").write_text("base")
     assert (env.docs / "doc.txt").read_text() == "base"

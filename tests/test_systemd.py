@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mount_env import MountEnv
 from tests.helpers.ops import NotifySocket
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
@@ -93,12 +92,8 @@ def notify():
 
 
 @pytest.fixture
-def env(smbd, tmp_path):
-    env = MountEnv(smbd, tmp_path)
-    try:
-        yield env
-    finally:
-        env.close()
+def env(mount_env):
+    return mount_env(start=False)
 
 
 def test_ready_only_once_the_mount_answers(env, notify):
@@ -113,6 +108,7 @@ def test_ready_only_once_the_mount_answers(env, notify):
     assert not env.daemon.warnings()
 
 
+@pytest.mark.log_allows(r"is now offline")
 def test_status_follows_the_mode(env, notify):
     env.daemon.env["NOTIFY_SOCKET"] = notify.address
     env.daemon.start(wait=False)

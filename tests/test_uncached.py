@@ -18,13 +18,17 @@ from tests.helpers.mount_env import MountEnv
 from tests.helpers.ops import cli_json
 from tests.helpers.wait import eventually
 
+# The server goes away in most tests here: the daemon says so, at WARNING.
+
+pytestmark = pytest.mark.log_allows(r"is now offline", r"\[2012\] .* could not be written to the server")
+
 
 def cli(env, *args, code=0):
     return cli_json(env.daemon, *args, code=code)
 
 
-def uncached_env(smbd, workdir) -> MountEnv:
-    env = MountEnv(smbd, workdir)
+def uncached_env(mount_env, server=None) -> MountEnv:
+    env = mount_env(server=server, start=False)
     env.daemon.folders["Documents"] = {"target": env.daemon.folders["Documents"], "offline": False}
     env.start_daemon()
     return env
@@ -36,21 +40,13 @@ def stored(env, path) -> bool:
 
 
 @pytest.fixture
-def env(smbd, tmp_path):
-    env = uncached_env(smbd, tmp_path)
-    try:
-        yield env
-    finally:
-        env.close()
+def env(mount_env):
+    return uncached_env(mount_env)
 
 
 @pytest.fixture
-def env_own(own_smbd, tmp_path):
-    env = uncached_env(own_smbd, tmp_path / "client")
-    try:
-        yield env
-    finally:
-        env.close()
+def env_own(mount_env, own_smbd):
+    return uncached_env(mount_env, own_smbd)
 
 
 def test_a_read_sees_a_server_change_at_once(env):

@@ -712,7 +712,7 @@ def bogo_ops(result: subprocess.CompletedProcess[str], stressor: str) -> int | N
     return int(m[1]) if m else None
 
 
-def _fio_args(path: Path, size: str) -> list[str]:
+def fio_args(path: Path, size: str) -> list[str]:
     return ["fio", "--name=churn", f"--filename={path}", f"--size={size}", "--rw=randwrite",
             "--bsrange=4k-64k", "--ioengine=psync", "--iodepth=1", "--direct=0",
             "--verify=crc32c", "--verify_fatal=1", "--randseed=1234", "--end_fsync=1",
@@ -722,12 +722,12 @@ def _fio_args(path: Path, size: str) -> list[str]:
 def fio_randwrite_verify(path: Path, *, size: str = "32M") -> str:
     """fio random writes (4k–64k, psync) over one file, then fio reads it back and verifies
     every block's crc32c; fails unless fio exits 0. Returns fio's report."""
-    return run(_fio_args(path, size) + ["--do_verify=1"], timeout_s=300).stdout
+    return run(fio_args(path, size) + ["--do_verify=1"], timeout_s=300).stdout
 
 
 def fio_verify_only(path: Path, *, size: str = "32M") -> str:
     """Replay the same job without writing and verify ``path`` (a copy of the server's file)."""
-    return run(_fio_args(path, size) + ["--verify_only"], timeout_s=300).stdout
+    return run(fio_args(path, size) + ["--verify_only"], timeout_s=300).stdout
 
 
 def copy_out(src: Path, dst: Path) -> Path:
