@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import cases, scale, stress
+from bench import cases, churn, scale, stress
 from bench.cases import Case, Options
 from bench.fileio import GiB, KiB, MiB
 from bench.harness import REPO_ROOT, Env
@@ -42,6 +42,7 @@ CASES: list[Case] = [
     # After the data cases: cscd re-lists every recently used directory every 3 s for a minute, so
     # the 200+ directories walked here would load the daemon during the cases after it (see README).
     Case("metadata", "4. ls -lR / find over many files", cases.run_metadata, cases.prepare_metadata),
+    Case("churn", "10. fio and stress-ng jobs through the mount (ops/s)", churn.run_churn),
     # Last: it kills smbd, and a client that does not recover would spoil the cases after it.
     Case("server-loss", "8. smbd killed: stalls on cached data, recovery", stress.run_server_loss,
          stress.prepare_server_loss),
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         loss_cap_s=10.0 if quick else 30.0,
         scale_files=max(100, args.scale_files or (20_000 if quick else 1_000_000)),
         busy_cap_s=5.0 if quick else 90.0,
+        stress_s=3 if quick else 10,
     )
     idle_s = 1.0 if quick else 3.0  # how long each client is watched doing nothing, at start and end
     names = args.only or [c.name for c in CASES]

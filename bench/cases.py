@@ -65,6 +65,8 @@ class Options:
     scale_files: int = 1_000_000
     #: how long the scale case watches cscd for its background work to end (twice)
     busy_cap_s: float = 90.0
+    #: seconds each stress-ng job of the churn case runs
+    stress_s: int = 10
 
     @property
     def upload_timeout_s(self) -> float:
