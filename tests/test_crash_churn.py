@@ -51,6 +51,7 @@ import random
 import time
 
 from cscd.cache.check import check_cache
+from cscd.cache.store import ContentStore
 from tests.helpers.crash import CrashRun
 from tests.helpers.mount_env import MountEnv
 from tests.helpers.wait import eventually
@@ -73,10 +74,7 @@ def test_daemon_sigkill_mid_churn_keeps_every_acknowledged_change(smbd, tmp_path
         env.start_daemon()
         run = CrashRun(env, _seed())
         for n in range(1, KILL_ROUNDS + 1):
-            run.rounds = n
-            run.churner.label = f"round {n}"
-            run.start_churn()
-            time.sleep(run.scenario.uniform(0.2, 2.0))
+            run.begin_round(n)
             t_kill = time.monotonic()
             env.daemon.kill()
             run.stop_churn(errors_expected_after=t_kill)
@@ -103,11 +101,8 @@ def test_smbd_killed_mid_churn_keeps_every_change(own_smbd, tmp_path):
         env.start_daemon()
         run = CrashRun(env, _seed(), stall_limit_s=STALL_LIMIT_S)
         for n in range(1, FAULT_ROUNDS + 1):
-            run.rounds = n
-            run.churner.label = f"round {n}"
+            run.begin_round(n)
             crash_too = run.rounds == FAULT_ROUNDS
-            run.start_churn()
-            time.sleep(run.scenario.uniform(0.2, 2.0))
             own_smbd.kill()
             run.note(f"round {run.rounds}: smbd killed")
             time.sleep(run.scenario.uniform(1.0, 4.0))
@@ -124,9 +119,7 @@ def test_smbd_killed_mid_churn_keeps_every_change(own_smbd, tmp_path):
                 time.sleep(run.scenario.uniform(0.5, 1.5))
             own_smbd.start()
             run.note(f"round {run.rounds}: smbd started again")
-            time.sleep(run.scenario.uniform(0.5, 2.0))
-            run.stop_churn()
-            run.check_mount(f"end of round {run.rounds}")
+            run.end_round()
         run.finish(SETTLE_TIMEOUT_S)
     finally:
         env.close()
@@ -140,18 +133,13 @@ def test_hung_link_mid_churn_keeps_every_change(smbd, tmp_path):
         env.start_daemon()
         run = CrashRun(env, _seed(), stall_limit_s=STALL_LIMIT_S)
         for n in range(1, FAULT_ROUNDS + 1):
-            run.rounds = n
-            run.churner.label = f"round {n}"
-            run.start_churn()
-            time.sleep(run.scenario.uniform(0.2, 2.0))
+            run.begin_round(n)
             hang_s = run.scenario.uniform(1.0, 8.0)
             env.proxy.hang()
             run.note(f"round {run.rounds}: link hung for {hang_s:.1f} s")
             time.sleep(hang_s)
             env.proxy.unhang()
-            time.sleep(run.scenario.uniform(0.5, 2.0))
-            run.stop_churn()
-            run.check_mount(f"end of round {run.rounds}")
+            run.end_round()
         run.finish(SETTLE_TIMEOUT_S)
     finally:
         env.close()
@@ -169,7 +157,7 @@ def test_bytes_of_a_write_the_kill_cut_never_show_when_the_file_grows(smbd, tmp_
         eventually(lambda: (env.server / "grows.bin").exists(), 10, "grows.bin not uploaded")
         node_id = os.stat(path).st_ino
         env.daemon.kill()
-        content = env.daemon.cache / "content" / f"{node_id & 0xFF:02x}" / f"{node_id:016x}"
+        content = ContentStore(env.daemon.cache / "content").path(node_id)
         with open(content, "ab") as f:
             f.write(b"X" * 8192)  # what the killed write left
         assert check_cache(env.daemon.cache) == []  # longer than the index says is a crash's, allowed

@@ -580,6 +580,19 @@ class CrashRun:
 
     # ------------------------------------------------------------ pieces of a round
 
+    def begin_round(self, n: int, lead_in: tuple[float, float] = (0.2, 2.0)) -> None:
+        """Round ``n``: start the churn and let it run for a seeded while before the fault."""
+        self.rounds = n
+        self.churner.label = f"round {n}"
+        self.start_churn()
+        time.sleep(self.scenario.uniform(*lead_in))  # the fault's moment, chosen by the seed
+
+    def end_round(self) -> None:
+        """After the fault healed: churn on for a seeded while, stop, and check the mount."""
+        time.sleep(self.scenario.uniform(0.5, 2.0))
+        self.stop_churn()
+        self.check_mount(f"end of round {self.rounds}")
+
     def start_churn(self) -> None:
         self.churner.start()
 
