@@ -48,7 +48,10 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from cscd.cache.check import check_cache
 from cscd.cache.store import ContentStore
@@ -171,3 +174,22 @@ def test_bytes_of_a_write_the_kill_cut_never_show_when_the_file_grows(smbd, tmp_
         eventually(lambda: (env.server / "grows.bin").read_bytes() == want, 20, "grown file wrong on the server")
     finally:
         env.close()
+
+
+def test_a_kill_during_an_overwrite_never_leaves_a_file_shorter_than_its_node(tmp_path):
+    """``open(O_TRUNC)`` of a cached file, then a SIGKILL: the node's size and its content file
+    must still agree (the old bytes, or the new size 0 with the old bytes past it), never a node
+    of 1834 bytes over an emptied file, which reads back as nothing (found by the churn test
+    above: the truncate reached the content file before its transaction committed)."""
+    cache_dir = tmp_path / "cache"
+    rng = random.Random(_seed())
+    for _ in range(KILL_ROUNDS * 2):
+        child = subprocess.Popen([sys.executable, "-m", "tests.helpers.truncate_loop", str(cache_dir)],
+                                 stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+        try:
+            assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+            time.sleep(rng.uniform(0.01, 0.1))
+        finally:
+            child.kill()
+            child.wait()
+        assert check_cache(cache_dir) == []

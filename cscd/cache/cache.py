@@ -114,7 +114,9 @@ class Cache(Hydration, SyncSide):
         #: directory id → (trio time its last listing ended, seconds it took); sync paces the
         #: rescans of big directories by it (``cscd.sync.scan``) and adds its own listings.
         self.listing_cost: dict[int, tuple[float, float]] = {}
-        self._discarded: list[int] = []  # see ``discard_content``
+        #: content-file changes that wait for the write transaction under way to commit
+        #: (``discard_content``, ``cut_content``, ``empty_content``)
+        self._after_commit: list[tuple[str, int, int]] = []
         self.hits = 0
         self.misses = 0
         self.residency = Residency(self, limit_bytes, uncached=uncached, max_file_bytes=max_file_bytes)
@@ -169,31 +171,50 @@ class Cache(Hydration, SyncSide):
     def txn(self, write: bool = False):
         """A transaction on the index (the caller's ``with`` commits it); never await inside a write one.
 
-        A write one removes the content files ``discard_content`` named once it has committed,
-        and none if it aborts."""
+        A write one applies the content-file changes ``discard_content``, ``cut_content`` and
+        ``empty_content`` asked for once it has committed, and none if it aborts."""
         if not write:
             return self.index.env.begin()
         return self._write_txn()
 
     @contextmanager
     def _write_txn(self) -> Iterator[lmdb.Transaction]:
-        self._discarded = []
+        self._after_commit = []
         try:
             with self.index.env.begin(write=True) as txn:
                 yield txn
         except BaseException:
-            self._discarded = []
+            self._after_commit = []
             raise
-        gone, self._discarded = self._discarded, []
-        for node_id in gone:
-            self.store.remove(node_id)
+        todo, self._after_commit = self._after_commit, []
+        for change, node_id, size in todo:
+            if change == "discard":
+                self.store.remove(node_id)
+            elif change == "cut":
+                self.store.truncate(node_id, size)
+            elif self.store.exists(node_id):  # "empty"; open handles keep their fd: keep the file
+                self.store.truncate(node_id, 0)
+                self.store.truncate(node_id, size)
 
     def discard_content(self, node_id: int) -> None:
         """Remove the node's content file when the write transaction under way commits.
 
         Never before: a daemon killed in between would leave a live node in the index whose
         content is gone (a hydrated file reading as zeros)."""
-        self._discarded.append(node_id)
+        self._after_commit.append(("discard", node_id, 0))
+
+    def cut_content(self, node_id: int, size: int) -> None:
+        """Shorten the node's content file to ``size`` bytes once the transaction commits.
+
+        A kill before then leaves the file longer than the node, which the cache allows (the
+        tail past the node's size is never read); cutting first would leave a node whose bytes
+        are gone (an O_TRUNC open the kill interrupted read back as zeros)."""
+        self._after_commit.append(("cut", node_id, size))
+
+    def empty_content(self, node_id: int, size: int) -> None:
+        """Replace the node's cached bytes by ``size`` bytes of zeros once the transaction
+        commits: the index, which no longer counts them as present, must say so first."""
+        self._after_commit.append(("empty", node_id, size))
 
     def node(self, node_id: int) -> Node:
         with self.txn() as txn:
@@ -472,7 +493,6 @@ class Cache(Hydration, SyncSide):
 
     def _set_size(self, txn, node: Node, size: int) -> None:
         """Truncate or extend; the new tail is zeros and therefore present."""
-        ix = self.index
         if not node.is_hydrated:
             have = self._ranges(txn, node)
             have = ranges.clip(have, size)
@@ -481,9 +501,10 @@ class Cache(Hydration, SyncSide):
             self._store_ranges(txn, node, have, size)
         if size > node.size:
             self.store.truncate(node.id, node.size)  # the new tail is zeros: see ``write``
+            self.store.truncate(node.id, size)
+        else:
+            self.cut_content(node.id, size)
         node.size = size
-        self.store.truncate(node.id, size)
-        _ = ix
 
     def _ranges(self, txn, node: Node) -> list[ranges.Range]:
         if node.is_hydrated:

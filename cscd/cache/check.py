@@ -88,8 +88,9 @@ def check_cache(cache_dir: Path) -> list[str]:
                 except FileNotFoundError:
                     problems.append(f"node {nid} ({node.name!r}): hydrated but no content file")
                     continue
-                # Longer is a write the daemon was killed in: its bytes reached the file, its
-                # size never the index. Never read, and cut before the file grows over them
+                # Longer is a write the daemon was killed in (its bytes reached the file, its
+                # size never the index) or a truncate killed between its commit and its cut
+                # (``Cache.cut_content``). Never read, and cut before the file grows over them
                 # (``Cache.write``, ``Cache._set_size``).
                 if size < node.size:
                     problems.append(f"node {nid} ({node.name!r}): content file is {size} bytes, node says {node.size}")

@@ -159,9 +159,7 @@ def _follow_server(cache: Cache, txn, node: Node, dir_id: int, entry: RemoteEntr
         if entry.size == 0:
             node.flags |= Flag.HYDRATED
         txn.delete(u64(node.id), db=ix.ranges)
-        if cache.store.exists(node.id):
-            cache.store.truncate(node.id, 0)
-            cache.store.truncate(node.id, entry.size)
+        cache.empty_content(node.id, entry.size)
     node.mtime_ns = entry.mtime_ns or node.mtime_ns
     node.ctime_ns = entry.ctime_ns or node.ctime_ns
     nodes.put(ix, txn, node)

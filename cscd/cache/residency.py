@@ -129,9 +129,7 @@ class Residency:
                 node.flags |= Flag.HYDRATED
             txn.delete(u64(node_id), db=ix.ranges)
             nodes.put(ix, txn, node)
-            if cache.store.exists(node_id):  # open handles keep their fd: empty it, keep the file
-                cache.store.truncate(node_id, 0)
-                cache.store.truncate(node_id, node.size)
+            cache.empty_content(node_id, node.size)
         cache.publish(("inode", node_id))
 
     # ------------------------------------------------------------ LRU
