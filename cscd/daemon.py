@@ -233,7 +233,7 @@ def _move_upstream(config: DaemonConfig, target: UncTarget) -> Upstream:
 def _adopt_moved(cache: Cache, moved: dict[str, dict[bytes, RemoteEntry]]) -> None:
     for name, entries in moved.items():
         if entries:
-            n = cache.adopt_moved_bases(name.encode(), entries)
+            n = cache.sync.adopt_moved_bases(name.encode(), entries)
             log.info("%s: the cache keeps %d entries across the move (no download)", name, n)
 
 
@@ -289,7 +289,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
                 nursery.start_soon(_first_connect, name, up, monitor, config.timings.request_timeout_s)
         for name, link in links.items():
             if link.mode is Mode.OFFLINE:
-                if not cache.has_content(name.encode()):
+                if not cache.namespace.has_content(name.encode()):
                     raise ConfigError(
                         f"{upstreams[name].description}: cannot reach the server and nothing is cached "
                         f"yet for {name} ({link.reason}); check the server name, port and network",
@@ -297,7 +297,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
                     )
                 log.warning("folder %s starts offline from its cache: %s", name, link.reason)
         engine = SyncEngine(
-            cache, upstreams, links,
+            cache.sync, upstreams, links,
             upload_delay_s=config.timings.upload_delay_s,
             scan_interval_s=config.timings.scan_interval_s,
             full_scan_interval_s=config.timings.full_scan_interval_s,

@@ -1,7 +1,7 @@
 """The FUSE filesystem: translates syscalls into cache calls and cscd errors into errno.
 
 Owns lookup counts, file handles and the kernel invalidation task. No network and no LMDB
-keys here: everything goes through ``cscd.cache.Cache``. Errors from below become
+keys here: everything goes through the parts of ``cscd.cache.Cache``. Errors from below become
 ``FUSEError`` in one place (``_errno_boundary``); a bug fails only its request with EIO and
 is logged once with its traceback.
 
@@ -10,7 +10,7 @@ Folders that are not cached (policy ``offline: false``) and files larger than
 time out at once and ``open`` does not keep the page cache, so every access asks the daemon,
 which asks the server (``Cache.guard``). ``flush`` (each ``close``) and ``fsync`` of a file
 written in such a folder return only once the server has it: ``fs`` asks the cache which
-folder a change belongs to (``Cache.write_through_folder``) and hands it to the one-method
+folder a change belongs to (``Hydration.write_through_folder``) and hands it to the one-method
 ``WriteThrough`` the daemon wires to sync's pusher.
 
 Not supported, by design (documented in the README): hard links (EPERM), symbolic links and
@@ -69,11 +69,12 @@ def _errno_boundary(fn):
 
 
 class _Handle:
-    __slots__ = ("node_id", "fd", "wrote", "unpushed")
+    __slots__ = ("node_id", "fd", "write", "wrote", "unpushed")
 
-    def __init__(self, node_id: int, fd: int) -> None:
+    def __init__(self, node_id: int, fd: int, write: bool) -> None:
         self.node_id = node_id
         self.fd = fd
+        self.write = write  # opened for writing
         self.wrote = False
         self.unpushed = False  # written since the last write-through (uncached folders)
 
@@ -138,8 +139,8 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def lookup(self, parent_inode, name, ctx=None):
-        await self.cache.guard(parent_inode, fresh=True)
-        return self._entry(await self.cache.lookup(parent_inode, name))
+        await self.cache.hydration.guard(parent_inode, fresh=True)
+        return self._entry(await self.cache.namespace.lookup(parent_inode, name))
 
     @_errno_boundary
     async def forget(self, inode_list):
@@ -149,38 +150,38 @@ class CscdFs(pyfuse3.Operations):
                 self._lookups[inode] = left
             else:
                 self._lookups.pop(inode, None)
-                self.cache.forget(inode)
+                self.cache.content.forget(inode)
 
     @_errno_boundary
     async def getattr(self, inode, ctx=None):
-        return self._attrs(await self.cache.guard(inode))
+        return self._attrs(await self.cache.hydration.guard(inode))
 
     @_errno_boundary
     async def setattr(self, inode, attr, fields, fh, ctx):
         size = attr.st_size if fields.update_size else None
         mode = attr.st_mode if fields.update_mode else None
         mtime = attr.st_mtime_ns if fields.update_mtime else None
-        await self.cache.guard(inode)
+        await self.cache.hydration.guard(inode)
         if size is not None:
             self.cache.residency.check_size(inode, size)
-        self.cache.setattr(inode, size=size, mode=mode, mtime_ns=mtime)
-        if (size is not None or mtime is not None) and not self.cache.is_open_for_write(inode):
+        self.cache.content.setattr(inode, size=size, mode=mode, mtime_ns=mtime)
+        if (size is not None or mtime is not None) and not self.cache.core.is_open_for_write(inode):
             await self._push_now(inode)  # truncate(2) by path; a writer's close pushes
-        return self._attrs(self.cache.node(inode))
+        return self._attrs(self.cache.core.node(inode))
 
     @_errno_boundary
     async def opendir(self, inode, ctx):
-        node = await self.cache.guard(inode, fresh=True)
+        node = await self.cache.hydration.guard(inode, fresh=True)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     @_errno_boundary
     async def readdir(self, fh, start_id, token):
-        await self.cache.guard(fh, fresh=not start_id, now=True)  # every `ls` asks the server
+        await self.cache.hydration.guard(fh, fresh=not start_id, now=True)  # every `ls` asks the server
         after = start_id
         while True:
-            batch = await self.cache.readdir(fh, after)
+            batch = await self.cache.namespace.readdir(fh, after)
             if not batch:
                 return
             for name, node in batch:
@@ -195,30 +196,30 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def mkdir(self, parent_inode, name, mode, ctx):
-        await self.cache.guard(parent_inode)
-        node = self.cache.mkdir(parent_inode, name, mode & ~ctx.umask)
+        await self.cache.hydration.guard(parent_inode)
+        node = self.cache.namespace.mkdir(parent_inode, name, mode & ~ctx.umask)
         await self._push_now(node.id, discard=False)
-        return self._entry(self.cache.node(node.id))
+        return self._entry(self.cache.core.node(node.id))
 
     @_errno_boundary
     async def rmdir(self, parent_inode, name, ctx):
-        await self.cache.guard(parent_inode, fresh=True)
-        node = await self.cache.rmdir(parent_inode, name)
+        await self.cache.hydration.guard(parent_inode, fresh=True)
+        node = await self.cache.namespace.rmdir(parent_inode, name)
         await self._push_now(node.id, discard=False)
 
     @_errno_boundary
     async def unlink(self, parent_inode, name, ctx):
-        await self.cache.guard(parent_inode, fresh=True)
-        node = await self.cache.unlink(parent_inode, name)
+        await self.cache.hydration.guard(parent_inode, fresh=True)
+        node = await self.cache.namespace.unlink(parent_inode, name)
         await self._push_now(node.id, discard=False)
 
     @_errno_boundary
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        await self.cache.guard(parent_inode_old, fresh=True)
-        await self.cache.guard(parent_inode_new, fresh=True)
-        node, replaced = await self.cache.rename(
+        await self.cache.hydration.guard(parent_inode_old, fresh=True)
+        await self.cache.hydration.guard(parent_inode_new, fresh=True)
+        node, replaced = await self.cache.namespace.rename(
             parent_inode_old, name_old, parent_inode_new, name_new,
             noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
         )
@@ -244,12 +245,12 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def access(self, inode, mode, ctx):
-        self.cache.node(inode)
+        self.cache.core.node(inode)
         return True
 
     @_errno_boundary
     async def statfs(self, ctx):
-        st = self.cache.store.statvfs()
+        st = self.cache.core.store.statvfs()
         s = pyfuse3.StatvfsData()
         s.f_bsize = st.f_bsize
         s.f_frsize = st.f_frsize
@@ -264,56 +265,56 @@ class CscdFs(pyfuse3.Operations):
 
     # ------------------------------------------------------------ content
 
-    def _new_handle(self, node_id: int, fd: int) -> int:
+    def _new_handle(self, node_id: int, fd: int, *, write: bool) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = _Handle(node_id, fd)
+        self._handles[fh] = _Handle(node_id, fd, write)
         return fh
 
     @_errno_boundary
     async def create(self, parent_inode, name, mode, flags, ctx):
-        await self.cache.guard(parent_inode)
-        node = self.cache.create(parent_inode, name, mode & ~ctx.umask)
-        fd = self.cache.open(node.id, truncate=False, write=True)
-        fh = self._new_handle(node.id, fd)
+        await self.cache.hydration.guard(parent_inode)
+        node = self.cache.namespace.create(parent_inode, name, mode & ~ctx.umask)
+        fd = self.cache.content.open(node.id, truncate=False, write=True)
+        fh = self._new_handle(node.id, fd, write=True)
         self._handles[fh].unpushed = True  # even an empty new file goes to the server at close
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node)), self._entry(node)
 
     @_errno_boundary
     async def open(self, inode, flags, ctx):
         write = (flags & os.O_ACCMODE) != os.O_RDONLY
-        node = await self.cache.guard(inode, fresh=True, now=True)
+        node = await self.cache.hydration.guard(inode, fresh=True, now=True)
         truncate = bool(flags & os.O_TRUNC)
         if truncate and write:
             self.cache.residency.check_size(inode, 0)
-        fd = self.cache.open(inode, truncate=truncate, write=write)
-        fh = self._new_handle(inode, fd)
+        fd = self.cache.content.open(inode, truncate=truncate, write=write)
+        fh = self._new_handle(inode, fd, write=write)
         self._handles[fh].unpushed = truncate and bool(node.size)
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node))
 
     @_errno_boundary
     async def read(self, fh, off, size):
         h = self._handles[fh]
-        await self.cache.guard(h.node_id)
-        return await self.cache.read(h.node_id, h.fd, off, size)
+        await self.cache.hydration.guard(h.node_id)
+        return await self.cache.hydration.read(h.node_id, h.fd, off, size)
 
     @_errno_boundary
     async def write(self, fh, off, buf):
         h = self._handles[fh]
-        await self.cache.guard(h.node_id)
+        await self.cache.hydration.guard(h.node_id)
         self.cache.residency.check_size(h.node_id, off + len(buf))
         h.wrote = h.unpushed = True
-        return self.cache.write(h.node_id, h.fd, off, buf)
+        return self.cache.content.write(h.node_id, h.fd, off, buf)
 
     async def _push_now(self, node_id: int, *, discard: bool = True) -> None:
         """Write-through of a folder that is not cached; nothing to do in a cached one."""
-        folder = self.cache.write_through_folder(node_id)
+        folder = self.cache.hydration.write_through_folder(node_id)
         if folder is None or self.write_through is None:
             return
         try:
             await self.write_through.push(folder, node_id)
         except CscdError as exc:
-            self.cache.write_through_failed(node_id, folder, exc, discard=discard)
+            self.cache.hydration.write_through_failed(node_id, folder, exc, discard=discard)
             raise
 
     async def _write_through(self, h: _Handle) -> None:
@@ -328,13 +329,13 @@ class CscdFs(pyfuse3.Operations):
     @_errno_boundary
     async def fsync(self, fh, datasync):
         h = self._handles[fh]
-        await self.cache.fsync(h.fd)
+        await self.cache.content.fsync(h.fd)
         await self._write_through(h)
 
     @_errno_boundary
     async def release(self, fh):
         h = self._handles.pop(fh)
-        self.cache.release(h.node_id, h.fd, wrote=h.wrote)
+        self.cache.content.release(h.node_id, h.fd, write=h.write, wrote=h.wrote)
         self.cache.residency.after_close(h.node_id)
 
     @_errno_boundary
@@ -358,7 +359,7 @@ class CscdFs(pyfuse3.Operations):
     async def serve_invalidations(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Drain the cache's change channel into kernel invalidations (task ``fs.notify``)."""
         task_status.started()
-        async for item in self.cache.invalidations:
+        async for item in self.cache.core.invalidations:
             log.debug("invalidate %r", item)
             try:
                 if item[0] == "inode":

@@ -11,6 +11,7 @@ the table fails with a request to add it. The shape is s3ql's
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,3 +270,28 @@ def test_checker_rejects(tmp_path: Path, rel: str, text: str, expected: str) -> 
     assert expected in problems[0]
     if "module map" not in expected:
         assert f"{rel}:" in problems[0], "the message names the file and line"
+
+
+CACHE_PARTS = re.compile(r"\b(?:cache|core|namespace|listings|residency|hydration|content|sync)\._[a-z]\w*")
+
+
+def test_the_cache_parts_are_collaborators_not_mixins() -> None:
+    """Issue 20, item 1: each part of ``cscd.cache`` is its own class over ``CacheCore``. No
+    class there inherits from another cache class, and no module reaches into another part's
+    private state (``core._x``, ``cache._x``)."""
+    cache_dir = PACKAGE_DIR / "cache"
+    local_classes: set[str] = set()
+    trees = {p: ast.parse(p.read_text()) for p in sorted(cache_dir.glob("*.py"))}
+    for tree in trees.values():
+        local_classes |= {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    problems = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+                if bases & local_classes:
+                    problems.append(f"{path.name}: {node.name} inherits from {sorted(bases & local_classes)}")
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if CACHE_PARTS.search(line):
+                problems.append(f"{path.name}:{n}: private access: {line.strip()}")
+    assert problems == []

@@ -90,8 +90,8 @@ def check_cache(cache_dir: Path) -> list[str]:
                     continue
                 # Longer is a write the daemon was killed in (its bytes reached the file, its
                 # size never the index) or a truncate killed between its commit and its cut
-                # (``Cache.cut_content``). Never read, and cut before the file grows over them
-                # (``Cache.write``, ``Cache._set_size``).
+                # (``CacheCore.cut_content``). Never read, and cut before the file grows over them
+                # (``Content.write``, ``Content.setattr``).
                 if size < node.size:
                     problems.append(f"node {nid} ({node.name!r}): content file is {size} bytes, node says {node.size}")
             if nid in present and covers(present[nid], 0, node.size) and node.size:

@@ -10,8 +10,7 @@ carries them to the server like any other change:
 - ``remote``: the conflict copy is deleted;
 - ``both``: both files stay, the record goes.
 
-A collaborator of ``Cache``: it works through the cache's public transaction helpers
-(``txn``, ``publish``, ``is_open``, ``drop``).
+It works through ``CacheCore`` (transactions, ``publish``) and, to resolve, ``Namespace``.
 """
 
 from __future__ import annotations
@@ -27,12 +26,13 @@ from cscd.cache.nodes import Node
 from cscd.errors import CscdError, NotFound
 
 if TYPE_CHECKING:
-    from cscd.cache.cache import Cache
+    from cscd.cache.core import CacheCore
+    from cscd.cache.namespace import Namespace
 
 KEEP_CHOICES = ("local", "remote", "both")
 
 
-def rename_for_conflict(cache: Cache, node_id: int, new_name: bytes) -> None:
+def rename_for_conflict(cache: CacheCore, node_id: int, new_name: bytes) -> None:
     """Give the local version a new name in the same directory and record the conflict.
 
     Its old base is dropped, so the server's version reappears under the old name as a
@@ -55,7 +55,7 @@ def rename_for_conflict(cache: Cache, node_id: int, new_name: bytes) -> None:
     cache.publish(("entry", node.parent, new_name))
 
 
-def list_conflicts(cache: Cache) -> list[dict]:
+def list_conflicts(cache: CacheCore) -> list[dict]:
     """Every unresolved conflict: the copy's path, the original's path, when and where."""
     ix = cache.index
     out = []
@@ -78,7 +78,7 @@ def list_conflicts(cache: Cache) -> list[dict]:
     return out
 
 
-def _find(cache: Cache, node: Node) -> tuple[int, dict]:
+def _find(cache: CacheCore, node: Node) -> tuple[int, dict]:
     ix = cache.index
     with cache.txn() as txn:
         for k, v in txn.cursor(db=ix.conflicts):
@@ -90,17 +90,18 @@ def _find(cache: Cache, node: Node) -> tuple[int, dict]:
     raise NotFound(f"{node.name.decode(errors='replace')!r} is not part of a recorded conflict")
 
 
-async def resolve(cache: Cache, node: Node, keep: str) -> dict:
-    """Resolve the conflict ``node`` belongs to (it may be the copy or the original)."""
+async def resolve(cache: CacheCore, namespace: Namespace, node: Node, keep: str) -> dict:
+    """Resolve the conflict ``node`` belongs to (it may be the copy or the original), with
+    the namespace's own rename and unlink."""
     if keep not in KEEP_CHOICES:
         raise CscdError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
     copy_id, rec = _find(cache, node)
     copy = cache.node(copy_id)
     original = rec["original"].encode("utf-8", "surrogateescape")
     if keep == "local":
-        await cache.rename(copy.parent, copy.name, rec["parent"], original)
+        await namespace.rename(copy.parent, copy.name, rec["parent"], original)
     elif keep == "remote":
-        await cache.unlink(copy.parent, copy.name)
+        await namespace.unlink(copy.parent, copy.name)
     with cache.txn(write=True) as txn:
         txn.delete(u64(copy_id), db=cache.index.conflicts)
     return {"kept": keep, "original": rec["original"]}

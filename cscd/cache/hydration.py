@@ -5,7 +5,6 @@ read-ahead window that doubles while a reader stays sequential), one fetch at a 
 file, and writing fetched bytes only into holes (never over local writes made meanwhile)
 and only if the file's base did not change during the fetch. The network is reached only
 through the cache's ``RemoteSource``, which applies the folder's mode and deadline.
-A mixin of ``Cache``, split out for size.
 
 Also the traffic of content this machine does not keep (``residency.py`` decides what that
 is): a file larger than ``offline_files.max_file_size`` is read straight from the server,
@@ -24,7 +23,10 @@ import os
 import trio
 
 from cscd.cache import nodes, ranges
+from cscd.cache.core import CacheCore
+from cscd.cache.listings import Listings, RemoteSource
 from cscd.cache.nodes import Node
+from cscd.cache.residency import Residency
 from cscd.errors import CscdError, NotAvailableOffline, NotFound
 from cscd.events import EventId, emit
 from cscd.types import ROOT_ID
@@ -42,17 +44,29 @@ FRESH_S = 1.0
 
 
 class Hydration:
-    """``Cache``'s reads and on-demand fetches (mixed into ``Cache``)."""
+    """Reads of cached files, and the fetches that fill what is missing."""
+
+    def __init__(self, core: CacheCore, source: RemoteSource, residency: Residency, listings: Listings) -> None:
+        self.core = core
+        self.source = source
+        self.residency = residency
+        self.listings = listings
+        #: ids of files whose download just completed; sync chunks them (news upward as data)
+        self.hydrated_send, self.hydrated = trio.open_memory_channel[int](1_000)
+        self._locks: dict[int, trio.Lock] = {}
+        self._readahead: dict[int, tuple[int, int]] = {}
+        self.hits = 0
+        self.misses = 0
 
     async def read(self, node_id: int, fd: int, offset: int, length: int) -> bytes:
         """Bytes of the node's content; waits on the network only for bytes not present."""
-        node = self.node(node_id)
+        node = self.core.node(node_id)
         end = min(offset + length, node.size)
         if offset >= end:
             return b""
         if node.is_hydrated:
             self.hits += 1
-        elif self.residency.is_too_large(node) and not self.is_open_for_write(node_id):
+        elif self.residency.is_too_large(node) and not self.core.is_open_for_write(node_id):
             return await self._read_through(node, offset, end)
         else:
             await self.hydrate(node_id, offset, end)
@@ -61,7 +75,7 @@ class Hydration:
     async def _read_through(self, node: Node, offset: int, end: int) -> bytes:
         """Bytes straight from the server, not stored (a file too large to cache)."""
         self.misses += 1
-        folder, path = self.remote_path(node)
+        folder, path = self.core.remote_path(node)
         if not self.source.may_fetch(folder):
             raise NotAvailableOffline(f"{path.decode(errors='replace')} is larger than "
                                       "offline_files.max_file_size, so never cached, and the server "
@@ -77,7 +91,7 @@ class Hydration:
         listing is older than ``FRESH_S`` — with ``now``, always. Waits on the network then,
         within the source's deadline.
         """
-        node = self.node(node_id)
+        node = self.core.node(node_id)
         folder = self.residency.uncached_folder_of(node)
         if folder is None:
             return node
@@ -87,27 +101,9 @@ class Hydration:
             raise NotAvailableOffline(f"{folder.decode(errors='replace')} is not cached on this machine "
                                       "and its server cannot be reached now")
         if fresh:
-            await self._refresh(node.id if node.is_dir else node.parent, 0.0 if now else FRESH_S)
-            node = self.node(node_id)
+            await self.listings.refresh(node.id if node.is_dir else node.parent, 0.0 if now else FRESH_S)
+            node = self.core.node(node_id)
         return node
-
-    async def _refresh(self, dir_id: int, max_age_s: float) -> None:
-        refreshed = self.residency.refreshed_at
-        if trio.current_time() - refreshed.get(dir_id, -FRESH_S * 2) < max_age_s:
-            return
-        node = self.node(dir_id)
-        if not node.has_base:
-            return  # a new directory (not on the server yet): nothing to ask
-        lock = self._list_locks.setdefault(dir_id, trio.Lock())
-        async with lock:
-            started_at = trio.current_time()
-            if started_at - refreshed.get(dir_id, -FRESH_S * 2) < max_age_s:
-                return
-            folder, path = self.remote_path(node)
-            started = self.listing_started()
-            entries = await self.source.list_dir(folder, path)
-            self.merge_listing(dir_id, entries, started)
-            refreshed[dir_id] = started_at
 
     def write_through_folder(self, node_id: int) -> bytes | None:
         """The uncached folder whose change to ``node_id`` must reach the server before the
@@ -117,7 +113,7 @@ class Hydration:
         if not self.residency.uncached_folders:
             return None
         try:
-            node = self.node(node_id)
+            node = self.core.node(node_id)
         except NotFound:
             return None
         return self.residency.uncached_folder_of(node)
@@ -128,7 +124,7 @@ class Hydration:
         waits in a queue. A namespace change (``discard=False``: mkdir, rename, unlink) that
         failed stays pending and is pushed when the folder is back online."""
         try:
-            path = b"/".join(self.path_of(self.node(node_id))[1:]).decode(errors="replace")
+            path = b"/".join(self.core.path_of(self.core.node(node_id))[1:]).decode(errors="replace")
         except NotFound:
             path = f"node {node_id}"
         emit(EventId.UPLOAD_FAILED_WRITE_THROUGH, folder=folder.decode(errors="replace"), path=path,
@@ -138,21 +134,21 @@ class Hydration:
 
     async def hydrate(self, node_id: int, start: int, end: int) -> None:
         """Make ``[start, end)`` present, fetching missing blocks (plus read-ahead) from the source."""
-        with self.txn() as txn:
-            node = nodes.get(self.index, txn, node_id)
-            need = ranges.missing(self._ranges(txn, node), start, min(end, node.size))
+        with self.core.txn() as txn:
+            node = nodes.get(self.core.index, txn, node_id)
+            need = ranges.missing(self.core.present(txn, node), start, min(end, node.size))
         if not need:
             self.hits += 1
             return
         self.misses += 1
-        lock = self._hydrate_locks.setdefault(node_id, trio.Lock())
+        lock = self._locks.setdefault(node_id, trio.Lock())
         async with lock:
-            node = self.node(node_id)
-            with self.txn() as txn:
-                need = ranges.missing(self._ranges(txn, node), start, min(end, node.size))
+            node = self.core.node(node_id)
+            with self.core.txn() as txn:
+                need = ranges.missing(self.core.present(txn, node), start, min(end, node.size))
             if not need:
                 return
-            folder, path = self.remote_path(node)
+            folder, path = self.core.remote_path(node)
             if not self.source.may_fetch(folder):
                 raise NotAvailableOffline(
                     f"{path.decode(errors='replace')} is not available offline (not cached)"
@@ -175,24 +171,24 @@ class Hydration:
 
     def _fill(self, node_id: int, base_before: tuple, offset: int, data: bytes) -> None:
         """Write fetched bytes into the holes they cover, unless the base changed meanwhile."""
-        ix = self.index
-        with self.txn(write=True) as txn:
+        ix = self.core.index
+        with self.core.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None or (node.base_file_id, node.base_size, node.base_mtime_ns) != base_before:
                 return
-            have = self._ranges(txn, node)
+            have = self.core.present(txn, node)
             end = min(offset + len(data), node.size)
             holes = ranges.missing(have, offset, end)
             if not holes:
                 return
-            fd = self.store.open(node_id)
+            fd = self.core.store.open(node_id)
             try:
                 for s, e in holes:
-                    self.store.pwrite(fd, data[s - offset : e - offset], s)
+                    self.core.store.pwrite(fd, data[s - offset : e - offset], s)
                     have = ranges.add(have, s, e)
             finally:
                 os.close(fd)
-            self._store_ranges(txn, node, have, node.size)
+            self.core.set_present(txn, node, have, node.size)
             nodes.put(ix, txn, node)
         if node.is_hydrated:
             try:

@@ -27,7 +27,7 @@ from cscd.reconcile import Action, Local, Ours, Unrecorded, decide
 from cscd.types import ROOT_ID, RemoteEntry
 
 if TYPE_CHECKING:
-    from cscd.cache.cache import Cache
+    from cscd.cache.core import CacheCore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def listing_digest(entries: list[RemoteEntry]) -> bytes:
         b"%s\0%d\0%d\0%d\0%d\n" % (e.name, e.is_dir, e.size, e.mtime_ns, e.file_id) for e in entries))
 
 
-def merge_listing(cache: Cache, dir_id: int, entries: list[RemoteEntry], digest: bytes = b"") -> None:
+def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], digest: bytes = b"") -> None:
     """Bring a directory's children in line with one server enumeration.
 
     Matches the listing against the *agreed* server names (``bases``), so local changes
@@ -67,7 +67,7 @@ def merge_listing(cache: Cache, dir_id: int, entries: list[RemoteEntry], digest:
         if dir_id != ROOT_ID and Flag.TOMBSTONE not in parent.flags:
             txn.put(u64(dir_id), digest, db=ix.listed)
 
-def _match(cache: Cache, txn, dir_id: int, entries: list[RemoteEntry], now: int) -> None:
+def _match(cache: CacheCore, txn, dir_id: int, entries: list[RemoteEntry], now: int) -> None:
     """Merge into a directory that has children or agreed names: ``reconcile.decide`` for
     every entry and every agreed name the listing no longer shows. Only the server-side
     actions are carried out here; the others (push, delete there, conflict) are the push's."""
@@ -111,7 +111,7 @@ def _local(ix, txn, node: Node) -> Local:
                  is_dir=node.is_dir)
 
 
-def _fill(cache: Cache, txn, parent: Node, entries: list[RemoteEntry], now: int) -> None:
+def _fill(cache: CacheCore, txn, parent: Node, entries: list[RemoteEntry], now: int) -> None:
     """Merge into a directory with no children and no agreed names (most often its first
     listing): every entry is new, so nothing is looked up (100,000 entries: ~1 s, not ~3 s).
 
@@ -147,7 +147,7 @@ def _add_placeholder(ix, txn, dir_id: int, node_id: int, entry: RemoteEntry, now
     nodes.link(ix, txn, node)
 
 
-def _follow_server(cache: Cache, txn, node: Node, dir_id: int, entry: RemoteEntry) -> None:
+def _follow_server(cache: CacheCore, txn, node: Node, dir_id: int, entry: RemoteEntry) -> None:
     ix = cache.index
     content_changed = not node.is_dir and (
         entry.file_id != node.base_file_id or entry.size != node.base_size or entry.mtime_ns != node.base_mtime_ns
@@ -165,7 +165,7 @@ def _follow_server(cache: Cache, txn, node: Node, dir_id: int, entry: RemoteEntr
     nodes.put(ix, txn, node)
     cache.publish(("inode", node.id))
 
-def _subtree_clean(cache: Cache, txn, node: Node) -> bool:
+def _subtree_clean(cache: CacheCore, txn, node: Node) -> bool:
     if nodes.dirty_reasons(cache.index, txn, node.id):
         return False
     if node.is_dir:
@@ -174,7 +174,7 @@ def _subtree_clean(cache: Cache, txn, node: Node) -> bool:
                 return False
     return True
 
-def _forget_subtree(cache: Cache, txn, node: Node) -> None:
+def _forget_subtree(cache: CacheCore, txn, node: Node) -> None:
     ix = cache.index
     if node.is_dir:
         for cid, _ in list(nodes.iter_children(ix, txn, node.id)):
@@ -191,7 +191,7 @@ def _forget_subtree(cache: Cache, txn, node: Node) -> None:
 
 
 
-def _keep_local_changes(cache: Cache, txn, node: Node) -> None:
+def _keep_local_changes(cache: CacheCore, txn, node: Node) -> None:
     """The server deleted ``node`` but something under it changed here: keep what changed.
 
     Clean parts of the subtree follow the server (they go); changed parts lose their base

@@ -8,8 +8,8 @@ entry as its base; its content, ranges, dirty marks and chunk map stay. Anything
 its old base, and the next scan treats it as a server change as usual (nothing local is lost:
 dirty nodes keep their changes either way).
 
-A part of ``Cache`` split out (as ``merge.py``): one write transaction, no network, used
-through ``Cache.adopt_moved_bases`` before sync starts.
+One write transaction on ``CacheCore``, no network, used through
+``SyncSide.adopt_moved_bases`` before sync starts.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from cscd.cache import nodes
 from cscd.types import ROOT_ID, RemoteEntry
 
 if TYPE_CHECKING:
-    from cscd.cache.cache import Cache
+    from cscd.cache.core import CacheCore
 
 
-def adopt_moved_bases(cache: Cache, folder: bytes, entries: Mapping[bytes, RemoteEntry]) -> int:
+def adopt_moved_bases(cache: CacheCore, folder: bytes, entries: Mapping[bytes, RemoteEntry]) -> int:
     """Give every node of ``folder`` whose base path is in ``entries`` (relative path → new
     server entry) and still describes the same version that entry as its base. Returns how
     many nodes were re-pointed."""

@@ -17,8 +17,7 @@ Two policy keys narrow what is kept (``hydration.py`` does the traffic they caus
   but never stored (reads go through to the server); a write that would make a file larger,
   or that changes a file already larger, fails with EFBIG (``check_size``).
 
-A collaborator of ``Cache``: it works through the cache's public transaction helpers
-(``txn``, ``publish``, ``is_open``, ``drop``).
+It works through ``CacheCore`` (transactions, ``publish``, ``is_open``, ``drop``).
 """
 
 from __future__ import annotations
@@ -38,14 +37,14 @@ from cscd.events import EventId, emit
 from cscd.types import ROOT_ID
 
 if TYPE_CHECKING:
-    from cscd.cache.cache import Cache
+    from cscd.cache.core import CacheCore
 
 log = logging.getLogger(__name__)
 _U64 = struct.Struct(">Q")
 
 
 class Residency:
-    def __init__(self, cache: Cache, limit_bytes: int | None, *, uncached: Iterable[bytes] = (),
+    def __init__(self, cache: CacheCore, limit_bytes: int | None, *, uncached: Iterable[bytes] = (),
                  max_file_bytes: int | None = None) -> None:
         self.cache = cache
         self.limit_bytes = limit_bytes
@@ -53,8 +52,6 @@ class Residency:
         self.uncached_folders = frozenset(uncached)
         #: ``offline_files.max_file_size``; None: no limit. A reload may change it.
         self.max_file_bytes = max_file_bytes
-        #: directory id → trio time of its last listing refresh (uncached folders)
-        self.refreshed_at: dict[int, float] = {}
         self.evicted_files = 0
         self.evicted_bytes = 0
 

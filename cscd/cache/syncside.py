@@ -1,8 +1,10 @@
 """What sync sees of the cache: server listings merged in, the dirty set, bases recorded.
 
-Owns the methods the ``LocalSide`` protocol of ``cscd.sync.local`` names (and the listing
-merge that server news goes through). A mixin of ``Cache``, split out for size: the same
-transaction rules apply (one write transaction per logical change, no await inside one).
+Owns the methods the ``LocalSide`` protocol of ``cscd.sync.local`` names: recording what
+sync did on the server (bases, unrecorded-change notes, conflict renames, chunk maps), the
+dirty set, and the copies of content an upload sends. The rest of what sync reads is the
+other parts' own, handed through as they are. The same transaction rules apply (one write
+transaction per logical change, no await inside one).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import trio
 
 from cscd.cache import chunks as chunkmaps
 from cscd.cache import conflicts, nodes, ranges, unrecorded
-from cscd.cache.index import u64
-from cscd.cache.merge import listing_digest, merge_listing
+from cscd.cache.core import CacheCore
+from cscd.cache.hydration import Hydration
+from cscd.cache.listings import Listings
 from cscd.cache.moved import adopt_moved_bases
+from cscd.cache.namespace import Namespace
 from cscd.cache.nodes import DirtyReason, Flag, Node
+from cscd.cache.residency import Residency
 from cscd.errors import CacheFull, NotFound, SourceChanged
 from cscd.reconcile import Ours, Unrecorded
 from cscd.types import ROOT_ID, ContentSnapshot, RemoteEntry
@@ -31,49 +36,48 @@ SNAPSHOT_INLINE_BYTES = 8 << 20
 
 
 class SyncSide:
-    """``Cache``'s face toward sync (mixed into ``Cache``; uses its index, store and helpers)."""
+    """The cache as sync sees it (``cscd.sync.local.LocalSide``)."""
 
-    # ---------------------------------------------------------------- remote news
-
-    def listing_started(self) -> int:
-        """Call before asking the server for a listing; pass the result to ``merge_listing``."""
-        return self._base_generation
-
-    def merge_listing(self, dir_id: int, entries: list[RemoteEntry], started: int | None = None) -> bool:
-        """Bring a directory's children in line with one server enumeration (see ``merge``).
-
-        ``started`` (from ``listing_started``): if sync changed this directory on the server
-        while the listing was on its way, the listing may predate that change and is dropped;
-        returns whether it was applied.
-        """
-        if started is not None and self._dir_stamp.get(dir_id, 0) > started:
-            return False
-        # An unchanged listing of a directory sync has not touched since changes nothing: skip
-        # the write transaction (a rescan of 100,000 entries costs ~2 s on the trio thread).
-        # The digest is kept in ``listed`` (cleared whenever an agreed name under the directory
-        # changes, see ``nodes.forget_listing``), so this holds across restarts too.
-        digest = listing_digest(entries)
-        with self.txn() as txn:
-            if txn.get(u64(dir_id), db=self.index.listed) == digest:
-                return True
-        merge_listing(self, dir_id, entries, digest)
-        return True
+    def __init__(self, core: CacheCore, listings: Listings, residency: Residency, hydration: Hydration,
+                 namespace: Namespace) -> None:
+        self.core = core
+        self.listings = listings
+        self.residency = residency
+        self.hydration = hydration
+        self.namespace = namespace
+        #: one large upload copy at a time: they compete for the same disk
+        self._snapshot_limiter = trio.CapacityLimiter(1)
+        # What sync reads of the parts as they are (``LocalSide`` names them).
+        self.recent_dirs = core.recent_dirs
+        self.listing_cost = core.listing_cost
+        self.hydrated = hydration.hydrated
+        self.node = core.node
+        self.exists = core.exists
+        self.remote_path = core.remote_path
+        self.folder_of = core.folder_of
+        self.is_open_for_write = core.is_open_for_write
+        self.wait_dirty = core.wait_dirty
+        self.hydrate = hydration.hydrate
+        self.listing_started = listings.started
+        self.merge_listing = listings.merge
+        self.listed_dirs = listings.listed_dirs
+        self.pinned_missing = residency.pinned_missing
 
     # ---------------------------------------------------------------- for sync
 
     def dirty_nodes(self) -> list[tuple[Node, DirtyReason]]:
         out = []
-        with self.txn() as txn:
-            for nid, reasons in nodes.iter_dirty(self.index, txn):
-                node = nodes.find(self.index, txn, nid)
+        with self.core.txn() as txn:
+            for nid, reasons in nodes.iter_dirty(self.core.index, txn):
+                node = nodes.find(self.core.index, txn, nid)
                 if node is not None:
                     out.append((node, reasons))
         return out
 
     def missing_ranges(self, node_id: int) -> list[ranges.Range]:
-        with self.txn() as txn:
-            node = nodes.get(self.index, txn, node_id)
-            return ranges.missing(self._ranges(txn, node), 0, node.size)
+        with self.core.txn() as txn:
+            node = nodes.get(self.core.index, txn, node_id)
+            return ranges.missing(self.core.present(txn, node), 0, node.size)
 
     def record_synced(self, node_id: int, version: int, base_parent: int, entry: RemoteEntry | None,
                       reasons: DirtyReason, chunks: list[chunkmaps.ChunkTriple] | None = None) -> bool:
@@ -83,23 +87,22 @@ class SyncSide:
         ``entry=None`` records a server delete. ``chunks`` is the chunk map of the uploaded
         content, stored as the new base's map in the same transaction (see ``chunkmaps.after_sync``).
         """
-        ix = self.index
-        self._base_generation += 1
-        with self.txn(write=True) as txn:
+        ix = self.core.index
+        with self.core.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None:
                 return True
             # Both the directory the base leaves and the one it enters changed on the server.
-            self._dir_stamp[node.base_parent] = self._dir_stamp[base_parent] = self._base_generation
+            self.listings.stamp(node.base_parent, base_parent)
             if entry is None:
                 if node.has_base:
                     unrecorded.remove(ix, txn, node.base_parent, node.base_name, node_id)
                 nodes.clear_base(ix, txn, node)
                 # A deleted node has nothing left to push once its server copy is gone.
                 nodes.clear_dirty(ix, txn, node_id, None if node.is_deleted else DirtyReason.DELETE)
-                if Flag.TOMBSTONE in node.flags and not self.is_open(node_id):
+                if Flag.TOMBSTONE in node.flags and not self.core.is_open(node_id):
                     nodes.delete_record(ix, txn, node)
-                    self.discard_content(node_id)
+                    self.core.discard_content(node_id)
                     return True
                 nodes.put(ix, txn, node)
                 return True
@@ -117,7 +120,7 @@ class SyncSide:
             chunkmaps.after_sync(ix, txn, node, old_base, reasons, chunks, clean=clean)
             nodes.put(ix, txn, node)
         if not clean:
-            self._changed()
+            self.core.mark_changed()
         return clean
 
     def record_sending(self, node_id: int, parent: int, name: bytes, ours: Ours) -> list[Ours]:
@@ -125,31 +128,31 @@ class SyncSide:
         about to start; returns the versions noted there before that never got recorded (a
         crash or a lost answer came between), newest first, whichever node sent them. Such a
         version may be on the server, and it is ours (``unrecorded``)."""
-        with self.txn(write=True) as txn:
-            before = unrecorded.add(self.index, txn, Unrecorded(parent, name, node_id, ours))
+        with self.core.txn(write=True) as txn:
+            before = unrecorded.add(self.core.index, txn, Unrecorded(parent, name, node_id, ours))
         return [n.ours for n in before]
 
     def unrecorded_at(self, parent: int, name: bytes) -> list[Unrecorded]:
         """The notes of versions this client sent to a name and never recorded, newest first."""
-        with self.txn() as txn:
-            return unrecorded.at(self.index, txn, parent, name)
+        with self.core.txn() as txn:
+            return unrecorded.at(self.core.index, txn, parent, name)
 
     def unrecorded(self) -> list[Unrecorded]:
         """Every note of an unrecorded server change (a handful: they live for one upload)."""
-        with self.txn() as txn:
-            return list(unrecorded.iter_all(self.index, txn))
+        with self.core.txn() as txn:
+            return list(unrecorded.iter_all(self.core.index, txn))
 
     def forget_unrecorded(self, note: Unrecorded) -> None:
         """The server does not hold that version (any more), or it was dealt with."""
-        with self.txn(write=True) as txn:
-            unrecorded.discard(self.index, txn, note)
-            nodes.forget_listing(self.index, txn, note.parent)  # a merge may have skipped it
+        with self.core.txn(write=True) as txn:
+            unrecorded.discard(self.core.index, txn, note)
+            nodes.forget_listing(self.core.index, txn, note.parent)  # a merge may have skipped it
 
     def name_in_use(self, parent: int, name: bytes) -> bool:
         """Whether a live node here has the name ``name`` in directory ``parent``, or has it as
         its agreed server name: that node's push meets whatever the server holds there."""
-        ix = self.index
-        with self.txn() as txn:
+        ix = self.core.index
+        with self.core.txn() as txn:
             holder = nodes.base_lookup_id(ix, txn, parent, name)
             if holder is not None and not nodes.get(ix, txn, holder).is_deleted:
                 return True
@@ -158,8 +161,8 @@ class SyncSide:
     def replaced_at(self, parent: int, name: bytes) -> Node | None:
         """The deleted node whose agreed server name is ``name`` in ``parent``, if any: a file
         renamed over it here (an atomic save) replaces that server version with its upload."""
-        ix = self.index
-        with self.txn() as txn:
+        ix = self.core.index
+        with self.core.txn() as txn:
             holder = nodes.base_lookup_id(ix, txn, parent, name)
             if holder is None:
                 return None
@@ -171,9 +174,8 @@ class SyncSide:
         node's base, so its push carries on from there (renames it to where the node is now,
         deletes it if the node is deleted, uploads over it). Returns False, and changes
         nothing, if the node is gone or another node's base holds that name."""
-        ix = self.index
-        self._base_generation += 1
-        with self.txn(write=True) as txn:
+        ix = self.core.index
+        with self.core.txn(write=True) as txn:
             node = nodes.find(ix, txn, note.node_id)
             if node is None:
                 return False
@@ -185,17 +187,17 @@ class SyncSide:
                 # A file deleted here whose server version ours replaced: its delete is done.
                 nodes.clear_base(ix, txn, holder)
                 nodes.clear_dirty(ix, txn, holder.id)
-                if self.is_open(holder.id):
+                if self.core.is_open(holder.id):
                     nodes.put(ix, txn, holder)
                 else:
                     nodes.delete_record(ix, txn, holder)
-                    self.discard_content(holder.id)
+                    self.core.discard_content(holder.id)
             unrecorded.discard(ix, txn, note)
-            self._dir_stamp[node.base_parent] = self._dir_stamp[note.parent] = self._base_generation
+            self.listings.stamp(node.base_parent, note.parent)
             nodes.set_base(ix, txn, node, note.parent, entry)
             nodes.mark_dirty(ix, txn, node, DirtyReason.DELETE if node.is_deleted else DirtyReason.NAMESPACE)
             nodes.put(ix, txn, node)
-        self._changed()
+        self.core.mark_changed()
         return True
 
     def record_local_only(self, node_id: int, version: int) -> bool:
@@ -205,14 +207,13 @@ class SyncSide:
         (still dirty, looked at again) if it did. Its content has no server copy, so
         ``residency`` never evicts it (eviction needs a base).
         """
-        ix = self.index
-        self._base_generation += 1
-        with self.txn(write=True) as txn:
+        ix = self.core.index
+        with self.core.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None or node.version != version:
                 return node is None
             if node.has_base:
-                self._dir_stamp[node.base_parent] = self._base_generation
+                self.listings.stamp(node.base_parent)
             nodes.clear_base(ix, txn, node)
             nodes.clear_dirty(ix, txn, node_id)
             nodes.put(ix, txn, node)
@@ -220,35 +221,26 @@ class SyncSide:
 
     def rename_for_conflict(self, node_id: int, new_name: bytes) -> None:
         """Keep the local version of a conflicting node under ``new_name`` (see ``conflicts``)."""
-        conflicts.rename_for_conflict(self, node_id, new_name)
-        self._base_generation += 1
-        self._dir_stamp[self.node(node_id).parent] = self._base_generation
+        conflicts.rename_for_conflict(self.core, node_id, new_name)
+        self.listings.stamp(self.core.node(node_id).parent)
 
     def list_conflicts(self) -> list[dict]:
-        return conflicts.list_conflicts(self)
+        return conflicts.list_conflicts(self.core)
 
     async def resolve_conflict(self, node: Node, keep: str) -> dict:
-        return await conflicts.resolve(self, node, keep)
-
-    def listed_dirs(self) -> list[int]:
-        """Every live directory whose children are known (not the root), for a full rescan.
-
-        Reads the ``listed`` table: one short cursor walk, not a walk over every node.
-        """
-        with self.txn() as txn:
-            return list(nodes.iter_listed(self.index, txn))
+        return await conflicts.resolve(self.core, self.namespace, node, keep)
 
     def base_chunks(self, node_id: int) -> list[chunkmaps.ChunkTriple] | None:
         """The chunk map of the node's base content; None if unknown or stale."""
-        with self.txn() as txn:
-            node = nodes.find(self.index, txn, node_id)
-            return None if node is None else chunkmaps.get(self.index, txn, node)
+        with self.core.txn() as txn:
+            node = nodes.find(self.core.index, txn, node_id)
+            return None if node is None else chunkmaps.get(self.core.index, txn, node)
 
     def record_base_chunks(self, node_id: int, version: int, base: RemoteEntry,
                            chunk_map: list[chunkmaps.ChunkTriple]) -> bool:
         """Store the map of a downloaded file if its version and base did not move meanwhile."""
-        ix = self.index
-        with self.txn(write=True) as txn:
+        ix = self.core.index
+        with self.core.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             return node is not None and chunkmaps.record_for_base(
                 ix, txn, node, version, base, chunk_map,
@@ -261,8 +253,8 @@ class SyncSide:
         deepest listed ancestor if a name on the way is new here (that listing reveals it);
         None if the way leads through something not listed (nothing cached to refresh).
         """
-        ix = self.index
-        with self.txn() as txn:
+        ix = self.core.index
+        with self.core.txn() as txn:
             nid = nodes.base_lookup_id(ix, txn, ROOT_ID, folder)
             found = None
             for name in [None, *parts]:
@@ -278,12 +270,12 @@ class SyncSide:
 
     def content_path(self, node_id: int) -> Path:
         """Where the node's content lives on local disk (for hashing in another process)."""
-        return self.store.path(node_id)
+        return self.core.store.path(node_id)
 
     def adopt_moved_bases(self, folder: bytes, entries: Mapping[bytes, RemoteEntry]) -> int:
         """After a server-side copy of ``folder`` to a new target: re-point the bases that the
         copy reproduced (see ``moved``), so nothing is downloaded again. Returns the count."""
-        return adopt_moved_bases(self, folder, entries)
+        return adopt_moved_bases(self.core, folder, entries)
 
     async def content_snapshot(self, node_id: int) -> ContentSnapshot:
         """A consistent copy of the node's content for one upload (see ``ContentSnapshot``).
@@ -313,25 +305,25 @@ class SyncSide:
         return ContentSnapshot(fd, node.version, node.size, node.mtime_ns)
 
     def _live_file(self, node_id: int) -> Node:
-        with self.txn() as txn:
-            node = nodes.find(self.index, txn, node_id)
+        with self.core.txn() as txn:
+            node = nodes.find(self.core.index, txn, node_id)
             if node is None or Flag.TOMBSTONE in node.flags:
                 raise NotFound(f"node {node_id} was deleted")
-            if ranges.missing(self._ranges(txn, node), 0, node.size):
+            if ranges.missing(self.core.present(txn, node), 0, node.size):
                 raise SourceChanged(f"{node.name!r} is not completely here (it was extended meanwhile)")
             return node
 
     def _snapshot_fd(self, node: Node) -> int:
         try:
-            return self.store.snapshot(node.id, node.size)
+            return self.core.store.snapshot(node.id, node.size)
         except FileNotFoundError:
             if node.size == 0:
-                return self.store.snapshot_empty()
+                return self.core.store.snapshot_empty()
             raise NotFound(f"the content of {node.name!r} vanished (deleted meanwhile)") from None
         except CacheFull:
             log.info("no room for a copy of %r to upload; uploading from the live file", node.name)
             try:
-                return self.store.open_readonly(node.id)
+                return self.core.store.open_readonly(node.id)
             except FileNotFoundError:
                 raise NotFound(f"the content of {node.name!r} vanished (deleted meanwhile)") from None
 

@@ -48,9 +48,9 @@ class RedirectionStatus:
 def pending_by_folder(cache: Cache, names: Iterable[str]) -> dict[str, tuple[int, int]]:
     """Folder → (changes waiting to upload, their bytes), from the dirty set (local, fast)."""
     counts = {name: [0, 0] for name in names}
-    for node, reasons in cache.dirty_nodes():
+    for node, reasons in cache.sync.dirty_nodes():
         try:
-            entry = counts.get(cache.folder_of(node)[0].decode())
+            entry = counts.get(cache.core.folder_of(node)[0].decode())
         except NotFound:
             continue  # detached below a deleted directory; pushed with it
         if entry is not None:
@@ -111,7 +111,7 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
     """Wire events, counters, systemd notifications and the control socket; start their tasks."""
     upstreams = {name: up for name, (up, _link) in monitor.folders.items()}
     collector = metrics.Collector(
-        links=links, sync=engine, upstreams=upstreams, cache=cache, clock=trio.current_time,
+        links=links, sync=engine, upstreams=upstreams, cache=cache.hydration, clock=trio.current_time,
         targets={n: up.description for n, up in upstreams.items()},
         cache_usage=lambda: (cache.used_bytes, cache.residency.limit_bytes))
 
@@ -197,7 +197,7 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         # abspath is string work (and getcwd), no filesystem access: fine on the trio thread
         rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(config.mount))  # noqa: ASYNC240
         try:
-            return await cache.resolve([os.fsencode(p) for p in rel.parts])
+            return await cache.namespace.resolve([os.fsencode(p) for p in rel.parts])
         except NotFound:
             raise control.ControlError("invalid_argument", f"{path}: no such file or directory") from None
 
@@ -214,18 +214,18 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
 
     async def free_space(args: dict) -> dict:
         node = await node_at(args)
-        files, freed = cache.free_space(node.id)
+        files, freed = cache.residency.free_space(node.id)
         return {"path": args["path"], "files": files, "bytes": freed}
 
     async def conflicts(args: dict) -> dict:
         mount = os.fsdecode(config.mount)
         return {"conflicts": [dict(c, copy=f"{mount}/{c['copy']}", original=f"{mount}/{c['original']}")
-                              for c in cache.list_conflicts()]}
+                              for c in cache.sync.list_conflicts()]}
 
     async def resolve(args: dict) -> dict:
         node = await node_at(args)
         keep = control.argument(args, "keep", str)
-        result = await cache.resolve_conflict(node, keep)
+        result = await cache.sync.resolve_conflict(node, keep)
         emit(EventId.CONFLICT_RESOLVED, folder=_folder_of_path(config.mount, args["path"], links),
              path=args["path"], keep=keep)
         return result

@@ -37,16 +37,16 @@ class NoServer:
 
 def main(cache_dir: Path) -> None:
     cache = Cache(cache_dir, [FOLDER], NoServer())
-    with cache.txn() as txn:
-        folder = nodes.lookup_id(cache.index, txn, ROOT_ID, FOLDER)
-        node_id = nodes.lookup_id(cache.index, txn, folder, NAME)
+    with cache.core.txn() as txn:
+        folder = nodes.lookup_id(cache.core.index, txn, ROOT_ID, FOLDER)
+        node_id = nodes.lookup_id(cache.core.index, txn, folder, NAME)
     if node_id is None:
-        node_id = cache.create(folder, NAME, 0o644).id
+        node_id = cache.namespace.create(folder, NAME, 0o644).id
     print("ready", flush=True)
     while True:
-        fd = cache.open(node_id, truncate=True, write=True)
-        cache.write(node_id, fd, 0, CONTENT)
-        cache.release(node_id, fd, wrote=True)
+        fd = cache.content.open(node_id, truncate=True, write=True)
+        cache.content.write(node_id, fd, 0, CONTENT)
+        cache.content.release(node_id, fd, write=True, wrote=True)
 
 
 if __name__ == "__main__":

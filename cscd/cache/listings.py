@@ -1,0 +1,142 @@
+"""``Listings``: server enumerations of directories, fetched on demand and merged in.
+
+Owns the only path by which a server listing changes the namespace (``merge.py`` decides
+what each entry means), one listing at a time per directory, and the guard that keeps a
+listing from undoing sync's own change: ``record_synced`` and its kin ``stamp`` the
+directories they changed on the server, and a listing that started before such a stamp is
+dropped (the next one is fresh).
+
+The network is reached only through the ``RemoteSource`` the daemon passes in (sync
+implements it; this package never imports sync), and only as the folder's mode allows.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+from cscd.cache import nodes
+from cscd.cache.core import CacheCore
+from cscd.cache.index import u64
+from cscd.cache.merge import listing_digest, merge_listing
+from cscd.cache.nodes import Flag
+from cscd.errors import NotAvailableOffline, NotDir
+from cscd.types import RemoteEntry
+
+#: A listing that keeps meeting sync's own changes is retried this often before giving up
+#: for now (the directory stays unlisted; the next lookup tries again).
+LIST_ATTEMPTS = 5
+
+
+class RemoteSource(Protocol):
+    """What the cache needs from sync to fill what is missing. Implemented in ``cscd.sync``."""
+
+    def may_fetch(self, folder: bytes) -> bool:
+        """Whether the folder's mode allows fetching uncached content now."""
+
+    def may_list(self, folder: bytes) -> bool:
+        """Whether the folder's mode allows listing a directory never listed before."""
+
+    async def read(self, folder: bytes, path: bytes, offset: int, length: int) -> bytes:
+        """Bytes of the server file, within the source's deadline."""
+
+    async def list_dir(self, folder: bytes, path: bytes) -> list[RemoteEntry]:
+        """One enumeration of a server directory, within the source's deadline."""
+
+
+class Listings:
+    """Directories listed on the server when first needed, and listings merged in."""
+
+    def __init__(self, core: CacheCore, source: RemoteSource) -> None:
+        self.core = core
+        self.source = source
+        self._locks: dict[int, trio.Lock] = {}
+        self._generation = 0
+        self._dir_stamp: dict[int, int] = {}
+        #: directory id → trio time of its last ``refresh``
+        self._refreshed_at: dict[int, float] = {}
+
+    def started(self) -> int:
+        """Call before asking the server for a listing; pass the result to ``merge``."""
+        return self._generation
+
+    def stamp(self, *dir_ids: int) -> None:
+        """Sync changed these directories on the server: listings already under way are stale."""
+        self._generation += 1
+        for dir_id in dir_ids:
+            self._dir_stamp[dir_id] = self._generation
+
+    def merge(self, dir_id: int, entries: list[RemoteEntry], started: int | None = None) -> bool:
+        """Bring a directory's children in line with one server enumeration (see ``merge``).
+
+        ``started`` (from ``started()``): if sync changed this directory on the server while
+        the listing was on its way, the listing may predate that change and is dropped;
+        returns whether it was applied.
+        """
+        if started is not None and self._dir_stamp.get(dir_id, 0) > started:
+            return False
+        # An unchanged listing of a directory sync has not touched since changes nothing: skip
+        # the write transaction (a rescan of 100,000 entries costs ~2 s on the trio thread).
+        # The digest is kept in ``listed`` (cleared whenever an agreed name under the directory
+        # changes, see ``nodes.forget_listing``), so this holds across restarts too.
+        digest = listing_digest(entries)
+        with self.core.txn() as txn:
+            if txn.get(u64(dir_id), db=self.core.index.listed) == digest:
+                return True
+        merge_listing(self.core, dir_id, entries, digest)
+        return True
+
+    async def ensure_listed(self, dir_id: int) -> None:
+        """Make sure a directory's children are known, listing it on the server if needed."""
+        core = self.core
+        core.recent_dirs[dir_id] = trio.current_time()
+        node = core.node(dir_id)
+        if not node.is_dir:
+            raise NotDir(f"{node.name!r} is not a directory")
+        if Flag.LISTED in node.flags:
+            return
+        async with self._locks.setdefault(dir_id, trio.Lock()):
+            node = core.node(dir_id)
+            if Flag.LISTED in node.flags:
+                return
+            folder, path = core.remote_path(node)
+            if not self.source.may_list(folder):
+                raise NotAvailableOffline(
+                    f"{folder.decode(errors='replace')}/{path.decode(errors='replace')} was never "
+                    "listed and the server is not reachable in this mode"
+                )
+            for _ in range(LIST_ATTEMPTS):
+                started = self.started()
+                t0 = trio.current_time()
+                entries = await self.source.list_dir(folder, path)
+                if self.merge(dir_id, entries, started):
+                    t1 = trio.current_time()
+                    core.listing_cost[dir_id] = (t1, t1 - t0)
+                    return
+
+    async def refresh(self, dir_id: int, max_age_s: float) -> None:
+        """List a directory on the server again unless that was done in the last
+        ``max_age_s`` seconds (a folder that is not cached shows the server's names)."""
+        if trio.current_time() - self._refreshed_at.get(dir_id, -max_age_s - 1) < max_age_s:
+            return
+        node = self.core.node(dir_id)
+        if not node.has_base:
+            return  # a new directory (not on the server yet): nothing to ask
+        async with self._locks.setdefault(dir_id, trio.Lock()):
+            started_at = trio.current_time()
+            if started_at - self._refreshed_at.get(dir_id, -max_age_s - 1) < max_age_s:
+                return
+            folder, path = self.core.remote_path(node)
+            started = self.started()
+            entries = await self.source.list_dir(folder, path)
+            self.merge(dir_id, entries, started)
+            self._refreshed_at[dir_id] = started_at
+
+    def listed_dirs(self) -> list[int]:
+        """Every live directory whose children are known (not the root), for a full rescan.
+
+        Reads the ``listed`` table: one short cursor walk, not a walk over every node.
+        """
+        with self.core.txn() as txn:
+            return list(nodes.iter_listed(self.core.index, txn))
