@@ -35,7 +35,9 @@ stay local and cscd's own ``.cscd-upload-*`` temporaries, which a crash may leav
 deletes after an hour, are not compared but counted), no path that was deleted and not
 re-created is on the server, no conflict copy (``" (conflict "``) on the mount or the server
 — one writer never conflicts with itself — and no traceback in the daemon's log.
-``MountEnv.close()`` then stops the daemon (exit code 0) and runs the cache check again.
+The ``mount_env`` fixture then stops the daemon (exit code 0), runs the cache check again,
+and fails the test on any daemon log line at WARNING or worse that the test's ``log_allows``
+mark does not name (what each fault is expected to make the daemon say).
 
 While the daemon lives (the smbd and hung-link tests) every churn operation must succeed,
 and none may take longer than ``STALL_LIMIT_S``: operations on cached data never wait on
@@ -53,10 +55,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cscd.cache.check import check_cache
 from cscd.cache.store import ContentStore
 from tests.helpers.crash import CrashRun
-from tests.helpers.mount_env import MountEnv
 from tests.helpers.wait import eventually
 
 KILL_ROUNDS = 10
@@ -71,109 +74,98 @@ def _seed() -> int:
     return int(text) if text else random.SystemRandom().randrange(1 << 32)
 
 
-def test_daemon_sigkill_mid_churn_keeps_every_acknowledged_change(smbd, tmp_path):
-    env = MountEnv(smbd, tmp_path)
-    try:
-        env.start_daemon()
-        run = CrashRun(env, _seed())
-        for n in range(1, KILL_ROUNDS + 1):
-            run.begin_round(n)
+def test_daemon_sigkill_mid_churn_keeps_every_acknowledged_change(mount_env):
+    env = mount_env()
+    run = CrashRun(env, _seed())
+    for n in range(1, KILL_ROUNDS + 1):
+        run.begin_round(n)
+        t_kill = time.monotonic()
+        env.daemon.kill()
+        run.stop_churn(errors_expected_after=t_kill)
+        interrupted = run.churner.in_flight
+        run.note(f"round {run.rounds}: SIGKILL after {run.churner.ops_done} operations in all; "
+                 f"interrupted: {interrupted or 'nothing'}")
+        run.check_crash_left_cache()
+        run.restart_daemon()
+        run.check_mount(f"after restart {run.rounds}")
+    run.churner.label = "last round (no fault)"
+    run.start_churn()
+    time.sleep(run.scenario.uniform(0.5, 1.0))
+    run.stop_churn()
+    run.finish(SETTLE_TIMEOUT_S)
+
+
+@pytest.mark.log_allows(r"folder Documents is now offline: ",
+                        r"\[2002\] sync of Documents did not finish .*; \d+ changes kept for later$",
+                        r"folder Documents starts offline from its cache: ")
+def test_smbd_killed_mid_churn_keeps_every_change(own_smbd, mount_env):
+    """smbd SIGKILLed and started again mid-churn; in the last round the daemon is SIGKILLed
+    too while smbd is down, and starts again offline."""
+    env = mount_env(server=own_smbd)
+    run = CrashRun(env, _seed(), stall_limit_s=STALL_LIMIT_S)
+    for n in range(1, FAULT_ROUNDS + 1):
+        run.begin_round(n)
+        crash_too = run.rounds == FAULT_ROUNDS
+        own_smbd.kill()
+        run.note(f"round {run.rounds}: smbd killed")
+        time.sleep(run.scenario.uniform(1.0, 4.0))
+        if crash_too:
             t_kill = time.monotonic()
             env.daemon.kill()
             run.stop_churn(errors_expected_after=t_kill)
-            interrupted = run.churner.in_flight
-            run.note(f"round {run.rounds}: SIGKILL after {run.churner.ops_done} operations in all; "
-                     f"interrupted: {interrupted or 'nothing'}")
+            run.note(f"round {run.rounds}: daemon SIGKILLed with smbd down; "
+                     f"interrupted: {run.churner.in_flight or 'nothing'}")
             run.check_crash_left_cache()
             run.restart_daemon()
-            run.check_mount(f"after restart {run.rounds}")
-        run.churner.label = "last round (no fault)"
-        run.start_churn()
-        time.sleep(run.scenario.uniform(0.5, 1.0))
-        run.stop_churn()
-        run.finish(SETTLE_TIMEOUT_S)
-    finally:
-        env.close()
+            run.check_mount(f"after the restart with smbd down (round {run.rounds})")
+            run.start_churn()
+            time.sleep(run.scenario.uniform(0.5, 1.5))
+        own_smbd.start()
+        run.note(f"round {run.rounds}: smbd started again")
+        run.end_round()
+    run.finish(SETTLE_TIMEOUT_S)
 
 
-def test_smbd_killed_mid_churn_keeps_every_change(own_smbd, tmp_path):
-    """smbd SIGKILLed and started again mid-churn; in the last round the daemon is SIGKILLed
-    too while smbd is down, and starts again offline."""
-    env = MountEnv(own_smbd, tmp_path / "client")
-    try:
-        env.start_daemon()
-        run = CrashRun(env, _seed(), stall_limit_s=STALL_LIMIT_S)
-        for n in range(1, FAULT_ROUNDS + 1):
-            run.begin_round(n)
-            crash_too = run.rounds == FAULT_ROUNDS
-            own_smbd.kill()
-            run.note(f"round {run.rounds}: smbd killed")
-            time.sleep(run.scenario.uniform(1.0, 4.0))
-            if crash_too:
-                t_kill = time.monotonic()
-                env.daemon.kill()
-                run.stop_churn(errors_expected_after=t_kill)
-                run.note(f"round {run.rounds}: daemon SIGKILLed with smbd down; "
-                         f"interrupted: {run.churner.in_flight or 'nothing'}")
-                run.check_crash_left_cache()
-                run.restart_daemon()
-                run.check_mount(f"after the restart with smbd down (round {run.rounds})")
-                run.start_churn()
-                time.sleep(run.scenario.uniform(0.5, 1.5))
-            own_smbd.start()
-            run.note(f"round {run.rounds}: smbd started again")
-            run.end_round()
-        run.finish(SETTLE_TIMEOUT_S)
-    finally:
-        env.close()
-
-
-def test_hung_link_mid_churn_keeps_every_change(smbd, tmp_path):
+@pytest.mark.log_allows(r"folder Documents is now offline: .* did not answer in time$",
+                        r"\[2002\] sync of Documents did not finish .*; \d+ changes kept for later$")
+def test_hung_link_mid_churn_keeps_every_change(mount_env):
     """The proxy stops forwarding (connections stay open) for 1-8 s mid-churn, then forwards
     again: shorter and longer than the daemon's 5 s request timeout."""
-    env = MountEnv(smbd, tmp_path)
-    try:
-        env.start_daemon()
-        run = CrashRun(env, _seed(), stall_limit_s=STALL_LIMIT_S)
-        for n in range(1, FAULT_ROUNDS + 1):
-            run.begin_round(n)
-            hang_s = run.scenario.uniform(1.0, 8.0)
-            env.proxy.hang()
-            run.note(f"round {run.rounds}: link hung for {hang_s:.1f} s")
-            time.sleep(hang_s)
-            env.proxy.unhang()
-            run.end_round()
-        run.finish(SETTLE_TIMEOUT_S)
-    finally:
-        env.close()
+    env = mount_env()
+    run = CrashRun(env, _seed(), stall_limit_s=STALL_LIMIT_S)
+    for n in range(1, FAULT_ROUNDS + 1):
+        run.begin_round(n)
+        hang_s = run.scenario.uniform(1.0, 8.0)
+        env.proxy.hang()
+        run.note(f"round {run.rounds}: link hung for {hang_s:.1f} s")
+        time.sleep(hang_s)
+        env.proxy.unhang()
+        run.end_round()
+    run.finish(SETTLE_TIMEOUT_S)
 
 
-def test_bytes_of_a_write_the_kill_cut_never_show_when_the_file_grows(smbd, tmp_path):
+def test_bytes_of_a_write_the_kill_cut_never_show_when_the_file_grows(mount_env):
     """A write's bytes reach the content file before its new size reaches the index; a SIGKILL
     between the two leaves them past the file's end. Growing the file over them (a truncate up,
     a write past the end) must show zeros there, here and on the server."""
-    env = MountEnv(smbd, tmp_path)
-    try:
-        env.start_daemon()
-        path = env.docs / "grows.bin"
-        path.write_bytes(b"a" * 100)
-        eventually(lambda: (env.server / "grows.bin").exists(), 10, "grows.bin not uploaded")
-        node_id = os.stat(path).st_ino
-        env.daemon.kill()
-        content = ContentStore(env.daemon.cache / "content").path(node_id)
-        with open(content, "ab") as f:
-            f.write(b"X" * 8192)  # what the killed write left
-        assert check_cache(env.daemon.cache) == []  # longer than the index says is a crash's, allowed
-        env.start_daemon()
-        os.truncate(path, 300)
-        with open(path, "r+b") as f:
-            f.seek(1000)
-            f.write(b"end")
-        want = b"a" * 100 + bytes(900) + b"end"
-        assert path.read_bytes() == want
-        eventually(lambda: (env.server / "grows.bin").read_bytes() == want, 20, "grown file wrong on the server")
-    finally:
-        env.close()
+    env = mount_env()
+    path = env.docs / "grows.bin"
+    path.write_bytes(b"a" * 100)
+    eventually(lambda: (env.server / "grows.bin").exists(), 10, "grows.bin not uploaded")
+    node_id = os.stat(path).st_ino
+    env.daemon.kill()
+    content = ContentStore(env.daemon.cache / "content").path(node_id)
+    with open(content, "ab") as f:
+        f.write(b"X" * 8192)  # what the killed write left
+    assert check_cache(env.daemon.cache) == []  # longer than the index says is a crash's, allowed
+    env.start_daemon()
+    os.truncate(path, 300)
+    with open(path, "r+b") as f:
+        f.seek(1000)
+        f.write(b"end")
+    want = b"a" * 100 + bytes(900) + b"end"
+    assert path.read_bytes() == want
+    eventually(lambda: (env.server / "grows.bin").read_bytes() == want, 20, "grown file wrong on the server")
 
 
 def test_a_kill_during_an_overwrite_never_leaves_a_file_shorter_than_its_node(tmp_path):

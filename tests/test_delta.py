@@ -382,26 +382,22 @@ def test_change_by_another_client_during_delta_keeps_both(env: MountEnv) -> None
     wait_for(both, 60, "both versions did not survive", interval_s=0.2)
 
 
-def test_interrupted_upload_through_the_mount_resumes(own_smbd: EmbeddedSamba,
-                                                      tmp_path: Path) -> None:
-    env = MountEnv(own_smbd, tmp_path / "client")
-    try:
-        env.start_daemon()
-        data = rand(BIG, 12)
-        write_through_mount(env.docs / "big.bin", data)
-        wait_for(lambda: temp_size(env.server) >= BIG // 2, 30, "the upload never got half-way",
-                 interval_s=0.002)
-        env.proxy.hang()
-        done = temp_size(env.server)
-        own_smbd.kill()
-        env.proxy.unhang()
-        assert done < BIG, "the upload finished before the server was killed"
-        env.proxy.reset_counters()
-        own_smbd.start()
-        wait_synced(env, "big.bin", sha(data), timeout_s=60)
-        wire = env.proxy.bytes_to_server
-        print(f"killed at {done} of {BIG} bytes; after the restart {wire} bytes went to the server")
-        assert wire < BIG - done + 40 * MiB, "the upload started over"
-        assert not [p for p in os.listdir(env.server) if p.startswith(UPLOAD_TEMP_PREFIX)]
-    finally:
-        env.close()
+@pytest.mark.log_allows(r"folder Documents is now offline: ")
+def test_interrupted_upload_through_the_mount_resumes(own_smbd: EmbeddedSamba, mount_env) -> None:
+    env = mount_env(server=own_smbd)
+    data = rand(BIG, 12)
+    write_through_mount(env.docs / "big.bin", data)
+    wait_for(lambda: temp_size(env.server) >= BIG // 2, 30, "the upload never got half-way",
+             interval_s=0.002)
+    env.proxy.hang()
+    done = temp_size(env.server)
+    own_smbd.kill()
+    env.proxy.unhang()
+    assert done < BIG, "the upload finished before the server was killed"
+    env.proxy.reset_counters()
+    own_smbd.start()
+    wait_synced(env, "big.bin", sha(data), timeout_s=60)
+    wire = env.proxy.bytes_to_server
+    print(f"killed at {done} of {BIG} bytes; after the restart {wire} bytes went to the server")
+    assert wire < BIG - done + 40 * MiB, "the upload started over"
+    assert not [p for p in os.listdir(env.server) if p.startswith(UPLOAD_TEMP_PREFIX)]

@@ -125,17 +125,12 @@ def quiet_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
         server.stop()
 
 
-def test_without_change_notify_the_next_scan_finds_it(quiet_smbd: EmbeddedSamba,
-                                                      tmp_path: Path) -> None:
-    env = MountEnv(quiet_smbd, tmp_path / "client", timings={"scan_interval_s": 1})
-    try:
-        env.start_daemon()
-        assert os.listdir(env.docs) == []
-        wait_for(lambda: "periodic scans only" in env.daemon.log_text(), 10,
-                 "the daemon did not notice that the server does not notify")
-        (env.server / "late.txt").write_text("found by a scan")
-        seen_within(lambda: (env.docs / "late.txt").read_text() == "found by a scan",
-                    "the periodic scan did not find the change", timeout_s=5)
-        no_warnings(env)
-    finally:
-        env.close()
+def test_without_change_notify_the_next_scan_finds_it(quiet_smbd: EmbeddedSamba, mount_env) -> None:
+    env = mount_env(server=quiet_smbd, timings={"scan_interval_s": 1})
+    assert os.listdir(env.docs) == []
+    wait_for(lambda: "periodic scans only" in env.daemon.log_text(), 10,
+             "the daemon did not notice that the server does not notify")
+    (env.server / "late.txt").write_text("found by a scan")
+    seen_within(lambda: (env.docs / "late.txt").read_text() == "found by a scan",
+                "the periodic scan did not find the change", timeout_s=5)
+    no_warnings(env)
