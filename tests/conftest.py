@@ -1,9 +1,11 @@
 """Shared fixtures: one private smbd on loopback for the whole test session.
 
-The server is real (``cscd.samba.EmbeddedSamba``): tests that need to kill or pause a server
-start their own instance so that this one stays undisturbed. Teardown fails the run if the
-server's log shows a PANIC. ``mount_env`` is the one fixture that gives a test a mounted
-daemon, and fails the test on anything unexpected in the daemon's log (``log_allows``).
+The server is real (``cscd.samba.EmbeddedSamba``) and serves ``share`` and a second share
+``other`` (for target moves across shares): tests that need to kill or pause a server take
+``own_smbd`` so that this one stays undisturbed. Teardown fails the run if a server's log shows
+a PANIC. ``mount_env`` is the one fixture that gives a test a mounted daemon, and fails the
+test on anything unexpected in the daemon's log (``log_allows``); ``penv`` is one built on it
+with a policy directory and a home (``tests/helpers/policy_env.py``).
 Also registers the ``churn`` mark and the ``--soak`` option of ``tests/test_churn.py``.
 """
 
@@ -18,6 +20,7 @@ import pytest
 
 from cscd.samba import EmbeddedSamba
 from tests.helpers.mount_env import MountEnv
+from tests.helpers.policy_env import PolicyEnv
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,29 +46,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     return report
 
 
-@pytest.fixture(scope="session")
-def smbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSamba]:
-    """A running private smbd shared by the session; its share is ``smbd.share_dir`` on disk."""
-    server = EmbeddedSamba(tmp_path_factory.mktemp("smbd"))
+def _serve(server: EmbeddedSamba) -> Iterator[EmbeddedSamba]:
     server.start()
     try:
         yield server
     finally:
         server.stop()
-    log_text = server.log_text()
-    if "PANIC" in log_text:
+    if "PANIC" in server.log_text():
         pytest.fail(f"smbd logged a PANIC; its log ends:\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def smbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSamba]:
+    """A running private smbd shared by the session; its share is ``smbd.share_dir`` on disk,
+    its second share ``other`` is ``smbd.extra_share_dir("other")``."""
+    yield from _serve(EmbeddedSamba(tmp_path_factory.mktemp("smbd"), extra_shares=["other"]))
 
 
 @pytest.fixture
 def own_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
-    """A private smbd for one test, which the test may kill and start again."""
-    server = EmbeddedSamba(tmp_path / "own-smbd")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    """A private smbd for one test, which the test may kill, pause and start again."""
+    yield from _serve(EmbeddedSamba(tmp_path / "own-smbd"))
 
 
 def _allowed_patterns(node: pytest.Item) -> list[re.Pattern[str]]:
@@ -112,3 +113,9 @@ def mount_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba, tmp_path: Pat
         if problems:
             pytest.fail("the daemon logged what this test does not expect (add a log_allows mark "
                         "if it should):\n" + "\n".join(problems[:20]), pytrace=False)
+
+
+@pytest.fixture
+def penv(mount_env: Callable[..., MountEnv], tmp_path: Path) -> PolicyEnv:
+    """A ``PolicyEnv`` (a ``mount_env`` with ``policy_dir`` and ``home``); not started yet."""
+    return PolicyEnv(mount_env, tmp_path)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.test_policy_daemon import PolicyEnv, penv  # noqa: F401 - the fixture
+import pytest
+
+from tests.helpers.policy_env import PolicyEnv
 
 
 def central(env: PolicyEnv, text: str, name: str = "10-site.yaml") -> Path:
@@ -28,7 +30,7 @@ def shown(env: PolicyEnv) -> dict[str, dict]:
     return {r["key"]: r for r in env.cli("policy", "show")["rows"]}
 
 
-def test_a_central_key_is_shown_with_its_central_origin_and_follows_reload(penv):  # noqa: F811
+def test_a_central_key_is_shown_with_its_central_origin_and_follows_reload(penv):
     copy = central(penv, "# central defaults\n- offline_files: {slow_link_ms: 77}\n")
     penv.start()
     row = shown(penv)["offline_files.slow_link_ms"]
@@ -45,7 +47,9 @@ def test_a_central_key_is_shown_with_its_central_origin_and_follows_reload(penv)
     assert penv.cli("policy", "show")["central"]["state"] == "unchanged"
 
 
-def test_server_down_at_start_uses_the_last_copy(penv):  # noqa: F811
+@pytest.mark.log_allows(r"central policy .*: not copied .* the last copy stays in force",
+                        r"starts offline from its cache")
+def test_server_down_at_start_uses_the_last_copy(penv):
     central(penv, "- offline_files: {slow_link_ms: 66}\n")
     penv.start()
     assert shown(penv)["offline_files.slow_link_ms"]["value"] == "66"
@@ -53,15 +57,15 @@ def test_server_down_at_start_uses_the_last_copy(penv):  # noqa: F811
     penv.daemon.stop()
 
     penv.env.proxy.stop_listening()
-    penv.expected_warnings += [r"central policy .*: not copied .* the last copy stays in force",
-                               r"starts offline from its cache"]
     penv.start()
     assert shown(penv)["offline_files.slow_link_ms"]["value"] == "66"
     state = penv.cli("policy", "show")["central"]
     assert state["state"] == "unreachable" and state["last_copy"] is True
 
 
-def test_an_invalid_central_file_is_never_copied_and_the_last_good_copy_stays(penv):  # noqa: F811
+@pytest.mark.log_allows(r"central policy rejected; its last good copy stays in force",
+                        r"\[5000\] policy rejected: .*10-site.yaml:2")
+def test_an_invalid_central_file_is_never_copied_and_the_last_good_copy_stays(penv):
     copy = central(penv, "- offline_files: {slow_link_ms: 55}\n")
     penv.start()
     assert shown(penv)["offline_files.slow_link_ms"]["value"] == "55"
@@ -70,8 +74,6 @@ def test_an_invalid_central_file_is_never_copied_and_the_last_good_copy_stays(pe
     # good copy stays in force, and so does the policy
     server_file = penv.server_dir("central") / "10-site.yaml"
     server_file.write_text("- offline_files:\n    slow_link_ms: fast\n")
-    penv.expected_warnings += [r"central policy rejected; its last good copy stays in force",
-                               r"\[5000\] policy rejected: .*10-site.yaml:2"]
     answer = penv.cli("reload")
     where = f"{penv.unc('central')}\\10-site.yaml:2: offline_files.slow_link_ms: "
     assert "central policy rejected" in answer["message"] and where in answer["message"], answer
@@ -87,10 +89,10 @@ def test_an_invalid_central_file_is_never_copied_and_the_last_good_copy_stays(pe
     assert penv.cli("policy", "show")["central"]["state"] == "rejected"
 
 
-def test_a_central_file_naming_another_source_is_rejected_at_first_start(penv):  # noqa: F811
+@pytest.mark.log_allows(r"central policy rejected; no good copy yet: only the local policy applies",
+                        r"\[5000\] policy rejected: .*10-site.yaml:1: central_source")
+def test_a_central_file_naming_another_source_is_rejected_at_first_start(penv):
     copy = central(penv, "- central_source: '\\\\elsewhere\\netlogon'\n")
-    penv.expected_warnings += [r"central policy rejected; no good copy yet: only the local policy applies",
-                               r"\[5000\] policy rejected: .*10-site.yaml:1: central_source"]
     penv.start()  # the local policy alone: the start does not fail for a server-side mistake
     state = penv.cli("policy", "show")["central"]
     assert state["state"] == "rejected" and "10-site.yaml:1: central_source: " in state["error"]

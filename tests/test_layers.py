@@ -1,4 +1,5 @@
-"""The module map of STYLE.md §1, enforced: imports inside ``cscd`` only go down.
+"""The module map of STYLE.md §1, enforced: imports inside ``cscd`` only go down; and no test
+module imports another (STYLE.md §5).
 
 Owns ``ALLOWED``, the table of which top-level part of ``cscd`` may import which, and an
 ``ast`` walk over every ``.py`` file under ``cscd/`` (imports inside functions and under
@@ -295,3 +296,63 @@ def test_the_cache_parts_are_collaborators_not_mixins() -> None:
             if CACHE_PARTS.search(line):
                 problems.append(f"{path.name}:{n}: private access: {line.strip()}")
     assert problems == []
+
+
+# ------------------------------------------------------------------ the tests themselves
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def imports_of_test_modules(path: Path) -> list[str]:
+    """``file:line imports X`` for each import of a test module (``tests.test_*``, a relative
+    ``test_*``, ``from tests import test_x``) anywhere in ``path``."""
+
+    def is_test_module(dotted: str) -> bool:
+        names = dotted.split(".")
+        return names[0].startswith("test_") or (names[0] == "tests" and len(names) > 1
+                                                and names[1].startswith("test_"))
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if is_test_module(a.name)]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if module in ("", "tests"):  # from . import test_x / from tests import test_x
+                found += [(node.lineno, f"{module}.{a.name}") for a in node.names if a.name.startswith("test_")]
+            elif is_test_module(module):
+                found.append((node.lineno, module))
+    return [f"{path}:{line} imports {name}" for line, name in found]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for d in (TESTS_DIR, TESTS_DIR.parent / "bench") for p in d.rglob("*.py")
+           if "__pycache__" not in p.parts),
+    ids=lambda p: str(p.relative_to(TESTS_DIR.parent)),
+)
+def test_no_test_module_imports_another(path: Path) -> None:
+    """STYLE.md §5: shared test code lives in ``tests/helpers/`` and fixtures in
+    ``tests/conftest.py``; no test module, helper or benchmark imports a ``tests/test_*`` module
+    (s3ql's ``t3_fs_api.py`` importing ``t2_block_cache.py`` is the thing not to do)."""
+    problems = imports_of_test_modules(path)
+    assert not problems, "\n".join(problems) + "\nmove what is shared into tests/helpers/ or tests/conftest.py"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["from tests.test_policy_daemon import PolicyEnv\n", "import tests.test_upstream\n",
+     "from tests import test_delta\n", "from . import test_delta\n", "from .test_delta import rand\n",
+     "def f():\n    from tests.test_offline import x\n"],
+)
+def test_the_test_import_check_finds(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "test_x.py"
+    path.write_text(text)
+    assert imports_of_test_modules(path), f"{text!r} should be refused"
+
+
+def test_the_test_import_check_accepts_helpers(tmp_path: Path) -> None:
+    path = tmp_path / "test_x.py"
+    path.write_text("from tests.helpers.mount_env import MountEnv\nfrom tests.helpers import wait\n"
+                    "import tests.helpers.daemon\nfrom . import helpers\n")
+    assert imports_of_test_modules(path) == []

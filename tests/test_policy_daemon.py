@@ -6,157 +6,30 @@ actions.
 Real parts only: the session smbd, the daemon in a subprocess on a ``MountEnv`` (its TCP
 proxy breaks the link), a temporary ``policy_dir`` and ``home``. The tests run as root, so
 scopes use the group ``root`` against a group root is not in. Every warning the daemon logs
-must be one the test expects.
+must be one the test expects (``log_allows``). ``PolicyEnv`` and its helpers live in
+``tests/helpers/policy_env.py``; ``penv`` is a fixture of ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 import signal
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from cscd.redirect import RECORD, USER_DIRS, parse_user_dirs
+from cscd.redirect import USER_DIRS
 from tests.helpers.daemon import run_cscd
-from tests.helpers.mount_env import MountEnv
-from tests.helpers.ops import wait_control
+from tests.helpers.policy_env import FILES, PolicyEnv, documents_policy, fill, redirect_documents, tree
 from tests.helpers.wait import wait_for
 
 OTHER_GROUP = "cscd-test-nobody-is-in-this-group"
 
-FILES = {
-    "report.txt": b"quarterly numbers\n",
-    "empty.txt": b"",
-    "deep/nested/notes.md": b"# notes\n" * 100,
-    "big.bin": os.urandom(3 * 1024 * 1024 + 17),
-    "with space and ünïcode.txt": "grüße".encode(),
-}
-
-
-# ---------------------------------------------------------------- helpers
-
-
-class PolicyEnv:
-    """A ``MountEnv`` with a policy directory and a home directory of its own."""
-
-    def __init__(self, smbd, tmp_path: Path, *, yaml_folders: bool = True) -> None:
-        self.policy_dir = tmp_path / "policy"
-        self.policy_dir.mkdir()
-        self.home = tmp_path / "home"
-        self.home.mkdir()
-        self.env = MountEnv(smbd, tmp_path / "env",
-                            extra={"policy_dir": str(self.policy_dir), "home": str(self.home)})
-        if not yaml_folders:
-            self.env.daemon.folders = {}
-        self.smbd = smbd
-        self.daemon = self.env.daemon
-        self.mount = self.env.mount
-        self.expected_warnings: list[str] = []
-
-    def unc(self, sub: str = "Documents") -> str:
-        return self.smbd.unc(f"{self.env.user_dir}\\{sub}")
-
-    def server_dir(self, sub: str = "Documents") -> Path:
-        return self.smbd.share_dir / self.env.user_dir / sub
-
-    def write_policy(self, text: str, name: str = "policy.yaml") -> Path:
-        path = self.policy_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip("\n"))
-        return path
-
-    def start(self) -> None:
-        self.env.start_daemon()
-        wait_control(self.daemon)
-
-    def cli(self, *args: str, code: int = 0) -> dict:
-        result = self.daemon.run_cli(*args, "--json")
-        assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-        assert "Traceback" not in result.stderr, result.stderr
-        return json.loads(result.stdout)
-
-    def status(self) -> dict:
-        return self.cli("status")
-
-    def wait_redirection(self, timeout_s: float = 30) -> dict:
-        wait_for(lambda: self.status()["redirection"]["state"] in ("done", "none"), timeout_s,
-                 "folder redirection did not finish")
-        return self.status()["redirection"]
-
-    def user_dirs(self) -> dict[str, Path]:
-        return parse_user_dirs((self.home / USER_DIRS).read_text(), self.home)
-
-    def record(self) -> dict:
-        return json.loads((self.home / RECORD).read_text())
-
-    def check_warnings(self) -> None:
-        """Every WARNING or worse the daemon logged matches one of ``expected_warnings``."""
-        unexpected = [line for line in self.daemon.warnings()
-                      if not any(re.search(p, line) for p in self.expected_warnings)]
-        assert not unexpected, "daemon logged unexpected warnings:\n" + "\n".join(unexpected)
-
-    def close(self) -> None:
-        self.env.close()
-
 
 @pytest.fixture
-def penv(smbd, tmp_path):
-    env = PolicyEnv(smbd, tmp_path)
-    try:
-        yield env
-        env.check_warnings()
-    finally:
-        env.close()
-
-
-@pytest.fixture
-def penv_policy_folders_only(smbd, tmp_path):
+def penv_policy_folders_only(mount_env, tmp_path: Path) -> PolicyEnv:
     """The daemon's YAML names no folder: everything mounted comes from the policy."""
-    env = PolicyEnv(smbd, tmp_path, yaml_folders=False)
-    try:
-        yield env
-        env.check_warnings()
-    finally:
-        env.close()
-
-
-def fill(folder: Path, files: dict[str, bytes]) -> dict[str, str]:
-    for rel, data in files.items():
-        p = folder / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
-
-
-def tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
-
-
-def documents_policy(env: PolicyEnv, *, removal_action: str = "leave", extra: str = "") -> str:
-    return f"""
-        - folders:
-            Documents:
-              target: '{env.unc()}'
-              removal_action: {removal_action}
-        {extra}"""
-
-
-def redirect_documents(env: PolicyEnv, removal_action: str) -> dict[str, str]:
-    """Phase one of the removal tests: Documents with files is redirected and uploaded."""
-    want = fill(env.home / "Documents", FILES)
-    env.write_policy(documents_policy(env, removal_action=removal_action))
-    env.start()
-    assert env.wait_redirection()["folders"]["Documents"]["done"]
-    wait_for(lambda: tree(env.server_dir()) == want, 30, "redirected files not on the server")
-    wait_for(lambda: env.status()["folders"]["Documents"]["pending_changes"] == 0, 15, "changes still pending")
-    env.daemon.stop()
-    return want
+    return PolicyEnv(mount_env, tmp_path, yaml_folders=False)
 
 
 # ---------------------------------------------------------------- start, show, scope
@@ -243,6 +116,7 @@ def test_targets_by_group_picks_the_first_group_the_user_is_in(penv):
 # ---------------------------------------------------------------- reload
 
 
+@pytest.mark.log_allows(r"policy rejected")
 def test_reload_with_a_broken_file_keeps_the_last_good_policy(penv):
     path = penv.write_policy("""
         - offline_files:
@@ -267,7 +141,6 @@ def test_reload_with_a_broken_file_keeps_the_last_good_policy(penv):
     assert events[0]["fields"]["file"] == str(path) and events[0]["fields"]["line"] == "2"
     assert events[0]["fields"]["key"] == "offline_files.slow_link_ms"
     assert penv.status()["folders"]["Documents"]["mode"] == "online"
-    penv.expected_warnings += [r"policy rejected"]
 
 
 def test_reload_applies_a_new_slow_link_threshold_live(penv):
@@ -318,6 +191,7 @@ def test_redirect_documents_moves_everything_to_the_server(penv):
     assert penv.record()["Documents"]["removal_action"] == "leave"
 
 
+@pytest.mark.log_allows(r"starts offline from its cache")
 def test_redirect_with_the_server_down_loses_nothing(penv):
     # A first start lists the folder, so that a later start may begin offline from the cache.
     penv.start()
@@ -327,7 +201,6 @@ def test_redirect_with_the_server_down_loses_nothing(penv):
     want = fill(penv.home / "Documents", FILES)
     penv.write_policy(documents_policy(penv))
     penv.env.proxy.stop_listening()
-    penv.expected_warnings += [r"starts offline from its cache"]
     penv.start()
     assert penv.status()["folders"]["Documents"]["mode"] == "offline"
     result = penv.wait_redirection()
@@ -340,7 +213,6 @@ def test_redirect_with_the_server_down_loses_nothing(penv):
 
     penv.env.proxy.resume_listening()
     wait_for(lambda: tree(penv.server_dir()) == want, 30, "moved files not uploaded when the server came back")
-    penv.expected_warnings += [r"starts offline from its cache"]
 
 
 def test_not_a_primary_computer_redirects_nothing(penv):

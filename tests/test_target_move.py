@@ -1,9 +1,9 @@
 r"""Optimized move: when the policy changes a redirected folder's target, the content moves on
 the server and the cache stays — nothing is downloaded again.
 
-Real parts only: a private smbd with a second share (a move across shares is a server-side
-copy; within one share it is one rename), the daemon in a subprocess behind the ``MountEnv``'s
-TCP proxy, a policy directory and a home. "Nothing downloaded again" is measured twice: the
+Real parts only: the session smbd with its second share ``other`` (a move across shares is a
+server-side copy; within one share it is one rename), the daemon in a subprocess behind the
+``MountEnv``'s TCP proxy, a policy directory and a home (``penv``). "Nothing downloaded again" is measured twice: the
 daemon's ``bytes_downloaded`` counter (``cscd status``) after every file was read through the mount, and the
 bytes the proxy carried from the server to this machine over the whole restart (the move's
 own connections included), which must stay far below the content's size.
@@ -13,30 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cscd.redirect.move import MoveKind, TargetMoveError, move_target, plan_target_move
-from cscd.samba import EmbeddedSamba
 from cscd.types import UncTarget
 from cscd.upstream.local import LocalUpstream
+from tests.helpers.policy_env import FILES, PolicyEnv, fill, redirect_documents, tree
 from tests.helpers.wait import wait_for
-from tests.test_policy_daemon import FILES, PolicyEnv, fill, penv, redirect_documents, tree  # noqa: F401 - penv
 
 CONTENT_BYTES = sum(len(v) for v in FILES.values())
-
-
-@pytest.fixture(scope="module")
-def smbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSamba]:
-    """Here the server (under ``penv``) is a private smbd serving ``share`` and ``other``."""
-    server = EmbeddedSamba(tmp_path_factory.mktemp("smbd2"), extra_shares=["other"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def other_share(env: PolicyEnv) -> tuple[str, Path]:
@@ -69,7 +56,7 @@ def assert_moved_without_download(env: PolicyEnv, want: dict[str, str], new_dir:
 # ---------------------------------------------------------------- the two server-side moves
 
 
-def test_same_share_target_change_renames_on_the_server(penv):  # noqa: F811
+def test_same_share_target_change_renames_on_the_server(penv):
     want = redirect_documents(penv, "leave")
     new_unc, new_dir = penv.unc("Moved\\Documents"), penv.server_dir("Moved/Documents")
     ids = {p.name: p.stat().st_ino for p in penv.server_dir().iterdir()}
@@ -84,7 +71,7 @@ def test_same_share_target_change_renames_on_the_server(penv):  # noqa: F811
     assert "renamed: one rename on the server" in penv.daemon.log_text()
 
 
-def test_other_share_target_change_copies_on_the_server(penv):  # noqa: F811
+def test_other_share_target_change_copies_on_the_server(penv):
     want = redirect_documents(penv, "leave")
     new_unc, new_dir = other_share(penv)
     retarget(penv, new_unc)
@@ -102,14 +89,14 @@ def test_other_share_target_change_copies_on_the_server(penv):  # noqa: F811
 # ---------------------------------------------------------------- failures and pending changes
 
 
-def test_unreachable_server_keeps_the_old_target_and_moves_at_the_next_start(penv):  # noqa: F811
+@pytest.mark.log_allows(r"Documents: not moved from .* tried again at the next start",
+                        r"starts offline from its cache")
+def test_unreachable_server_keeps_the_old_target_and_moves_at_the_next_start(penv):
     want = redirect_documents(penv, "leave")
     new_unc, new_dir = penv.unc("Moved\\Documents"), penv.server_dir("Moved/Documents")
     old_unc = penv.record()["Documents"]["target"]
     retarget(penv, new_unc)
     penv.env.proxy.stop_listening()
-    penv.expected_warnings += [r"Documents: not moved from .* tried again at the next start",
-                               r"starts offline from its cache"]
     penv.start()
     result = penv.wait_redirection()
     assert result["folders"]["Documents"]["step"] == "move_target"
@@ -126,7 +113,8 @@ def test_unreachable_server_keeps_the_old_target_and_moves_at_the_next_start(pen
     assert penv.record()["Documents"]["target"] == new_unc
 
 
-def test_changes_waiting_to_upload_follow_the_copy(penv):  # noqa: F811
+@pytest.mark.log_allows(r"starts offline from its cache")
+def test_changes_waiting_to_upload_follow_the_copy(penv):
     want = redirect_documents(penv, "leave")
     penv.env.proxy.stop_listening()  # offline edits: they wait in the dirty set
     penv.start()
@@ -150,7 +138,6 @@ def test_changes_waiting_to_upload_follow_the_copy(penv):  # noqa: F811
     assert not penv.server_dir().exists()
     assert downloaded(penv) == 0
     assert not [p for p in new_dir.iterdir() if "conflict" in p.name]
-    penv.expected_warnings += [r"starts offline from its cache"]
 
 
 # ---------------------------------------------------------------- the mover on plain folders

@@ -12,7 +12,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -462,18 +462,13 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-def own_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
-    server = EmbeddedSamba(tmp_path / "own-smbd")
-    server.start()
-    (server.share_dir / "t").mkdir()
-    (server.share_dir / "t" / "f").write_bytes(b"content")
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert "PANIC" not in server.log_text()
+def folder_t(own_smbd: EmbeddedSamba) -> None:
+    """conftest's ``own_smbd`` (a server the test may kill or pause) holding ``t/f``."""
+    (own_smbd.share_dir / "t").mkdir()
+    (own_smbd.share_dir / "t" / "f").write_bytes(b"content")
 
 
+@pytest.mark.usefixtures("folder_t")
 async def test_killed_server_fails_fast_then_reconnects(own_smbd: EmbeddedSamba) -> None:
     up = smb_upstream(own_smbd, "t")
     await up.connect()
@@ -500,6 +495,7 @@ async def _wait_threads_free(up: SmbUpstream, within_s: float) -> None:
             await trio.sleep(0.02)
 
 
+@pytest.mark.usefixtures("folder_t")
 async def test_hung_server_times_out_and_frees_the_thread(own_smbd: EmbeddedSamba) -> None:
     up = smb_upstream(own_smbd, "t", timeout_s=2)
     await up.connect()
@@ -523,6 +519,7 @@ async def test_hung_server_times_out_and_frees_the_thread(own_smbd: EmbeddedSamb
     await up.close()
 
 
+@pytest.mark.usefixtures("folder_t")
 async def test_server_hanging_mid_upload(own_smbd: EmbeddedSamba, tmp_path: Path) -> None:
     up = smb_upstream(own_smbd, "t", timeout_s=2)
     await up.connect()
