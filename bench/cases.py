@@ -2,12 +2,12 @@
 
 Owns the data-path cases: cached reads, writes, first reads, metadata walks, small files, delta
 uploads and hashing (``bench/stress.py`` has the cases where something else happens meanwhile:
-an upload, a server crash; ``bench/__main__.py`` lists them all in order). A case has an optional ``prepare(env, opts)`` that runs before the mounts
-start (server-side test data, so nothing is listed or cached yet) and a
-``run(env, opts, result, state)`` that takes samples into ``result`` cells and declares the
-rows that compare them. Every sample is taken through ``Cell.sample`` or an explicit
-try/except, so one failing measurement never stops the case, and a failing case never stops
-the run.
+an upload, a server crash; ``bench/__main__.py`` lists them all in order). A case has an
+optional ``prepare(env, opts)`` that runs before the mounts start (server-side test data, so
+nothing is listed or cached yet) and a ``run(env, opts, result, state)`` that takes samples
+into ``result`` cells and declares the rows that compare them. Every sample is taken through
+``Cell.sample`` or an explicit try/except, so one failing measurement never stops the case,
+and a failing case never stops the run.
 
 Sides are ``cscd`` and ``rclone`` (both mounts), ``local`` (a directory on the same disk as
 the caches) and, for first reads, ``smbprotocol`` (cscd's ``SmbUpstream`` alone).
@@ -209,7 +209,7 @@ def run_write(env: Env, o: Options, res: CaseResult, _state: None) -> None:
                 cells = (w, up, e2e) if stage == "write" else (up, e2e)
                 for c in cells:
                     c.fail(exc)
-    for name, side in roots.items():  # not timed: free the space
+    for side in roots.values():  # not timed: free the space
         for i in range(o.repeat):
             try:
                 (side.root / "write" / f"w{i}.bin").unlink(missing_ok=True)
@@ -257,7 +257,7 @@ def run_first_read(env: Env, o: Options, res: CaseResult, digests: list[str]) ->
     for i, digest in enumerate(digests):
         rel = f"first-read/r{i}.bin"
 
-        def ref() -> float:
+        def ref(rel: str = rel, digest: str = digest) -> float:
             _need_cold()
             drop_caches()
             seconds, n, got = _smbprotocol_read(env, rel)
@@ -267,7 +267,7 @@ def run_first_read(env: Env, o: Options, res: CaseResult, digests: list[str]) ->
 
         res.cell("read.smbprotocol", "MB/s").sample(ref)
         for name in CLIENTS:
-            def client(name: str = name) -> float:
+            def client(name: str = name, rel: str = rel, digest: str = digest) -> float:
                 side = env.side(name)
                 p = side.root / rel
                 os.stat(p)  # not timed: the directory listing
@@ -478,8 +478,8 @@ def run_delta(env: Env, o: Options, res: CaseResult, state: dict[str, Any]) -> N
         sizes["B"] = _insert_front(mirror["B"], prefix)
         digests = {f: file_digest(mirror[f]) for f in sizes}
         edits: dict[str, tuple[Callable[[Path], object], int]] = {
-            "A": (lambda p: _overwrite(p, offset, patch), len(patch)),
-            "B": (lambda p: _insert_front(p, prefix), len(prefix)),
+            "A": (lambda p, offset=offset, patch=patch: _overwrite(p, offset, patch), len(patch)),
+            "B": (lambda p, prefix=prefix: _insert_front(p, prefix), len(prefix)),
         }
         for name in ready:
             for f, (edit, changed) in edits.items():

@@ -3,7 +3,10 @@ r"""Set-up and tear-down of everything a run needs: Samba, proxies, the cscd and
 Owns the processes the benchmark starts and nothing else: one ``EmbeddedSamba`` in the run's
 work directory, one ``TcpProxy`` per client (cscd, rclone, the plain smbprotocol reference)
 so each one's wire bytes are counted exactly, the cscd daemon as a subprocess
-(``python -m cscd daemon --config FILE``) and ``rclone mount --vfs-cache-mode full``.
+(``python -m cscd daemon --config FILE``, through the tests' ``DaemonProcess``) and
+``rclone mount --vfs-cache-mode full``. The test helpers (``tests.helpers.daemon``,
+``tests.helpers.proxy``) are plain package imports: ``python -m bench`` runs from the project
+root, which is then on ``sys.path``.
 ``Env.close()`` always unmounts (``fusermount3 -u -z`` as the last resort) and stops every
 server it started, by PID; it never touches a process it did not start.
 
@@ -25,23 +28,18 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from cscd.control import ControlClient, socket_candidates
 from cscd.samba import EmbeddedSamba
+from tests.helpers.daemon import REPO_ROOT, DaemonProcess, is_mount, unmount_lazy
+from tests.helpers.proxy import TcpProxy
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # the proxy lives in the test helpers
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tests.helpers.proxy import TcpProxy  # noqa: E402 - needs the path above
+__all__ = ["CSCD_FOLDER", "REPO_ROOT", "CscdMount", "Env", "RcloneMount", "Side"]
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +48,6 @@ STOP_TIMEOUT_S = 15.0
 CSCD_FOLDER = "Documents"
 _PROBLEM_RE = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback|Exception")
 _RCLONE_PROBLEM_RE = re.compile(r"\b(ERROR|CRITICAL)\b")
-_OCTAL_RE = re.compile(r"\\([0-7]{3})")
-
-
-def _mounted(path: Path) -> bool:
-    """True while anything, even a dead FUSE connection, is mounted at ``path``."""
-    target = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                mp = _OCTAL_RE.sub(lambda m: chr(int(m[1], 8)), line.split(" ", 5)[4])
-                if mp == target:
-                    return True
-    except OSError:
-        return os.path.ismount(path)
-    return False
-
-
-def unmount_lazy(path: Path) -> None:
-    """``fusermount3 -u -z`` (then ``umount -l``) until nothing is mounted at ``path``; never raises."""
-    for cmd in (["fusermount3", "-u", "-z", str(path)], ["fusermount", "-u", "-z", str(path)],
-                ["umount", "-l", str(path)]):
-        if not _mounted(path):
-            return
-        if shutil.which(cmd[0]) is None:
-            continue
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(cmd, capture_output=True, timeout=10, check=False)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -111,53 +82,52 @@ def _last_line(path: Path) -> str:
 
 
 class CscdMount:
-    """The cscd daemon in a subprocess, mounting one folder; the log goes to ``log_path``."""
+    """The cscd daemon in a subprocess, mounting one folder; the log goes to ``log_path``.
+
+    A ``DaemonProcess`` (``tests/helpers/daemon.py``, what the tests run) in the run's work
+    directory, so the daemon gets the same config and start and stop checks as in the tests,
+    and a ``policy_dir`` and ``home`` of its own (never the machine's ``/etc/cscd`` or the real
+    ``$HOME``). Failures become one-line ``RuntimeError``s or ``exit_problem``, for the report.
+    """
 
     name = "cscd"
 
     def __init__(self, workdir: Path, samba: EmbeddedSamba, port: int, *, encryption: bool) -> None:
         self.workdir = workdir
-        self.mountpoint = workdir / "cscd-mnt"
-        self.cache = workdir / "cscd-cache"
-        self.credentials = samba.write_credentials_file(workdir / "cscd-credentials")  # mode 0600
-        self.config_path = workdir / "cscd.yaml"
-        self.log_path = workdir / "cscd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        credentials = samba.write_credentials_file(workdir / "cscd-credentials")  # mode 0600
+        self.daemon = DaemonProcess(
+            workdir, name="cscd", folders={CSCD_FOLDER: samba.unc(f"bench\\{CSCD_FOLDER}")},
+            credentials=credentials, port=port,
+            extra={} if encryption else {"security": {"require_encryption": False}},
+        )
+        self.mountpoint = self.daemon.mount
+        self.cache = self.daemon.cache
+        self.config_path = self.daemon.config_path
+        self.log_path = self.daemon.log_path
         self.exit_problem: str | None = None
-        config = {
-            "mount": str(self.mountpoint),
-            "cache": str(self.cache),
-            "credentials": str(self.credentials),
-            "port": port,
-            "folders": {CSCD_FOLDER: samba.unc(f"bench\\{CSCD_FOLDER}")},
-        }
-        if not encryption:
-            config["security"] = {"require_encryption": False}
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
     @property
     def root(self) -> Path:
         return self.mountpoint / CSCD_FOLDER
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The daemon process while it runs, else None."""
+        return self.daemon.proc if self.daemon.is_running() else None
+
     def start(self, timeout_s: float = MOUNT_TIMEOUT_S) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["PYTHONUNBUFFERED"] = "1"
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cscd", "daemon", "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                cwd=self.workdir, env=env, start_new_session=True,
-            )
+        """Start the daemon and return once it has mounted; RuntimeError (one line) if it did not."""
         try:
-            _wait_mounted(self.proc, self.mountpoint, "cscd daemon", self.log_path, timeout_s)
+            self.daemon.start(wait=False)
+            self.daemon.wait_mounted(timeout_s, poll_s=0.005)  # fine-grained: the scale case times the start
+        except AssertionError as exc:  # DaemonProcess has already unmounted and killed it
+            raise RuntimeError(f"{str(exc).splitlines()[0]}: {_last_line(self.log_path)}") from None
         except BaseException:
-            self.stop()
+            self.daemon.close()
             raise
 
     def is_alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.daemon.is_running()
 
     def counters(self) -> dict[str, float]:
         """The daemon's own metrics (``cscd stats`` over its control socket), summed over
@@ -168,35 +138,19 @@ class CscdMount:
                 for family in answer["metrics"]}
 
     def stop(self) -> None:
-        """SIGTERM and expect exit code 0 with the mount gone; else lazy-unmount and kill."""
-        proc = self.proc
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    self.exit_problem = f"did not exit within {STOP_TIMEOUT_S:.0f} s of SIGTERM"
-                    unmount_lazy(self.mountpoint)
-                    _kill_group(proc)
-            code = proc.poll()
-            if self.exit_problem is None and code != 0:
-                self.exit_problem = f"exited with code {code} after SIGTERM (expected 0)"
-        if _mounted(self.mountpoint):
+        """SIGTERM and expect exit code 0 with the mount gone; else lazy-unmount and kill, and
+        say what went wrong in ``exit_problem``."""
+        try:
+            self.daemon.stop()
+        except AssertionError as exc:
             if self.exit_problem is None:
-                self.exit_problem = "exited but left the mount behind"
-            unmount_lazy(self.mountpoint)
-        if proc is not None and proc.poll() is None:
-            _kill_group(proc)
-        self.proc = None
+                self.exit_problem = str(exc).splitlines()[0]
+        finally:
+            self.daemon.close()
 
     def log_problems(self) -> list[str]:
         """Log lines at WARNING or worse, and traceback lines."""
-        try:
-            text = self.log_path.read_text("utf-8", "replace")
-        except OSError:
-            return []
-        return [line for line in text.splitlines() if _PROBLEM_RE.search(line)]
+        return [line for line in self.daemon.log_text().splitlines() if _PROBLEM_RE.search(line)]
 
 
 class RcloneMount:
@@ -427,6 +381,6 @@ class Env:
 
     def remove_workdir(self) -> None:
         for mp in (self.workdir / "cscd-mnt", self.workdir / "rclone-mnt"):
-            if _mounted(mp):
+            if is_mount(mp):
                 return  # never rm -r through a live mount
         shutil.rmtree(self.workdir, ignore_errors=True)

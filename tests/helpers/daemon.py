@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DaemonProcess", "REPO_ROOT", "run_cscd", "unmount_lazy", "write_credentials"]
+__all__ = ["DaemonProcess", "REPO_ROOT", "is_mount", "run_cscd", "unmount_lazy", "write_credentials"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout under test: put first on the daemon's PYTHONPATH, so the source is what runs."""
@@ -82,22 +82,25 @@ def write_credentials(path: Path, username: str, password: str, domain: str | No
 
 
 def unmount_lazy(mount: Path) -> None:
-    """Detach whatever is mounted at ``mount`` (``fusermount3 -u -z``, else ``umount -l``).
+    """Detach whatever is mounted at ``mount`` (``fusermount3 -u -z``, else ``fusermount -u -z``
+    for an old libfuse's mount such as rclone's, else ``umount -l``).
 
     Never raises: cleanup must not hide the failure that called it.
     """
-    for cmd in (["fusermount3", "-u", "-z", str(mount)], ["umount", "-l", str(mount)]):
+    for cmd in (["fusermount3", "-u", "-z", str(mount)], ["fusermount", "-u", "-z", str(mount)],
+                ["umount", "-l", str(mount)]):
         if shutil.which(cmd[0]) is None:
             continue
         try:
             subprocess.run(cmd, capture_output=True, timeout=10, check=False)
         except (OSError, subprocess.TimeoutExpired):
             continue
-        if not _is_mount(mount):
+        if not is_mount(mount):
             return
 
 
-def _is_mount(path: Path) -> bool:
+def is_mount(path: Path) -> bool:
+    """True while anything, even a dead FUSE connection, is mounted at ``path``."""
     # os.path.ismount() is False for a dead FUSE mount ("transport endpoint is not connected"),
     # which still needs unmounting, so read the mount table instead.
     target = os.path.realpath(path)
@@ -193,7 +196,7 @@ class DaemonProcess:
 
     def is_mounted(self) -> bool:
         """True while anything (even a dead FUSE connection) is mounted at the mountpoint."""
-        return _is_mount(self.mount)
+        return is_mount(self.mount)
 
     def start(self, wait: bool = True) -> None:
         """Start the daemon; with ``wait``, return once the mount is up.
@@ -221,8 +224,9 @@ class DaemonProcess:
         if wait:
             self.wait_mounted()
 
-    def wait_mounted(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Poll until the mountpoint is a mount while the process stays alive."""
+    def wait_mounted(self, timeout_s: float = START_TIMEOUT_S, *, poll_s: float = 0.02) -> None:
+        """Poll every ``poll_s`` until the mountpoint is a mount while the process stays alive
+        (the benchmark polls finer, to time a start). Failures as in ``start``."""
         assert self.proc is not None, "start() first"
         deadline = time.monotonic() + timeout_s
         while True:
@@ -241,7 +245,7 @@ class DaemonProcess:
                     f"daemon {self.name} did not mount {self.mount} within {timeout_s:g} s\n"
                     + self._tail_for_message()
                 )
-            time.sleep(0.02)
+            time.sleep(poll_s)
 
     def stop(self) -> None:
         """SIGTERM, then check a clean exit: code 0 within 15 s and the mount gone.
