@@ -11,7 +11,6 @@ Also registers the ``churn`` mark and the ``--soak`` option of ``tests/test_chur
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from cscd.samba import EmbeddedSamba
-from tests.helpers.mount_env import MountEnv
+from tests.helpers.mount_env import MountEnv, unexpected_warnings
 from tests.helpers.policy_env import PolicyEnv
 
 
@@ -69,10 +68,6 @@ def own_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
     yield from _serve(EmbeddedSamba(tmp_path / "own-smbd"))
 
 
-def _allowed_patterns(node: pytest.Item) -> list[re.Pattern[str]]:
-    return [re.compile(p) for mark in node.iter_markers("log_allows") for p in mark.args]
-
-
 @pytest.fixture
 def mount_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba, tmp_path: Path
               ) -> Iterator[Callable[..., MountEnv]]:
@@ -100,7 +95,6 @@ def mount_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba, tmp_path: Pat
         yield make
     finally:
         problems: list[str] = []
-        allowed = _allowed_patterns(request.node)
         passed = getattr(request.node, "report_call", None) is not None and request.node.report_call.passed
         for env in made:
             lines = env.daemon.warnings()
@@ -108,8 +102,8 @@ def mount_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba, tmp_path: Pat
                 env.close()
             finally:
                 if passed:
-                    problems += [f"{env.daemon.log_path}: {line}" for line in lines
-                                 if "Traceback" in line or not any(p.search(line) for p in allowed)]
+                    problems += [f"{env.daemon.log_path}: {line}"
+                                 for line in unexpected_warnings(lines, request.node)]
         if problems:
             pytest.fail("the daemon logged what this test does not expect (add a log_allows mark "
                         "if it should):\n" + "\n".join(problems[:20]), pytrace=False)

@@ -4,13 +4,19 @@ Owns the per-test layout: a fresh folder on the server (``server``, the share's 
 disk, which is what smbd stores), a TCP proxy between the daemon and smbd (to count wire
 bytes or break the link), the credentials file and the ``DaemonProcess``. Timings are short
 so tests see uploads and rescans quickly; behaviour is the same as with the defaults.
+``unexpected_warnings`` is the log judgement the ``mount_env`` fixture (and the behaviour
+suite's shared daemons) apply at a test's end.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
+
+import pytest
 
 from cscd.cache.check import check_cache
 from cscd.samba import EmbeddedSamba
@@ -69,3 +75,12 @@ class MountEnv:
         if (self.daemon.cache / "index").exists():
             problems = check_cache(self.daemon.cache)
             assert not problems, "cache inconsistent after the test:\n" + "\n".join(problems)
+
+
+def unexpected_warnings(lines: Iterable[str], node: pytest.Item, *also_allowed: str) -> list[str]:
+    """Of a daemon's WARNING-or-worse lines (``DaemonProcess.warnings()``), the ones a test did
+    not expect: every traceback, and each line that no pattern of a ``log_allows`` mark on the
+    test, its class or its module (nor ``also_allowed``) finds (``re.search``)."""
+    allowed = [re.compile(p) for p in also_allowed]
+    allowed += [re.compile(p) for mark in node.iter_markers("log_allows") for p in mark.args]
+    return [line for line in lines if "Traceback" in line or not any(p.search(line) for p in allowed)]
