@@ -165,8 +165,13 @@ class CscdFs(pyfuse3.Operations):
         if size is not None:
             self.cache.residency.check_size(inode, size)
         self.cache.content.setattr(inode, size=size, mode=mode, mtime_ns=mtime)
-        if (size is not None or mtime is not None) and not self.cache.core.is_open_for_write(inode):
-            await self._push_now(inode)  # truncate(2) by path; a writer's close pushes
+        if size is not None or mtime is not None:
+            writers = [h for h in self._handles.values() if h.node_id == inode and h.write]
+            if writers:
+                for h in writers:  # ftruncate(2) or futimens(2): the writer's flush or close pushes
+                    h.unpushed = True
+            else:
+                await self._push_now(inode)  # truncate(2) by path
         return self._attrs(self.cache.core.node(inode))
 
     @_errno_boundary

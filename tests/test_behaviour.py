@@ -20,9 +20,6 @@ the mount, so its files are listed and (where the mode caches) cached: ``before.
 test (``unexpected_warnings``, as ``mount_env`` does); the daemon's clean exit and the cache
 check run when a mode's tests are done, so a failure there shows at the teardown of the mode's
 last test.
-
-Known gap (strict xfail, so it shows when fixed): in an uncached folder, ``ftruncate`` on an
-open file followed by ``close`` is not yet on the server when ``close`` returns.
 """
 
 from __future__ import annotations
@@ -240,11 +237,7 @@ def test_truncate_up_adds_zeros_and_down_cuts(case: Case) -> None:
     case.on_server(lambda: read(case.server / "before.txt") == BEFORE[:10], "before.txt truncated")
 
 
-def test_ftruncate_of_an_open_file_then_close(case: Case, request: pytest.FixtureRequest) -> None:
-    if case.mode == "uncached":
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=(
-            "cscd: in an uncached folder a size change made through an open file (ftruncate, no "
-            "write) is not on the server when close returns; it follows about 0.1 s later")))
+def test_ftruncate_of_an_open_file_then_close(case: Case) -> None:
     path = case.dir / "before.txt"
     fd = os.open(path, os.O_RDWR)
     try:
