@@ -38,6 +38,7 @@ from cscd.redirect import (
     save_record,
 )
 from cscd.types import UncTarget
+from tests.helpers.policy_env import fill, tree
 
 KiB = 1 << 10
 ALICE = Subject("alice", ("staff",), "ws1", "0123456789abcdef0123456789abcdef", "EX", "")
@@ -87,18 +88,6 @@ class Home:
         return parse_user_dirs((self.home / USER_DIRS).read_text(), self.home)
 
 
-def fill(folder: Path, files: dict[str, bytes]) -> dict[str, str]:
-    """Create files (``a/b.txt`` makes the folder); return rel path → sha256."""
-    for rel, data in files.items():
-        p = folder / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
-
-
-def tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
 
 
 @pytest.fixture
