@@ -198,6 +198,7 @@ def _keep_local_changes(cache: CacheCore, txn, node: Node) -> None:
     and become new local nodes, uploaded again by sync.
     """
     ix = cache.index
+    moved = node.has_base and (node.base_parent, node.base_name) != (node.parent, node.name)
     if node.has_base:
         # Most often the base is not gone but moved, by a rename of ours (of it or a folder
         # above it) whose answer never got recorded: then the server holds the base under
@@ -207,6 +208,13 @@ def _keep_local_changes(cache: CacheCore, txn, node: Node) -> None:
     nodes.clear_base(ix, txn, node)
     nodes.mark_dirty(ix, txn, node, DirtyReason.NAMESPACE | (DirtyReason(0) if node.is_dir else DirtyReason.CONTENT))
     nodes.put(ix, txn, node)
+    if node.is_dir and moved:
+        # A folder moved here: its agreed name is gone because our rename went through, most
+        # often, and the files under it are on the server in the moved folder. Their own
+        # bases still say so; that folder's next listing settles them (they used to vanish
+        # here, cached bytes and all, until then). Its digest goes, so a rescan merges it.
+        nodes.forget_listing(ix, txn, node.id)
+        return
     if node.is_dir:
         for cid, _ in list(nodes.iter_children(ix, txn, node.id)):
             child = nodes.get(ix, txn, cid)

@@ -171,8 +171,16 @@ def link(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
 
 
 def unlink(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
-    """Remove ``node`` from the local namespace (its record stays)."""
-    txn.delete(child_key(node.parent, node.name), db=ix.children)
+    """Remove ``node`` from the local namespace (its record stays).
+
+    Its name is freed only if it still holds this node: a deleted node (a tombstone waiting
+    for its server delete) left its name long ago, and another node may hold it now, as
+    after an atomic save's rename over it.
+    """
+    key = child_key(node.parent, node.name)
+    held = txn.get(key, db=ix.children)
+    if held is not None and from_u64(held) == node.id:
+        txn.delete(key, db=ix.children)
     txn.delete(dirent_key(node.parent, node.id), db=ix.dirents)
     # A server name that a merge skipped because this local name held it must appear now.
     forget_listing(ix, txn, node.parent)

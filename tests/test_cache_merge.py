@@ -1,0 +1,96 @@
+"""Server listings merged into a cache that local changes got to first.
+
+Real LMDB through the real ``Cache`` with no server (nothing is fetched: listings are handed
+to ``Listings.merge`` as the scan would), checked with ``cscd.cache.check`` after each step.
+Each case is one the crash-churn test met by chance; here it is met every time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from cscd.cache import nodes
+from cscd.cache.cache import Cache
+from cscd.cache.check import check_cache
+from cscd.errors import NotFound
+from cscd.types import ROOT_ID, RemoteEntry
+from tests.helpers.truncate_loop import NoServer
+
+FOLDER = b"Documents"
+
+
+def _file(name: bytes, file_id: int, size: int = 10) -> RemoteEntry:
+    return RemoteEntry(name, False, size, 1_000_000_000 * file_id, 1_000_000_000 * file_id, file_id)
+
+
+def _dir(name: bytes, file_id: int) -> RemoteEntry:
+    return RemoteEntry(name, True, 0, 1_000_000_000, 1_000_000_000, file_id)
+
+
+@pytest.fixture
+def cache(tmp_path: Path):
+    c = Cache(tmp_path / "cache", [FOLDER], NoServer())
+    yield c
+    try:
+        c.close()
+    except lmdb.Error:
+        pass  # closed by ``_problems``
+
+
+def _problems(cache: Cache, path: Path) -> list[str]:
+    """What ``check_cache`` finds; it opens the index itself, so the cache is closed first."""
+    cache.close()
+    return check_cache(path / "cache")
+
+
+def _folder(cache: Cache) -> int:
+    with cache.core.txn() as txn:
+        return nodes.lookup_id(cache.core.index, txn, ROOT_ID, FOLDER)
+
+
+async def test_a_listing_without_the_name_an_atomic_save_replaced_keeps_the_new_file(cache, tmp_path):
+    """``doc.tmp`` renamed over ``doc`` leaves the old ``doc`` a tombstone with its base; once
+    the push deleted it on the server, a listing without ``doc`` must forget the tombstone and
+    leave the new ``doc`` where it is (it used to drop the new file's name too: a live node in
+    no directory)."""
+    folder = _folder(cache)
+    cache.listings.merge(folder, [_file(b"doc", 7)])
+    new = cache.namespace.create(folder, b"doc.tmp", 0o644)
+    await cache.namespace.rename(folder, b"doc.tmp", folder, b"doc")
+    cache.listings.merge(folder, [])
+    assert (await cache.namespace.lookup(folder, b"doc")).id == new.id
+    assert _problems(cache, tmp_path) == []
+
+
+async def test_a_listing_after_our_unrecorded_folder_rename_keeps_the_files_in_it(cache, tmp_path):
+    """A folder renamed here whose server rename went through but was never recorded (a
+    crash): the listing above shows it under its new name and not its agreed one. The clean
+    files in it are on the server, in the moved folder: they must stay visible here (they
+    used to vanish until that folder was listed again, and their cached bytes with them)."""
+    folder = _folder(cache)
+    cache.listings.merge(folder, [_dir(b"old", 5)])
+    old = await cache.namespace.lookup(folder, b"old")
+    cache.listings.merge(old.id, [_file(b"kept.txt", 9), _file(b"other.txt", 10)])
+    await cache.namespace.rename(folder, b"old", folder, b"new")
+    cache.listings.merge(folder, [_dir(b"new", 5)])
+    moved = await cache.namespace.lookup(folder, b"new")
+    assert moved.id == old.id
+    assert {(await cache.namespace.lookup(moved.id, n)).name for n in (b"kept.txt", b"other.txt")} == {
+        b"kept.txt", b"other.txt"}
+    assert _problems(cache, tmp_path) == []
+
+
+async def test_a_folder_the_server_deleted_still_loses_its_clean_files(cache, tmp_path):
+    """The other side of the case above: a folder that was not moved here and is gone from
+    the server goes, and its clean files with it."""
+    folder = _folder(cache)
+    cache.listings.merge(folder, [_dir(b"gone", 5)])
+    gone = await cache.namespace.lookup(folder, b"gone")
+    cache.listings.merge(gone.id, [_file(b"clean.txt", 9)])
+    cache.listings.merge(folder, [])
+    with pytest.raises(NotFound):
+        await cache.namespace.lookup(folder, b"gone")
+    assert _problems(cache, tmp_path) == []
