@@ -1,6 +1,6 @@
 """The control socket and the ``cscd`` commands against a live daemon.
 
-A real daemon on the session smbd (``MountEnv``); the commands run as ``python -m cscd …
+A real daemon on the session smbd (``mount_env``); the commands run as ``python -m cscd …
 --config CONFIG --json`` subprocesses and their JSON is parsed. The socket's guards are
 attacked with raw bytes and from another uid (a child process that runs as ``nobody``).
 """
@@ -21,22 +21,17 @@ import pytest
 
 from cscd.control import MAX_CONNECTIONS, MAX_LINE_BYTES
 from tests.helpers.daemon import REPO_ROOT
-from tests.helpers.mount_env import MountEnv
 from tests.helpers.ops import control_path, wait_control
 from tests.helpers.wait import wait_for
 
 
 @pytest.fixture
-def live(smbd, tmp_path):
-    env = MountEnv(smbd, tmp_path)
-    try:
-        env.start_daemon()
-        wait_control(env.daemon)
-        yield env
-        warnings = env.daemon.warnings()
-        assert not warnings, "daemon logged warnings:\n" + "\n".join(warnings)
-    finally:
-        env.close()
+def live(mount_env):
+    """A started daemon whose control socket answers; ``mount_env`` fails the test on any
+    warning in its log."""
+    env = mount_env()
+    wait_control(env.daemon)
+    return env
 
 
 def cli(env, *args, code=0, timeout_s=60):
@@ -211,15 +206,12 @@ def test_too_many_connections_are_told_to_wait(live):
     wait_for(lambda: cli(live, "status")["sync"] is not None, 10, "daemon stopped answering")
 
 
-def test_not_running_is_a_clear_error(tmp_path, smbd):
-    env = MountEnv(smbd, tmp_path)
-    try:
-        result = env.daemon.run_cli("status")
-        assert result.returncode == 4, result
-        assert "cscd is not running" in result.stderr and "systemctl --user start cscd" in result.stderr
-        assert json.loads(env.daemon.run_cli("status", "--json").stdout)["error"]["code"] == "not_running"
-    finally:
-        env.close()
+def test_not_running_is_a_clear_error(mount_env):
+    env = mount_env(start=False)
+    result = env.daemon.run_cli("status")
+    assert result.returncode == 4, result
+    assert "cscd is not running" in result.stderr and "systemctl --user start cscd" in result.stderr
+    assert json.loads(env.daemon.run_cli("status", "--json").stdout)["error"]["code"] == "not_running"
 
 
 # ---------------------------------------------------------------- every command
