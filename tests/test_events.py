@@ -16,7 +16,6 @@ from cscd import events
 from cscd.events import EVENTS, EventId, EventRing, emit, encode_journal, journal_key, render
 from cscd.metrics import Collector, mode_cause, prometheus, write_textfile
 from cscd.types import FolderLink, Mode
-from tests.helpers.mount_env import MountEnv
 from tests.helpers.ops import JournalSocket, decode_journal, wait_control
 from tests.helpers.wait import wait_for
 
@@ -208,14 +207,10 @@ def test_observer_reports_a_session():
 
 
 @pytest.fixture
-def live(smbd, tmp_path):
-    env = MountEnv(smbd, tmp_path)
-    try:
-        env.start_daemon()
-        wait_control(env.daemon)
-        yield env
-    finally:
-        env.close()
+def live(mount_env):
+    env = mount_env()
+    wait_control(env.daemon)
+    return env
 
 
 def stat_value(env, name, folder=None):
@@ -253,6 +248,7 @@ def test_a_read_moves_hits_and_misses(live):
     assert stat_value(live, "bytes_downloaded_total", "Documents") >= 50_000
 
 
+@pytest.mark.log_allows(r"folder Documents is now offline: ")
 def test_mode_changes_are_events(live):
     before = json.loads(live.daemon.run_cli("events", "--json").stdout)["last_seq"]
     live.proxy.stop_listening()
@@ -268,10 +264,10 @@ def test_mode_changes_are_events(live):
     assert changes[-1]["fields"]["mode"] == "online"
 
 
-def test_events_reach_journald_with_structured_fields(smbd, tmp_path):
+def test_events_reach_journald_with_structured_fields(mount_env, tmp_path):
     """Under systemd (stderr is the journal stream) every record goes to journald natively."""
     journal = JournalSocket(tmp_path / "journal.sock")
-    env = MountEnv(smbd, tmp_path)
+    env = mount_env(start=False)
     try:
         env.daemon.log_path.touch()
         st = os.stat(env.daemon.log_path)  # the daemon's stderr is this file: call it the journal
@@ -295,5 +291,7 @@ def test_events_reach_journald_with_structured_fields(smbd, tmp_path):
         assert plain and "MESSAGE_ID" not in plain[0]  # ordinary log records go there too
         assert "[2001]" not in env.daemon.log_text()  # and not twice through stderr
     finally:
-        env.close()
-        journal.close()
+        try:
+            env.daemon.stop()  # before its journal goes away
+        finally:
+            journal.close()
