@@ -8,12 +8,14 @@ import time
 import pytest
 
 from tests.helpers.fake_nm import METERED_NO, METERED_YES, FakeNetworkManager
-from tests.helpers.mount_env import MountEnv
+from tests.helpers.ops import wait_control
 from tests.helpers.wait import wait_for
 
 
 @pytest.fixture
 def nm(tmp_path):
+    """A stand-in NetworkManager saying metered; tests take it before ``mount_env``, so the
+    daemon is stopped before its bus goes away."""
     fake = FakeNetworkManager(tmp_path / "bus", metered=METERED_YES)
     try:
         yield fake
@@ -25,59 +27,40 @@ def modes(env):
     return [line.split("is now ", 1)[1] for line in env.daemon.log_text().splitlines() if "is now " in line]
 
 
-def test_metered_network_holds_uploads_until_it_is_not(smbd, tmp_path, nm):
-    env = MountEnv(smbd, tmp_path / "c", extra={"metered_dbus": nm.address})
-    try:
-        env.start_daemon()
-        wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "metered mode not entered")
-        (env.docs / "held.txt").write_text("wait for a free network")
-        time.sleep(2.0)  # several push rounds (upload delay 0.1 s): none may upload
-        assert not (env.server / "held.txt").exists(), "uploaded on a metered network"
-        nm.set_metered(METERED_NO)
-        wait_for(lambda: (env.server / "held.txt").exists(), 10, "not uploaded once the network is free")
-        assert modes(env)[-1].startswith("online")
-    finally:
-        env.close()
+def test_metered_network_holds_uploads_until_it_is_not(nm, mount_env):
+    env = mount_env(extra={"metered_dbus": nm.address})
+    wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "metered mode not entered")
+    (env.docs / "held.txt").write_text("wait for a free network")
+    time.sleep(2.0)  # several push rounds (upload delay 0.1 s): none may upload
+    assert not (env.server / "held.txt").exists(), "uploaded on a metered network"
+    nm.set_metered(METERED_NO)
+    wait_for(lambda: (env.server / "held.txt").exists(), 10, "not uploaded once the network is free")
+    assert modes(env)[-1].startswith("online")
 
 
-def test_override_keeps_syncing_on_metered(smbd, tmp_path, nm):
-    env = MountEnv(smbd, tmp_path / "c", extra={"metered_dbus": nm.address},
-                   offline={"sync_on_metered": True})
-    try:
-        env.start_daemon()
-        (env.docs / "exec.txt").write_text("the executive's laptop syncs anyway")
-        wait_for(lambda: (env.server / "exec.txt").exists(), 10, "override did not upload")
-        assert not any(m.startswith("metered") for m in modes(env))
-    finally:
-        env.close()
+def test_override_keeps_syncing_on_metered(nm, mount_env):
+    env = mount_env(extra={"metered_dbus": nm.address}, offline={"sync_on_metered": True})
+    (env.docs / "exec.txt").write_text("the executive's laptop syncs anyway")
+    wait_for(lambda: (env.server / "exec.txt").exists(), 10, "override did not upload")
+    assert not any(m.startswith("metered") for m in modes(env))
 
 
-def test_file_source_for_machines_without_networkmanager(smbd, tmp_path):
+def test_file_source_for_machines_without_networkmanager(mount_env, tmp_path):
     flag = tmp_path / "metered"
     flag.write_text("yes\n")
-    env = MountEnv(smbd, tmp_path / "c", extra={"metered_file": str(flag), "metered_dbus": "none"})
-    try:
-        env.start_daemon()
-        wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "metered mode not entered")
-        flag.write_text("no\n")
-        wait_for(lambda: modes(env)[-1].startswith("online"), 10, "did not return online")
-    finally:
-        env.close()
+    env = mount_env(extra={"metered_file": str(flag), "metered_dbus": "none"})
+    wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "metered mode not entered")
+    flag.write_text("no\n")
+    wait_for(lambda: modes(env)[-1].startswith("online"), 10, "did not return online")
 
 
-def test_manual_sync_uploads_on_a_metered_network(smbd, tmp_path, nm):
-    from tests.helpers.ops import wait_control
-
-    env = MountEnv(smbd, tmp_path / "c", extra={"metered_dbus": nm.address})
-    try:
-        env.start_daemon()
-        wait_control(env.daemon)
-        wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "metered mode not entered")
-        (env.docs / "now.txt").write_text("the user asked for it")
-        time.sleep(1.5)
-        assert not (env.server / "now.txt").exists(), "uploaded on a metered network without being asked"
-        result = env.daemon.run_cli("sync", "--wait")
-        assert result.returncode == 0, result.stderr
-        assert (env.server / "now.txt").read_text() == "the user asked for it"
-    finally:
-        env.close()
+def test_manual_sync_uploads_on_a_metered_network(nm, mount_env):
+    env = mount_env(extra={"metered_dbus": nm.address})
+    wait_control(env.daemon)
+    wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "metered mode not entered")
+    (env.docs / "now.txt").write_text("the user asked for it")
+    time.sleep(1.5)
+    assert not (env.server / "now.txt").exists(), "uploaded on a metered network without being asked"
+    result = env.daemon.run_cli("sync", "--wait")
+    assert result.returncode == 0, result.stderr
+    assert (env.server / "now.txt").read_text() == "the user asked for it"
