@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from tests.helpers.mount_env import MountEnv
 from tests.helpers.ops import wait_control
 from tests.helpers.wait import eventually
 
@@ -30,19 +29,15 @@ def mode(env, folder="Documents"):
 
 
 @pytest.fixture
-def make_env(smbd, tmp_path):
-    envs = []
+def make_env(mount_env):
+    """``mount_env`` whose daemon's control socket already answers."""
 
     def make(**kw):
-        env = MountEnv(smbd, tmp_path / f"c{len(envs)}", **kw)
-        envs.append(env)
-        env.start_daemon()
+        env = mount_env(**kw)
         wait_control(env.daemon)
         return env
 
-    yield make
-    for env in envs:
-        env.close()
+    return make
 
 
 def read_fails_offline(path) -> bool:
@@ -73,6 +68,7 @@ def test_work_offline_survives_restart_and_online_uploads(make_env):
     assert mode(env) == "online"
 
 
+@pytest.mark.log_allows(r"folder Documents is now offline: ")  # the proxy refuses: expected
 def test_pin_makes_a_folder_available_offline(make_env):
     env = make_env()
     (env.server / "P").mkdir()
@@ -114,6 +110,7 @@ def test_free_space_turns_a_cached_file_back_into_a_placeholder(make_env):
     assert env.proxy.bytes_to_client >= 2 * MiB, "content was not fetched again"
 
 
+@pytest.mark.log_allows(r"folder Documents is now offline: ")  # the proxy refuses: expected
 def test_cache_limit_evicts_unpinned_and_keeps_pinned(make_env):
     env = make_env(extra={"cache_limit": "8M"})
     (env.server / "keep").mkdir()
@@ -153,6 +150,9 @@ def make_conflict(env, name="doc.txt"):
     return next(n for n in os.listdir(env.docs) if n.startswith(f"{stem} (conflict "))
 
 
+@pytest.mark.log_allows(r"folder Documents is now offline: ",
+                        r"conflict: b'doc\.txt' changed on the server and here; the local version is kept",
+                        r"\[4000\] conflict in Documents: 1 file changed on both sides")
 @pytest.mark.parametrize("keep", ["local", "remote", "both"])
 def test_conflict_listed_and_resolved(make_env, keep):
     env = make_env()
