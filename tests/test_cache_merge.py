@@ -7,6 +7,7 @@ Each case is one the crash-churn test met by chance; here it is met every time.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lmdb
@@ -94,3 +95,91 @@ async def test_a_folder_the_server_deleted_still_loses_its_clean_files(cache, tm
     with pytest.raises(NotFound):
         await cache.namespace.lookup(folder, b"gone")
     assert _problems(cache, tmp_path) == []
+
+
+# ------------------------------------------------ newer versions of complete copies (issue 22)
+
+
+async def _uploaded(cache: Cache, folder: int, name: bytes, data: bytes, file_id: int):
+    """A file written here and recorded as uploaded, as the push does: complete and clean."""
+    node = cache.namespace.create(folder, name, 0o644)
+    fd = cache.content.open(node.id, truncate=True, write=True)
+    cache.content.write(node.id, fd, 0, data)
+    cache.content.release(node.id, fd, write=True, wrote=True)
+    node = cache.core.node(node.id)
+    entry = _file(name, file_id, len(data))
+    reasons = cache.sync.dirty_nodes()[0][1]
+    assert cache.sync.record_synced(node.id, node.version, folder, entry, reasons)
+    return node, entry
+
+
+async def _read(cache: Cache, node_id: int) -> bytes:
+    fd = cache.content.open(node_id, truncate=False, write=False)
+    try:
+        return await cache.hydration.read(node_id, fd, 0, 1 << 20)
+    finally:
+        cache.content.release(node_id, fd, write=False, wrote=False)
+
+
+async def test_a_newer_server_version_keeps_the_complete_copy_until_it_is_swapped_in(cache, tmp_path):
+    """The folder serves cached files without asking the server (``serves_cached``): the
+    listing notes the new version and the old copy reads on; ``swap_in`` of the fetched
+    version replaces it in one step."""
+    folder = _folder(cache)
+    cache.listings.merge(folder, [])
+    node, entry = await _uploaded(cache, folder, b"doc", b"old bytes", 7)
+    cache.listings.merge(folder, [entry])
+    newer = _file(b"doc", 8, 13)
+    cache.listings.merge(folder, [newer])
+    assert await _read(cache, node.id) == b"old bytes"
+    assert [(n.id, e.file_id) for n, e in cache.sync.newer_versions()] == [(node.id, 8)]
+    cache.sync.newer_fetch_path(node.id).write_bytes(b"newer version")
+    assert cache.sync.swap_in(node.id, cache.sync.newer_versions()[0][1])
+    assert await _read(cache, node.id) == b"newer version"
+    assert cache.sync.newer_versions() == [] and cache.core.node(node.id).base_file_id == 8
+    assert _problems(cache, tmp_path) == []
+
+
+async def test_a_local_write_while_the_newer_version_waits_refuses_the_swap(cache, tmp_path):
+    folder = _folder(cache)
+    cache.listings.merge(folder, [])
+    node, entry = await _uploaded(cache, folder, b"doc", b"base", 7)
+    cache.listings.merge(folder, [_file(b"doc", 8, 6)])
+    fd = cache.content.open(node.id, truncate=True, write=True)
+    cache.content.write(node.id, fd, 0, b"mine")
+    cache.content.release(node.id, fd, write=True, wrote=True)
+    cache.sync.newer_fetch_path(node.id).write_bytes(b"theirs")
+    assert not cache.sync.swap_in(node.id, cache.sync.newer_versions()[0][1])
+    assert await _read(cache, node.id) == b"mine"
+    assert cache.core.node(node.id).base_file_id == 7  # the push sees both sides changed
+    assert not cache.sync.newer_fetch_path(node.id).exists()
+    assert _problems(cache, tmp_path) == []
+
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["before-the-rename", "after-the-rename"])
+async def test_a_swap_cut_by_a_crash_is_undone_or_finished_on_the_next_open(tmp_path, renamed):
+    """The three steps of ``swap_in`` with a crash after the first (the fetched file is still
+    there: the old copy stands) or after the rename (it is gone: the new version is the base)."""
+    from cscd.cache import newer as newer_mod
+    cache = Cache(tmp_path / "cache", [FOLDER], NoServer())
+    folder = _folder(cache)
+    cache.listings.merge(folder, [])
+    node, entry = await _uploaded(cache, folder, b"doc", b"old", 7)
+    cache.listings.merge(folder, [_file(b"doc", 8, 3)])
+    noted = cache.sync.newer_versions()[0][1]
+    fetched = cache.sync.newer_fetch_path(node.id)
+    fetched.write_bytes(b"new")
+    with cache.core.txn(write=True) as txn:
+        assert newer_mod.begin_swap(cache.core.index, txn, cache.core.node(node.id), noted)
+    if renamed:
+        os.rename(fetched, cache.core.store.path(node.id))
+    cache.close()
+    cache = Cache(tmp_path / "cache", [FOLDER], NoServer())
+    try:
+        assert await _read(cache, node.id) == (b"new" if renamed else b"old")
+        assert cache.core.node(node.id).base_file_id == (8 if renamed else 7)
+        assert [n.id for n, _ in cache.sync.newer_versions()] == ([] if renamed else [node.id])
+        assert not fetched.exists()
+    finally:
+        cache.close()
+    assert check_cache(tmp_path / "cache") == []

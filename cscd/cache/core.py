@@ -26,7 +26,7 @@ from pathlib import Path
 import lmdb
 import trio
 
-from cscd.cache import nodes, ranges
+from cscd.cache import newer, nodes, ranges
 from cscd.cache.index import Index, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.cache.store import ContentStore
@@ -43,6 +43,8 @@ class CacheCore:
         self.dir = cache_dir
         self.index = Index(cache_dir / "index")
         self.store = ContentStore(cache_dir / "content")
+        for node_id in newer.recover(self.index, self.store.root):
+            log.info("node %s: the swap of its newer server version, cut by a crash, is finished", node_id)
         self.folders = list(folders)
         self.invalidations_send, self.invalidations = trio.open_memory_channel[tuple](10_000)
         self._dirty_event = trio.Event()

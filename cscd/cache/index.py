@@ -71,6 +71,10 @@ Named databases (all integers big-endian, so byte order is numeric order):
     recording the result removes the node's note). After a crash or a lost answer, a server
     file there that is such a version is our own, not a second writer's (``cscd.reconcile.Ours``).
     (Schema 2 caches written before it may hold an unused ``sending`` table; nothing reads it.)
+``newer``
+    id u64 → server FileId u64, size u64, write time i64 ns, change time i64 ns, state u8: a
+    newer server version of a complete cached copy, to be fetched whole and swapped in
+    (``cscd.cache.newer``; state 1 while the swap is under way). Absent for most nodes.
 ``conflicts``
     id u64 of a conflict copy → JSON ``{"original": name, "parent": id, "at": ns, "host": name}``,
     what ``cscd conflicts`` lists until the user resolves it.
@@ -160,6 +164,7 @@ class Index:
         self.listed = self.env.open_db(b"listed")
         self.tombstones = self.env.open_db(b"tombstones")
         self.unrecorded = self.env.open_db(b"unrecorded")
+        self.newer = self.env.open_db(b"newer")
         with self.env.begin(write=True) as txn:
             version = txn.get(b"schema", db=self.meta)
             if version is None:

@@ -21,7 +21,7 @@ from cscd.cache.core import CacheCore
 from cscd.cache.index import u64
 from cscd.cache.merge import listing_digest, merge_listing
 from cscd.cache.nodes import Flag
-from cscd.errors import NotAvailableOffline, NotDir
+from cscd.errors import NotAvailableOffline, NotDir, NotFound
 from cscd.types import RemoteEntry
 
 #: A listing that keeps meeting sync's own changes is retried this often before giving up
@@ -37,6 +37,10 @@ class RemoteSource(Protocol):
 
     def may_list(self, folder: bytes) -> bool:
         """Whether the folder's mode allows listing a directory never listed before."""
+
+    def serves_cached(self, folder: bytes) -> bool:
+        """Whether the folder's mode serves cached files without asking the server (every
+        mode but online): a newer server version then waits for sync to swap it in whole."""
 
     async def read(self, folder: bytes, path: bytes, offset: int, length: int) -> bytes:
         """Bytes of the server file, within the source's deadline."""
@@ -84,7 +88,11 @@ class Listings:
         with self.core.txn() as txn:
             if txn.get(u64(dir_id), db=self.core.index.listed) == digest:
                 return True
-        merge_listing(self.core, dir_id, entries, digest)
+        try:
+            keep = self.source.serves_cached(self.core.folder_of(self.core.node(dir_id))[0])
+        except NotFound:
+            keep = False  # the root, or a directory gone meanwhile
+        merge_listing(self.core, dir_id, entries, digest, keep_complete=keep)
         return True
 
     async def ensure_listed(self, dir_id: int) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from cscd.cache import nodes, unrecorded
+from cscd.cache import newer, nodes, unrecorded
 from cscd.cache.index import child_key, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.reconcile import Action, Local, Ours, Unrecorded, decide
@@ -43,7 +43,8 @@ def listing_digest(entries: list[RemoteEntry]) -> bytes:
         b"%s\0%d\0%d\0%d\0%d\n" % (e.name, e.is_dir, e.size, e.mtime_ns, e.file_id) for e in entries))
 
 
-def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], digest: bytes = b"") -> None:
+def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], digest: bytes = b"", *,
+                  keep_complete: bool = False) -> None:
     """Bring a directory's children in line with one server enumeration.
 
     Matches the listing against the *agreed* server names (``bases``), so local changes
@@ -51,6 +52,8 @@ def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], dig
     dropped if the version changed), a dirty one keeps its local state. New server names
     become placeholders; agreed names gone from the server vanish locally if clean.
     ``digest`` (``listing_digest`` of ``entries``) is stored in ``listed`` with the result.
+    ``keep_complete``: the folder serves cached files without asking the server, so a
+    complete copy is not emptied for a newer version; it is noted (``newer``) for sync.
     """
     ix = cache.index
     now = time.time_ns()
@@ -58,7 +61,7 @@ def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], dig
         parent = nodes.get(ix, txn, dir_id)
         if (nodes.has_children(ix, txn, dir_id) or next(nodes.iter_base_children(ix, txn, dir_id), None)
                 or unrecorded.any_under(ix, txn, dir_id)):
-            _match(cache, txn, dir_id, entries, now)
+            _match(cache, txn, dir_id, entries, now, keep_complete)
         else:
             _fill(cache, txn, parent, entries, now)
         parent = nodes.get(ix, txn, dir_id)
@@ -67,7 +70,7 @@ def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], dig
         if dir_id != ROOT_ID and Flag.TOMBSTONE not in parent.flags:
             txn.put(u64(dir_id), digest, db=ix.listed)
 
-def _match(cache: CacheCore, txn, dir_id: int, entries: list[RemoteEntry], now: int) -> None:
+def _match(cache: CacheCore, txn, dir_id: int, entries: list[RemoteEntry], now: int, keep_complete: bool) -> None:
     """Merge into a directory that has children or agreed names: ``reconcile.decide`` for
     every entry and every agreed name the listing no longer shows. Only the server-side
     actions are carried out here; the others (push, delete there, conflict) are the push's."""
@@ -80,7 +83,7 @@ def _match(cache: CacheCore, txn, dir_id: int, entries: list[RemoteEntry], now: 
             node = nodes.get(ix, txn, bid)
             action = decide(node.base_entry(), _local(ix, txn, node), entry)
             if action is Action.FOLLOW:
-                _follow_server(cache, txn, node, dir_id, entry)
+                _follow_server(cache, txn, node, dir_id, entry, keep_complete)
                 continue
             if action is not Action.REPLACE_KIND:
                 continue  # nothing to do, or the push's to do
@@ -147,11 +150,19 @@ def _add_placeholder(ix, txn, dir_id: int, node_id: int, entry: RemoteEntry, now
     nodes.link(ix, txn, node)
 
 
-def _follow_server(cache: CacheCore, txn, node: Node, dir_id: int, entry: RemoteEntry) -> None:
+def _follow_server(cache: CacheCore, txn, node: Node, dir_id: int, entry: RemoteEntry, keep_complete: bool) -> None:
     ix = cache.index
     content_changed = not node.is_dir and (
         entry.file_id != node.base_file_id or entry.size != node.base_size or entry.mtime_ns != node.base_mtime_ns
     )
+    if content_changed and keep_complete and node.is_hydrated:
+        # Offline Files keeps a complete copy readable: the old bytes and base stay until
+        # sync has fetched this version whole and swaps it in (``newer``).
+        log.debug("listing of %s: %r has a newer version on the server; kept until it is fetched",
+                  dir_id, entry.name)
+        newer.note(ix, txn, node, entry)
+        return
+    newer.drop(ix, txn, node.id)
     nodes.set_base(ix, txn, node, dir_id, entry)
     if content_changed:
         node.size = entry.size

@@ -283,6 +283,7 @@ def delete_record(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     txn.delete(u64(node.id), db=ix.pins)
     txn.delete(u64(node.id), db=ix.chunks)
     txn.delete(u64(node.id), db=ix.tombstones)
+    txn.delete(u64(node.id), db=ix.newer)
     if node.is_dir:
         txn.delete(u64(node.id), db=ix.listed)
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from cscd.cache import nodes
+from cscd.cache import newer, nodes
 from cscd.cache.index import from_u64, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.errors import CscdError, NotFound, TooLarge
@@ -234,6 +234,7 @@ class Residency:
                     or self.is_pinned(txn, node) or not cache.store.exists(node_id)):
                 return None
             size = cache.store.disk_bytes(node_id)
+            newer.become_placeholder(ix, txn, node)
             node.flags &= ~Flag.HYDRATED
             if node.size == 0:
                 node.flags |= Flag.HYDRATED

@@ -32,6 +32,7 @@ class ContentStore:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for i in range(256):
             (root / f"{i:02x}").mkdir(exist_ok=True, mode=0o700)
+        (root / "newer").mkdir(exist_ok=True, mode=0o700)  # see ``cscd.cache.newer``
 
     def path(self, node_id: int) -> Path:
         return self.root / f"{node_id & 0xFF:02x}" / f"{node_id:016x}"

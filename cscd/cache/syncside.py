@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 
 from cscd.cache import chunks as chunkmaps
-from cscd.cache import conflicts, nodes, ranges, unrecorded
+from cscd.cache import conflicts, newer, nodes, ranges, unrecorded
 from cscd.cache.core import CacheCore
 from cscd.cache.hydration import Hydration
 from cscd.cache.listings import Listings
@@ -56,6 +56,7 @@ class SyncSide:
         self.remote_path = core.remote_path
         self.folder_of = core.folder_of
         self.is_open_for_write = core.is_open_for_write
+        self.is_open = core.is_open
         self.wait_dirty = core.wait_dirty
         self.hydrate = hydration.hydrate
         self.listing_started = listings.started
@@ -223,6 +224,56 @@ class SyncSide:
         """Keep the local version of a conflicting node under ``new_name`` (see ``conflicts``)."""
         conflicts.rename_for_conflict(self.core, node_id, new_name)
         self.listings.stamp(self.core.node(node_id).parent)
+
+    # ------------------------------------------------ newer server versions
+
+    def newer_versions(self) -> list[tuple[Node, RemoteEntry]]:
+        """Complete copies whose newer server version waits to be swapped in (``newer``)."""
+        ix = self.core.index
+        out = []
+        with self.core.txn() as txn:
+            for nid in newer.iter_ids(ix, txn):
+                node = nodes.find(ix, txn, nid)
+                entry = None if node is None else newer.get(ix, txn, node)
+                if entry is not None:
+                    out.append((node, entry))
+        return out
+
+    def newer_fetch_path(self, node_id: int) -> Path:
+        """Where sync writes a newer version it fetches, before ``swap_in``."""
+        return newer.fetched_path(self.core.store.root, node_id)
+
+    def forget_newer(self, node_id: int) -> None:
+        """The server no longer holds a newer version (it went back, or the file went)."""
+        with self.core.txn(write=True) as txn:
+            newer.drop(self.core.index, txn, node_id)
+
+    def swap_in(self, node_id: int, entry: RemoteEntry) -> bool:
+        """Put the fetched newer version (``newer_fetch_path``) in place of the node's copy.
+
+        Refused (False; the fetched file is removed) unless the node is still clean, closed
+        and waiting for exactly ``entry``: a local change made meanwhile is a change against
+        the old base, and the push keeps both. Crash-safe (see ``cscd.cache.newer``).
+        """
+        ix = self.core.index
+        fetched = self.newer_fetch_path(node_id)
+        with self.core.txn(write=True) as txn:
+            node = nodes.find(ix, txn, node_id)
+            ok = (node is not None and not node.is_deleted and not self.core.is_open(node_id)
+                  and not nodes.dirty_reasons(ix, txn, node_id) and newer.begin_swap(ix, txn, node, entry))
+        if not ok:
+            fetched.unlink(missing_ok=True)
+            return False
+        os.rename(fetched, self.core.store.path(node_id))
+        with self.core.txn(write=True) as txn:
+            node = nodes.get(ix, txn, node_id)
+            newer.finish_swap(ix, txn, node, entry)
+        self.core.publish(("inode", node_id))
+        try:
+            self.hydration.hydrated_send.send_nowait(node_id)  # its chunk map, for the next delta
+        except trio.WouldBlock:
+            pass
+        return True
 
     def list_conflicts(self) -> list[dict]:
         return conflicts.list_conflicts(self.core)

@@ -9,6 +9,9 @@ Which folders it may push depends on their mode (DESIGN.md, Modes):
 - offline, working_offline, metered: not at all (a manual ``cscd sync`` still works on a
   metered network; the per-user override turns metered back into online in ``link``).
 
+After each push round the same folders get the newer server versions of their complete
+cached copies, fetched whole and swapped in (``refresh``).
+
 ``sync.scan`` re-lists recently used directories while online, every listed directory
 after each return to online and in every background session. ``sync.notify:<folder>``
 re-lists what the server's change notifications name (``notify``), and ``sync.chunk``
@@ -31,6 +34,7 @@ from cscd.sync.hashing import Hasher
 from cscd.sync.local import LocalSide
 from cscd.sync.notify import Notifier
 from cscd.sync.push import Pusher
+from cscd.sync.refresh import Refresher
 from cscd.sync.scan import Scanner
 from cscd.types import FolderLink, Mode, OfflinePolicy
 from cscd.upstream.base import Upstream
@@ -101,6 +105,7 @@ class SyncEngine:
         self.pusher = Pusher(local, upstreams, links, on_link_error, hasher=self.hasher, policies=self.policies,
                              matcher=matcher)
         self.scanner = Scanner(local, upstreams, links, on_link_error, matcher=matcher)
+        self.refresher = Refresher(local, upstreams, on_link_error)
         self.notifier = Notifier(local, upstreams, links, self.scanner, on_link_error)
         self.upload_delay_s = upload_delay_s
         self.scan_interval_s = scan_interval_s
@@ -136,12 +141,17 @@ class SyncEngine:
     async def sync_now(self, folder: str | None = None) -> int:
         """A manual sync of one folder or all that can reach their server; returns what is pending."""
         allowed = {n for n, link in self.links.items() if link.mode in MANUAL_MODES and folder in (None, n)}
-        await self.scanner.scan([d for d in self.local.listed_dirs()])
+        # Every mode a manual sync may use lists its folders too (it used to list only online
+        # ones: in Always Offline a manual sync then never saw a server change).
+        await self.scanner.scan(self.local.listed_dirs(), modes=MANUAL_MODES, folders=allowed)
         return await self._push(allowed)
 
     async def _push(self, allowed: set[str]) -> int:
         async with self._push_lock:
             self.pending = await self.pusher.push_round(allowed)
+            # Then the newer server versions of complete copies (``refresh``): in these same
+            # sessions, so Always Offline keeps its copies current in both directions.
+            await self.refresher.refresh(allowed)
         return self.pending
 
     async def _push_loop(self) -> None:
@@ -163,7 +173,7 @@ class SyncEngine:
         self._schedule_background(folder, now)
         if self.on_session:
             self.on_session(folder, "started", {})
-        await self.scanner.scan(self.local.listed_dirs(), modes=BACKGROUND_MODES)
+        await self.scanner.scan(self.local.listed_dirs(), modes=BACKGROUND_MODES, folders={folder})
         left = await self._push({folder})
         if self.on_session:
             self.on_session(folder, "finished", {"pending": left})

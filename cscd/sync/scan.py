@@ -59,16 +59,18 @@ class Scanner:
         self.local.listing_cost[dir_id] = (t1, t1 - t0)
         log.debug("rescanned %s:%r (%d entries, %.3f s)", folder, path, len(entries), t1 - t0)
 
-    async def scan(self, dir_ids: list[int], *, modes: tuple[Mode, ...] = (Mode.ONLINE,)) -> None:
-        """Re-list each directory whose folder is in one of ``modes``; a folder stops at its
-        first link error."""
+    async def scan(self, dir_ids: list[int], *, modes: tuple[Mode, ...] = (Mode.ONLINE,),
+                   folders: set[str] | None = None) -> None:
+        """Re-list each directory whose folder is in one of ``modes`` (and in ``folders``, if
+        given); a folder stops at its first link error."""
         down: set[str] = set()
         for dir_id in dir_ids:
             try:
                 node = self.local.node(dir_id)
                 folder = self.local.remote_path(node)[0].decode()
                 link = self.links.get(folder)
-                if folder in down or link is None or link.mode not in modes:
+                if folder in down or link is None or link.mode not in modes or (
+                        folders is not None and folder not in folders):
                     continue
                 await self.scan_dir(dir_id)
             except (UpstreamUnavailable, UpstreamTimeout):

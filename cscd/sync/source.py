@@ -53,6 +53,13 @@ class FolderSource:
         link = self.links.get(folder.decode())
         return link is not None and (link.mode.may_fetch or link.mode is Mode.METERED)
 
+    def serves_cached(self, folder: bytes) -> bool:
+        """Every mode but online serves cached files without asking the server (slow link,
+        always offline, metered, offline, working offline): newer versions are swapped in by
+        sync (``cscd.sync.refresh``), never left as placeholders."""
+        link = self.links.get(folder.decode())
+        return link is not None and link.mode is not Mode.ONLINE
+
     def may_fetch(self, folder: bytes) -> bool:
         name = folder.decode()
         link = self.links.get(name)

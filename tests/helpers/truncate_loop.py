@@ -28,6 +28,9 @@ class NoServer:
     def may_list(self, folder: bytes) -> bool:
         return False
 
+    def serves_cached(self, folder: bytes) -> bool:
+        return True
+
     async def read(self, folder: bytes, path: bytes, offset: int, length: int) -> bytes:
         raise OSError("no server")
 
