@@ -13,7 +13,6 @@ import time
 import pytest
 
 from tests.helpers.churn import wait_settled
-from tests.helpers.mount_env import MountEnv
 from tests.helpers.wait import eventually
 
 FAST_ENOUGH_S = 1.0
@@ -112,19 +111,15 @@ def test_hung_link_cached_operations_do_not_wait(env):
     eventually(lambda: (env.server / "renamed.txt").read_text() == "x", 15, "change not uploaded after the hang")
 
 
-def test_slow_link_is_entered_and_left(smbd, tmp_path):
-    env = MountEnv(smbd, tmp_path, offline={"background_sync_interval_s": 2, "background_sync_max_offset_s": 0})
-    try:
-        env.start_daemon()
-        prepare_cache(env)
-        env.proxy.delay_s = 0.08  # 80 ms each way
-        eventually(lambda: any("is now slow_link" in line for line in mode_lines(env)), 15, "slow link not detected")
-        (env.docs / "slow.txt").write_text("uploaded in the background session")
-        eventually(lambda: (env.server / "slow.txt").exists(), 15, "no background upload on the slow link")
-        env.proxy.delay_s = 0.0
-        eventually(lambda: mode_lines(env)[-1].endswith("online: server answered"), 15, "did not return online")
-    finally:
-        env.close()
+def test_slow_link_is_entered_and_left(mount_env):
+    env = mount_env(offline={"background_sync_interval_s": 2, "background_sync_max_offset_s": 0})
+    prepare_cache(env)
+    env.proxy.delay_s = 0.08  # 80 ms each way
+    eventually(lambda: any("is now slow_link" in line for line in mode_lines(env)), 15, "slow link not detected")
+    (env.docs / "slow.txt").write_text("uploaded in the background session")
+    eventually(lambda: (env.server / "slow.txt").exists(), 15, "no background upload on the slow link")
+    env.proxy.delay_s = 0.0
+    eventually(lambda: mode_lines(env)[-1].endswith("online: server answered"), 15, "did not return online")
 
 
 @pytest.mark.log_allows(r"conflict: ")
