@@ -273,7 +273,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if problems:
         print(f"sync problems: {len(problems)} file(s) keep failing (cached here, retried):")
         for p in problems:
-            print(f"  {p['folder']}/{p['path'].split('/', 1)[-1]}: {p['reason']} "
+            kind = "" if p.get("kind", "error") == "error" else f"[{p['kind']}] "
+            print(f"  {p['folder']}/{p['path'].split('/', 1)[-1]}: {kind}{p['reason']} "
                   f"({p['failures']} tries, next in {p['retry_in_s']} s)")
     c = status.get("cache", {})
     limit = "no limit" if c.get("limit_bytes") is None else f"limit {_size(c['limit_bytes'])}"

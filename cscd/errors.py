@@ -79,6 +79,12 @@ class AccessDenied(CscdError):
     errno = errno.EACCES
 
 
+class ServerFull(CscdError):
+    """The server is out of space, or the user's quota there is used up."""
+
+    errno = errno.ENOSPC
+
+
 class ReadOnly(CscdError):
     errno = errno.EROFS
 

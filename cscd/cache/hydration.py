@@ -55,6 +55,8 @@ class Hydration:
         self.hydrated_send, self.hydrated = trio.open_memory_channel[int](1_000)
         self._locks: dict[int, trio.Lock] = {}
         self._readahead: dict[int, tuple[int, int]] = {}
+        #: files whose "not available offline" (event 2020) was told since they were last fetched
+        self._told_unavailable: set[int] = set()
         self.hits = 0
         self.misses = 0
 
@@ -150,6 +152,10 @@ class Hydration:
                 return
             folder, path = self.core.remote_path(node)
             if not self.source.may_fetch(folder):
+                if node_id not in self._told_unavailable:  # once per file until it is fetched
+                    self._told_unavailable.add(node_id)
+                    emit(EventId.NOT_AVAILABLE_OFFLINE, folder=folder.decode(errors="replace"),
+                         path=path.decode(errors="replace"), mode=self.source.mode_of(folder))
                 raise NotAvailableOffline(
                     f"{path.decode(errors='replace')} is not available offline (not cached)"
                 )
@@ -191,6 +197,7 @@ class Hydration:
             self.core.set_present(txn, node, have, node.size)
             nodes.put(ix, txn, node)
         if node.is_hydrated:
+            self._told_unavailable.discard(node_id)
             try:
                 self.hydrated_send.send_nowait(node_id)
             except trio.WouldBlock:

@@ -38,6 +38,9 @@ class RemoteSource(Protocol):
     def may_list(self, folder: bytes) -> bool:
         """Whether the folder's mode allows listing a directory never listed before."""
 
+    def mode_of(self, folder: bytes) -> str:
+        """The folder's mode by name, for messages and events."""
+
     def serves_cached(self, folder: bytes) -> bool:
         """Whether the folder's mode serves cached files without asking the server (every
         mode but online): a newer server version then waits for sync to swap it in whole."""

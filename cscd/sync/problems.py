@@ -8,6 +8,11 @@ traceback at ERROR for a bug — and the node is retried with a jittered exponen
 *sync problem*: event 2040, listed by ``cscd status`` and counted in the metrics, as
 Windows' Sync Center lists sync errors. The first success clears it (event 2041).
 
+Two kinds are the user's or the admin's to fix, not a retry's, and are a problem from their
+first failure: the server out of space or quota (event 2010) and access denied (2011). Each
+is emitted once per file and kind (again only after the file synced, or failed otherwise
+in between) and backs off the same way.
+
 State lives in memory only: after a restart every dirty node is simply tried again, which is
 what the dirty set in LMDB is for. Time is ``trio.current_time()``; no I/O here.
 """
@@ -18,7 +23,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from cscd.errors import CscdError
+from cscd.errors import AccessDenied, CscdError, ServerFull
 from cscd.events import EventId, emit
 
 log = logging.getLogger(__name__)
@@ -40,10 +45,23 @@ class Problem:
     first_s: float
     last_s: float
     retry_at: float
+    kind: str = "error"  # or QUOTA, DENIED: shown from the first failure
 
     def as_dict(self) -> dict:
-        return {"folder": self.folder, "path": self.path, "reason": self.reason,
+        return {"folder": self.folder, "path": self.path, "reason": self.reason, "kind": self.kind,
                 "failures": self.failures, "retry_in_s": None}
+
+    @property
+    def shown(self) -> bool:
+        return self.failures >= SHOW_AFTER or self.kind != "error"
+
+
+#: Failures that only the user or the admin can fix: (problem kind, event it emits).
+QUOTA, DENIED = "quota", "access denied"
+_USERS_TO_FIX: tuple[tuple[type[CscdError], str, EventId], ...] = (
+    (ServerFull, QUOTA, EventId.UPLOAD_FAILED_QUOTA),
+    (AccessDenied, DENIED, EventId.UPLOAD_FAILED_PERMISSION),
+)
 
 
 class SyncProblems:
@@ -72,25 +90,29 @@ class SyncProblems:
                           reason, exc_info=exc)
         elif reason != p.reason:
             log.info("sync of %s in %s failed again, differently: %s", path, folder, reason)
+        kind, event = next(((k, e) for cls, k, e in _USERS_TO_FIX if isinstance(exc, cls)), ("error", None))
+        if event is not None and kind != p.kind:
+            emit(event, folder=folder, path=path, reason=reason)
+        p.kind = kind
         p.failures += 1
         p.reason, p.path, p.last_s = reason, path, now
         backoff = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (p.failures - 1))
         p.retry_at = now + backoff * random.uniform(0.8, 1.2)
-        if p.failures == SHOW_AFTER:
+        if p.failures == SHOW_AFTER and kind == "error":
             emit(EventId.SYNC_PROBLEM, folder=folder, path=path, failures=p.failures, reason=reason,
                  retry_s=round(p.retry_at - now))
 
     def succeeded(self, node_id: int) -> None:
         """The node synced (or needs nothing any more): forget its failures."""
         p = self._by_node.pop(node_id, None)
-        if p is not None and p.failures >= SHOW_AFTER:
+        if p is not None and p.shown:
             emit(EventId.SYNC_PROBLEM_CLEARED, folder=p.folder, path=p.path, failures=p.failures)
 
     def shown(self, now: float) -> list[dict]:
         """The problems ``cscd status`` lists (nodes that failed ``SHOW_AFTER`` times or more)."""
         out = []
         for p in self._by_node.values():
-            if p.failures >= SHOW_AFTER:
+            if p.shown:
                 d = p.as_dict()
                 d["retry_in_s"] = max(0, round(p.retry_at - now))
                 out.append(d)
@@ -98,4 +120,4 @@ class SyncProblems:
 
     @property
     def count(self) -> int:
-        return sum(1 for p in self._by_node.values() if p.failures >= SHOW_AFTER)
+        return sum(1 for p in self._by_node.values() if p.shown)

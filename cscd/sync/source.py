@@ -53,6 +53,10 @@ class FolderSource:
         link = self.links.get(folder.decode())
         return link is not None and (link.mode.may_fetch or link.mode is Mode.METERED)
 
+    def mode_of(self, folder: bytes) -> str:
+        link = self.links.get(folder.decode())
+        return "unknown" if link is None else link.mode.value
+
     def serves_cached(self, folder: bytes) -> bool:
         """Every mode but online serves cached files without asking the server (slow link,
         always offline, metered, offline, working offline): newer versions are swapped in by

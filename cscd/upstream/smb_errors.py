@@ -25,6 +25,7 @@ from cscd.errors import (
     NotDir,
     NotEmpty,
     NotFound,
+    ServerFull,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -64,6 +65,7 @@ STATUS_USER_SESSION_DELETED = 0xC0000203
 STATUS_NETWORK_SESSION_EXPIRED = 0xC000035C
 STATUS_DISK_FULL = 0xC000007F
 STATUS_INSUFF_SERVER_RESOURCES = 0xC0000205
+STATUS_QUOTA_EXCEEDED = 0xC0000044
 
 _NOT_FOUND = {
     STATUS_OBJECT_NAME_NOT_FOUND,
@@ -176,7 +178,9 @@ def _from_status(status: int, *, server: str, where: str) -> CscdError:
     if status == STATUS_SHARING_VIOLATION:
         return UpstreamError(f"{where} is in use by another program on the server; try again later")
     if status in (STATUS_DISK_FULL, STATUS_INSUFF_SERVER_RESOURCES):
-        return UpstreamError(f"the server has no room left for {where} (status 0x{status:08x})")
+        return ServerFull(f"the server has no room left for {where} (status 0x{status:08x})")
+    if status == STATUS_QUOTA_EXCEEDED:
+        return ServerFull(f"the quota on the server is used up; {where} does not fit")
     return UpstreamError(f"the server answered status 0x{status:08x} for {where}")
 
 

@@ -31,6 +31,9 @@ class NoServer:
     def serves_cached(self, folder: bytes) -> bool:
         return True
 
+    def mode_of(self, folder: bytes) -> str:
+        return "offline"
+
     async def read(self, folder: bytes, path: bytes, offset: int, length: int) -> bytes:
         raise OSError("no server")
 
