@@ -98,3 +98,19 @@ def test_access_denied_is_told_once_listed_and_loses_nothing(nobody_smbd, mount_
     assert len(_events(env, 2011)) == 1
     assert (env.docs / "locked" / "mine.txt").read_bytes() == b"written where the server says no"
     assert not (locked / "mine.txt").exists()
+
+
+@pytest.mark.log_allows(r"is now offline")
+def test_a_file_not_available_offline_is_told_once(mount_env):
+    env = mount_env()
+    (env.server / "uncached.bin").write_bytes(b"u" * 1000)
+    assert "uncached.bin" in os.listdir(env.docs)
+    env.proxy.stop_listening()
+    env.proxy.reset()
+    eventually(lambda: "is now offline" in env.daemon.log_text(), 15, "offline not noticed")
+    for _ in range(3):
+        with pytest.raises(OSError):
+            (env.docs / "uncached.bin").read_bytes()
+    told = _events(env, 2020)
+    assert len(told) == 1, told
+    assert "uncached.bin" in told[0]["message"] and "(offline)" in told[0]["message"], told
