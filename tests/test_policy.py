@@ -209,8 +209,8 @@ BAD = [
      "roaming_profile.background_upload.interval_hours", "out of range"),
     ("- roaming_profile:\n    background_upload: {time_of_day: '25:00'}\n", 2,
      "roaming_profile.background_upload.time_of_day", "expected a time of day"),
-    ("- roaming_profile:\n    background_upload: true\n", 2,
-     "roaming_profile.background_upload", "interval_hours"),
+    ("- roaming_profile:\n    background_upload: {}\n", 2,
+     "roaming_profile.background_upload", "true for every 12 h"),
     ("- roaming_profile:\n    redirections_xml: redirections.xml\n", 2,
      "roaming_profile.redirections_xml", "absolute path"),
 ]
@@ -664,3 +664,16 @@ def test_roaming_profile_keys_reach_the_policy(tmp_path: Path) -> None:
     bob = effective_policy(policy_set, who("bob")).roaming_profile
     assert not bob.is_on and str(bob.background_upload) == "every 6 h"
     assert bob.background_upload.max_offset_min == 5  # the offset from the wider block stays
+
+
+@pytest.mark.parametrize(("given", "want"), [
+    ("true", ("every 12 h", 60)),
+    ("{max_offset_min: 10}", ("every 12 h", 10)),
+    ("false", ("off", 60)),
+    ("{time_of_day: '03:00'}", ("daily at 03:00", 60)),
+])
+def test_background_upload_switched_on_without_a_schedule_runs_every_12_hours(tmp_path: Path, given, want):
+    """The seed's default schedule: a set interval of 12 h, with up to an hour's random delay."""
+    write(tmp_path, "policy.yaml", f"- roaming_profile:\n    target: '\\\\srv\\p'\n    background_upload: {given}\n")
+    upload = effective_policy(load_policy_set(tmp_path), ALICE).roaming_profile.background_upload
+    assert (str(upload), upload.max_offset_min) == want

@@ -111,6 +111,18 @@ def test_background_upload_follows_a_reloaded_policy(penv):
     assert "roaming profile: " in plain and "next background upload in 60 min" in plain, plain
 
 
+def test_background_upload_true_runs_on_the_default_12_hour_schedule(penv):
+    """``background_upload: true`` (it used to be refused): every 12 h plus up to an hour."""
+    penv.write_policy(roaming_policy(penv, extra="""
+        - roaming_profile:
+            background_upload: true
+        """))
+    penv.start()
+    status = penv.status()["profile"]
+    assert status["background_upload"] is True
+    assert 12 * 3600 - 60 < status["next_upload_in_s"] <= 13 * 3600, status
+
+
 @pytest.mark.log_allows(r"profile upload failed",
                         r"logoff push did not finish",
                         r"sync of Documents did not finish",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from cscd.policy.located import Origin
 from cscd.types import UncTarget
@@ -162,6 +163,10 @@ class BackgroundUpload:
     """When the roaming profile is uploaded while the user is logged on (Windows: "background
     upload of a roaming user profile's registry file"): every ``interval_hours`` or daily at
     ``time_of_day`` ("HH:MM", local time), each run delayed by up to ``max_offset_min``."""
+
+    #: ``background_upload: true``: the seed's default schedule (a set interval of 12 h; its
+    #: time-of-day form has to be written out, ``{time_of_day: '03:00'}``).
+    DEFAULT_INTERVAL_HOURS: ClassVar[int] = 12
 
     interval_hours: int | None = None
     time_of_day: str | None = None

@@ -278,14 +278,14 @@ def time_of_day(loc: Located) -> str:
 
 
 def background_upload(loc: Located) -> list[Setting]:
-    """``false`` (off), or ``{interval_hours: N}`` / ``{time_of_day: "HH:MM"}`` with an optional
-    ``max_offset_min``. Interval and time share one slot, so a narrower block's choice replaces
-    the other form."""
+    """``false`` (off), ``true`` (Windows' default schedule: every 12 h), or
+    ``{interval_hours: N}`` / ``{time_of_day: "HH:MM"}`` with an optional ``max_offset_min``
+    (alone, it means every 12 h too). Interval and time share one slot, so a narrower block's
+    choice replaces the other form."""
     slot = "roaming_profile.background_upload"
+    default = BackgroundUpload(interval_hours=BackgroundUpload.DEFAULT_INTERVAL_HOURS)
     if not loc.is_mapping:
-        if loc.as_bool():
-            raise loc.error("give {interval_hours: N} or {time_of_day: 'HH:MM'}, or false for off")
-        return [Setting(slot, BackgroundUpload(), loc.origin)]
+        return [Setting(slot, default if loc.as_bool() else BackgroundUpload(), loc.origin)]
     given = dict(loc.items(("interval_hours", "time_of_day", "max_offset_min"),
                            what="a mapping {interval_hours | time_of_day, max_offset_min}"))
     if "interval_hours" in given and "time_of_day" in given:
@@ -299,9 +299,11 @@ def background_upload(loc: Located) -> list[Setting]:
         out.append(Setting(slot, BackgroundUpload(time_of_day=at), given["time_of_day"].origin))
     if "max_offset_min" in given:
         item = given["max_offset_min"]
+        if not out:  # switched on with only its delay: the default schedule
+            out.append(Setting(slot, default, item.origin))
         out.append(Setting(f"{slot}.max_offset_min", item.as_int(0, 24 * 60, "minutes"), item.origin))
     if not out:
-        raise loc.error("give interval_hours or time_of_day (or false for off)")
+        raise loc.error("give interval_hours or time_of_day, true for every 12 h, or false for off")
     return out
 
 

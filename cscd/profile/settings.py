@@ -42,8 +42,6 @@ DEFAULT_EXCLUDE_PATTERNS: tuple[str, ...] = (
     ".~lock.*#",
 )
 
-#: The default interval when background upload is switched on without one (Windows: 12 h).
-DEFAULT_UPLOAD_INTERVAL_S = 12 * 3600.0
 #: Longest random delay added to each background upload (Windows: up to one hour).
 DEFAULT_UPLOAD_MAX_OFFSET_S = 3600.0
 
