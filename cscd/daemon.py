@@ -257,7 +257,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
     upstreams = build_upstreams(config)
     check_mountpoint(config.mount)
     links = {name: FolderLink() for name in upstreams}
-    policies = {name: config.offline for name in upstreams}
+    policies = {f.name: config.offline_for(f) for f in config.folders if f.name in upstreams}
     metered = MeteredWatcher(bus=config.metered_dbus, file=config.metered_file)
     config.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     monitor = LinkMonitor(

@@ -77,8 +77,9 @@ def decide_mode(*, reachable: bool, slow: bool, working_offline: bool, metered: 
         return Mode.OFFLINE, "server unreachable"
     if metered and policy.cost_aware_sync and not policy.sync_on_metered:
         return Mode.METERED, "the network is metered and sync is cost-aware"
-    if policy.always_offline:
-        return Mode.ALWAYS_OFFLINE, "always-offline policy"
+    if policy.works_always_offline:
+        return Mode.ALWAYS_OFFLINE, ("always-offline policy" if policy.always_offline
+                                     else f"slow-link latency {policy.slow_link_ms:g} ms (Always Offline)")
     if slow:
         return Mode.SLOW_LINK, f"round trip above {policy.slow_link_ms:g} ms"
     return Mode.ONLINE, "server answered"

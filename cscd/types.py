@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NewType
 
 #: A node's 64-bit id: the FUSE inode, the content-store key and the sync identity.
@@ -148,10 +148,56 @@ class OfflinePolicy:
     #: upload cap on a slow link, KiB/s (0: none): background sync trickles, the link stays usable
     slow_link_upload_kibps: float = 1024.0
 
+    @property
+    def works_always_offline(self) -> bool:
+        """Always Offline, also in the Windows form: a slow-link latency of 1 ms (or less)."""
+        return self.always_offline or self.slow_link_ms <= 1.0
+
     def upload_rate(self, slow: bool) -> float | None:
         """Bytes per second uploads may use now, or None for no cap."""
         caps = [c for c in (self.upload_cap_kibps, self.slow_link_upload_kibps if slow else 0.0) if c > 0]
         return min(caps) * 1024 if caps else None
+
+
+@dataclass(frozen=True, slots=True)
+class PathOverride:
+    """Offline Files thresholds for the targets under one UNC path: the per-path lists of
+    Windows' *Configure slow-link mode* and *Configure Background Sync* (policy
+    ``offline_files.per_path``). ``pattern`` is a UNC path, a UNC path ending in ``\\*``
+    (everything below it) or ``*`` (every target); matched case-insensitively, the most
+    specific pattern wins. ``None`` leaves the folder's own value."""
+
+    pattern: str
+    slow_link_ms: float | None = None
+    background_sync_interval_s: float | None = None
+
+    def matches(self, unc: str) -> bool:
+        p, u = self.pattern.casefold().rstrip("\\"), unc.casefold().rstrip("\\")
+        if p == "*":
+            return True
+        if p.endswith("\\*"):
+            return u.startswith(p[:-1])
+        return u == p or u.startswith(p + "\\")
+
+    @property
+    def specificity(self) -> int:
+        return -1 if self.pattern == "*" else len(self.pattern.rstrip("*\\"))
+
+    def __str__(self) -> str:
+        parts = [f"slow_link_ms={self.slow_link_ms:g}" if self.slow_link_ms is not None else "",
+                 f"background_sync_interval_min={self.background_sync_interval_s / 60:g}"
+                 if self.background_sync_interval_s is not None else ""]
+        return f"{self.pattern}: " + ", ".join(p for p in parts if p)
+
+
+def offline_for_target(base: OfflinePolicy, overrides: tuple[PathOverride, ...], unc: str) -> OfflinePolicy:
+    """``base`` with the most specific ``overrides`` entry matching the target ``unc`` laid over it."""
+    best = max((o for o in overrides if o.matches(unc)), key=lambda o: o.specificity, default=None)
+    if best is None:
+        return base
+    changes = {k: v for k, v in (("slow_link_ms", best.slow_link_ms),
+                                 ("background_sync_interval_s", best.background_sync_interval_s)) if v is not None}
+    return replace(base, **changes)
 
 
 @dataclass

@@ -211,6 +211,13 @@ BAD = [
      "roaming_profile.background_upload.time_of_day", "expected a time of day"),
     ("- roaming_profile:\n    background_upload: {}\n", 2,
      "roaming_profile.background_upload", "true for every 12 h"),
+    ("- offline_files:\n    per_path: [{slow_link_ms: 1}]\n", 2, "offline_files.per_path[0]", "missing 'path'"),
+    ("- offline_files:\n    per_path: [{path: 'C:\\x', slow_link_ms: 1}]\n", 2, "offline_files.per_path[0].path",
+     "is not a UNC path"),
+    ("- offline_files:\n    per_path: [{path: '*'}]\n", 2, "offline_files.per_path[0]",
+     "give slow_link_ms or background_sync_interval_min"),
+    ("- offline_files:\n    per_path: [{path: '*', slow_link_ms: 0}]\n", 2,
+     "offline_files.per_path[0].slow_link_ms", "out of range"),
     ("- roaming_profile:\n    redirections_xml: redirections.xml\n", 2,
      "roaming_profile.redirections_xml", "absolute path"),
 ]
@@ -677,3 +684,24 @@ def test_background_upload_switched_on_without_a_schedule_runs_every_12_hours(tm
     write(tmp_path, "policy.yaml", f"- roaming_profile:\n    target: '\\\\srv\\p'\n    background_upload: {given}\n")
     upload = effective_policy(load_policy_set(tmp_path), ALICE).roaming_profile.background_upload
     assert (str(upload), upload.max_offset_min) == want
+
+
+def test_per_path_thresholds_pick_the_most_specific_entry_for_a_target(tmp_path: Path) -> None:
+    from cscd.types import OfflinePolicy, offline_for_target
+    write(tmp_path, "policy.yaml", """\
+- offline_files:
+    slow_link_ms: 40
+    per_path:
+      - {path: '*', background_sync_interval_min: 30}
+      - {path: '\\\\srv\\home\\*', slow_link_ms: 200}
+      - {path: '\\\\SRV\\home\\alice\\Documents', slow_link_ms: 1}
+""")
+    rules = effective_policy(load_policy_set(tmp_path), ALICE).offline_files.per_path
+    base = OfflinePolicy(slow_link_ms=40.0)
+    docs = offline_for_target(base, rules, "\\\\srv\\home\\alice\\Documents")
+    assert docs.works_always_offline and docs.background_sync_interval_s == base.background_sync_interval_s
+    pics = offline_for_target(base, rules, "\\\\srv\\home\\alice\\Pictures")
+    assert (pics.slow_link_ms, pics.works_always_offline) == (200.0, False)
+    other = offline_for_target(base, rules, "\\\\files\\x\\Music")
+    assert (other.slow_link_ms, other.background_sync_interval_s) == (40.0, 1800.0)
+    assert offline_for_target(base, rules, "\\\\srv\\homes\\y").slow_link_ms == 40.0  # not under \\srv\\home

@@ -163,6 +163,27 @@ def test_reload_applies_a_new_slow_link_threshold_live(penv):
     assert rows["offline_files.slow_link_ms"]["value"] == "20"
 
 
+def test_per_path_latency_of_1_ms_makes_the_folders_under_it_always_offline(penv):
+    """Windows configures Always Offline as *Configure slow-link mode* with a 1 ms latency for
+    a UNC path; the same entry here puts the folders under it in always_offline, and a reload
+    without it brings them back online."""
+    penv.write_policy(f"""
+        - offline_files:
+            per_path:
+              - {{path: '\\\\elsewhere\\share\\*', slow_link_ms: 500}}
+              - {{path: '{penv.smbd.unc(penv.env.user_dir)}\\*', slow_link_ms: 1}}
+        """)
+    penv.start()
+    docs = penv.cli("status")["folders"]["Documents"]
+    assert docs["mode"] == "always_offline" and "1 ms" in docs["reason"], docs
+    (penv.mount / "Documents" / "local.txt").write_text("served from the cache")
+    assert (penv.mount / "Documents" / "local.txt").read_text() == "served from the cache"
+    penv.write_policy("- offline_files: {always_offline: false}\n")
+    assert "offline_files.per_path" in penv.cli("reload")["applied"]
+    wait_for(lambda: penv.cli("status")["folders"]["Documents"]["mode"] == "online", 15,
+             "the folder did not come back online after the per-path entry went")
+
+
 def test_reload_of_a_folder_change_asks_for_a_restart(penv):
     penv.server_dir("A").mkdir(parents=True)
     path = penv.write_policy("- offline_files: {always_offline: false}\n")

@@ -168,9 +168,10 @@ class PolicyKeeper:
         restart = [k for k in changed if (not k.startswith("offline_files.") or k in RESTART_OFFLINE_KEYS)
                    and k not in applied]
         not_enforced = [k for k in changed if k in NOT_ENFORCED_KEYS]
-        if after.offline != before.offline:
-            for name in self.policies:
-                self.policies[name] = after.offline
+        if (after.offline, after.offline_per_path) != (before.offline, before.offline_per_path):
+            for folder in after.folders:
+                if folder.name in self.policies:
+                    self.policies[folder.name] = after.offline_for(folder)
             if self.monitor is not None:
                 self.monitor.apply_policies()
         if self.cache is not None and (after.cache_limit_bytes, after.cache_limit_fraction) != (

@@ -44,7 +44,7 @@ from cscd.errors import BadName, ConfigError
 from cscd.names import check_name
 from cscd.policy.credentials import load_credentials
 from cscd.policy.unc import parse_unc
-from cscd.types import OfflinePolicy, ServerSettings, SmbSecurity, UncTarget
+from cscd.types import OfflinePolicy, PathOverride, ServerSettings, SmbSecurity, UncTarget, offline_for_target
 
 #: Defaults of the policy keys ``offline_files.exclude_patterns`` and ``max_file_size``
 #: (``policy/model.py`` has the same values; ``tests/test_config.py`` keeps them equal).
@@ -90,6 +90,8 @@ class DaemonConfig:
     security: SmbSecurity = SmbSecurity()
     timings: Timings = field(default_factory=Timings)
     offline: OfflinePolicy = OfflinePolicy()
+    #: per-UNC-path thresholds laid over ``offline`` (policy ``offline_files.per_path``)
+    offline_per_path: tuple[PathOverride, ...] = ()
     #: run large uploads and downloads in worker processes (keeps the FUSE loop fast)
     offload_transfers: bool = True
     #: content-store size limit: bytes, or a fraction of the cache's filesystem
@@ -119,6 +121,11 @@ class DaemonConfig:
             timeout_s=self.timings.request_timeout_s if timeout_s is None else timeout_s,
             offload=self.offload_transfers if offload is None else offload,
             credentials_origin=f"{self.path}: credentials")
+
+    def offline_for(self, folder: FolderConfig) -> OfflinePolicy:
+        """The Offline Files settings of one folder: ``offline`` with the most specific
+        ``offline_per_path`` entry for its target laid over it."""
+        return offline_for_target(self.offline, self.offline_per_path, str(folder.target))
 
     @property
     def home_dir(self) -> Path:

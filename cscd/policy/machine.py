@@ -326,6 +326,8 @@ def policy_rows(policy: Policy) -> list[PolicyRow]:
     for field_name in o.__dataclass_fields__:
         key = next((k for k, v in _OFFLINE_FIELDS.items() if v == field_name), field_name)
         value = getattr(o, field_name)
+        if key == "per_path":
+            value = "; ".join(str(o) for o in value) or "(none)"
         rows.append((f"offline_files.{key}", f"{value} bytes" if key == "max_file_size" else value))
     s = policy.security
     rows += [(f"security.{k}", getattr(s, k)) for k in s.__dataclass_fields__]
@@ -432,6 +434,8 @@ def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
     content = {field: getattr(policy.offline_files, field)
                for key, field in (("exclude_patterns", "exclude_patterns"), ("max_file_size", "max_file_size_bytes"))
                if f"offline_files.{key}" in origins}
+    if "offline_files.per_path" in origins:
+        content["offline_per_path"] = policy.offline_files.per_path
     return replace(config, folders=folders, offline=offline, security=security,
                    credentials=credentials, **content)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from cscd.policy.located import Origin
-from cscd.types import UncTarget
+from cscd.types import PathOverride, UncTarget
 
 #: The XDG user directories cscd redirects by name (``xdg-user-dirs``' eight), in the order
 #: ``cscd policy show`` lists them. Any other folder name is a custom folder and needs ``path``.
@@ -145,6 +145,7 @@ class OfflineFilesPolicy:
     cache_size_limit: CacheSizeLimit = CacheSizeLimit()
     exclude_patterns: tuple[str, ...] = ("*.tmp", "~$*", ".~lock.*#")
     max_file_size_bytes: int = 10 * GB
+    per_path: tuple[PathOverride, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

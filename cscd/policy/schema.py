@@ -38,6 +38,7 @@ from cscd.policy.model import (
     RemovalAction,
 )
 from cscd.policy.unc import check_server_name, parse_unc
+from cscd.types import PathOverride
 
 TOP_KEYS = ("scope", "folders", "offline_files", "security", "primary_computers", "central_source",
             "roaming_profile")
@@ -307,6 +308,38 @@ def background_upload(loc: Located) -> list[Setting]:
     return out
 
 
+def per_path(loc: Located) -> tuple[PathOverride, ...]:
+    """``[{path: UNC | 'UNC\\*' | '*', slow_link_ms: N, background_sync_interval_min: N}, …]``:
+    Windows' per-path lists of *Configure slow-link mode* and *Configure Background Sync*.
+    A latency of 1 ms is Always Offline for the targets under that path, as on Windows."""
+    entries = loc.entries("a list of {path: UNC, slow_link_ms, background_sync_interval_min} entries")
+    out = []
+    seen: set[str] = set()
+    for entry in entries:
+        values = dict(entry.items(("path", "slow_link_ms", "background_sync_interval_min"),
+                                  what="a mapping {path, slow_link_ms, background_sync_interval_min}"))
+        if "path" not in values:
+            raise entry.error("missing 'path' (a UNC path, 'UNC\\*' for everything below it, or '*')")
+        pattern = values["path"].as_str().strip()
+        if pattern != "*":
+            base = pattern[:-2] if pattern.endswith("\\*") else pattern
+            try:
+                parse_unc(base)
+            except (BadName, ValueError) as exc:
+                raise values["path"].error(f"{exc}; or a UNC path ending in '\\*', or '*'") from None
+        if pattern.casefold() in seen:
+            raise values["path"].error(f"{pattern!r} is listed twice")
+        seen.add(pattern.casefold())
+        if len(values) == 1:
+            raise entry.error("give slow_link_ms or background_sync_interval_min for this path")
+        out.append(PathOverride(
+            pattern,
+            float(values["slow_link_ms"].as_int(1, MS_MAX, "ms")) if "slow_link_ms" in values else None,
+            values["background_sync_interval_min"].as_int(1, MIN_MAX, "minutes") * 60.0
+            if "background_sync_interval_min" in values else None))
+    return tuple(out)
+
+
 def removal(loc: Located) -> RemovalAction:
     return RemovalAction(loc.as_choice(a.value for a in RemovalAction))
 
@@ -324,6 +357,7 @@ OFFLINE_KEYS: Mapping[str, Reader] = {
     "cache_size_limit": cache_limit,
     "exclude_patterns": patterns,
     "max_file_size": lambda loc: size_bytes(loc, 1, MAX_FILE_BYTES),
+    "per_path": per_path,
 }
 SECURITY_KEYS: Mapping[str, Reader] = {
     "require_encryption": Located.as_bool,
