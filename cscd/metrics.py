@@ -17,6 +17,7 @@ The counters (the Work Folders set, and more):
 | ``deletes_total``, ``renames_total``, ``conflicts_total``, ``dirs_scanned_total`` | counter | | sync engine |
 | ``cache_hits_total``, ``cache_misses_total`` | counter | | cache |
 | ``hydrations_total`` | counter | | cache misses: each fetches missing ranges from the server |
+| ``files_downloaded_total`` | counter | | cache: files a fetch made complete here (swapped-in versions too) |
 | ``pending_changes`` | gauge | | sync engine: dirty nodes left after the last push round |
 | ``sync_problems`` | gauge | | sync engine: files that keep failing to sync (``sync/problems.py``) |
 | ``link_rtt_seconds``, ``folder_online``, ``folder_connected`` | gauge | folder | link monitor, upstream |
@@ -24,8 +25,8 @@ The counters (the Work Folders set, and more):
 | ``cache_used_bytes``, ``cache_limit_bytes`` | gauge | | content store (``cache_usage``) |
 | ``*_per_second`` | gauge | as the counter | two samples ``RATE_WINDOW_S`` apart |
 
-Files downloaded and outstanding requests need counters the cache and upstreams do not keep
-yet; they are left out rather than guessed.
+Outstanding requests need a counter the upstreams do not keep yet; it is left out rather
+than guessed.
 
 ``Collector.observe`` also turns what the counters show into sync-session events for
 folders that sync at once (online): a session begins when something reaches the server and
@@ -66,6 +67,7 @@ class HasStatistics(Protocol):
 class CacheCounters(Protocol):
     hits: int
     misses: int
+    files_downloaded: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ _HELP = {
     "cache_hits_total": "Reads served from the cache alone.",
     "cache_misses_total": "Reads that needed bytes from the server.",
     "hydrations_total": "Fetches of missing file ranges from the server.",
+    "files_downloaded_total": "Files whose content a fetch from the server made complete in the cache.",
 }
 
 
@@ -199,6 +202,7 @@ class Collector:
         values[("cache_hits_total", "")] = float(self.cache.hits)
         values[("cache_misses_total", "")] = float(self.cache.misses)
         values[("hydrations_total", "")] = float(self.cache.misses)
+        values[("files_downloaded_total", "")] = float(self.cache.files_downloaded)
         sample = Sample(now, values)
         self._samples.append(sample)
         while len(self._samples) > 2 and now - self._samples[1].t >= RATE_WINDOW_S:
@@ -289,6 +293,7 @@ class Collector:
             "sync": {
                 "pending_changes": int(v.get(("pending_changes", ""), 0)),
                 "files_uploaded": int(v.get(("files_uploaded_total", ""), 0)),
+                "files_downloaded": int(v.get(("files_downloaded_total", ""), 0)),
                 "conflicts": int(v.get(("conflicts_total", ""), 0)),
                 "problems": [dict(p) for p in getattr(self.sync.statistics(), "problems", ())],
             },

@@ -117,6 +117,7 @@ class Service:
 class CacheCounters:
     hits = 0
     misses = 0
+    files_downloaded = 0
 
 
 class Clock:
@@ -246,6 +247,9 @@ def test_a_read_moves_hits_and_misses(live):
     assert (live.docs / "remote.bin").read_bytes() == b"m" * 50_000
     wait_for(lambda: stat_value(live, "cache_misses_total") >= 1, 10, "no miss counted")
     assert stat_value(live, "bytes_downloaded_total", "Documents") >= 50_000
+    assert stat_value(live, "files_downloaded_total") == 1
+    assert (live.docs / "remote.bin").read_bytes() == b"m" * 50_000  # a hit: not downloaded again
+    assert stat_value(live, "files_downloaded_total") == 1
 
 
 @pytest.mark.log_allows(r"folder Documents is now offline: ")

@@ -59,6 +59,8 @@ class Hydration:
         self._told_unavailable: set[int] = set()
         self.hits = 0
         self.misses = 0
+        #: files whose content a fetch (or a swap of a newer version) made complete here
+        self.files_downloaded = 0
 
     async def read(self, node_id: int, fd: int, offset: int, length: int) -> bytes:
         """Bytes of the node's content; waits on the network only for bytes not present."""
@@ -197,6 +199,7 @@ class Hydration:
             self.core.set_present(txn, node, have, node.size)
             nodes.put(ix, txn, node)
         if node.is_hydrated:
+            self.files_downloaded += 1
             self._told_unavailable.discard(node_id)
             try:
                 self.hydrated_send.send_nowait(node_id)

@@ -269,6 +269,7 @@ class SyncSide:
             node = nodes.get(ix, txn, node_id)
             newer.finish_swap(ix, txn, node, entry)
         self.core.publish(("inode", node_id))
+        self.hydration.files_downloaded += 1
         try:
             self.hydration.hydrated_send.send_nowait(node_id)  # its chunk map, for the next delta
         except trio.WouldBlock:

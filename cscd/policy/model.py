@@ -77,7 +77,9 @@ class CredentialSource:
         return self.path is None
 
     def __str__(self) -> str:
-        return "kerberos" if self.path is None else str(self.path)
+        # Kerberos is not implemented yet (smb_wire authenticates with NTLM): say what happens.
+        return ("kerberos (not supported yet: NTLM with the credentials file of cscd.yaml)"
+                if self.path is None else str(self.path))
 
 
 @dataclass(frozen=True, slots=True)
