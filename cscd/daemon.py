@@ -258,7 +258,8 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
     check_mountpoint(config.mount)
     links = {name: FolderLink() for name in upstreams}
     policies = {f.name: config.offline_for(f) for f in config.folders if f.name in upstreams}
-    metered = MeteredWatcher(bus=config.metered_dbus, file=config.metered_file)
+    metered = MeteredWatcher(bus=config.metered_dbus, file=config.metered_file,
+                             roaming_poll_s=config.timings.roaming_poll_s)
     config.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     monitor = LinkMonitor(
         {n: (upstreams[n], links[n]) for n in upstreams},

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers.fake_nm import METERED_NO, METERED_YES, FakeNetworkManager
+from tests.helpers.fake_nm import METERED_GUESS_YES, METERED_NO, METERED_YES, FakeNetworkManager
 from tests.helpers.ops import wait_control
 from tests.helpers.wait import wait_for
 
@@ -64,3 +64,31 @@ def test_manual_sync_uploads_on_a_metered_network(nm, mount_env):
     result = env.daemon.run_cli("sync", "--wait")
     assert result.returncode == 0, result.stderr
     assert (env.server / "now.txt").read_text() == "the user asked for it"
+
+
+@pytest.fixture
+def guessed(tmp_path):
+    """NetworkManager guessing "metered" (a phone's hotspot), with a modem at home."""
+    fake = FakeNetworkManager(tmp_path / "bus", metered=METERED_GUESS_YES, modem=True)
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_a_guessed_metered_network_syncs_until_the_modem_roams(guessed, mount_env):
+    """Windows stops background sync on a metered connection only when roaming or near its
+    limit: NetworkManager's guess-yes (no limit known) syncs on; ModemManager reporting
+    roaming stops it; home again, it goes on."""
+    env = mount_env(extra={"metered_dbus": guessed.address})
+    (env.docs / "hotspot.txt").write_text("synced on a phone's hotspot")
+    wait_for(lambda: (env.server / "hotspot.txt").exists(), 10, "not uploaded on a guessed-metered network")
+    assert not any(m.startswith("metered") for m in modes(env))
+    guessed.set_roaming(True)
+    wait_for(lambda: any(m.startswith("metered") for m in modes(env)), 10, "roaming did not stop sync")
+    (env.docs / "abroad.txt").write_text("wait until home")
+    time.sleep(2.0)  # several push rounds: none may upload while roaming
+    assert not (env.server / "abroad.txt").exists(), "uploaded while roaming"
+    guessed.set_roaming(False)
+    wait_for(lambda: (env.server / "abroad.txt").exists(), 10, "not uploaded once home again")
+    assert "ModemManager says the modem is roaming" in env.daemon.log_text()

@@ -66,6 +66,7 @@ class Timings:
     upload_delay_s: float = 0.3  # settle time after close before uploading
     scan_interval_s: float = 3.0  # rescan of recently used directories
     full_scan_interval_s: float = 300.0  # rescan of every listed directory
+    roaming_poll_s: float = 30.0  # ModemManager asked whether a modem roams (cost-aware sync)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Owns ``FakeNetworkManager``: starts ``dbus-daemon`` in a temp dir (never the system bus),
 owns ``org.freedesktop.NetworkManager`` on it from a thread, answers Properties.Get/GetAll
-for ``Metered`` (u) and emits PropertiesChanged when a test flips it.
+for ``Metered`` (u) and emits PropertiesChanged when a test flips it. With ``modem=True`` it
+also owns ``org.freedesktop.ModemManager1`` with one modem, whose 3GPP registration state
+(home or roaming) ``set_roaming`` changes; ObjectManager.GetManagedObjects reports it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,17 @@ from jeepney.io.blocking import open_dbus_connection
 NM_NAME = "org.freedesktop.NetworkManager"
 NM_PATH = "/org/freedesktop/NetworkManager"
 PROPS = "org.freedesktop.DBus.Properties"
-METERED_YES, METERED_NO = 1, 2
+METERED_YES, METERED_NO, METERED_GUESS_YES = 1, 2, 3
+MM_NAME = "org.freedesktop.ModemManager1"
+MM_MODEM = "/org/freedesktop/ModemManager1/Modem/0"
+MM_3GPP = "org.freedesktop.ModemManager1.Modem.Modem3gpp"
+REGISTERED_HOME, REGISTERED_ROAMING = 1, 5
 
 
 class FakeNetworkManager:
-    def __init__(self, workdir: Path, metered: int = METERED_NO) -> None:
+    def __init__(self, workdir: Path, metered: int = METERED_NO, *, modem: bool = False) -> None:
+        self.modem = modem
+        self.registration = REGISTERED_HOME
         workdir.mkdir(parents=True, exist_ok=True)
         out = subprocess.run(
             ["dbus-daemon", "--session", "--print-address=1", "--print-pid=1", "--fork",
@@ -44,10 +52,16 @@ class FakeNetworkManager:
     def set_metered(self, value: int) -> None:
         self._changes.put(value)
 
+    def set_roaming(self, roaming: bool) -> None:
+        self.registration = REGISTERED_ROAMING if roaming else REGISTERED_HOME
+
     def _serve(self) -> None:
         conn = open_dbus_connection(self.address)
         reply = conn.send_and_get_reply(message_bus.RequestName(NM_NAME))
         assert reply.body[0] == 1, reply.body
+        if self.modem:
+            reply = conn.send_and_get_reply(message_bus.RequestName(MM_NAME))
+            assert reply.body[0] == 1, reply.body
         self._ready.set()
         try:
             while not self._stop.is_set():
@@ -70,6 +84,9 @@ class FakeNetworkManager:
                     conn.send(new_method_return(msg, "v", (("u", self.value),)))
                 elif member == "GetAll":
                     conn.send(new_method_return(msg, "a{sv}", ({"Metered": ("u", self.value)},)))
+                elif member == "GetManagedObjects" and self.modem:
+                    objects = {MM_MODEM: {MM_3GPP: {"RegistrationState": ("u", self.registration)}}}
+                    conn.send(new_method_return(msg, "a{oa{sa{sv}}}", (objects,)))
         finally:
             conn.close()
 

@@ -31,6 +31,7 @@ FAST_TIMINGS = {
     "upload_delay_s": 0.1,
     "scan_interval_s": 0.5,
     "full_scan_interval_s": 5,
+    "roaming_poll_s": 0.5,
 }
 
 
