@@ -25,10 +25,25 @@ import functools
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from typing import Protocol
 
 import pyfuse3
 import trio
+from pyfuse3 import (
+    EntryAttributes,
+    FileHandleT,
+    FileInfo,
+    FileNameT,
+    FlagT,
+    InodeT,
+    ModeT,
+    ReaddirToken,
+    RequestContext,
+    SetattrFields,
+    StatvfsData,
+    XAttrNameT,
+)
 
 from cscd.cache.cache import Cache
 from cscd.cache.nodes import Node
@@ -138,12 +153,12 @@ class CscdFs(pyfuse3.Operations):
     # ------------------------------------------------------------ namespace
 
     @_errno_boundary
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext | None = None) -> EntryAttributes:
         await self.cache.hydration.guard(parent_inode, fresh=True)
         return self._entry(await self.cache.namespace.lookup(parent_inode, name))
 
     @_errno_boundary
-    async def forget(self, inode_list):
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         for inode, n in inode_list:
             left = self._lookups[inode] - n
             if left > 0:
@@ -153,11 +168,12 @@ class CscdFs(pyfuse3.Operations):
                 self.cache.content.forget(inode)
 
     @_errno_boundary
-    async def getattr(self, inode, ctx=None):
+    async def getattr(self, inode: InodeT, ctx: RequestContext | None = None) -> EntryAttributes:
         return self._attrs(await self.cache.hydration.guard(inode))
 
     @_errno_boundary
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    async def setattr(self, inode: InodeT, attr: EntryAttributes, fields: SetattrFields, fh: FileHandleT | None,
+                      ctx: RequestContext) -> EntryAttributes:
         size = attr.st_size if fields.update_size else None
         mode = attr.st_mode if fields.update_mode else None
         mtime = attr.st_mtime_ns if fields.update_mtime else None
@@ -175,14 +191,14 @@ class CscdFs(pyfuse3.Operations):
         return self._attrs(self.cache.core.node(inode))
 
     @_errno_boundary
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
         node = await self.cache.hydration.guard(inode, fresh=True)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     @_errno_boundary
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
         await self.cache.hydration.guard(fh, fresh=not start_id, now=True)  # every `ls` asks the server
         after = start_id
         while True:
@@ -196,30 +212,31 @@ class CscdFs(pyfuse3.Operations):
                 after = node.id
 
     @_errno_boundary
-    async def releasedir(self, fh):
+    async def releasedir(self, fh: FileHandleT) -> None:
         return None
 
     @_errno_boundary
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: RequestContext) -> EntryAttributes:
         await self.cache.hydration.guard(parent_inode)
         node = self.cache.namespace.mkdir(parent_inode, name, mode & ~ctx.umask)
         await self._push_now(node.id, discard=False)
         return self._entry(self.cache.core.node(node.id))
 
     @_errno_boundary
-    async def rmdir(self, parent_inode, name, ctx):
+    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         await self.cache.hydration.guard(parent_inode, fresh=True)
         node = await self.cache.namespace.rmdir(parent_inode, name)
         await self._push_now(node.id, discard=False)
 
     @_errno_boundary
-    async def unlink(self, parent_inode, name, ctx):
+    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         await self.cache.hydration.guard(parent_inode, fresh=True)
         node = await self.cache.namespace.unlink(parent_inode, name)
         await self._push_now(node.id, discard=False)
 
     @_errno_boundary
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+    async def rename(self, parent_inode_old: InodeT, name_old: FileNameT, parent_inode_new: InodeT,
+                     name_new: FileNameT, flags: FlagT, ctx: RequestContext) -> None:
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         await self.cache.hydration.guard(parent_inode_old, fresh=True)
@@ -233,28 +250,31 @@ class CscdFs(pyfuse3.Operations):
             await self._push_now(replaced.id, discard=False)
 
     @_errno_boundary
-    async def link(self, inode, new_parent_inode, new_name, ctx):
+    async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
+                   ctx: RequestContext) -> EntryAttributes:
         raise pyfuse3.FUSEError(errno.EPERM)
 
     @_errno_boundary
-    async def symlink(self, parent_inode, name, target, ctx):
+    async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
+                      ctx: RequestContext) -> EntryAttributes:
         raise pyfuse3.FUSEError(errno.EPERM)
 
     @_errno_boundary
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+    async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
+                    ctx: RequestContext) -> EntryAttributes:
         raise pyfuse3.FUSEError(errno.EPERM)
 
     @_errno_boundary
-    async def readlink(self, inode, ctx):
+    async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
         raise pyfuse3.FUSEError(errno.EINVAL)
 
     @_errno_boundary
-    async def access(self, inode, mode, ctx):
+    async def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> bool:
         self.cache.core.node(inode)
         return True
 
     @_errno_boundary
-    async def statfs(self, ctx):
+    async def statfs(self, ctx: RequestContext) -> StatvfsData:
         st = self.cache.core.store.statvfs()
         s = pyfuse3.StatvfsData()
         s.f_bsize = st.f_bsize
@@ -277,7 +297,8 @@ class CscdFs(pyfuse3.Operations):
         return fh
 
     @_errno_boundary
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
+                     ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         await self.cache.hydration.guard(parent_inode)
         node = self.cache.namespace.create(parent_inode, name, mode & ~ctx.umask)
         fd = self.cache.content.open(node.id, truncate=False, write=True)
@@ -286,7 +307,7 @@ class CscdFs(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node)), self._entry(node)
 
     @_errno_boundary
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
         write = (flags & os.O_ACCMODE) != os.O_RDONLY
         node = await self.cache.hydration.guard(inode, fresh=True, now=True)
         truncate = bool(flags & os.O_TRUNC)
@@ -298,13 +319,13 @@ class CscdFs(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node))
 
     @_errno_boundary
-    async def read(self, fh, off, size):
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         h = self._handles[fh]
         await self.cache.hydration.guard(h.node_id)
         return await self.cache.hydration.read(h.node_id, h.fd, off, size)
 
     @_errno_boundary
-    async def write(self, fh, off, buf):
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         h = self._handles[fh]
         await self.cache.hydration.guard(h.node_id)
         self.cache.residency.check_size(h.node_id, off + len(buf))
@@ -328,35 +349,35 @@ class CscdFs(pyfuse3.Operations):
             await self._push_now(h.node_id)
 
     @_errno_boundary
-    async def flush(self, fh):
+    async def flush(self, fh: FileHandleT) -> None:
         await self._write_through(self._handles[fh])
 
     @_errno_boundary
-    async def fsync(self, fh, datasync):
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
         h = self._handles[fh]
         await self.cache.content.fsync(h.fd)
         await self._write_through(h)
 
     @_errno_boundary
-    async def release(self, fh):
+    async def release(self, fh: FileHandleT) -> None:
         h = self._handles.pop(fh)
         self.cache.content.release(h.node_id, h.fd, write=h.write, wrote=h.wrote)
         self.cache.residency.after_close(h.node_id)
 
     @_errno_boundary
-    async def getxattr(self, inode, name, ctx):
+    async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @_errno_boundary
-    async def listxattr(self, inode, ctx):
+    async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
         return []
 
     @_errno_boundary
-    async def setxattr(self, inode, name, value, ctx):
+    async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     @_errno_boundary
-    async def removexattr(self, inode, name, ctx):
+    async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     # ------------------------------------------------------------ kernel news
