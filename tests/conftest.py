@@ -5,7 +5,8 @@ The server is real (``cscd.samba.EmbeddedSamba``) and serves ``share`` and a sec
 ``own_smbd`` so that this one stays undisturbed. Teardown fails the run if a server's log shows
 a PANIC. ``mount_env`` is the one fixture that gives a test a mounted daemon, and fails the
 test on anything unexpected in the daemon's log (``log_allows``); ``penv`` is one built on it
-with a policy directory and a home (``tests/helpers/policy_env.py``).
+with a policy directory and a home (``tests/helpers/policy_env.py``); ``mode_env`` runs a
+module's tests once per mode (cached, uncached, offline) on one daemon per mode.
 Also registers the ``churn`` mark and the ``--soak`` option of ``tests/test_churn.py``.
 """
 
@@ -107,6 +108,29 @@ def mount_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba, tmp_path: Pat
         if problems:
             pytest.fail("the daemon logged what this test does not expect (add a log_allows mark "
                         "if it should):\n" + "\n".join(problems[:20]), pytrace=False)
+
+
+#: The modes ``mode_env`` runs a module's tests in.
+MODES = ("cached", "uncached", "offline")
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, MountEnv]]:
+    """``(mode, env)``: one daemon per mode for all of a module's tests, in each of ``MODES``
+    (a folder that is cached, one that is not cached, and — the test cuts the link itself —
+    offline); stopped (exit code 0) and its cache checked at the end (``MountEnv.close``).
+    Module-scoped, so a test judges the daemon's log itself for the lines it caused (see
+    ``tests/test_behaviour.py``'s ``case``), as rclone's vfstest runs one suite per cache mode."""
+    mode = request.param
+    env = MountEnv(smbd, tmp_path_factory.mktemp(f"behaviour-{mode}"))
+    if mode == "uncached":
+        env.daemon.folders["Documents"] = {"target": env.daemon.folders["Documents"], "offline": False}
+    try:
+        env.start_daemon()
+        yield mode, env
+    finally:
+        env.close()
 
 
 @pytest.fixture

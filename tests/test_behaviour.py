@@ -34,11 +34,9 @@ from pathlib import Path
 import pytest
 
 from cscd.cache.store import ContentStore
-from cscd.samba import EmbeddedSamba
 from tests.helpers.mount_env import MountEnv, unexpected_warnings
 from tests.helpers.wait import eventually
 
-MODES = ("cached", "uncached", "offline")
 MODE_LOG_ALLOWS = {"offline": (r"folder Documents is now offline: ",
                                r"\[2002\] sync of Documents did not finish .*; \d+ changes kept for later$")}
 """What a mode makes the daemon say at WARNING by itself: going offline, and keeping a change
@@ -115,22 +113,6 @@ class Case:
             assert not holds(check), f"{what}: on the server although the folder is offline"
             self.reconnect()
             eventually(check, UPLOAD_TIMEOUT_S, f"{what}: not uploaded after the server came back")
-
-
-@pytest.fixture(scope="module", params=MODES)
-def mode_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, MountEnv]]:
-    """One daemon for all of a mode's tests; stopped (exit code 0) and its cache checked at
-    the end (``MountEnv.close``)."""
-    mode = request.param
-    env = MountEnv(smbd, tmp_path_factory.mktemp(f"behaviour-{mode}"))
-    if mode == "uncached":
-        env.daemon.folders["Documents"] = {"target": env.daemon.folders["Documents"], "offline": False}
-    try:
-        env.start_daemon()
-        yield mode, env
-    finally:
-        env.close()
 
 
 @pytest.fixture
