@@ -283,7 +283,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
     _adopt_moved(cache, moved)
     keeper.attach(policies, monitor, cache)
     if profile is not None:
-        keeper.profile = functools.partial(_update_profile, profile)
+        keeper.profile = functools.partial(_update_profile, profile, config.central_copy_dir)
     try:
         async with trio.open_nursery() as nursery:
             for name, up in upstreams.items():
@@ -374,9 +374,10 @@ def _profile_mode(policy: Policy, config: DaemonConfig, links: dict[str, FolderL
     return Mode.METERED if metered.is_metered() and policy.offline_files.cost_aware_sync else Mode.ONLINE
 
 
-def _update_profile(profile: ProfileService, policy: Policy) -> None:
+def _update_profile(profile: ProfileService, central_copy: Path, policy: Policy) -> None:
     try:
-        profile.update_settings(profile_settings(policy, exclude_paths=profile.settings.exclude_paths))
+        profile.update_settings(profile_settings(policy, exclude_paths=profile.settings.exclude_paths,
+                                                 central_copy=central_copy))
     except ConfigError as exc:
         log.warning("roaming profile: the new settings are not applied: %s", exc)
 

@@ -154,3 +154,96 @@ def test_nothing_roams_on_a_computer_that_is_not_primary(penv):
     penv.daemon.stop()
     assert not (penv.home / ".config/app").exists()
     assert sorted(p.name for p in server.rglob("*")) == [".config", "app", "settings.ini"]  # no .bashrc
+
+
+REDIRECTIONS = """<?xml version="1.0" encoding="UTF-8"?>
+<FrxProfileFolderRedirection ExcludeCommonFolders="0">
+  <Excludes>
+    <Exclude Copy="0">.config\\vendor\\scratch</Exclude>
+    <Exclude Copy="1">.config\\vendor\\session</Exclude>
+    <Exclude Copy="3">.config\\vendor\\outbox</Exclude>
+  </Excludes>
+  <Includes>
+    <Include>.config\\vendor\\scratch\\keep</Include>
+  </Includes>
+</FrxProfileFolderRedirection>
+"""
+
+
+def _files(root: Path, below: str) -> set[str]:
+    base = root / below
+    return {p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()} if base.is_dir() else set()
+
+
+def _fslogix_profile(penv, xml_line: str) -> Path:
+    server = penv.server_dir("Profile")
+    put(server, ".config/vendor/session/s.dat", b"session state", OLD)
+    put(server, ".config/vendor/outbox/o.dat", b"queued mail", OLD)
+    put(server, ".config/app/settings.ini", b"theme=dark\n", OLD)
+    penv.write_policy(roaming_policy(penv, extra=xml_line))
+    penv.start()
+    wait_for(lambda: penv.status()["profile"]["logons"] == 1, 30, "logon did not run")
+    return server
+
+
+def _sign_out_and_in(penv, server: Path) -> None:
+    """The seed's Copy values through a real logoff and logon pair."""
+    home = penv.home
+    assert _files(home, ".config/vendor/session") == {"s.dat"}  # Copy 1: filled at sign-in
+    assert _files(home, ".config/vendor/outbox") == {"o.dat"}  # Copy 3: filled at sign-in
+    assert (home / ".config/vendor/scratch").is_dir()  # Copy 0: an empty folder
+    put(home, ".config/vendor/scratch/tmp.bin", b"scratch data")
+    put(home, ".config/vendor/scratch/keep/notes.txt", b"an Include: roams")
+    put(home, ".config/vendor/session/new.dat", b"lost at sign-out")
+    put(home, ".config/vendor/outbox/new.dat", b"copied back at sign-out")
+    put(home, ".config/app/mine.ini", b"roams as usual")
+
+    answer = penv.cli("profile", "logoff")
+    assert sorted(answer["dropped"]) == [".config\\vendor\\outbox", ".config\\vendor\\scratch",
+                                         ".config\\vendor\\session"], answer
+    assert _files(server, ".config/vendor/outbox") == {"o.dat", "new.dat"}
+    assert _files(server, ".config/vendor/session") == {"s.dat"}
+    assert not (server / ".config/vendor/scratch/tmp.bin").exists()
+    assert (server / ".config/vendor/scratch/keep/notes.txt").read_bytes() == b"an Include: roams"
+    assert (server / ".config/app/mine.ini").read_bytes() == b"roams as usual"
+    assert _files(home, ".config/vendor/session") == set()
+    assert _files(home, ".config/vendor/outbox") == set()
+    assert _files(home, ".config/vendor/scratch") == {"keep/notes.txt"}
+    assert (home / ".config/app/mine.ini").read_bytes() == b"roams as usual"
+
+    penv.cli("profile", "logon")
+    assert _files(home, ".config/vendor/session") == {"s.dat"}  # new.dat was lost, as FSLogix says
+    assert _files(home, ".config/vendor/outbox") == {"o.dat", "new.dat"}
+    assert _files(home, ".config/vendor/scratch") == {"keep/notes.txt"}
+    penv.cli("profile", "logoff")  # what the sign-out dropped was no deletion: the profile keeps it
+    assert _files(server, ".config/vendor/session") == {"s.dat"}
+    assert _files(server, ".config/vendor/outbox") == {"o.dat", "new.dat"}
+
+
+def test_fslogix_copy_values_decide_what_a_sign_out_keeps(penv, tmp_path):
+    xml = tmp_path / "redirections.xml"
+    xml.write_text(REDIRECTIONS)
+    server = _fslogix_profile(penv, f"- roaming_profile: {{redirections_xml: '{xml}'}}")
+    _sign_out_and_in(penv, server)
+
+
+def test_the_central_redirections_xml_is_named_central(penv):
+    """``redirections_xml: central`` reads the central source's copy (no cache path to write)."""
+    folder = penv.server_dir("central")
+    folder.mkdir(parents=True)
+    (folder / "redirections.xml").write_text(REDIRECTIONS)
+    server = _fslogix_profile(penv, f"- central_source: '{penv.unc('central')}'\n"
+                                    "          roaming_profile: {redirections_xml: central}")
+    _sign_out_and_in(penv, server)
+
+
+def test_a_daemon_stop_is_not_a_sign_out(penv, tmp_path):
+    """Only ``cscd profile logoff`` signs out: a stop (a restart, an update) pushes and drops
+    nothing local."""
+    xml = tmp_path / "redirections.xml"
+    xml.write_text(REDIRECTIONS)
+    _fslogix_profile(penv, f"- roaming_profile: {{redirections_xml: '{xml}'}}")
+    put(penv.home, ".config/vendor/session/new.dat", b"kept over a restart")
+    penv.daemon.stop()
+    assert (penv.home / ".config/vendor/session/new.dat").read_bytes() == b"kept over a restart"
+    assert _files(penv.home, ".config/vendor/session") == {"s.dat", "new.dat"}

@@ -99,7 +99,7 @@ async def roam(profile: ProfileService | None, policy: Policy, action: str) -> d
             why = "roaming_profile.enabled is false for this user"
         raise control.ControlError("not_configured", f"no roaming profile here: {why}")
     try:
-        return await (profile.logon() if action == "logon" else profile.logoff())
+        return await (profile.logon() if action == "logon" else profile.logoff(sign_out=True))
     except CscdError as exc:
         raise control.ControlError("unavailable", f"profile {action} did not finish: {exc}; "
                                    f"nothing was lost, run it again when the server answers") from None

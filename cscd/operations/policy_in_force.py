@@ -222,7 +222,7 @@ CENTRAL_TIMEOUT_S = 10.0
 
 def central_dir(base: DaemonConfig) -> Path:
     """Where the local, read-only copy of the central policy lives (per user, in the cache)."""
-    return base.cache / "central-policy"
+    return base.central_copy_dir
 
 
 async def refresh_central_copy(base: DaemonConfig) -> dict[str, Any]:

@@ -123,6 +123,11 @@ class DaemonConfig:
             offload=self.offload_transfers if offload is None else offload,
             credentials_origin=f"{self.path}: credentials")
 
+    @property
+    def central_copy_dir(self) -> Path:
+        """Where the local, read-only copy of the central policy lives (per user, in the cache)."""
+        return self.cache / "central-policy"
+
     def offline_for(self, folder: FolderConfig) -> OfflinePolicy:
         """The Offline Files settings of one folder: ``offline`` with the most specific
         ``offline_per_path`` entry for its target laid over it."""

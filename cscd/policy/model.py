@@ -161,6 +161,10 @@ class SecurityPolicy:
 ROAMING_INCLUDE: tuple[str, ...] = (".config", ".local/share")
 
 
+#: ``roaming_profile.redirections_xml: central``: the ``redirections.xml`` of the central source's copy
+CENTRAL = "central"
+
+
 @dataclass(frozen=True, slots=True)
 class BackgroundUpload:
     """When the roaming profile is uploaded while the user is logged on (Windows: "background
@@ -201,7 +205,8 @@ class RoamingProfilePolicy:
     include_dotfiles: bool = True
     exclude_patterns: tuple[str, ...] = ()
     max_file_size_bytes: int | None = None
-    redirections_xml: Path | None = None
+    #: a local file, ``CENTRAL`` (the central source's copy), or None
+    redirections_xml: Path | str | None = None
     background_upload: BackgroundUpload = BackgroundUpload()
 
     @property

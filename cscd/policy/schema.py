@@ -30,6 +30,7 @@ from cscd.errors import BadName
 from cscd.names import check_name
 from cscd.policy.located import Located, Origin, load_yaml
 from cscd.policy.model import (
+    CENTRAL,
     KNOWN_FOLDERS,
     VARIABLES,
     BackgroundUpload,
@@ -371,7 +372,7 @@ ROAMING_KEYS: Mapping[str, Reader] = {
     "include_dotfiles": Located.as_bool,
     "exclude_patterns": profile_patterns,
     "max_file_size": lambda loc: size_bytes(loc, 1, MAX_FILE_BYTES),
-    "redirections_xml": absolute_path,
+    "redirections_xml": lambda loc: CENTRAL if loc.as_str() == CENTRAL else absolute_path(loc),
 }
 FOLDER_READERS: Mapping[str, Reader] = {
     "target": unc_template,

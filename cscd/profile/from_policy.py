@@ -17,9 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from cscd.errors import ConfigError, Exists, NotFound
+from cscd.policy.central import FSLOGIX_FILE
 from cscd.policy.config import DaemonConfig
 from cscd.policy.fslogix import ProfileExclusions, load_redirections_xml
-from cscd.policy.model import Policy
+from cscd.policy.model import CENTRAL, Policy
 from cscd.profile.service import ProfileService
 from cscd.profile.settings import DEFAULT_EXCLUDE_PATTERNS, ProfileSettings
 from cscd.types import Mode, UncTarget
@@ -30,13 +31,30 @@ log = logging.getLogger(__name__)
 
 
 def profile_settings(policy: Policy, *, exclude_paths: Iterable[Path] = (),
-                     state_path: Path | None = None) -> ProfileSettings:
+                     state_path: Path | None = None, central_copy: Path | None = None) -> ProfileSettings:
     """The roaming profile's settings for ``policy``; raises ``ConfigError`` (file and line)
-    when the ``redirections.xml`` the policy names cannot be read or parsed."""
+    when the ``redirections.xml`` the policy names cannot be read or parsed.
+
+    ``central_copy``: the local copy of the central source (``DaemonConfig.central_copy_dir``),
+    where ``redirections_xml: central`` is read from; a copy without the file (the server has
+    none, or could not be reached yet) means no FSLogix exclusions, with a warning.
+    """
     r = policy.roaming_profile
     upload = r.background_upload
-    exclusions = (load_redirections_xml(r.redirections_xml) if r.redirections_xml is not None
-                  else ProfileExclusions())
+    exclusions = ProfileExclusions()
+    if r.redirections_xml == CENTRAL:
+        where = policy.origin("roaming_profile.redirections_xml")
+        if policy.central_source is None or central_copy is None:
+            raise ConfigError(f"{where}: roaming_profile.redirections_xml: 'central' reads the central "
+                              "source's copy, but no central_source is set")
+        path = central_copy / FSLOGIX_FILE
+        if path.is_file():
+            exclusions = load_redirections_xml(path)
+        else:
+            log.warning("roaming profile: %s has no %s yet (from %s); no FSLogix exclusions apply",
+                        central_copy, FSLOGIX_FILE, policy.central_source)
+    elif r.redirections_xml is not None:
+        exclusions = load_redirections_xml(Path(r.redirections_xml))
     at = None
     if upload.time_of_day is not None:
         hours, minutes = upload.time_of_day.split(":")
@@ -83,7 +101,7 @@ def profile_service(config: DaemonConfig, policy: Policy, *, exclude_paths: Iter
         return open_upstream(where, server)
 
     upstream = connect_to(target)
-    settings = profile_settings(policy, exclude_paths=exclude_paths)
+    settings = profile_settings(policy, exclude_paths=exclude_paths, central_copy=config.central_copy_dir)
     return ProfileService(upstream, config.home_dir, settings, mode=mode,
                           prepare=lambda: ensure_server_folder(upstream, connect_to))
 

@@ -24,6 +24,7 @@ import trio
 
 from cscd.errors import CscdError, UpstreamTimeout, UpstreamUnavailable
 from cscd.events import EventId, emit
+from cscd.profile import signout
 from cscd.profile.schedule import SKIP_UNAVAILABLE, UploadSchedule, skip_reason
 from cscd.profile.settings import ProfileSettings
 from cscd.profile.sync import EVENT_FOLDER, RoamReport, logoff, logon
@@ -130,13 +131,19 @@ class ProfileService:
         async with self._lock:
             await self._prepare()
             report = await logon(self.upstream, self.home, self.settings)
+            await trio.to_thread.run_sync(signout.sign_in, self.home, self.settings.exclusions)
         self._counts["logons"] += 1
         self._last_result = "logon"
         return report.to_json()
 
-    async def logoff(self) -> dict[str, Any]:
+    async def logoff(self, *, sign_out: bool = False) -> dict[str, Any]:
         """Push local changes to the server (see ``sync.logoff``), with the upload events;
-        raises ``CscdError`` (after PROFILE_UPLOAD_FAILED) when the server is lost."""
+        raises ``CscdError`` (after PROFILE_UPLOAD_FAILED) when the server is lost.
+
+        ``sign_out``: the user's session ends (``cscd profile logoff``, not a daemon stop):
+        then the local folders of ``redirections.xml`` exclusions are dropped as FSLogix does
+        (``signout``); the answer names them under ``dropped``.
+        """
         async with self._lock:
             try:
                 await self._prepare()
@@ -144,6 +151,14 @@ class ProfileService:
                 self._failed(str(exc))
                 raise
             result = await self._push("logoff", raises=True)
+            if sign_out:
+                pushed = not result.get("errors") and not result.get("pending")
+                result["dropped"] = await trio.to_thread.run_sync(
+                    lambda: signout.sign_out(self.home, self.settings.exclusions, pushed=pushed,
+                                             state_file=self.settings.state_file(self.home),
+                                             target=self.upstream.description))
+                if result["dropped"]:
+                    result["message"] += "; local-only folders dropped at sign-out: " + ", ".join(result["dropped"])
         self._counts["logoffs"] += 1
         return result
 
