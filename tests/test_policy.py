@@ -705,3 +705,23 @@ def test_per_path_thresholds_pick_the_most_specific_entry_for_a_target(tmp_path:
     other = offline_for_target(base, rules, "\\\\files\\x\\Music")
     assert (other.slow_link_ms, other.background_sync_interval_s) == (40.0, 1800.0)
     assert offline_for_target(base, rules, "\\\\srv\\homes\\y").slow_link_ms == 40.0  # not under \\srv\\home
+
+
+@pytest.mark.parametrize(("limits", "redirects", "roams"), [
+    ("", False, False),  # both, as before the two settings
+    ("primary_computers_for: [roaming]", True, False),
+    ("primary_computers_for: [redirection]", False, True),
+    ("primary_computers_for: []", True, True),
+])
+def test_the_primary_computer_limit_applies_to_what_primary_computers_for_names(
+        tmp_path: Path, limits: str, redirects: bool, roams: bool) -> None:
+    """Windows has two settings, one for folder redirection and one for roaming profiles."""
+    write(tmp_path, "policy.yaml", f"""\
+- folders: {{Documents: {{target: '\\\\srv\\h\\%USERNAME%'}}}}
+  roaming_profile: {{target: '\\\\srv\\p\\%USERNAME%'}}
+  primary_computers: [ws9.example.com]
+  {limits}
+""")
+    policy = effective_policy(load_policy_set(tmp_path), ALICE)  # ALICE is on ws1, not ws9
+    assert (bool(folder_configs(policy)), policy.roams()) == (redirects, roams)
+    assert policy.is_primary_computer("redirection") is redirects

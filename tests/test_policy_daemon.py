@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
 
 from cscd.redirect import USER_DIRS
 from tests.helpers.daemon import run_cscd
+from tests.helpers.fake_sssd import FakeInfoPipe
 from tests.helpers.policy_env import FILES, PolicyEnv, documents_policy, fill, redirect_documents, tree
 from tests.helpers.wait import wait_for
 
@@ -294,3 +296,24 @@ def test_leaving_the_primary_computers_brings_the_folder_back(penv_policy_folder
     assert env.user_dirs()["XDG_DOCUMENTS_DIR"] == env.home / "Documents"
     assert env.status()["is_primary_computer"] is False
 
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["this-host-listed", "another-host-listed"])
+def test_primary_computers_from_the_directory(penv, tmp_path, listed):
+    """``primary_computers: directory``: the user's msDS-PrimaryComputer, through SSSD's
+    InfoPipe (a stand-in on a private bus). Listed, the folders are mounted; not listed,
+    the mount stays empty and ``policy show`` names the directory's computers."""
+    host = socket.gethostname().split(".", 1)[0]
+    dn = f"CN={host.upper() if listed else 'WS-ELSEWHERE'},OU=Workstations,DC=corp,DC=example"
+    ipa = FakeInfoPipe(tmp_path / "sssd-bus", [dn])
+    try:
+        penv.daemon.extra["directory_dbus"] = ipa.address
+        penv.write_policy("- primary_computers: directory\n")
+        penv.start()
+        assert ipa.asked, "SSSD was never asked"
+        rows = {r["key"]: r["value"] for r in penv.cli("policy", "show")["rows"]}
+        assert rows["primary_computers"] == f"directory: {host.upper() if listed else 'WS-ELSEWHERE'}"
+        assert sorted(os.listdir(penv.mount)) == (["Documents"] if listed else [])
+        penv.daemon.stop()
+    finally:
+        ipa.close()

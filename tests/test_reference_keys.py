@@ -35,8 +35,8 @@ BASE = r"""
   roaming_profile: {target: '\\srv\profiles\%USERNAME%'}
 """
 
-#: documented key → a policy block that sets it away from its default
-EFFECTS: dict[str, str] = {
+#: documented key → a policy block that sets it away from its default, or (baseline, changed)
+EFFECTS: dict[str, str | tuple[str, str]] = {
     "folders.NAME.target": r"- folders: {Documents: {target: '\\other\home\%USERNAME%'}}",
     "folders.NAME.targets_by_group": r"- folders: {Documents: {targets_by_group: [{group: sales, target: '\\s2\x'}]}}",
     "folders.NAME.path": r"- folders: {Projects: {target: '\\srv\p', path: work/Projects}}",
@@ -59,6 +59,9 @@ EFFECTS: dict[str, str] = {
     "security.require_signing": "- security: {require_signing: false}",
     "security.credentials": "- security: {credentials: /etc/cscd/creds}",
     "primary_computers": "- primary_computers: [ws9.example.com]",
+    # (against a policy that lists computers: the key changes what the list limits)
+    "primary_computers_for": ("- primary_computers: [ws9.example.com]",
+                              "- {primary_computers: [ws9.example.com], primary_computers_for: [roaming]}"),
     "central_source": r"- central_source: '\\srv\policy'",
     "roaming_profile.target": r"- roaming_profile: {target: '\\other\profiles\%USERNAME%'}",
     "roaming_profile.enabled": "- roaming_profile: {enabled: false}",
@@ -75,8 +78,8 @@ EFFECTS: dict[str, str] = {
 NOT_SETTINGS = {k for k in ALL_KEYS if k.startswith("scope.")}
 
 
-def _view(tmp_path: Path, extra: str) -> tuple:
-    root = tmp_path / ("policy-changed" if extra else "policy-default")
+def _view(tmp_path: Path, extra: str, name: str) -> tuple:
+    root = tmp_path / f"policy-{name}"
     root.mkdir(parents=True, exist_ok=True)
     (root / "policy.yaml").write_text(textwrap.dedent(BASE).lstrip() + extra + "\n")
     policy = load_policy(ALICE, root)
@@ -99,9 +102,10 @@ def test_every_documented_key_has_an_entry_here() -> None:
 
 @pytest.mark.parametrize("key", sorted(EFFECTS))
 def test_a_documented_key_changes_what_the_daemon_runs_with(tmp_path: Path, key: str) -> None:
-    default = _view(tmp_path, "")
-    changed = _view(tmp_path, EFFECTS[key])
-    differs = [name for name, a, b in zip(("config", "folder offline settings", "profile", "redirection plan",
+    baseline, change = EFFECTS[key] if isinstance(EFFECTS[key], tuple) else ("", EFFECTS[key])
+    default = _view(tmp_path, baseline, "default")
+    changed = _view(tmp_path, change, "changed")
+    differs = [what for what, a, b in zip(("config", "folder offline settings", "profile", "redirection plan",
                                            "central source", "primary computer"), default, changed, strict=True)
                if a != b]
     assert differs, f"{key}: set in a policy, it changes nothing the daemon runs with"

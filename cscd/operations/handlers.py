@@ -24,7 +24,7 @@ from cscd.link import LinkMonitor
 from cscd.operations import systemd
 from cscd.operations.policy_in_force import PolicyKeeper
 from cscd.policy.config import DaemonConfig
-from cscd.policy.model import Policy
+from cscd.policy.model import ROAMING, Policy
 from cscd.profile.service import ProfileService
 from cscd.sync.engine import MANUAL_MODES, SyncEngine
 from cscd.types import FolderLink, Mode
@@ -91,7 +91,7 @@ def profile_status(profile: ProfileService) -> dict[str, Any]:
 async def roam(profile: ProfileService | None, policy: Policy, action: str) -> dict[str, Any]:
     """``cscd profile logon|logoff``: run it now and answer with its report."""
     if profile is None:
-        if not policy.is_primary_computer():
+        if not policy.is_primary_computer(ROAMING):
             why = f"{policy.subject.host} is not one of {policy.subject.user}'s primary computers"
         elif policy.roaming_profile.target is None:
             why = "the policy sets no roaming_profile.target for this user"

@@ -114,7 +114,7 @@ class PolicyKeeper:
         except KeyError:
             raise ConfigError(f"uid {os.getuid()} has no entry in the password database; machine policy "
                               f"needs a user name") from None
-        return replace(subject, home=str(base.home_dir))
+        return replace(subject, home=str(base.home_dir), directory_bus=base.directory_dbus)
 
     @classmethod
     async def open(cls, base: DaemonConfig) -> PolicyKeeper:

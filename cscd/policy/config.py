@@ -103,6 +103,8 @@ class DaemonConfig:
     metered_file: Path | None = None
     #: where to ask NetworkManager: "system" (default), "session", a D-Bus address, or None
     metered_dbus: str | None = "system"
+    #: where SSSD's InfoPipe answers for ``primary_computers: directory`` (system, session, none, address)
+    directory_dbus: str | None = "system"
     #: where machine policy lives (``policy.yaml`` + ``policy.d/``); None: no machine policy
     policy_dir: Path | None = DEFAULT_POLICY_DIR
     #: the home directory whose known folders are redirected; None: ``$HOME``
@@ -145,7 +147,7 @@ class DaemonConfig:
 
 
 _TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file",
-             "metered_dbus", "cache_limit", "policy_dir", "home", "exclude_patterns", "max_file_size"}
+             "metered_dbus", "directory_dbus", "cache_limit", "policy_dir", "home", "exclude_patterns", "max_file_size"}
 
 
 class _Doc:
@@ -295,15 +297,7 @@ def load_config(path: Path) -> DaemonConfig:
                 values[f.name] = off.get_float(f.name, default, 0.0, 10 * 86400.0)
         offline = OfflinePolicy(**values)
     metered_file = doc.get_path("metered_file", required=False)
-    metered_dbus: str | None = "system"
-    if "metered_dbus" in doc.items:
-        raw = doc.value("metered_dbus")
-        if raw is None or raw is False or raw == "none":
-            metered_dbus = None
-        elif isinstance(raw, str) and (raw in ("system", "session") or raw.startswith(("unix:", "tcp:"))):
-            metered_dbus = raw
-        else:
-            raise doc.err("metered_dbus", f"expected system, session, none or a D-Bus address, got {raw!r}")
+    metered_dbus, directory_dbus = (_bus(doc, key) for key in ("metered_dbus", "directory_dbus"))
     limit_bytes, limit_fraction = None, 0.10
     if "cache_limit" in doc.items:
         raw = doc.value("cache_limit")
@@ -327,10 +321,23 @@ def load_config(path: Path) -> DaemonConfig:
             raise doc.err("max_file_size", f"expected a size like 500M or 2G, got {doc.value('max_file_size')!r}")
     return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings,
                         offline=offline, metered_file=metered_file, metered_dbus=metered_dbus,
+                        directory_dbus=directory_dbus,
                         cache_limit_bytes=limit_bytes,
                         cache_limit_fraction=limit_fraction,
                         policy_dir=policy_dir if policy_dir is not None else DEFAULT_POLICY_DIR,
                         home=home, exclude_patterns=patterns, max_file_size_bytes=max_file_bytes)
+
+
+def _bus(doc: _Doc, key: str) -> str | None:
+    """A D-Bus bus key: ``system`` (the default), ``session``, ``none`` or an address."""
+    if key not in doc.items:
+        return "system"
+    raw = doc.value(key)
+    if raw is None or raw is False or raw == "none":
+        return None
+    if isinstance(raw, str) and (raw in ("system", "session") or raw.startswith(("unix:", "tcp:"))):
+        return raw
+    raise doc.err(key, f"expected system, session, none or a D-Bus address, got {raw!r}")
 
 
 def _folder(folders_doc: _Doc, name: str) -> FolderConfig:

@@ -37,10 +37,12 @@ from typing import Any
 
 from cscd.errors import BadName, ConfigError
 from cscd.names import check_name
+from cscd.policy import directory as directory_lookup
 from cscd.policy.config import DaemonConfig, FolderConfig
 from cscd.policy.credentials import load_credentials
 from cscd.policy.located import Origin
 from cscd.policy.model import (
+    DIRECTORY,
     KNOWN_FOLDERS,
     BackgroundUpload,
     CredentialSource,
@@ -228,6 +230,8 @@ def effective_policy(policy_set: PolicySet, subject: Subject) -> Policy:
         offline_files=OfflineFilesPolicy(**offline),
         security=SecurityPolicy(**security),
         primary_computers=won["primary_computers"].value if "primary_computers" in won else (),
+        **({"primary_computers_for": won["primary_computers_for"].value} if "primary_computers_for" in won else {}),
+        **_directory_hosts(won, subject),
         central_source=_unc(central.value, central, variables) if central else None,
         origins=tuple(sorted(origins.items())),
         files=policy_set.files,
@@ -331,7 +335,12 @@ def policy_rows(policy: Policy) -> list[PolicyRow]:
         rows.append((f"offline_files.{key}", f"{value} bytes" if key == "max_file_size" else value))
     s = policy.security
     rows += [(f"security.{k}", getattr(s, k)) for k in s.__dataclass_fields__]
-    rows += [("primary_computers", policy.primary_computers or "(any computer)"),
+    computers = policy.primary_computers or "(any computer)"
+    if policy.primary_computers == DIRECTORY:
+        computers = (f"directory: {', '.join(policy.directory_hosts) or '(none listed)'}"
+                     if policy.directory_hosts is not None else "directory (not readable: any computer)")
+    rows += [("primary_computers", computers),
+             ("primary_computers_for", ", ".join(policy.primary_computers_for) or "(nothing)"),
              ("central_source", policy.central_source)]
     r = policy.roaming_profile
     rows += [("roaming_profile.target", r.target), ("roaming_profile.enabled", r.enabled),
@@ -438,6 +447,15 @@ def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
         content["offline_per_path"] = policy.offline_files.per_path
     return replace(config, folders=folders, offline=offline, security=security,
                    credentials=credentials, **content)
+
+
+def _directory_hosts(won: dict[str, Setting], subject: Subject) -> dict[str, Any]:
+    """``directory_hosts`` for a policy whose ``primary_computers`` is ``directory``: one SSSD
+    lookup per evaluation (start, reload); a failure leaves None ("every computer")."""
+    setting = won.get("primary_computers")
+    if setting is None or setting.value != DIRECTORY:
+        return {}
+    return {"directory_hosts": directory_lookup.primary_computers(subject.user, subject.directory_bus)}
 
 
 def load_policy_credentials(policy: Policy) -> Credentials | None:

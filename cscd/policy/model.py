@@ -92,6 +92,8 @@ class Subject:
     machine_id: str = ""
     domain: str = ""
     home: str = ""
+    #: where to ask SSSD for the directory's primary computers (``cscd.policy.directory``)
+    directory_bus: str | None = None
 
     @property
     def short_host(self) -> str:
@@ -161,6 +163,11 @@ class SecurityPolicy:
 ROAMING_INCLUDE: tuple[str, ...] = (".config", ".local/share")
 
 
+#: ``primary_computers: directory``: the user's ``msDS-PrimaryComputer``, read through SSSD
+DIRECTORY = "directory"
+#: what ``primary_computers_for`` may name
+REDIRECTION, ROAMING = "redirection", "roaming"
+
 #: ``roaming_profile.redirections_xml: central``: the ``redirections.xml`` of the central source's copy
 CENTRAL = "central"
 
@@ -223,7 +230,13 @@ class Policy:
     folders: tuple[FolderPolicy, ...] = ()
     offline_files: OfflineFilesPolicy = OfflineFilesPolicy()
     security: SecurityPolicy = SecurityPolicy()
-    primary_computers: tuple[str, ...] = ()
+    #: host names / machine-ids, or ``DIRECTORY`` (the user's msDS-PrimaryComputer)
+    primary_computers: tuple[str, ...] | str = ()
+    #: what the primary-computer limit applies to: ``redirection``, ``roaming`` (Windows has one
+    #: setting for each; a policy that lists computers limits both unless it says otherwise)
+    primary_computers_for: tuple[str, ...] = ("redirection", "roaming")
+    #: the directory's list when ``primary_computers`` is ``DIRECTORY``; None: it could not be read
+    directory_hosts: tuple[str, ...] | None = None
     central_source: UncTarget | None = None
     roaming_profile: RoamingProfilePolicy = RoamingProfilePolicy()
     origins: tuple[tuple[str, Origin], ...] = ()
@@ -236,16 +249,23 @@ class Policy:
         """Where ``key`` (dotted, as in ``cscd policy show``) was set; None for a default."""
         return dict(self.origins).get(key)
 
-    def is_primary_computer(self) -> bool:
-        """True if redirection and roaming apply on the subject's machine.
+    def is_primary_computer(self, for_: str = REDIRECTION) -> bool:
+        """True if folder redirection (``for_="redirection"``) or the roaming profile
+        (``"roaming"``) applies on the subject's machine.
 
-        An empty ``primary_computers`` means every machine is primary (the Windows default
-        when "redirect folders on primary computers only" is not configured).
+        Windows' two settings, "redirect folders on primary computers only" and "download
+        roaming profiles on primary computers only", are ``primary_computers_for``. An empty
+        list of computers means every machine is primary, as does a directory that lists none
+        for the user or cannot be read (Windows applies the limit only to users who have
+        primary computers).
         """
-        if not self.primary_computers:
+        if for_ not in self.primary_computers_for:
             return True
-        return any(self.subject.is_host(name) for name in self.primary_computers)
+        hosts = self.directory_hosts if self.primary_computers == DIRECTORY else self.primary_computers
+        if not hosts:
+            return True
+        return any(self.subject.is_host(name) for name in hosts)
 
     def roams(self) -> bool:
-        """True if the roaming profile applies here (on, and a primary computer)."""
-        return self.roaming_profile.is_on and self.is_primary_computer()
+        """True if the roaming profile applies here (on, and a primary computer for roaming)."""
+        return self.roaming_profile.is_on and self.is_primary_computer(ROAMING)

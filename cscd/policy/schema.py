@@ -31,7 +31,10 @@ from cscd.names import check_name
 from cscd.policy.located import Located, Origin, load_yaml
 from cscd.policy.model import (
     CENTRAL,
+    DIRECTORY,
     KNOWN_FOLDERS,
+    REDIRECTION,
+    ROAMING,
     VARIABLES,
     BackgroundUpload,
     CacheSizeLimit,
@@ -41,7 +44,8 @@ from cscd.policy.model import (
 from cscd.policy.unc import check_server_name, parse_unc
 from cscd.types import PathOverride
 
-TOP_KEYS = ("scope", "folders", "offline_files", "security", "primary_computers", "central_source",
+TOP_KEYS = ("scope", "folders", "offline_files", "security", "primary_computers", "primary_computers_for",
+            "central_source",
             "roaming_profile")
 SCOPE_KEYS = ("users", "groups", "hosts")
 FOLDER_KEYS = ("target", "targets_by_group", "path", "enabled", "offline", "move_contents",
@@ -341,6 +345,17 @@ def per_path(loc: Located) -> tuple[PathOverride, ...]:
     return tuple(out)
 
 
+def primary_for(loc: Located) -> tuple[str, ...]:
+    """``[redirection, roaming]``, or one of them: what the primary-computer limit covers."""
+    out = []
+    for text, item in loc.as_str_list(allow_empty=True):
+        if text not in (REDIRECTION, ROAMING):
+            raise item.error(f"expected {REDIRECTION} or {ROAMING}, got {text!r}")
+        if text not in out:
+            out.append(text)
+    return tuple(out)
+
+
 def removal(loc: Located) -> RemovalAction:
     return RemovalAction(loc.as_choice(a.value for a in RemovalAction))
 
@@ -389,7 +404,7 @@ ALL_KEYS: tuple[str, ...] = (
     *(f"folders.NAME.{k}" for k in FOLDER_KEYS),
     *(f"offline_files.{k}" for k in OFFLINE_KEYS),
     *(f"security.{k}" for k in SECURITY_KEYS),
-    "primary_computers", "central_source",
+    "primary_computers", "primary_computers_for", "central_source",
     *(f"roaming_profile.{k}" for k in ROAMING_KEYS),
     "roaming_profile.background_upload", "roaming_profile.background_upload.max_offset_min",
     *(f"scope.{k}" for k in SCOPE_KEYS),
@@ -463,7 +478,10 @@ def parse_block(loc: Located, *, is_central: bool) -> Block:
         elif name == "security":
             settings += parse_section(item, SECURITY_KEYS)
         elif name == "primary_computers":
-            settings.append(Setting(name, host_names(item), item.origin))
+            value = DIRECTORY if not item.is_list and item.as_str() == DIRECTORY else host_names(item)
+            settings.append(Setting(name, value, item.origin))
+        elif name == "primary_computers_for":
+            settings.append(Setting(name, primary_for(item), item.origin))
         elif name == "roaming_profile":
             settings += parse_roaming_profile(item)
         elif name == "central_source":
