@@ -1,4 +1,4 @@
-"""A private D-Bus session bus with a stand-in NetworkManager that answers for ``Metered``.
+"""A stand-in NetworkManager (and ModemManager) on a private bus that answers for ``Metered``.
 
 Owns ``FakeNetworkManager``: starts ``dbus-daemon`` in a temp dir (never the system bus),
 owns ``org.freedesktop.NetworkManager`` on it from a thread, answers Properties.Get/GetAll
@@ -9,15 +9,13 @@ also owns ``org.freedesktop.ModemManager1`` with one modem, whose 3GPP registrat
 
 from __future__ import annotations
 
-import os
 import queue
-import signal
-import subprocess
-import threading
 from pathlib import Path
 
-from jeepney import DBusAddress, MessageType, message_bus, new_method_return, new_signal
-from jeepney.io.blocking import open_dbus_connection
+from jeepney import DBusAddress, Message, new_method_return, new_signal
+from jeepney.io.blocking import DBusConnection
+
+from tests.helpers.private_bus import BusService
 
 NM_NAME = "org.freedesktop.NetworkManager"
 NM_PATH = "/org/freedesktop/NetworkManager"
@@ -29,25 +27,14 @@ MM_3GPP = "org.freedesktop.ModemManager1.Modem.Modem3gpp"
 REGISTERED_HOME, REGISTERED_ROAMING = 1, 5
 
 
-class FakeNetworkManager:
+class FakeNetworkManager(BusService):
     def __init__(self, workdir: Path, metered: int = METERED_NO, *, modem: bool = False) -> None:
         self.modem = modem
+        self.names = (NM_NAME, MM_NAME) if modem else (NM_NAME,)
         self.registration = REGISTERED_HOME
-        workdir.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(
-            ["dbus-daemon", "--session", "--print-address=1", "--print-pid=1", "--fork",
-             f"--address=unix:dir={workdir}"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.split()
-        self.address, self.pid = out[0], int(out[1])
         self.value = metered
         self._changes: queue.Queue[int] = queue.Queue()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="fake-nm", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the stand-in NetworkManager did not start")
+        super().__init__(workdir)
 
     def set_metered(self, value: int) -> None:
         self._changes.put(value)
@@ -55,45 +42,20 @@ class FakeNetworkManager:
     def set_roaming(self, roaming: bool) -> None:
         self.registration = REGISTERED_ROAMING if roaming else REGISTERED_HOME
 
-    def _serve(self) -> None:
-        conn = open_dbus_connection(self.address)
-        reply = conn.send_and_get_reply(message_bus.RequestName(NM_NAME))
-        assert reply.body[0] == 1, reply.body
-        if self.modem:
-            reply = conn.send_and_get_reply(message_bus.RequestName(MM_NAME))
-            assert reply.body[0] == 1, reply.body
-        self._ready.set()
+    def tick(self, conn: DBusConnection) -> None:
         try:
-            while not self._stop.is_set():
-                try:
-                    value = self._changes.get_nowait()
-                    self.value = value
-                    sig = new_signal(DBusAddress(NM_PATH, interface=PROPS), "PropertiesChanged", "sa{sv}as",
-                                     (NM_NAME, {"Metered": ("u", value)}, []))
-                    conn.send(sig)
-                except queue.Empty:
-                    pass
-                try:
-                    msg = conn.receive(timeout=0.05)
-                except TimeoutError:
-                    continue
-                if msg.header.message_type != MessageType.method_call:
-                    continue
-                member = msg.header.fields.get(3)  # HeaderFields.member
-                if member == "Get":
-                    conn.send(new_method_return(msg, "v", (("u", self.value),)))
-                elif member == "GetAll":
-                    conn.send(new_method_return(msg, "a{sv}", ({"Metered": ("u", self.value)},)))
-                elif member == "GetManagedObjects" and self.modem:
-                    objects = {MM_MODEM: {MM_3GPP: {"RegistrationState": ("u", self.registration)}}}
-                    conn.send(new_method_return(msg, "a{oa{sa{sv}}}", (objects,)))
-        finally:
-            conn.close()
+            value = self._changes.get_nowait()
+        except queue.Empty:
+            return
+        self.value = value
+        conn.send(new_signal(DBusAddress(NM_PATH, interface=PROPS), "PropertiesChanged", "sa{sv}as",
+                             (NM_NAME, {"Metered": ("u", value)}, [])))
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    def answer(self, conn: DBusConnection, msg: Message, member: str) -> None:
+        if member == "Get":
+            conn.send(new_method_return(msg, "v", (("u", self.value),)))
+        elif member == "GetAll":
+            conn.send(new_method_return(msg, "a{sv}", ({"Metered": ("u", self.value)},)))
+        elif member == "GetManagedObjects" and self.modem:
+            objects = {MM_MODEM: {MM_3GPP: {"RegistrationState": ("u", self.registration)}}}
+            conn.send(new_method_return(msg, "a{oa{sa{sv}}}", (objects,)))
