@@ -32,6 +32,7 @@ import trio_parallel
 
 from cscd.errors import UpstreamTimeout
 from cscd.types import ServerSettings, UncTarget
+from cscd.upstream import open_upstream
 from cscd.upstream.base import UpstreamStatistics
 from cscd.upstream.smb import SmbUpstream
 
@@ -46,9 +47,9 @@ def _client(target: UncTarget, settings: ServerSettings) -> SmbUpstream:
     key = (target, settings)
     client = _CLIENTS.get(key)
     if client is None:
-        assert settings.credentials is not None
-        client = SmbUpstream(target, settings.credentials, port=settings.port, security=settings.security,
-                             timeout_s=settings.timeout_s)
+        # The one factory, asked for the in-process kind (this *is* the worker).
+        client = open_upstream(target, dataclasses.replace(settings, offload=False))
+        assert isinstance(client, SmbUpstream)
         _CLIENTS[key] = client
     return client
 
