@@ -1,8 +1,19 @@
-"""Which names a Windows/SMB server can store; shared by ``fs`` (refuse early) and ``upstream``.
+r"""File names: which a Linux program may use here, and how they are stored on an SMB server.
 
-Leaf module. A POSIX name is bytes; SMB names are UTF-16 strings with reserved characters.
-We refuse at create/rename time, so the user sees EINVAL at once instead of a file that never
-reaches the server.
+Leaf module. A POSIX name is bytes; SMB names are UTF-16 strings in which ``\ : * ? " < > |``
+and a trailing dot or space cannot appear. Those are stored mapped, reversibly, into the
+Services-for-Mac private-use range (U+F020-U+F029), the mapping ``mount.cifs -o mapposix``,
+Samba's ``vfs_catia`` and ``vfs_fruit`` (``fruit:encoding = private``) and macOS use, so a
+tree cscd writes reads the same through them and the other way round (``server_name`` /
+``local_name``; the mount shows the original names). Still refused at create/rename time
+(EINVAL, with the reason): ``/`` and NUL, control characters, names over 255 bytes, non-UTF-8
+names, ``.``/``..`` and DOS device names (``CON``, ``NUL``, ``COM1`` …: Windows clients could
+not open them even mapped, and Samba refuses some, so a clear error now beats a file that
+fails elsewhere). A literal U+F020-U+F029 in a Linux name reads back as the character it
+stands for (the same ambiguity the other clients accept).
+
+``check_strict`` keeps the unmapped rules for names an admin writes as server names (UNC
+paths in policies, ``redirections.xml`` paths).
 """
 
 from __future__ import annotations
@@ -22,13 +33,19 @@ MAX_NAME_BYTES = 255
 UPLOAD_TEMP_PREFIX = ".cscd-upload-"
 
 
-def check_name(name: bytes) -> str:
-    """Return ``name`` decoded for the server, or raise ``BadName``/``NameTooLong``.
+#: character → the private-use character it is stored as on the server (SFM / mapposix)
+TO_SERVER = {'"': "\uf020", "*": "\uf021", ":": "\uf022", "<": "\uf023", ">": "\uf024",
+             "?": "\uf025", "\\": "\uf026", "|": "\uf027"}
+TRAILING_TO_SERVER = {" ": "\uf028", ".": "\uf029"}
+FROM_SERVER = {v: k for k, v in {**TO_SERVER, **TRAILING_TO_SERVER}.items()}
+_TO_SERVER_TABLE = str.maketrans(TO_SERVER)
+_FROM_SERVER_TABLE = str.maketrans(FROM_SERVER)
+_CONTROL_RE = re.compile(r"[\x00-\x1f]")
 
-    Refuses what POSIX or SMB cannot hold: empty, ``.``/``..``, ``/`` or NUL, over 255 bytes,
-    not UTF-8, SMB-reserved characters, control characters, a trailing dot or space, and
-    DOS device names. The server cscd talks to decides in the end; this mirrors Windows rules.
-    """
+
+def check_name(name: bytes) -> str:
+    """Return ``name`` decoded, or raise ``BadName``/``NameTooLong`` (see the module docstring
+    for what is refused; the SMB-reserved characters are not: ``server_name`` maps them)."""
     if len(name) > MAX_NAME_BYTES:
         raise NameTooLong(f"name is {len(name)} bytes long; at most {MAX_NAME_BYTES} are allowed")
     if name in (b"", b".", b".."):
@@ -39,13 +56,35 @@ def check_name(name: bytes) -> str:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
         raise BadName(f"{name!r} is not valid UTF-8; the server stores names as Unicode") from None
-    if _RESERVED_RE.search(text):  # the set below only for the message: listings check every name
-        bad = sorted({c for c in text if c in RESERVED_CHARS or ord(c) < 32})
+    if _CONTROL_RE.search(text):
+        raise BadName(f"{text!r} contains control characters, which the server cannot store")
+    if text.rstrip(" .").split(".", 1)[0].upper() in RESERVED_DEVICE_NAMES:
+        raise BadName(f"{text!r} is a reserved device name on the server (Windows cannot open it)")
+    return text
+
+
+def server_name(name: bytes) -> str:
+    """The server form of a local name: checked, then mapped (``\\ : * ? " < > |`` anywhere,
+    a trailing space or dot) into U+F020-U+F029."""
+    text = check_name(name).translate(_TO_SERVER_TABLE)
+    stem = text.rstrip(" .")
+    return stem + "".join(TRAILING_TO_SERVER[c] for c in text[len(stem):])
+
+
+def local_name(text: str) -> bytes:
+    """The local form of a server name (the reverse of ``server_name``), as UTF-8 bytes."""
+    return text.translate(_FROM_SERVER_TABLE).encode("utf-8", "surrogatepass")
+
+
+def check_strict(name: bytes) -> str:
+    """The unmapped rules, for names an admin writes in their server form: as ``check_name``,
+    and no SMB-reserved character, no trailing dot or space."""
+    text = check_name(name)
+    if _RESERVED_RE.search(text):
+        bad = sorted({c for c in text if c in RESERVED_CHARS})
         raise BadName(f"{text!r} contains characters the server cannot store: {''.join(bad)!r}")
     if text.endswith((".", " ")):
         raise BadName(f"{text!r} ends with a dot or a space, which the server cannot store")
-    if text.split(".", 1)[0].upper() in RESERVED_DEVICE_NAMES:
-        raise BadName(f"{text!r} is a reserved device name on the server")
     return text
 
 

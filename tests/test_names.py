@@ -3,7 +3,7 @@
 import pytest
 
 from cscd.errors import BadName, NameTooLong
-from cscd.names import check_name
+from cscd.names import check_name, check_strict, local_name, server_name
 from cscd.policy.unc import parse_unc
 
 
@@ -14,8 +14,7 @@ def test_good_names_pass(name):
 
 @pytest.mark.parametrize(
     "name",
-    [b"", b".", b"..", b"a/b", b"a\0b", b"a:b", b"what?", b'say"hi"', b"trailing.", b"trailing ",
-     b"CON", b"com1.txt", b"\xff\xfe", b"tab\there"],
+    [b"", b".", b"..", b"a/b", b"a\0b", b"CON", b"com1.txt", b"aux. ", b"\xff\xfe", b"tab\there"],
 )
 def test_bad_names_refused(name):
     with pytest.raises(BadName):
@@ -42,3 +41,22 @@ def test_unc_parses():
 def test_hostile_unc_refused(unc):
     with pytest.raises(BadName):
         parse_unc(unc)
+
+
+@pytest.mark.parametrize(("name", "stored"), [
+    (b"a:b", "a\uf022b"), (b"what?", "what\uf025"), (b'say"hi"', "say\uf020hi\uf020"),
+    (b"<x>|*", "\uf023x\uf024\uf027\uf021"), (b"back\\slash", "back\uf026slash"),
+    (b"trailing.", "trailing\uf029"), (b"trailing ", "trailing\uf028"), (b"dots..", "dots\uf029\uf029"),
+    (b"in.side s", "in.side s"), ("Übersicht: 2026".encode(), "Übersicht\uf022 2026"),
+])
+def test_names_smb_cannot_store_are_mapped_as_mapposix_does(name, stored):
+    """The Services-for-Mac private-use mapping (mount.cifs mapposix, vfs_catia, vfs_fruit)."""
+    assert server_name(name) == stored
+    assert local_name(stored) == name
+
+
+@pytest.mark.parametrize("name", [b"a:b", b"what?", b"trailing.", b"trailing "])
+def test_names_written_in_server_form_keep_the_strict_rules(name):
+    """UNC paths and redirections.xml paths are written by an admin in the server's form."""
+    with pytest.raises(BadName):
+        check_strict(name)

@@ -464,7 +464,8 @@ def test_scope_patterns_and_redirections_copy_modes(tmp_path: Path) -> None:
     assert scope.should_descend(b".config/Never") and not scope.should_descend(b".cache")
     assert d(b".config/cscd/credentials", False).never_moves
     assert d(b".local/share/app/x.tmp", False).never_moves
-    assert d(b".config/a:b", False).never_moves  # the server cannot store ':'
+    assert not d(b".config/a:b", False).never_moves  # stored mapped (U+F022), so it roams
+    assert d(b".config/tab\there", False).never_moves  # control characters cannot be stored
     assert scope.is_in_scope(b".bashrc") and not scope.is_in_scope(b".mozilla", True)
     assert not scope.is_in_scope(b"Documents/x")
 

@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from cscd.errors import BadName, ConfigError
-from cscd.names import check_name
+from cscd.names import check_strict
 from cscd.policy.credentials import load_credentials
 from cscd.policy.unc import parse_unc
 from cscd.types import OfflinePolicy, PathOverride, ServerSettings, SmbSecurity, UncTarget, offline_for_target
@@ -263,7 +263,7 @@ def load_config(path: Path) -> DaemonConfig:
     folders = []
     for name in (folders_doc.items if folders_doc is not None else ()):
         try:
-            check_name(name.encode("utf-8"))
+            check_strict(name.encode("utf-8"))
         except BadName as exc:
             raise folders_doc.err(name, f"not usable as a folder name: {exc}") from None
         folders.append(_folder(folders_doc, name))

@@ -29,7 +29,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 from cscd.errors import BadName, ConfigError
-from cscd.names import check_name
+from cscd.names import check_strict
 from cscd.policy.located import MAX_POLICY_FILE_BYTES
 
 ROOT = "FrxProfileFolderRedirection"
@@ -89,7 +89,7 @@ def split_profile_path(text: str) -> tuple[str, ...]:
     if "." in parts or ".." in parts:
         raise BadName(f"{t!r}: '.' and '..' are not allowed in a profile path")
     for p in parts:
-        check_name(p.encode("utf-8"))
+        check_strict(p.encode("utf-8"))
     return parts
 
 

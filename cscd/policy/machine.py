@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cscd.errors import BadName, ConfigError
-from cscd.names import check_name
+from cscd.names import check_strict
 from cscd.policy import directory as directory_lookup
 from cscd.policy.config import DaemonConfig, FolderConfig
 from cscd.policy.credentials import load_credentials
@@ -272,7 +272,7 @@ def _expand(text: str, setting: Setting, variables: Mapping[str, str]) -> str:
             raise ConfigError(f"{setting.origin}: {setting.key}: %{var}% is not known for this "
                               f"user on this machine; set it or use a fixed name")
         try:
-            check_name(value.encode("utf-8"))
+            check_strict(value.encode("utf-8"))
         except BadName as exc:
             raise ConfigError(f"{setting.origin}: {setting.key}: %{var}% = {value!r} cannot be "
                               f"part of a path: {exc}") from None

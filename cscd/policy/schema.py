@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cscd.errors import BadName
-from cscd.names import check_name
+from cscd.names import check_strict
 from cscd.policy.located import Located, Origin, load_yaml
 from cscd.policy.model import (
     CENTRAL,
@@ -429,7 +429,7 @@ def parse_folder(name: str, loc: Located) -> list[Setting]:
     if name not in KNOWN_FOLDERS and name.casefold() in known:
         raise loc.error(f"write the known folder as '{known[name.casefold()]}'")
     try:
-        check_name(name.encode("utf-8"))
+        check_strict(name.encode("utf-8"))
     except BadName as exc:
         raise loc.error(f"not usable as a folder name: {exc}") from None
     given = dict(loc.items(FOLDER_KEYS, what="a mapping of folder settings (target, offline, …)"))

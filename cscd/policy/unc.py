@@ -1,7 +1,7 @@
 r"""Parsing ``\\server\share\path`` targets, refusing hostile or unusable names.
 
 Leaf-like, pure. A server name must be a DNS name or an IP literal; share and path
-components must be names the server can store (``cscd.names.check_name``).
+components must be names the server can store (``cscd.names.check_strict``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import ipaddress
 import re
 
 from cscd.errors import BadName
-from cscd.names import check_name
+from cscd.names import check_strict
 from cscd.types import UncTarget
 
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -47,5 +47,5 @@ def parse_unc(text: str) -> UncTarget:
         raise BadName(f"{text!r} has an empty path component")
     rest = [p for p in parts[1:] if p != ""]
     for p in rest:
-        check_name(p.encode("utf-8"))
+        check_strict(p.encode("utf-8"))
     return UncTarget(server, rest[0], tuple(rest[1:]))

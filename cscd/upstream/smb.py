@@ -44,7 +44,7 @@ from typing import TypeVar
 import trio
 
 from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout
-from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name
+from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name, local_name, server_name
 from cscd.types import Credentials, SmbSecurity, UncTarget
 from cscd.upstream import smb_delta, smb_move
 from cscd.upstream import smb_ops as ops
@@ -300,10 +300,11 @@ class SmbUpstream:
     # -- paths ----------------------------------------------------------------------------------
 
     def _spath(self, path: bytes) -> tuple[str, str]:
-        """(path from the share root with backslashes, UNC path for messages); checks names."""
+        """(path from the share root with backslashes, UNC path for messages); checks names and
+        maps what SMB cannot store into their server forms (``cscd.names.server_name``)."""
         comps = list(self.target.path)
         if path:
-            comps += [check_name(c) for c in path.split(b"/")]
+            comps += [server_name(c) for c in path.split(b"/")]
         return "\\".join(comps), str(UncTarget(self.target.server, self.target.share, tuple(comps)))
 
     @staticmethod
@@ -353,7 +354,7 @@ class SmbUpstream:
                     self._leftovers.add(f"{spath}\\{e.name}" if spath else e.name)
                 continue
             try:
-                name = e.name.encode("utf-8")
+                name = local_name(e.name)
                 check_name(name)
             except (UnicodeEncodeError, BadName) as exc:
                 log.warning("skipping %s\\%r: not a usable local name (%s)", where, e.name, exc)

@@ -27,7 +27,7 @@ import trio
 from smbprotocol.exceptions import SMBConnectionClosed, SMBResponseException
 
 from cscd.errors import CscdError, Unsupported
-from cscd.names import is_internal_name
+from cscd.names import is_internal_name, local_name
 from cscd.upstream import smb_fsctl as f
 from cscd.upstream import smb_wire as w
 from cscd.upstream.base import Change, ChangeAction
@@ -131,10 +131,10 @@ class SmbWatch:
                     action = ChangeAction(code)
                 except ValueError:
                     continue  # stream events and the like
-                path = name.replace("\\", "/")
-                if is_internal_name(path.rsplit("/", 1)[-1]):
+                parts = name.split("\\")
+                if is_internal_name(parts[-1]):
                     continue  # upload temporaries, our own or another cscd's
-                out.append(Change(action, path.encode("utf-8", "surrogatepass")))
+                out.append(Change(action, b"/".join(local_name(p) for p in parts)))
             if out:
                 return out
 
