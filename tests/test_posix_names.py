@@ -81,3 +81,23 @@ def test_git_keeps_a_file_named_with_a_colon(mount_env, tmp_path):
     assert status == ""
     eventually(lambda: (env.server / "repo" / "time 12\uf02200.txt").read_text() == "noon", 30,
                "the colon name never reached the server")
+
+
+@pytest.mark.log_allows(r"conflict: ")
+def test_names_differing_only_in_case_lose_nothing(mount_env):
+    """Samba's share is case-insensitive for SMB clients: 'Report.txt' beside 'report.txt'
+    cannot have its own server name. Both stay here and nothing is lost on the server: the
+    second is kept there as a conflict copy."""
+    env = mount_env()
+    (env.docs / "report.txt").write_text("lower")
+    eventually(lambda: (env.server / "report.txt").read_text() == "lower", 20, "first not uploaded")
+    (env.docs / "Report.txt").write_text("upper")
+    assert (env.docs / "report.txt").read_text() == "lower"
+    assert (env.docs / "Report.txt").read_text() == "upper"
+
+    def both_on_server() -> bool:
+        contents = sorted(p.read_text() for p in env.server.iterdir()
+                          if p.is_file() and not p.name.startswith(".cscd-upload-"))
+        return contents == ["lower", "upper"]
+
+    eventually(both_on_server, 20, "one of the two versions is missing on the server")
