@@ -13,9 +13,13 @@ written in such a folder return only once the server has it: ``fs`` asks the cac
 folder a change belongs to (``Hydration.write_through_folder``) and hands it to the one-method
 ``WriteThrough`` the daemon wires to sync's pusher.
 
-Not supported, by design (documented in the README): hard links (EPERM), symbolic links and
-special files (EPERM), ``RENAME_EXCHANGE`` (EINVAL), ownership changes (ignored: every file
-belongs to the mounting user), extended attributes (ENOTSUP / ENOATTR), atime updates.
+Symbolic links are files in the Minshall-French form (``cscd.symlinks``): ``symlink`` writes
+one, ``lookup``/``getattr`` recognize one another client made, ``readlink`` reads it; the
+kernel follows them, cscd never does.
+
+Not supported, by design (documented in the README): hard links (EPERM), special files
+(EPERM), ``RENAME_EXCHANGE`` (EINVAL), ownership changes (ignored: every file belongs to the
+mounting user), extended attributes (ENOTSUP / ENOATTR), atime updates.
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ class CscdFs(pyfuse3.Operations):
         a.st_uid = self.uid
         a.st_gid = self.gid
         a.st_rdev = 0
-        a.st_size = node.size
+        a.st_size = self.cache.hydration.link_length(node) if node.is_symlink else node.size
         a.st_blksize = 128 * 1024
         a.st_blocks = (node.size + 511) // 512
         a.st_atime_ns = node.mtime_ns
@@ -155,7 +159,8 @@ class CscdFs(pyfuse3.Operations):
     @_errno_boundary
     async def lookup(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext | None = None) -> EntryAttributes:
         await self.cache.hydration.guard(parent_inode, fresh=True)
-        return self._entry(await self.cache.namespace.lookup(parent_inode, name))
+        node = await self.cache.namespace.lookup(parent_inode, name)
+        return self._entry(await self.cache.hydration.recognize_link(node))
 
     @_errno_boundary
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
@@ -169,7 +174,8 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def getattr(self, inode: InodeT, ctx: RequestContext | None = None) -> EntryAttributes:
-        return self._attrs(await self.cache.hydration.guard(inode))
+        node = await self.cache.hydration.guard(inode)
+        return self._attrs(await self.cache.hydration.recognize_link(node))
 
     @_errno_boundary
     async def setattr(self, inode: InodeT, attr: EntryAttributes, fields: SetattrFields, fh: FileHandleT | None,
@@ -206,6 +212,7 @@ class CscdFs(pyfuse3.Operations):
             if not batch:
                 return
             for name, node in batch:
+                node = await self.cache.hydration.recognize_link(node)  # readdirplus skips lookup
                 if not pyfuse3.readdir_reply(token, name, self._attrs(node), node.id):
                     return
                 self._lookups[node.id] += 1
@@ -257,7 +264,10 @@ class CscdFs(pyfuse3.Operations):
     @_errno_boundary
     async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
                       ctx: RequestContext) -> EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        await self.cache.hydration.guard(parent_inode)
+        node = self.cache.namespace.symlink(parent_inode, name, target)
+        await self._push_now(node.id)
+        return self._entry(node)
 
     @_errno_boundary
     async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
@@ -266,7 +276,7 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
-        raise pyfuse3.FUSEError(errno.EINVAL)
+        return FileNameT(await self.cache.hydration.link_target(inode))
 
     @_errno_boundary
     async def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> bool:

@@ -21,11 +21,11 @@ stress-ng stressors, one short worker each in ``--temp-path`` inside the mount:
   ``dir``, ``dentry``, ``rename``, ``filename`` (probes the allowed name characters first),
   ``hdd``, ``iomix``, ``lockf`` (the kernel keeps POSIX locks for a FUSE file system without
   lock handlers), ``mmap`` on a file (shared writable mappings go through the page cache),
-  ``seek``.
-- left out: ``link`` and ``symlink`` (cscd refuses hard and symbolic links with EPERM;
-  stress-ng skips them with exit code 3), ``fallocate`` (pyfuse3 has no fallocate handler,
-  so it is EOPNOTSUPP and the stressor does 0 operations), ``chown`` (every file belongs to
-  the mounting user; ownership changes are accepted and ignored, so it tests nothing),
+  ``seek``, ``symlink`` (Minshall-French links: made, read back and removed, many times).
+- left out: ``link`` (cscd refuses hard links with EPERM; stress-ng skips it with exit
+  code 3), ``fallocate`` (pyfuse3 has no fallocate handler, so it is EOPNOTSUPP and the
+  stressor does 0 operations), ``chown`` (every file belongs to the mounting user;
+  ownership changes are accepted and ignored, so it tests nothing),
   ``xattr`` (extended attributes are ENOTSUP), ``fiemap`` (no FS_IOC_FIEMAP on FUSE),
   ``mknod`` (special files are EPERM), ``copy-file`` (needs at least 128 MB per file).
 
@@ -63,6 +63,7 @@ STRESSORS = {
     "lockf": [],
     "mmap": ["--mmap-file", "--mmap-bytes", "4M"],
     "seek": ["--seek-size", "16M"],
+    "symlink": [],
 }
 
 

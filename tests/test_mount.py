@@ -160,15 +160,13 @@ def test_chmod_and_utimens_kept(cscd_env):
              5, "mtime not on the server")
 
 
-def test_links_and_bad_names_are_refused(cscd_env):
+def test_hard_links_and_bad_names_are_refused(cscd_env):
     p = cscd_env.docs / "t.txt"
     p.write_text("t")
     with pytest.raises(PermissionError):
         os.link(p, cscd_env.docs / "hard")
-    with pytest.raises(PermissionError):
-        os.symlink("t.txt", cscd_env.docs / "soft")
     with pytest.raises(OSError) as info:
-        (cscd_env.docs / "what?.txt").write_text("x")
+        (cscd_env.docs / "tab\there.txt").write_text("x")
     assert info.value.errno == errno.EINVAL
     with pytest.raises(PermissionError):
         (cscd_env.mount / "toplevel.txt").write_text("x")

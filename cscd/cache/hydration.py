@@ -22,12 +22,13 @@ import os
 
 import trio
 
+from cscd import symlinks
 from cscd.cache import nodes, ranges
 from cscd.cache.core import CacheCore
 from cscd.cache.listings import Listings, RemoteSource
-from cscd.cache.nodes import Node
+from cscd.cache.nodes import Flag, Node
 from cscd.cache.residency import Residency
-from cscd.errors import CscdError, NotAvailableOffline, NotFound
+from cscd.errors import CorruptContent, CscdError, NotAvailableOffline, NotFound, Unsupported
 from cscd.events import EventId, emit
 from cscd.types import ROOT_ID
 
@@ -75,6 +76,63 @@ class Hydration:
         else:
             await self.hydrate(node_id, offset, end)
         return os.pread(fd, end - offset, offset)
+
+    # ------------------------------------------------------------ symbolic links
+
+    async def recognize_link(self, node: Node) -> Node:
+        """A 1067-byte file from the server may be a Minshall-French link another client made:
+        read it once (fetching it if the folder's mode allows) and remember the answer in the
+        node's flags. Returns the node as it is now. A file that cannot be read now stays a
+        regular file until a later lookup can; a changed one here is never a link."""
+        if (node.is_dir or node.size != symlinks.SIZE or not node.has_base
+                or node.flags & (Flag.SYMLINK | Flag.LINK_CHECKED)):
+            return node
+        ix = self.core.index
+        with self.core.txn() as txn:
+            if nodes.dirty_reasons(ix, txn, node.id):
+                return node
+        try:
+            await self.hydrate(node.id, 0, node.size)
+            target = symlinks.decode(self._content(node.id, symlinks.SIZE))
+        except (CscdError, OSError) as exc:
+            log.debug("%r: not checked for a link yet: %s", node.name, exc)
+            return node
+        with self.core.txn(write=True) as txn:
+            now = nodes.find(ix, txn, node.id)
+            if now is None or now.version != node.version or now.base_file_id != node.base_file_id:
+                return now or node  # changed meanwhile: the next lookup asks again
+            now.flags |= Flag.SYMLINK if target is not None else Flag.LINK_CHECKED
+            nodes.put(ix, txn, now)
+        if target is not None:
+            self.core.publish(("inode", node.id))
+        return now
+
+    async def link_target(self, node_id: int) -> bytes:
+        """What a symbolic link points to (``readlink``); fetches its 1067 bytes if they are not
+        here. Never follows the link."""
+        node = self.core.node(node_id)
+        if not node.is_symlink:
+            raise Unsupported(f"{node.name!r} is not a symbolic link")
+        await self.hydrate(node_id, 0, node.size)
+        target = symlinks.decode(self._content(node_id, node.size))
+        if target is None:
+            raise CorruptContent(f"{node.name!r}: its Minshall-French link form is damaged")
+        return target
+
+    def link_length(self, node: Node) -> int:
+        """``st_size`` of a link: its target's length, from the header (0 if not here)."""
+        try:
+            head = self._content(node.id, 9)
+        except OSError:
+            return 0
+        return int(head[5:9]) if head[5:9].isdigit() else 0
+
+    def _content(self, node_id: int, length: int) -> bytes:
+        fd = self.core.store.open_readonly(node_id)
+        try:
+            return os.pread(fd, length, 0)
+        finally:
+            os.close(fd)
 
     async def _read_through(self, node: Node, offset: int, end: int) -> bytes:
         """Bytes straight from the server, not stored (a file too large to cache)."""

@@ -166,7 +166,7 @@ def _follow_server(cache: CacheCore, txn, node: Node, dir_id: int, entry: Remote
     nodes.set_base(ix, txn, node, dir_id, entry)
     if content_changed:
         node.size = entry.size
-        node.flags &= ~Flag.HYDRATED
+        node.flags &= ~(Flag.HYDRATED | Flag.SYMLINK | Flag.LINK_CHECKED)  # a new version: ask again
         if entry.size == 0:
             node.flags |= Flag.HYDRATED
         txn.delete(u64(node.id), db=ix.ranges)

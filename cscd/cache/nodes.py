@@ -26,6 +26,8 @@ class Flag(enum.IntFlag):
     TOMBSTONE = 4  # unlinked locally; kept until the kernel forgets it and the server agrees
     PINNED = 8  # always available offline
     HAS_BASE = 16  # base_* fields describe the agreed server version
+    SYMLINK = 32  # a file whose content is a Minshall-French link (``cscd.symlinks``)
+    LINK_CHECKED = 64  # a 1067-byte server file found not to be a link (never asked again)
 
 
 class DirtyReason(enum.IntFlag):
@@ -37,7 +39,7 @@ class DirtyReason(enum.IntFlag):
 
 _FIXED = struct.Struct(">QBIIQqqQQQQqHH")
 #: ``Flag(n)`` costs ~1 µs and ``unpack`` runs once per entry of every listing: look them up.
-_FLAGS = tuple(Flag(n) for n in range(32))
+_FLAGS = tuple(Flag(n) for n in range(128))
 _TOMBSTONE, _LISTED = int(Flag.TOMBSTONE), int(Flag.LISTED)
 
 
@@ -91,7 +93,7 @@ class Node:
         name = bytes(data[off : off + f[12]])
         base_name = bytes(data[off + f[12] : off + f[12] + f[13]])
         return cls(
-            node_id, f[0], bool(f[1]), _FLAGS[f[2]] if f[2] < 32 else Flag(f[2]), f[3],
+            node_id, f[0], bool(f[1]), _FLAGS[f[2]] if f[2] < 128 else Flag(f[2]), f[3],
             f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11],
             name, base_name,
         )
@@ -110,7 +112,13 @@ class Node:
         return Flag.HYDRATED in self.flags
 
     @property
+    def is_symlink(self) -> bool:
+        return Flag.SYMLINK in self.flags
+
+    @property
     def st_mode(self) -> int:
+        if self.is_symlink:
+            return stat.S_IFLNK | 0o777
         return (stat.S_IFDIR if self.is_dir else stat.S_IFREG) | self.mode
 
     def base_entry(self) -> RemoteEntry | None:

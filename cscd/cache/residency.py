@@ -230,7 +230,8 @@ class Residency:
             return None
         with cache.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
-            if (node is None or node.is_dir or not node.has_base or nodes.dirty_reasons(ix, txn, node_id)
+            if (node is None or node.is_dir or node.is_symlink or not node.has_base
+                    or nodes.dirty_reasons(ix, txn, node_id)
                     or self.is_pinned(txn, node) or not cache.store.exists(node_id)):
                 return None
             size = cache.store.disk_bytes(node_id)
