@@ -90,3 +90,17 @@ def test_tar_of_a_tree_with_links_and_exec_files_extracts_into_the_mount(mount_e
     assert (env.docs / "lib" / "libx.so").read_bytes() == (src / "lib" / "libx.so.1.2").read_bytes()
     listing = subprocess.run(["tar", "-C", str(env.docs), "-cf", "-", "lib"], check=True, capture_output=True).stdout
     assert b"libx.so.1.2" in listing
+
+
+def test_python_venv_in_the_mount_runs_its_interpreter(mount_env):
+    """``python -m venv`` makes symbolic links (bin/python → python3 → the system's) and an
+    executable script (bin/activate's peers); the interpreter then runs from the mount."""
+    env = mount_env()
+    venv = env.docs / "venv"
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    assert os.path.islink(venv / "bin" / "python")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys; print(sys.prefix)"],
+                         check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    assert out == str(venv)
+    eventually(lambda: (env.server / "venv" / "bin" / "python").stat().st_size == 1067, 30,
+               "the venv's links never reached the server")
