@@ -8,10 +8,12 @@ traceback at ERROR for a bug — and the node is retried with a jittered exponen
 *sync problem*: event 2040, listed by ``cscd status`` and counted in the metrics, as
 Windows' Sync Center lists sync errors. The first success clears it (event 2041).
 
-Two kinds are the user's or the admin's to fix, not a retry's, and are a problem from their
-first failure: the server out of space or quota (event 2010) and access denied (2011). Each
-is emitted once per file and kind (again only after the file synced, or failed otherwise
-in between) and backs off the same way.
+Two kinds are the user's or the admin's to fix, not a retry's: the server out of space or
+quota (event 2010) and access denied (2011). They are a problem as soon as the first retry
+(about a second later) meets the same refusal: one refusal alone can be churn's passing
+state (a folder moved on the server into a place another pending move is still freeing is
+refused once, then goes through). Each is emitted once per file and kind (again only after
+the file synced, or failed otherwise in between) and backs off the same way.
 
 State lives in memory only: after a restart every dirty node is simply tried again, which is
 what the dirty set in LMDB is for. Time is ``trio.current_time()``; no I/O here.
@@ -45,7 +47,8 @@ class Problem:
     first_s: float
     last_s: float
     retry_at: float
-    kind: str = "error"  # or QUOTA, DENIED: shown from the first failure
+    kind: str = "error"  # or QUOTA, DENIED: shown once ``USERS_TO_FIX_AFTER`` failures in a row are that kind
+    kind_failures: int = 0
 
     def as_dict(self) -> dict:
         return {"folder": self.folder, "path": self.path, "reason": self.reason, "kind": self.kind,
@@ -53,9 +56,11 @@ class Problem:
 
     @property
     def shown(self) -> bool:
-        return self.failures >= SHOW_AFTER or self.kind != "error"
+        return self.failures >= SHOW_AFTER or (self.kind != "error" and self.kind_failures >= USERS_TO_FIX_AFTER)
 
 
+#: Refusals of one kind in a row that make a quota or permission problem (see the docstring).
+USERS_TO_FIX_AFTER = 2
 #: Failures that only the user or the admin can fix: (problem kind, event it emits).
 QUOTA, DENIED = "quota", "access denied"
 _USERS_TO_FIX: tuple[tuple[type[CscdError], str, EventId], ...] = (
@@ -91,9 +96,10 @@ class SyncProblems:
         elif reason != p.reason:
             log.info("sync of %s in %s failed again, differently: %s", path, folder, reason)
         kind, event = next(((k, e) for cls, k, e in _USERS_TO_FIX if isinstance(exc, cls)), ("error", None))
-        if event is not None and kind != p.kind:
-            emit(event, folder=folder, path=path, reason=reason)
+        p.kind_failures = p.kind_failures + 1 if kind == p.kind else 1
         p.kind = kind
+        if event is not None and p.kind_failures == USERS_TO_FIX_AFTER:
+            emit(event, folder=folder, path=path, reason=reason)
         p.failures += 1
         p.reason, p.path, p.last_s = reason, path, now
         backoff = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (p.failures - 1))
