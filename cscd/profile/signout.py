@@ -93,7 +93,13 @@ def sign_out(home: Path, exclusions: ProfileExclusions, *, pushed: bool, state_f
         folder = _find(home, rule.parts)
         if folder is None:
             continue
-        n = _drop(home, folder, exclusions)
+        try:
+            n = _drop(home, folder, exclusions)
+        except OSError as exc:
+            # Part of it may be gone: forget its agreed state all the same, so the next push
+            # never takes what went for a deletion by the user.
+            log.warning("profile sign-out: %s only partly dropped: %s", rule.path, exc)
+            n = 1
         if n:
             dropped.append(rule.path)
             prefixes.append(os.fsencode(folder.relative_to(home).as_posix()))
