@@ -376,19 +376,29 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        # The kernel asks for security.capability before every write: answer it without a
+        # transaction. Only user.* attributes exist here (``cscd.xattrs``).
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        try:
+            return self.cache.content.get_xattr(inode, name)
+        except KeyError:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
     @_errno_boundary
     async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
-        return []
+        return [XAttrNameT(n) for n in self.cache.content.list_xattrs(inode)]
 
     @_errno_boundary
     async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        self.cache.content.set_xattr(inode, name, value)
 
     @_errno_boundary
     async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        try:
+            self.cache.content.set_xattr(inode, name, None)
+        except KeyError:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
     # ------------------------------------------------------------ kernel news
 

@@ -44,14 +44,28 @@ _SHARE_DEFAULTS: dict[str, str] = {
     "guest ok": "no",
     "create mask": "0644",
     "directory mask": "0755",
-    # The test filesystem may lack user xattrs; keep DOS attributes out of them.
+    # DOS attributes stay out of the file system's xattrs; EAs (modes and user.* attributes
+    # roam in them, ``cscd.xattrs``) are on where the share's file system has user xattrs.
     "store dos attributes": "no",
-    "ea support": "no",
     "map archive": "no",
     "map readonly": "no",
     "kernel oplocks": "no",
     "kernel share modes": "no",
 }
+
+def has_user_xattrs(directory: Path) -> bool:
+    """Whether files in ``directory`` can hold ``user.`` xattrs (where Samba keeps EAs)."""
+    probe = directory / ".cscd-xattr-probe"
+    try:
+        probe.touch()
+        os.setxattr(probe, "user.cscd.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
 
 # Fallback when ``testparm --show-all-parameters`` cannot tell which options are global.
 _KNOWN_GLOBALS = frozenset(
@@ -392,7 +406,8 @@ class EmbeddedSamba:
             "panic action": "",
         }
         glob.update(extra_global)
-        share = {"path": str(self.share_dir), **_SHARE_DEFAULTS, "valid users": self._username}
+        share = {"path": str(self.share_dir), **_SHARE_DEFAULTS, "valid users": self._username,
+                 "ea support": "yes" if has_user_xattrs(self.share_dir) else "no"}
         share.update(extra_share)
         lines = ["# written by cscd.samba.EmbeddedSamba; rewritten on every start", "[global]"]
         lines += [f"\t{k} = {v}" for k, v in glob.items()]

@@ -117,6 +117,9 @@ class RemoteEntry:
     mtime_ns: int
     ctime_ns: int
     file_id: int
+    #: the sorted (name, value) EAs (``cscd.xattrs``); None when not known (a server that
+    #: stores none, an upstream call that does not read them, a read that failed)
+    eas: tuple[tuple[bytes, bytes], ...] | None = None
 
     def same_version(self, other: RemoteEntry | None) -> bool:
         """True if ``other`` describes the same content version (id, size, write time)."""

@@ -14,7 +14,7 @@ import time
 
 import trio
 
-from cscd.cache import nodes, ranges
+from cscd.cache import attrs, nodes, ranges
 from cscd.cache.core import CacheCore
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.cache.residency import Residency
@@ -36,12 +36,13 @@ class Content:
             node = nodes.get(ix, txn, node_id)
             now = time.time_ns()
             reason = DirtyReason(0)
+            changed = False
             if size is not None and not node.is_dir and size != node.size:
                 self._set_size(txn, node, size)
                 node.mtime_ns = now
                 reason |= DirtyReason.CONTENT
-            if mode is not None:
-                node.mode = mode & 0o7777
+            if mode is not None and attrs.set_mode(ix, txn, node, mode):
+                changed = True
             if mtime_ns is not None and mtime_ns != node.mtime_ns:
                 node.mtime_ns = mtime_ns
                 reason |= DirtyReason.META
@@ -51,9 +52,32 @@ class Content:
             elif reason and node.id != ROOT_ID and node.parent != ROOT_ID:
                 nodes.mark_dirty(ix, txn, node, reason)
             nodes.put(ix, txn, node)
-        if reason:
+        if reason or changed:
             self.core.mark_changed()
         return node
+
+    # ---------------------------------------------------------------- extended attributes
+
+    def get_xattr(self, node_id: int, name: bytes) -> bytes:
+        """``KeyError`` if the node has no such attribute."""
+        with self.core.txn() as txn:
+            return attrs.get(self.core.index, txn, nodes.get(self.core.index, txn, node_id))[name]
+
+    def list_xattrs(self, node_id: int) -> list[bytes]:
+        with self.core.txn() as txn:
+            return sorted(attrs.get(self.core.index, txn, nodes.get(self.core.index, txn, node_id)))
+
+    def set_xattr(self, node_id: int, name: bytes, value: bytes | None) -> None:
+        """Set, or remove (None; ``KeyError`` if absent), a ``user.*`` attribute; it roams as an
+        SMB EA with the next push (``cscd.xattrs`` says what is refused and why)."""
+        ix = self.core.index
+        with self.core.txn(write=True) as txn:
+            node = nodes.get(ix, txn, node_id)
+            attrs.set_local(ix, txn, node, name, value)
+            node.ctime_ns = time.time_ns()
+            nodes.put(ix, txn, node)
+        self.core.mark_changed()
+        self.core.publish(("inode", node_id))
 
     def _set_size(self, txn, node: Node, size: int) -> None:
         """Truncate or extend; the new tail is zeros and therefore present."""

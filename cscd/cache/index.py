@@ -142,7 +142,7 @@ class Index:
             self.env = lmdb.open(
                 str(path),
                 map_size=MAP_SIZE_BYTES,
-                max_dbs=16,
+                max_dbs=24,
                 sync=False,
                 metasync=False,
                 readahead=False,
@@ -165,6 +165,7 @@ class Index:
         self.tombstones = self.env.open_db(b"tombstones")
         self.unrecorded = self.env.open_db(b"unrecorded")
         self.newer = self.env.open_db(b"newer")
+        self.xattrs = self.env.open_db(b"xattrs")
         with self.env.begin(write=True) as txn:
             version = txn.get(b"schema", db=self.meta)
             if version is None:

@@ -20,19 +20,18 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from cscd.cache import newer, nodes, unrecorded
+from cscd.cache import attrs, newer, nodes, unrecorded
 from cscd.cache.index import child_key, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.reconcile import Action, Local, Ours, Unrecorded, decide
 from cscd.types import ROOT_ID, RemoteEntry
+from cscd.xattrs import default_mode
 
 if TYPE_CHECKING:
     from cscd.cache.core import CacheCore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FILE_MODE = 0o644
-DEFAULT_DIR_MODE = 0o755
 _NEW_ENTRY = Flag.HAS_BASE
 _NEW_EMPTY_FILE = Flag.HAS_BASE | Flag.HYDRATED
 
@@ -40,7 +39,8 @@ _NEW_EMPTY_FILE = Flag.HAS_BASE | Flag.HYDRATED
 def listing_digest(entries: list[RemoteEntry]) -> bytes:
     """XXH3-128 of everything a merge looks at in a listing (names, kinds, sizes, times, ids)."""
     return xxhash.xxh3_128_digest(b"".join(
-        b"%s\0%d\0%d\0%d\0%d\n" % (e.name, e.is_dir, e.size, e.mtime_ns, e.file_id) for e in entries))
+        b"%s\0%d\0%d\0%d\0%d\0%s\n" % (e.name, e.is_dir, e.size, e.mtime_ns, e.file_id,
+                                       b"%r" % (e.eas,) if e.eas else b"") for e in entries))
 
 
 def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], digest: bytes = b"", *,
@@ -86,6 +86,11 @@ def _match(cache: CacheCore, txn, dir_id: int, entries: list[RemoteEntry], now: 
                 _follow_server(cache, txn, node, dir_id, entry, keep_complete)
                 continue
             if action is not Action.REPLACE_KIND:
+                if entry.eas is not None and (entry.eas or node.mode != default_mode(node.is_dir)
+                                              or Flag.XATTRS in node.flags) \
+                        and not node.is_deleted and attrs.take_server(ix, txn, node, entry.eas):
+                    nodes.put(ix, txn, node)  # only the mode or the attributes changed there
+                    cache.publish(("inode", node.id))
                 continue  # nothing to do, or the push's to do
             _forget_subtree(cache, txn, node)
         lid = nodes.lookup_id(ix, txn, dir_id, entry.name)
@@ -141,11 +146,13 @@ def _add_placeholder(ix, txn, dir_id: int, node_id: int, entry: RemoteEntry, now
     empty_file = not entry.is_dir and entry.size == 0
     node = Node(
         node_id, dir_id, entry.is_dir, _NEW_EMPTY_FILE if empty_file else _NEW_ENTRY,
-        DEFAULT_DIR_MODE if entry.is_dir else DEFAULT_FILE_MODE,
+        default_mode(entry.is_dir),
         0 if entry.is_dir else entry.size, entry.mtime_ns or now, entry.ctime_ns or now,
         0, dir_id, entry.file_id, entry.size, entry.mtime_ns, entry.name, entry.name,
     )
     txn.put(child_key(dir_id, entry.name), u64(node_id), db=ix.bases)
+    if entry.eas:
+        attrs.take_server(ix, txn, node, entry.eas)
     nodes.put(ix, txn, node)
     nodes.link(ix, txn, node)
 
@@ -173,6 +180,8 @@ def _follow_server(cache: CacheCore, txn, node: Node, dir_id: int, entry: Remote
         cache.empty_content(node.id, entry.size)
     node.mtime_ns = entry.mtime_ns or node.mtime_ns
     node.ctime_ns = entry.ctime_ns or node.ctime_ns
+    if entry.eas is not None:
+        attrs.take_server(ix, txn, node, entry.eas)
     nodes.put(ix, txn, node)
     cache.publish(("inode", node.id))
 

@@ -28,6 +28,7 @@ class Flag(enum.IntFlag):
     HAS_BASE = 16  # base_* fields describe the agreed server version
     SYMLINK = 32  # a file whose content is a Minshall-French link (``cscd.symlinks``)
     LINK_CHECKED = 64  # a 1067-byte server file found not to be a link (never asked again)
+    XATTRS = 128  # has user.* attributes (``cscd.cache.attrs``)
 
 
 class DirtyReason(enum.IntFlag):
@@ -35,11 +36,12 @@ class DirtyReason(enum.IntFlag):
     META = 2  # times/mode changed
     NAMESPACE = 4  # created, renamed or moved locally since base
     DELETE = 8  # deleted locally; delete on the server
+    ATTRS = 16  # mode or user.* attributes changed (``cscd.cache.attrs``)
 
 
 _FIXED = struct.Struct(">QBIIQqqQQQQqHH")
 #: ``Flag(n)`` costs ~1 µs and ``unpack`` runs once per entry of every listing: look them up.
-_FLAGS = tuple(Flag(n) for n in range(128))
+_FLAGS = tuple(Flag(n) for n in range(256))
 _TOMBSTONE, _LISTED = int(Flag.TOMBSTONE), int(Flag.LISTED)
 
 
@@ -93,7 +95,7 @@ class Node:
         name = bytes(data[off : off + f[12]])
         base_name = bytes(data[off + f[12] : off + f[12] + f[13]])
         return cls(
-            node_id, f[0], bool(f[1]), _FLAGS[f[2]] if f[2] < 128 else Flag(f[2]), f[3],
+            node_id, f[0], bool(f[1]), _FLAGS[f[2]] if f[2] < 256 else Flag(f[2]), f[3],
             f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11],
             name, base_name,
         )
@@ -292,6 +294,7 @@ def delete_record(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     txn.delete(u64(node.id), db=ix.chunks)
     txn.delete(u64(node.id), db=ix.tombstones)
     txn.delete(u64(node.id), db=ix.newer)
+    txn.delete(u64(node.id), db=ix.xattrs)
     if node.is_dir:
         txn.delete(u64(node.id), db=ix.listed)
 

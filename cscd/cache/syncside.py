@@ -16,8 +16,8 @@ from pathlib import Path
 
 import trio
 
+from cscd.cache import attrs, conflicts, newer, nodes, ranges, unrecorded
 from cscd.cache import chunks as chunkmaps
-from cscd.cache import conflicts, newer, nodes, ranges, unrecorded
 from cscd.cache.core import CacheCore
 from cscd.cache.hydration import Hydration
 from cscd.cache.listings import Listings
@@ -79,6 +79,12 @@ class SyncSide:
         with self.core.txn() as txn:
             node = nodes.get(self.core.index, txn, node_id)
             return ranges.missing(self.core.present(txn, node), 0, node.size)
+
+    def server_eas(self, node_id: int) -> dict[bytes, bytes]:
+        """The EAs the node carries on the server: its mode and ``user.*`` attributes."""
+        with self.core.txn() as txn:
+            node = nodes.get(self.core.index, txn, node_id)
+            return {} if node.is_symlink else attrs.server_eas(self.core.index, txn, node)
 
     def record_synced(self, node_id: int, version: int, base_parent: int, entry: RemoteEntry | None,
                       reasons: DirtyReason, chunks: list[chunkmaps.ChunkTriple] | None = None) -> bool:

@@ -59,7 +59,7 @@ from cscd.upstream.base import Conflict, Upstream
 
 log = logging.getLogger(__name__)
 
-CONTENT, META, NAMESPACE, DELETE = 1, 2, 4, 8
+CONTENT, META, NAMESPACE, DELETE, ATTRS = 1, 2, 4, 8, 16
 #: plan phases: leave sync (excluded now), create/rename/upload, delete
 LEAVE, CHANGE, REMOVE = -1, 0, 1
 #: file uploads of one round in flight at once
@@ -432,6 +432,8 @@ class Pusher:
                 if not local.exists(node.id):
                     await self._take_back(target, entry, up)  # removed here while it was made there
                     return
+            if reasons & ATTRS or (not node.has_base and local.server_eas(node.id)):
+                await up.set_eas(target, local.server_eas(node.id))
             local.record_synced(node.id, version, parent.id, entry, reasons)
             return
         if local.is_open_for_write(node.id) and not force:
@@ -446,8 +448,16 @@ class Pusher:
                 await self._take_back(target, entry, up)
                 self._settle_replaced(replaced)
                 return
-        elif reasons & META:
-            entry = await up.set_mtime(target, node.mtime_ns)
+            eas = local.server_eas(node.id)
+            if eas or reasons & ATTRS:
+                # A new version is a new server file (a temporary renamed over): the EAs the
+                # old one had are gone with it.
+                await up.set_eas(target, eas)
+        else:
+            if reasons & META:
+                entry = await up.set_mtime(target, node.mtime_ns)
+            if reasons & ATTRS:
+                await up.set_eas(target, local.server_eas(node.id))
         local.record_synced(node.id, version, parent.id, entry, reasons, chunks=chunks)
         self._settle_replaced(replaced)
 

@@ -20,7 +20,7 @@ network call has a timeout of its own (a thread cannot be cancelled).
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -200,6 +200,12 @@ class Upstream(Protocol):
 
     async def set_mtime(self, path: bytes, mtime_ns: int) -> RemoteEntry:
         """Set the last-write time (for a times-only change); returns the new entry."""
+
+    async def get_eas(self, path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+        """The sorted (name, value) extended attributes of ``path`` (``cscd.xattrs``)."""
+
+    async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes]) -> None:
+        """Make ``eas`` the whole EA set of ``path``: the ones it has and ``eas`` lacks go."""
 
     def statistics(self) -> UpstreamStatistics:
         """Counters since creation; cheap, never blocks."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -27,7 +28,7 @@ import secrets
 import stat as stat_mod
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -56,6 +57,7 @@ from cscd.upstream.base import (
     UpstreamStatistics,
     check_plan,
 )
+from cscd.xattrs import ServerEas, canonical
 
 log = logging.getLogger(__name__)
 
@@ -236,12 +238,32 @@ class LocalUpstream:
                         )
                         continue
                     try:
-                        out.append(self._entry(name, de.stat()))
+                        entry = self._entry(name, de.stat())
+                        eas = _eas_of(de.path)
+                        out.append(dataclasses.replace(entry, eas=eas) if eas else entry)
                     except FileNotFoundError:
                         continue  # deleted while we listed
             return out
 
         return await self._run(p, scan)
+
+    async def get_eas(self, path: bytes) -> ServerEas:
+        p = self._abs(path)
+        return await self._run(p, lambda: _eas_of(str(p)))
+
+    async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes]) -> None:
+        """The folder's own files carry the EAs as ``user.`` xattrs, as Samba stores them."""
+        p = self._abs(path)
+
+        def work() -> None:
+            for name, _ in _eas_of(str(p)):
+                if name not in eas:
+                    os.removexattr(p, b"user." + name)
+            for name, value in eas.items():
+                if value:
+                    os.setxattr(p, b"user." + name, value)
+
+        await self._run(p, work)
 
     async def read(
         self, path: bytes, offset: int, length: int, *, timeout_s: float | None = None
@@ -503,3 +525,19 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _eas_of(path: str) -> ServerEas:
+    """A local file's ``user.`` xattrs as the EAs Samba would serve for it."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
+    out = []
+    for n in names:
+        if n.startswith("user."):
+            try:
+                out.append((os.fsencode(n[5:]), os.getxattr(path, n, follow_symlinks=False)))
+            except OSError:
+                continue
+    return canonical(dict(out))

@@ -33,12 +33,13 @@ in between those two round trips (~1 ms) is not detected.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TypeVar
 
 import trio
@@ -60,6 +61,7 @@ from cscd.upstream.smb_errors import (
 )
 from cscd.upstream.smb_watch import SmbWatch, open_watch
 from cscd.upstream.smb_wire import Attrs, Call, SmbLink, Stats
+from cscd.xattrs import ServerEas, canonical
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ T = TypeVar("T")
 GRACE_S = 1.5
 #: Upload temporaries older than this (by change time) found in a listing are deleted.
 STALE_TEMP_S = 3600.0
+#: files whose EAs are remembered between listings before the memory starts over
+EAS_SEEN_MAX = 100_000
 _NOT_FOUND_STATUSES = (0xC0000034, 0xC000003A)
 
 
@@ -106,6 +110,10 @@ class SmbUpstream:
         self._leftovers: set[str] = set()
         self._copy_state = smb_delta.CopyState()
         self._trees: dict[str, tuple[SmbLink, object]] = {}  # other shares on this session
+        #: (server path, file id, change time, EA size) → EAs: a file's EAs are read again
+        #: only when its change time or EA size moved (setting an EA moves the change time)
+        self._eas_seen: dict[tuple[str, int, int, int], ServerEas] = {}
+        self._eas_support: bool | None = None  # asked once (FileFsAttributeInformation)
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
 
@@ -360,7 +368,59 @@ class SmbUpstream:
                 log.warning("skipping %s\\%r: not a usable local name (%s)", where, e.name, exc)
                 continue
             out.append(RemoteEntry(name, e.is_dir, e.size, e.mtime_ns, e.ctime_ns, e.file_id))
+        return await self._with_eas(spath, where, raw, out)
+
+    async def _with_eas(self, spath: str, where: str, raw: list, out: list[RemoteEntry]) -> list[RemoteEntry]:
+        """Attach the EAs (mode, user attributes: ``cscd.xattrs``) of every entry whose
+        listing says it has some; only those not read before at the same change time."""
+        if not await self._eas_supported(where):
+            return out  # every entry's EAs stay unknown (None): nothing here is reset
+        sizes = {e.name: e for e in raw if e.ea_size}
+        out = [dataclasses.replace(e, eas=()) for e in out]
+        if not sizes:
+            return out
+        wanted: list[tuple[int, tuple[str, int, int, int]]] = []
+        for i, entry in enumerate(out):
+            r = sizes.get(server_name(entry.name))
+            if r is None:
+                continue
+            key = (f"{spath}\\{r.name}" if spath else r.name, r.file_id, r.ctime_ns, r.ea_size)
+            seen = self._eas_seen.get(key)
+            if seen is None:
+                wanted.append((i, key))
+            else:
+                out[i] = dataclasses.replace(entry, eas=seen)
+        if wanted:
+            found = await self._run(where, ops.eas_of_many, [k[0] for _, k in wanted], idempotent=True)
+            if len(self._eas_seen) > EAS_SEEN_MAX:
+                self._eas_seen.clear()
+            for (i, key), eas in zip(wanted, found, strict=True):
+                if eas is None:
+                    out[i] = dataclasses.replace(out[i], eas=None)  # unknown: nothing is reset
+                    continue
+                value = canonical(dict(eas))
+                self._eas_seen[key] = value
+                out[i] = dataclasses.replace(out[i], eas=value)
         return out
+
+    async def _eas_supported(self, where: str) -> bool:
+        if self._eas_support is None:
+            spath, _ = self._spath(b"")
+            self._eas_support = await self._run(where, ops.supports_eas, spath, idempotent=True)
+            if not self._eas_support:
+                log.warning("%s stores no extended attributes (Samba: 'ea support = no'): modes and "
+                            "user.* attributes set here stay on this machine", self.description)
+        return self._eas_support
+
+    async def get_eas(self, path: bytes) -> ServerEas:
+        spath, where = self._spath(path)
+        return canonical(dict(await self._run(where, ops.get_eas, spath, idempotent=True)))
+
+    async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes]) -> None:
+        """Make ``eas`` the whole EA set of ``path`` (the ones it lacks are removed)."""
+        spath, where = self._spath(path)
+        if await self._eas_supported(where):
+            await self._run(where, ops.set_eas, spath, {n: v for n, v in eas.items() if v}, idempotent=True)
 
     async def read(
         self, path: bytes, offset: int, length: int, *, timeout_s: float | None = None

@@ -16,14 +16,14 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from smbprotocol.exceptions import SMBResponseException
 from smbprotocol.file_info import FileInformationClass
 
 from cscd.errors import CscdError, UpstreamError
 from cscd.upstream import smb_wire as w
-from cscd.upstream.smb_errors import STATUS_END_OF_FILE, STATUS_NO_MORE_FILES, status_of
+from cscd.upstream.smb_errors import STATUS_END_OF_FILE, STATUS_NO_EAS_ON_FILE, STATUS_NO_MORE_FILES, status_of
 from cscd.upstream.smb_wire import Attrs, Call, DirEntry, SmbLink
 
 log = logging.getLogger(__name__)
@@ -424,6 +424,85 @@ def set_mtime(link: SmbLink, call: Call, spath: str, mtime_ns: int) -> tuple[Att
         R, FileInformationClass.FILE_BASIC_INFORMATION, w.basic_info(mtime_ns=mtime_ns)
     )
     return _with_postquery(link, call, create, [info])
+
+
+def supports_eas(link: SmbLink, call: Call, spath: str) -> bool:
+    """Whether the share stores EAs: the removal of an EA the folder ``spath`` does not have
+    succeeds where it does and fails with STATUS_EAS_NOT_SUPPORTED where it does not (Samba
+    sets no FILE_SUPPORTS_EXTENDED_ATTRIBUTES either way, and answers a read alike)."""
+    reqs = link.send(
+        [w.create_req(spath, access=w.FILE_WRITE_EA | w.FILE_READ_ATTRIBUTES, options=w.FILE_DIRECTORY_FILE),
+         w.set_info_req(R, FileInformationClass.FILE_FULL_EA_INFORMATION, w.ea_info({b"cscd.probe": b""})),
+         w.close_req(R)],
+        call,
+        related=True,
+    )
+    replies = link.wait_all(reqs, call)  # a broken link raises here; a refusal is an answer
+    for reply in replies[:2]:
+        if isinstance(reply, BaseException):
+            log.debug("EAs on %r: %s", spath, reply)
+            return False
+    return True
+
+
+def get_eas(link: SmbLink, call: Call, spath: str) -> list[tuple[bytes, bytes]]:
+    """Every EA of ``spath``: CREATE + QUERY_INFO(FileFullEaInformation) + CLOSE."""
+    reqs = link.send(
+        [w.create_req(spath, access=w.FILE_READ_EA | w.FILE_READ_ATTRIBUTES), w.query_ea_req(R), w.close_req(R)],
+        call,
+        related=True,
+    )
+    replies = link.wait_all(reqs, call)
+    if isinstance(replies[0], BaseException):
+        raise replies[0]
+    if isinstance(replies[1], BaseException):
+        if status_of(replies[1]) == STATUS_NO_EAS_ON_FILE:
+            return []
+        raise replies[1]
+    return w.parse_eas(replies[1])
+
+
+def eas_of_many(link: SmbLink, call: Call, spaths: Sequence[str], batch: int = 32
+                ) -> list[list[tuple[bytes, bytes]] | None]:
+    """``get_eas`` of each path, ``batch`` compounds in flight at a time; None for a path
+    that failed (gone meanwhile, no access): the next listing asks again."""
+    out: list[list[tuple[bytes, bytes]] | None] = []
+    for start in range(0, len(spaths), batch):
+        sent = [
+            link.send(
+                [w.create_req(p, access=w.FILE_READ_EA | w.FILE_READ_ATTRIBUTES), w.query_ea_req(R),
+                 w.close_req(R)],
+                call,
+                related=True,
+            )
+            for p in spaths[start : start + batch]
+        ]
+        for reqs in sent:
+            replies = link.wait_all(reqs, call)
+            if isinstance(replies[0], BaseException):
+                out.append(None)
+            elif isinstance(replies[1], BaseException):
+                out.append([] if status_of(replies[1]) == STATUS_NO_EAS_ON_FILE else None)
+            else:
+                out.append(w.parse_eas(replies[1]))
+    return out
+
+
+def set_eas(link: SmbLink, call: Call, spath: str, eas: Mapping[bytes, bytes]) -> None:
+    """Make ``eas`` the whole EA set of ``spath``: the ones it has and ``eas`` lacks are
+    removed (an empty value), in one SET_INFO after reading the current set."""
+    current = {name.lower(): name for name, _ in get_eas(link, call, spath)}
+    wanted = {name.lower() for name in eas}
+    change = dict(eas)
+    for low, name in current.items():
+        if low not in wanted:
+            change[name] = b""
+    if not change:
+        return
+    create = w.create_req(spath, access=w.FILE_WRITE_EA | w.FILE_READ_ATTRIBUTES)
+    info = w.set_info_req(R, FileInformationClass.FILE_FULL_EA_INFORMATION, w.ea_info(change))
+    replies = link.wait_all(link.send([create, info, w.close_req(R)], call, related=True), call)
+    _raise_first(replies)
 
 
 def _with_postquery(

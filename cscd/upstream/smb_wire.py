@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from smbprotocol.connection import Connection, SMB2Echo
@@ -58,6 +58,8 @@ _FILETIME_EPOCH = 116_444_736_000_000_000  # 1601-01-01 → 1970-01-01 in 100 ns
 FILE_READ_DATA = 0x1
 FILE_LIST_DIRECTORY = 0x1
 FILE_WRITE_DATA = 0x2
+FILE_READ_EA = 0x8
+FILE_WRITE_EA = 0x10
 FILE_READ_ATTRIBUTES = 0x80
 FILE_WRITE_ATTRIBUTES = 0x100
 DELETE = 0x10000
@@ -70,6 +72,7 @@ FILE_NON_DIRECTORY_FILE = 0x40
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 SMB2_RESTART_SCANS = 0x1
 CLOSE_POSTQUERY = 0x1
+FILE_SUPPORTS_EXTENDED_ATTRIBUTES = 0x00800000
 IMPERSONATION = 2
 
 
@@ -463,6 +466,60 @@ def query_id_req(file_id: bytes) -> SMB2QueryInfoRequest:
     return msg
 
 
+def query_ea_req(file_id: bytes, max_output: int = 65536) -> SMB2QueryInfoRequest:
+    """QUERY_INFO FileFullEaInformation: every EA of the file ([MS-FSCC] 2.4.15)."""
+    msg = SMB2QueryInfoRequest()
+    msg["info_type"] = InfoType.SMB2_0_INFO_FILE
+    msg["file_info_class"] = FileInformationClass.FILE_FULL_EA_INFORMATION
+    msg["output_buffer_length"] = max_output
+    msg["file_id"] = file_id
+    return msg
+
+
+def fs_attributes_req(file_id: bytes) -> SMB2QueryInfoRequest:
+    """QUERY_INFO FileFsAttributeInformation: what the share's file system supports."""
+    msg = SMB2QueryInfoRequest()
+    msg["info_type"] = InfoType.SMB2_0_INFO_FILESYSTEM
+    msg["file_info_class"] = 5  # FileFsAttributeInformation
+    msg["output_buffer_length"] = 1024
+    msg["file_id"] = file_id
+    return msg
+
+
+def parse_fs_attributes(header: object) -> int:
+    return int(struct.unpack_from("<I", _out_buffer(header), 0)[0])
+
+
+def ea_info(eas: Mapping[bytes, bytes]) -> bytes:
+    """A FileFullEaInformation list; an empty value removes that EA."""
+    items = sorted(eas.items())
+    out = []
+    for i, (name, value) in enumerate(items):
+        entry = struct.pack("<BBH", 0, len(name), len(value)) + name + b"\0" + value
+        if i + 1 < len(items):
+            entry += b"\0" * (-(len(entry) + 4) % 4)
+            out.append(struct.pack("<I", len(entry) + 4) + entry)
+        else:
+            out.append(struct.pack("<I", 0) + entry)
+    return b"".join(out)
+
+
+def parse_eas(header: object) -> list[tuple[bytes, bytes]]:
+    """(name, value) pairs of a FileFullEaInformation QUERY_INFO reply."""
+    buf = _out_buffer(header)
+    out = []
+    pos = 0
+    while pos + 8 <= len(buf):
+        next_off, _flags, name_len, value_len = struct.unpack_from("<IBBH", buf, pos)
+        name = bytes(buf[pos + 8 : pos + 8 + name_len])
+        value = bytes(buf[pos + 9 + name_len : pos + 9 + name_len + value_len])
+        out.append((name, value))
+        if not next_off:
+            break
+        pos += next_off
+    return out
+
+
 def set_info_req(file_id: bytes, info_class: int, buffer: bytes) -> SMB2SetInfoRequest:
     msg = SMB2SetInfoRequest()
     msg["info_type"] = InfoType.SMB2_0_INFO_FILE
@@ -560,6 +617,7 @@ class DirEntry:
     mtime_ns: int
     ctime_ns: int
     file_id: int
+    ea_size: int = 0
 
 
 def parse_dir(header: object) -> list[DirEntry]:
@@ -568,7 +626,7 @@ def parse_dir(header: object) -> list[DirEntry]:
     out = []
     pos = 0
     while pos < len(buf):
-        (next_off, _idx, _ct, _at, mtime, change, eof, _alloc, attrs, name_len, _ea, _res, fid) = (
+        (next_off, _idx, _ct, _at, mtime, change, eof, _alloc, attrs, name_len, ea_size, _res, fid) = (
             struct.unpack_from("<IIQQQQqqIIIIQ", buf, pos)
         )
         name = buf[pos + 80 : pos + 80 + name_len].decode("utf-16-le", "surrogatepass")
@@ -581,6 +639,7 @@ def parse_dir(header: object) -> list[DirEntry]:
                 filetime_to_ns(mtime),
                 filetime_to_ns(change),
                 fid,
+                ea_size,
             )
         )
         if not next_off:
