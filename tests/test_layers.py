@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "cscd"
 ROOT = "cscd"
 """The package's own ``__init__.py`` (``__version__``): anyone may import it."""
 
-LEAVES = frozenset({"types", "errors", "events", "metrics", "names", "reconcile", "symlinks"})
+LEAVES = frozenset({"types", "errors", "events", "metrics", "names", "reconcile", "symlinks", "xattrs"})
 
 # Top-level part of cscd (a module ``cscd/x.py`` or a package ``cscd/x/``) -> the parts it
 # may import besides itself and ROOT. Keep in step with STYLE.md §1.
@@ -35,6 +35,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "names": frozenset({"types", "errors"}),
     # the Minshall-French link format, pure: the cache writes and reads it
     "symlinks": frozenset({"types", "errors"}),
+    "xattrs": frozenset({"types", "errors"}),
     "events": frozenset({"types", "errors"}),
     "metrics": frozenset({"types", "errors", "events"}),
     # the three-way decision, pure: cache (listings) and sync (uploads) both apply it

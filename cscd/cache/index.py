@@ -75,6 +75,10 @@ Named databases (all integers big-endian, so byte order is numeric order):
     id u64 → server FileId u64, size u64, write time i64 ns, change time i64 ns, state u8: a
     newer server version of a complete cached copy, to be fetched whole and swapped in
     (``cscd.cache.newer``; state 1 while the swap is under way). Absent for most nodes.
+``xattrs``
+    id u64 → the node's ``user.*`` attributes, repeated (name length u16, value length u32,
+    name, value), sorted by name (``cscd.cache.attrs``); only for nodes with the ``XATTRS``
+    flag. The mode is in the node record; both roam as SMB EAs (``cscd.xattrs``).
 ``conflicts``
     id u64 of a conflict copy → JSON ``{"original": name, "parent": id, "at": ns, "host": name}``,
     what ``cscd conflicts`` lists until the user resolves it.
