@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from tests.helpers import churn
 from tests.helpers.wait import eventually
 
 
@@ -127,20 +128,20 @@ def test_git_keeps_exec_bits_links_and_a_colon_name_across_a_fresh_cache(mount_e
     env = mount_env()
     src = tmp_path / "src"
     src.mkdir()
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
-    subprocess.run([*git, "init", "-q", str(src)], check=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    churn.git(src, "init", "-q", home=home)
     (src / "build.sh").write_text("#!/bin/sh\necho built\n")
     os.chmod(src / "build.sh", 0o755)
     (src / "notes 09:30.txt").write_text("morning")
     os.symlink("build.sh", src / "make")
-    subprocess.run([*git, "-C", str(src), "add", "-A"], check=True)
-    subprocess.run([*git, "-C", str(src), "commit", "-qm", "posix"], check=True)
+    churn.git(src, "add", "-A", home=home)
+    churn.git(src, "commit", "-qm", "posix", home=home)
     repo = env.docs / "repo"
-    subprocess.run([*git, "clone", "-q", str(src), str(repo)], check=True, timeout=120)
+    churn.git(tmp_path, "clone", "-q", str(src), str(repo), home=home)
 
     def status() -> str:
-        return subprocess.run([*git, "-C", str(repo), "status", "--porcelain"], check=True,
-                              capture_output=True, text=True, timeout=120).stdout
+        return churn.git(repo, "status", "--porcelain", home=home)
 
     assert status() == ""
     assert os.access(repo / "build.sh", os.X_OK) and os.readlink(repo / "make") == "build.sh"
@@ -148,6 +149,7 @@ def test_git_keeps_exec_bits_links_and_a_colon_name_across_a_fresh_cache(mount_e
     eventually(lambda: os.getxattr(server / "build.sh", "user.cscd.mode") == b"0755"
                and (server / "make").stat().st_size == 1067
                and (server / "notes 09\uf02230.txt").exists(), 60, "the clone never reached the server")
+    churn.wait_settled(env)  # .git's own files too, before the cache is thrown away
     env.daemon.stop()
     env.wipe_cache()
     env.start_daemon()
