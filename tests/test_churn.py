@@ -26,7 +26,9 @@ stress-ng stressors, one short worker each in ``--temp-path`` inside the mount:
   code 3), ``fallocate`` (pyfuse3 has no fallocate handler, so it is EOPNOTSUPP and the
   stressor does 0 operations), ``chown`` (every file belongs to the mounting user;
   ownership changes are accepted and ignored, so it tests nothing),
-  ``xattr`` (extended attributes are ENOTSUP), ``fiemap`` (no FS_IOC_FIEMAP on FUSE),
+  ``xattr`` (it sets thousands of attributes on one file; each set here rewrites the file's
+  whole set, capped at 64 KiB as SMB's, so one of its rounds outlasts the run and it reports
+  0 operations: the semantics are in ``test_roaming_attrs.py``), ``fiemap`` (no FS_IOC_FIEMAP on FUSE),
   ``mknod`` (special files are EPERM), ``copy-file`` (needs at least 128 MB per file).
 
 ``--soak`` (a command-line option registered in ``conftest.py``): every test runs

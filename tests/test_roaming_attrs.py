@@ -144,3 +144,26 @@ def test_xattr_calls_answer_as_on_a_local_file_system(mount_env):
     assert info.value.errno == errno.E2BIG
     os.rename(f, env.docs / "g")
     assert os.getxattr(env.docs / "g", "user.a") == b"2"  # attributes follow the file
+
+
+@pytest.mark.log_allows(r"refused the mode and extended attributes", r"\[2010\]")
+def test_attributes_the_server_has_no_room_for_lose_nothing(mount_env):
+    """ext4 under Samba keeps about 4 KiB of xattrs per file: a larger set is refused there.
+    The content still syncs, the attributes stay here (a listing does not take the server's
+    empty set over them), and the daemon carries on."""
+    env = mount_env()
+    f = env.docs / "many-tags"
+    f.write_text("content")
+    big = {f"user.tag{i:03d}": b"v" * 2000 for i in range(30)}  # ~60 KiB
+    for name, value in big.items():
+        os.setxattr(f, name, value)
+    eventually(lambda: (env.server / "many-tags").read_text() == "content", 30, "the content never synced")
+    first_upload = (env.server / "many-tags").stat().st_ino
+    eventually(lambda: "[2010]" in env.daemon.log_path.read_text(), 30, "the refusal was never retried")
+    # The retries send the attributes only: the content's upload was recorded (an upload is
+    # a temporary renamed over, so another one would be another inode).
+    assert (env.server / "many-tags").stat().st_ino == first_upload
+    (env.docs / "after").write_text("later files still sync")
+    eventually(lambda: (env.server / "after").exists(), 30, "sync stopped after the refusal")
+    os.listdir(env.docs)  # a listing of the folder
+    assert {n: os.getxattr(f, n) for n in os.listxattr(f)} == big

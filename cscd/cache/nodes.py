@@ -239,6 +239,13 @@ def mark_dirty(ix: Index, txn: lmdb.Transaction, node: Node, reason: DirtyReason
     txn.put(u64(node.id), u32(int(dirty_reasons(ix, txn, node.id) | reason)), db=ix.dirty)
 
 
+def keep_dirty(ix: Index, txn: lmdb.Transaction, node_id: int, reason: DirtyReason) -> None:
+    """Add ``reason`` without a new local version: what was sent stays the same version, only
+    a part of it is still to be sent (the push's retry is then a failure with backoff, not a
+    restart for a change made meanwhile)."""
+    txn.put(u64(node_id), u32(int(dirty_reasons(ix, txn, node_id) | reason)), db=ix.dirty)
+
+
 def clear_dirty(ix: Index, txn: lmdb.Transaction, node_id: int, reasons: DirtyReason | None = None) -> None:
     if reasons is None:
         txn.delete(u64(node_id), db=ix.dirty)

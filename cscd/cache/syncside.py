@@ -86,6 +86,13 @@ class SyncSide:
             node = nodes.get(self.core.index, txn, node_id)
             return {} if node.is_symlink else attrs.server_eas(self.core.index, txn, node)
 
+    def attrs_unsent(self, node_id: int) -> None:
+        """The server refused the node's EAs: its mode and attributes stay to be sent."""
+        with self.core.txn(write=True) as txn:
+            node = nodes.find(self.core.index, txn, node_id)
+            if node is not None and not node.is_deleted:
+                nodes.keep_dirty(self.core.index, txn, node_id, DirtyReason.ATTRS)
+
     def record_synced(self, node_id: int, version: int, base_parent: int, entry: RemoteEntry | None,
                       reasons: DirtyReason, chunks: list[chunkmaps.ChunkTriple] | None = None) -> bool:
         """After a successful server change: store the new base; clear dirty if unchanged since.

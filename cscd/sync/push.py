@@ -432,13 +432,15 @@ class Pusher:
                 if not local.exists(node.id):
                     await self._take_back(target, entry, up)  # removed here while it was made there
                     return
+            refused = None
             if reasons & ATTRS or (not node.has_base and local.server_eas(node.id)):
-                await up.set_eas(target, local.server_eas(node.id))
-            local.record_synced(node.id, version, parent.id, entry, reasons)
+                refused = await self._put_eas(node, target, up)
+            self._record(node, version, parent.id, entry, reasons, refused)
             return
         if local.is_open_for_write(node.id) and not force:
             return  # uploaded when the last writer closes
         chunks = None
+        refused = None
         replaced = [] if node.has_base else self._replaced(node, parent, target)
         if reasons & CONTENT or not node.has_base:
             entry, chunks = await self._upload(node, parent, parent_path, target, up, replaced)
@@ -448,18 +450,40 @@ class Pusher:
                 await self._take_back(target, entry, up)
                 self._settle_replaced(replaced)
                 return
-            eas = local.server_eas(node.id)
-            if eas or reasons & ATTRS:
+            if reasons & ATTRS or local.server_eas(node.id):
                 # A new version is a new server file (a temporary renamed over): the EAs the
                 # old one had are gone with it.
-                await up.set_eas(target, eas)
+                refused = await self._put_eas(node, target, up)
         else:
             if reasons & META:
                 entry = await up.set_mtime(target, node.mtime_ns)
             if reasons & ATTRS:
-                await up.set_eas(target, local.server_eas(node.id))
-        local.record_synced(node.id, version, parent.id, entry, reasons, chunks=chunks)
+                refused = await self._put_eas(node, target, up)
+        self._record(node, version, parent.id, entry, reasons, refused, chunks=chunks)
         self._settle_replaced(replaced)
+
+    async def _put_eas(self, node, target: bytes, up: Upstream) -> CscdError | None:
+        """Write the node's mode and attributes as the EAs of ``target``; a refusal (a server
+        file system with no room for them: ext4 keeps about 4 KiB of xattrs per file) is
+        returned, not raised, so the content's upload is still recorded."""
+        try:
+            await up.set_eas(target, self.local.server_eas(node.id))
+        except (UpstreamUnavailable, UpstreamTimeout, NotFound, SourceChanged):
+            raise
+        except CscdError as exc:
+            where = target.decode(errors="replace")
+            return type(exc)(f"the server refused the mode and extended attributes of {where} ({exc}); "
+                             "they stay on this machine and are tried again later")
+        return None
+
+    def _record(self, node, version: int, parent_id: int, entry, reasons: int, refused: CscdError | None,
+                **kwargs) -> None:
+        """``record_synced``; after refused EAs the attributes stay dirty (a listing must not
+        take the server's over them) and the refusal is raised for the problems' backoff."""
+        self.local.record_synced(node.id, version, parent_id, entry, reasons, **kwargs)
+        if refused is not None:
+            self.local.attrs_unsent(node.id)
+            raise refused
 
     def _replaced(self, node, parent, target: bytes) -> list:
         """The deleted files a new file was renamed over here (an atomic save): the server
