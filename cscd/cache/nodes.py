@@ -236,7 +236,7 @@ def dirty_reasons(ix: Index, txn: lmdb.Transaction, node_id: int) -> DirtyReason
 def mark_dirty(ix: Index, txn: lmdb.Transaction, node: Node, reason: DirtyReason) -> None:
     """Add ``reason`` to the node's dirty bits and bump its local version."""
     node.version += 1
-    txn.put(u64(node.id), u32(int(dirty_reasons(ix, txn, node.id) | reason)), db=ix.dirty)
+    keep_dirty(ix, txn, node.id, reason)
 
 
 def keep_dirty(ix: Index, txn: lmdb.Transaction, node_id: int, reason: DirtyReason) -> None:

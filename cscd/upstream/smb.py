@@ -60,7 +60,7 @@ from cscd.upstream.smb_errors import (
     translate,
 )
 from cscd.upstream.smb_watch import SmbWatch, open_watch
-from cscd.upstream.smb_wire import Attrs, Call, SmbLink, Stats
+from cscd.upstream.smb_wire import Attrs, Call, DirEntry, SmbLink, Stats
 from cscd.xattrs import ServerEas, canonical
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,10 @@ class SmbUpstream:
         """
         spath, where = self._spath(path)
         raw = await self._run(where, ops.list_dir, spath, idempotent=True)
+        # On a share without EAs every entry's EAs stay unknown (None): a listing resets nothing.
+        known: tuple[()] | None = () if await self._eas_supported(where) else None
         out = []
+        with_eas: list[tuple[int, str, DirEntry]] = []  # (index in out, server path, entry)
         stale_before = time.time_ns() - int(STALE_TEMP_S * 1e9)
         for e in raw:
             if e.name in (".", ".."):
@@ -367,41 +370,37 @@ class SmbUpstream:
             except (UnicodeEncodeError, BadName) as exc:
                 log.warning("skipping %s\\%r: not a usable local name (%s)", where, e.name, exc)
                 continue
-            out.append(RemoteEntry(name, e.is_dir, e.size, e.mtime_ns, e.ctime_ns, e.file_id))
-        return await self._with_eas(spath, where, raw, out)
+            if e.ea_size and known is not None:
+                with_eas.append((len(out), f"{spath}\\{e.name}" if spath else e.name, e))
+            out.append(RemoteEntry(name, e.is_dir, e.size, e.mtime_ns, e.ctime_ns, e.file_id, known))
+        if with_eas:
+            await self._attach_eas(where, with_eas, out)
+        return out
 
-    async def _with_eas(self, spath: str, where: str, raw: list, out: list[RemoteEntry]) -> list[RemoteEntry]:
-        """Attach the EAs (mode, user attributes: ``cscd.xattrs``) of every entry whose
-        listing says it has some; only those not read before at the same change time."""
-        if not await self._eas_supported(where):
-            return out  # every entry's EAs stay unknown (None): nothing here is reset
-        sizes = {e.name: e for e in raw if e.ea_size}
-        out = [dataclasses.replace(e, eas=()) for e in out]
-        if not sizes:
-            return out
+    async def _attach_eas(self, where: str, with_eas: list[tuple[int, str, DirEntry]],
+                          out: list[RemoteEntry]) -> None:
+        """Attach the EAs (mode, user attributes: ``cscd.xattrs``) of the entries whose listing
+        says they have some; only those not read before at the same change time."""
         wanted: list[tuple[int, tuple[str, int, int, int]]] = []
-        for i, entry in enumerate(out):
-            r = sizes.get(server_name(entry.name))
-            if r is None:
-                continue
-            key = (f"{spath}\\{r.name}" if spath else r.name, r.file_id, r.ctime_ns, r.ea_size)
+        for i, spath, r in with_eas:
+            key = (spath, r.file_id, r.ctime_ns, r.ea_size)
             seen = self._eas_seen.get(key)
             if seen is None:
                 wanted.append((i, key))
             else:
-                out[i] = dataclasses.replace(entry, eas=seen)
-        if wanted:
-            found = await self._run(where, ops.eas_of_many, [k[0] for _, k in wanted], idempotent=True)
-            if len(self._eas_seen) > EAS_SEEN_MAX:
-                self._eas_seen.clear()
-            for (i, key), eas in zip(wanted, found, strict=True):
-                if eas is None:
-                    out[i] = dataclasses.replace(out[i], eas=None)  # unknown: nothing is reset
-                    continue
-                value = canonical(dict(eas))
-                self._eas_seen[key] = value
-                out[i] = dataclasses.replace(out[i], eas=value)
-        return out
+                out[i] = dataclasses.replace(out[i], eas=seen)
+        if not wanted:
+            return
+        found = await self._run(where, ops.eas_of_many, [k[0] for _, k in wanted], idempotent=True)
+        if len(self._eas_seen) > EAS_SEEN_MAX:
+            self._eas_seen.clear()
+        for (i, key), eas in zip(wanted, found, strict=True):
+            if eas is None:
+                out[i] = dataclasses.replace(out[i], eas=None)  # unknown: nothing is reset
+                continue
+            value = canonical(dict(eas))
+            self._eas_seen[key] = value
+            out[i] = dataclasses.replace(out[i], eas=value)
 
     async def _eas_supported(self, where: str) -> bool:
         if self._eas_support is None:
