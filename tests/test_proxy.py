@@ -150,6 +150,26 @@ def test_reset_counters_starts_from_zero(proxy: TcpProxy) -> None:
         )
 
 
+def test_netbios_frames_are_counted_however_the_stream_is_cut(proxy: TcpProxy) -> None:
+    """Three frames (one empty, one of 70,000 bytes) sent one byte at a time, then whole."""
+    frames = [b"\x00" + len(body).to_bytes(3, "big") + body
+              for body in (b"", os.urandom(70_000), b"smb")]
+    stream = b"".join(frames)
+    with connect(proxy) as sock:
+        for i in range(0, 64):
+            sock.sendall(stream[i:i + 1])  # the first prefixes split byte by byte
+        sock.sendall(stream[64:])
+        assert recv_exactly(sock, len(stream)) == stream
+        wait_for(lambda: proxy.frames_to_server == 3, 5, "three frames counted")
+        sock.sendall(stream)
+        assert recv_exactly(sock, len(stream)) == stream
+        wait_for(lambda: proxy.frames_to_server == 6, 5, "three more")
+    times = proxy.frame_times
+    assert len(times) == 6 and times == sorted(times)
+    proxy.reset_counters()
+    assert proxy.frames_to_server == 0
+
+
 def test_many_connections_at_once(proxy: TcpProxy) -> None:
     count = 60
     results: dict[int, bool] = {}

@@ -112,6 +112,18 @@ def no_temporaries(disk: Path) -> bool:
 # -- metadata ------------------------------------------------------------------------------------
 
 
+async def test_a_folder_bigger_than_one_reply_lists_whole_twice(target: Target) -> None:
+    """SMB tries a listing in one compound first and falls back to batches when it does not
+    fit (about 4,000 long names per 1 MiB reply); the second listing goes to batches at once."""
+    names = {f"entry-{i:05d}-{'n' * 100}".encode() for i in range(6000)}
+    for name in names:
+        (target.disk / name.decode()).touch()
+    for _ in range(2):
+        assert {e.name for e in await target.up.list_dir(b"")} == names
+    (target.disk / "more").touch()
+    assert len(await target.up.list_dir(b"")) == 6001
+
+
 async def test_list_dir_gives_sizes_times_ids_without_reading(target: Target) -> None:
     (target.disk / "a.txt").write_bytes(b"x" * 1234)
     (target.disk / "empty").write_bytes(b"")

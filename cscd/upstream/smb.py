@@ -73,6 +73,9 @@ GRACE_S = 1.5
 STALE_TEMP_S = 3600.0
 #: files whose EAs are remembered between listings before the memory starts over
 EAS_SEEN_MAX = 100_000
+#: Folders whose listing did not fit one buffer, remembered so the next listing goes straight
+#: to batches (``smb_ops.list_dir``); forgotten wholesale past this many.
+BIG_DIRS_MAX = 10_000
 _NOT_FOUND_STATUSES = (0xC0000034, 0xC000003A)
 
 
@@ -113,6 +116,7 @@ class SmbUpstream:
         #: (server path, file id, change time, EA size) → EAs: a file's EAs are read again
         #: only when its change time or EA size moved (setting an EA moves the change time)
         self._eas_seen: dict[tuple[str, int, int, int], ServerEas] = {}
+        self._big_dirs: set[str] = set()
         self._eas_support: bool | None = None  # asked once (FileFsAttributeInformation)
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
@@ -350,7 +354,15 @@ class SmbUpstream:
         left out rather than shown as a file that fails on every access.
         """
         spath, where = self._spath(path)
-        raw = await self._run(where, ops.list_dir, spath, idempotent=True)
+        small = spath not in self._big_dirs
+        raw, fitted = await self._run(where, functools.partial(ops.list_dir, small=small), spath,
+                                      idempotent=True)
+        if fitted:
+            self._big_dirs.discard(spath)
+        else:
+            if len(self._big_dirs) > BIG_DIRS_MAX:
+                self._big_dirs.clear()
+            self._big_dirs.add(spath)
         # On a share without EAs every entry's EAs stay unknown (None): a listing resets nothing.
         known: tuple[()] | None = () if await self._eas_supported(where) else None
         out = []

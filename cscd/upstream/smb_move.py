@@ -67,7 +67,7 @@ def make_dirs(link: SmbLink, call: Call, components: tuple[str, ...], tree: Tree
 def _is_empty_dir(link: SmbLink, call: Call, spath: str) -> bool | None:
     """True/False for an existing folder, None if ``spath`` does not exist."""
     try:
-        entries = ops.list_dir(link, call, spath)
+        entries, _ = ops.list_dir(link, call, spath)
     except Exception as exc:
         if status_of(exc) in _NOT_FOUND:
             return None

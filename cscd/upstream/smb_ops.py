@@ -65,12 +65,43 @@ def probe(link: SmbLink, call: Call, spath: str) -> None:
     _raise_first(link.wait_all(reqs, call))
 
 
-def list_dir(link: SmbLink, call: Call, spath: str) -> list[DirEntry]:
-    """Every entry of a folder (including ``.``/``..``): QUERY_DIRECTORY until NO_MORE_FILES."""
+def list_dir(link: SmbLink, call: Call, spath: str, *, small: bool = True) -> tuple[list[DirEntry], bool]:
+    """Every entry of a folder (including ``.``/``..``); returns (entries, fitted).
+
+    ``small``: first try the whole listing in one frame, CREATE + QUERY_DIRECTORY twice +
+    CLOSE as a related compound. A folder whose entries fit one buffer ends with
+    STATUS_NO_MORE_FILES in the second query (Samba runs the CLOSE after that warning), and
+    then ``fitted`` is True. Otherwise, or without ``small``, the folder is read in batches
+    until NO_MORE_FILES (``fitted`` says whether one batch held it all): 3 frames at least, which is what an idle client's slow
+    revalidation cannot afford (issue 16) and what a big folder needs anyway.
+    """
     max_out = min(w.MAX_IO, int(link.conn.max_transact_size or 65536))  # type: ignore[union-attr]
     create = w.create_req(
         spath, access=w.FILE_LIST_DIRECTORY | w.FILE_READ_ATTRIBUTES, options=w.FILE_DIRECTORY_FILE
     )
+    if small:
+        reqs = link.send(
+            [create, w.query_dir_req(R, restart=True, max_output=max_out),
+             w.query_dir_req(R, restart=False, max_output=max_out), w.close_req(R)],
+            call, related=True,
+        )
+        replies = link.wait_all(reqs, call)
+        if isinstance(replies[0], BaseException):
+            raise replies[0]
+        first, second = replies[1], replies[2]
+        if isinstance(first, BaseException) and status_of(first) == STATUS_NO_MORE_FILES:
+            return [], True  # (no "." either: not a Samba answer, but a valid one)
+        if isinstance(first, BaseException):
+            raise first
+        if isinstance(second, BaseException) and status_of(second) == STATUS_NO_MORE_FILES:
+            return w.parse_dir(first), True
+        if isinstance(second, BaseException):
+            raise second
+        # More than one buffer: read it again in batches (the handle is closed already).
+        create = w.create_req(
+            spath, access=w.FILE_LIST_DIRECTORY | w.FILE_READ_ATTRIBUTES,
+            options=w.FILE_DIRECTORY_FILE,
+        )
     reqs = link.send(
         [create, w.query_dir_req(R, restart=True, max_output=max_out)], call, related=True
     )
@@ -79,6 +110,7 @@ def list_dir(link: SmbLink, call: Call, spath: str) -> list[DirEntry]:
         raise replies[0]
     file_id, _ = w.parse_create(replies[0])
     entries: list[DirEntry] = []
+    batches = 0
     try:
         reply = replies[1]
         while True:
@@ -86,6 +118,7 @@ def list_dir(link: SmbLink, call: Call, spath: str) -> list[DirEntry]:
                 if status_of(reply) == STATUS_NO_MORE_FILES:
                     break
                 raise reply
+            batches += 1
             # Ask for the next batch before parsing this one: the server works on it meanwhile
             # (100,000 entries: 2.1 s before, parsing ~1 s of it).
             (req,) = link.send([w.query_dir_req(file_id, restart=False, max_output=max_out)], call)
@@ -96,7 +129,7 @@ def list_dir(link: SmbLink, call: Call, spath: str) -> list[DirEntry]:
                 reply = exc
     finally:
         _close_quietly(link, call, file_id)
-    return entries
+    return entries, batches <= 1
 
 
 def read(link: SmbLink, call: Call, spath: str, offset: int, length: int) -> bytes:

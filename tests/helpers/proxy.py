@@ -15,6 +15,10 @@ link faults in tests and benchmarks come from here:
   ``ECONNREFUSED``, then listen again on the same port.
 - ``bytes_to_server`` / ``bytes_to_client``: exact counts of bytes written to each side
   (what crossed the link), cleared by ``reset_counters()``.
+- ``frames_to_server``: the client's NetBIOS session frames (the 4-byte length prefix of SMB2
+  over TCP), counted as they are read, so one SMB request or one compound of them, signed or
+  encrypted, is one frame; ``frame_times`` holds when each arrived (monotonic), for rates.
+  Also cleared by ``reset_counters()``. Meaningless for anything but SMB.
 
 Threading: one background thread runs a ``selectors`` loop over non-blocking sockets and
 owns every socket and queue; it is not trio, so synchronous tests and benchmarks can use it
@@ -66,7 +70,8 @@ def _abort_socket(sock: socket.socket) -> None:
 class _Pipe:
     """One direction of one connection: chunks read from ``src``, queued, written to ``dst``."""
 
-    __slots__ = ("conn", "src", "dst", "to_server", "queue", "queued_bytes", "got_eof", "sent_eof")
+    __slots__ = ("conn", "src", "dst", "to_server", "queue", "queued_bytes", "got_eof", "sent_eof",
+                 "frame_left", "frame_head")
 
     def __init__(
         self, conn: _Conn, src: socket.socket, dst: socket.socket, to_server: bool
@@ -80,6 +85,8 @@ class _Pipe:
         self.queued_bytes = 0
         self.got_eof = False
         self.sent_eof = False
+        self.frame_left = 0  # bytes of the current frame's body not yet read
+        self.frame_head = b""  # a length prefix split across reads
 
 
 class _Conn:
@@ -130,6 +137,7 @@ class TcpProxy:
         self._counter_lock = threading.Lock()
         self._to_server = 0
         self._to_client = 0
+        self._frame_times: list[float] = []
         self.accepted = 0
         """Connections accepted so far (including refused ones)."""
         self._commands: collections.deque[
@@ -177,11 +185,24 @@ class TcpProxy:
         with self._counter_lock:
             return self._to_client
 
+    @property
+    def frames_to_server(self) -> int:
+        """NetBIOS frames (SMB requests or compounds) the clients sent since the last reset."""
+        with self._counter_lock:
+            return len(self._frame_times)
+
+    @property
+    def frame_times(self) -> list[float]:
+        """When each of those frames arrived (``time.monotonic()``), oldest first."""
+        with self._counter_lock:
+            return list(self._frame_times)
+
     def reset_counters(self) -> None:
-        """Set both byte counters to zero."""
+        """Set the byte and frame counters to zero."""
         with self._counter_lock:
             self._to_server = 0
             self._to_client = 0
+            self._frame_times = []
 
     @property
     def connections(self) -> int:
@@ -389,11 +410,34 @@ class TcpProxy:
         if not data:
             pipe.got_eof = True
         else:
+            if pipe.to_server:
+                self._count_frames(pipe, data)
             delay_s = self.delay_to_server_s if pipe.to_server else self.delay_to_client_s
             due = time.monotonic() + delay_s if delay_s > 0 else 0.0
             pipe.queue.append((due, memoryview(data)))
             pipe.queued_bytes += len(data)
         return self._flush(pipe)
+
+    def _count_frames(self, pipe: _Pipe, data: bytes) -> None:
+        """Walk the NetBIOS length prefixes in ``data`` (type byte, 24-bit length)."""
+        at, end, now = 0, len(data), time.monotonic()
+        new = 0
+        while at < end:
+            if pipe.frame_left:
+                step = min(pipe.frame_left, end - at)
+                pipe.frame_left -= step
+                at += step
+                continue
+            need = 4 - len(pipe.frame_head)
+            pipe.frame_head += data[at:at + need]
+            at += need
+            if len(pipe.frame_head) == 4:
+                pipe.frame_left = int.from_bytes(pipe.frame_head[1:], "big")
+                pipe.frame_head = b""
+                new += 1
+        if new:
+            with self._counter_lock:
+                self._frame_times.extend([now] * new)
 
     def _flush(self, pipe: _Pipe) -> bool:
         """Write what is due; False if the connection died (it is then aborted)."""
