@@ -177,8 +177,9 @@ class Upstream(Protocol):
         the server and a later call with the same token sends only what is missing.
         """
 
-    def watch(self, path: bytes) -> AbstractAsyncContextManager[AsyncIterator[list[Change]]]:
-        """Watch the folder ``path`` and everything below it for changes.
+    def watch(self, path: bytes, *, tree: bool = True
+              ) -> AbstractAsyncContextManager[AsyncIterator[list[Change]]]:
+        """Watch the folder ``path`` (with ``tree``, everything below it too) for changes.
 
         ``async with up.watch(b"") as changes: async for batch in changes: ...``. Each batch
         lists changed names; an empty batch means the server lost track (too many changes):
@@ -186,7 +187,9 @@ class Upstream(Protocol):
         server, not lost. Waiting for a batch holds no thread token and no deadline; a lost
         link raises ``UpstreamUnavailable``. Raises ``Unsupported`` (at entry or from the
         first batch) when the server or the implementation cannot watch: periodic scans
-        must then do the job. See the implementation for what a server reports.
+        must then do the job. The iterator stops when the watch ends on the server's side
+        (the folder was deleted, or the upstream closed it to rename a folder above it).
+        See the implementation for what a server reports.
         """
 
     async def mkdir(self, path: bytes) -> RemoteEntry:

@@ -417,7 +417,7 @@ class LocalUpstream:
         return await self._run(target, work, abandoned=abandoned)
 
     @contextlib.asynccontextmanager
-    async def watch(self, path: bytes) -> AsyncIterator[AsyncIterator[list[Change]]]:
+    async def watch(self, path: bytes, *, tree: bool = True) -> AsyncIterator[AsyncIterator[list[Change]]]:
         """Not supported for a local directory: raises ``Unsupported`` (periodic scans do it)."""
         raise Unsupported(f"{self.root}: change notification is not implemented for local folders")
         yield  # pragma: no cover - makes this an async generator

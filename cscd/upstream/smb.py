@@ -117,6 +117,7 @@ class SmbUpstream:
         #: only when its change time or EA size moved (setting an EA moves the change time)
         self._eas_seen: dict[tuple[str, int, int, int], ServerEas] = {}
         self._big_dirs: set[str] = set()
+        self._watches: set[SmbWatch] = set()
         self._eas_support: bool | None = None  # asked once (FileFsAttributeInformation)
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
@@ -512,30 +513,45 @@ class SmbUpstream:
         return self._entry(name, attrs, fid)
 
     @contextlib.asynccontextmanager
-    async def watch(self, path: bytes) -> AsyncIterator[SmbWatch]:
-        """Watch the folder ``path`` and its subtree with CHANGE_NOTIFY (see ``smb_watch``).
+    async def watch(self, path: bytes, *, tree: bool = True) -> AsyncIterator[SmbWatch]:
+        """Watch the folder ``path`` (and with ``tree`` its subtree) with CHANGE_NOTIFY (see
+        ``smb_watch``); costs the server one open handle and no requests while nothing changes.
 
         Opening the folder is an ordinary call (``NotFound``, ``UpstreamUnavailable``...).
-        The handle is closed on exit, also on cancellation.
+        The handle is closed on exit, also on cancellation, and early by a ``rename`` of a
+        folder above it (the iterator then stops).
         """
         spath, where = self._spath(path)
         link, file_id, request = await self._run(
-            where, functools.partial(open_watch, tree=True), spath, idempotent=True
+            where, functools.partial(open_watch, tree=tree), spath, idempotent=True
         )
         watcher = SmbWatch(
             link,
             file_id,
             request,
-            tree=True,
+            tree=tree,
+            spath=spath,
             where=where,
             server=self._server,
             timeout_s=self._timeout_s,
             run=self._run,
         )
+        self._watches.add(watcher)
         try:
             yield watcher
         finally:
+            self._watches.discard(watcher)
             await watcher.aclose()
+
+    async def _release_watches_below(self, spath: str) -> None:
+        """Close this connection's watches on folders below ``spath``: Samba refuses to rename
+        a folder that has a handle open below it from the same connection (ACCESS_DENIED; other
+        clients' handles do not count, ``strict rename = no``). Their owners open them again."""
+        below = [wt for wt in self._watches if wt.spath.startswith(spath + "\\")]
+        for wt in below:
+            await wt.release()
+        if below:
+            log.debug("closed %d watches below %s before renaming it", len(below), spath)
 
     def _temp_spath(self, spath: str, resume_token: str | None) -> str:
         """A fresh upload temporary beside ``spath``, or the one named by ``resume_token``."""
@@ -602,6 +618,7 @@ class SmbUpstream:
             raise BadName("the target folder itself cannot be renamed")
         old_spath, where = self._spath(old)
         new_spath, new_where = self._spath(new)
+        await self._release_watches_below(old_spath)
         attrs, fid = await self._run(
             f"{where} → {new_where}",
             functools.partial(ops.rename, replace=replace),

@@ -11,15 +11,25 @@ the periodic scan. Changes between two requests are queued on the handle; an ove
 ("rescan everything"). ``change notify = no`` answers STATUS_NOT_IMPLEMENTED: ``Unsupported``.
 
 Threads and deadlines: waiting for a reply may take hours, so it does not go through
-``SmbUpstream._run`` (whose watchdog would call a quiet folder a hung server) and does not
-hold a token of the upstream's limiter: it runs in its own thread (``abandon_on_cancel``),
-waking every ``POLL_S`` to notice a cancelled caller or a dead link. Sending the request and
-closing the handle are ordinary deadline-bound calls.
+``SmbUpstream._run`` (whose watchdog would call a quiet folder a hung server), and it takes no
+thread at all: a client holds hundreds of watches (issue 16), and a thread each, waking to
+look around, would cost the idle laptop what the server is spared. smbprotocol's reader
+thread sets the pending request's ``response_event``; the watch swaps that event for one
+that also wakes the waiting trio task (``_WakingEvent``, swapped under the request's
+``response_event_lock``, which the reader holds while it sets it). A dead connection sets
+every pending event as well; ``SAFETY_S`` bounds the wait in case nothing ever does.
+Sending the re-armed request and closing the handle are ordinary deadline-bound calls.
+
+A watch is ended from outside with ``release()`` (the upstream does it before renaming a
+folder above it: Samba refuses to rename a folder with an open handle below it from the
+same connection, ``strict rename = no``). A folder deleted on the server ends its watch
+(STATUS_DELETE_PENDING) the same way: the iterator stops.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -38,13 +48,15 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-POLL_S = 0.5
+#: Longest wait for a reply without looking at the link (a dead one normally wakes it).
+SAFETY_S = 30.0
 #: How long opening a watch waits for an immediate refusal (NOT_IMPLEMENTED comes at once).
 ARM_WAIT_S = 0.25
 STATUS_PENDING = 0x00000103
 STATUS_NOTIFY_CLEANUP = 0x0000010B
 STATUS_NOTIFY_ENUM_DIR = 0x0000010C
 STATUS_CANCELLED = 0xC0000120
+STATUS_DELETE_PENDING = 0xC0000056
 _UNSUPPORTED = {0xC0000002, 0xC00000BB, 0xC0000010}  # NOT_IMPLEMENTED, NOT_SUPPORTED, ...
 
 
@@ -86,6 +98,22 @@ def _status(req: object) -> int:
     return response["status"].get_value()
 
 
+class _WakingEvent(threading.Event):
+    """A request's response event that also wakes the trio task waiting for it."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._token = token
+        self._wake = wake
+
+    def set(self) -> None:
+        super().set()
+        try:
+            self._token.run_sync_soon(self._wake)
+        except trio.RunFinishedError:
+            pass  # the daemon is leaving; nobody waits any more
+
+
 class SmbWatch:
     """Batches of changes below one folder; made by ``SmbUpstream.watch``."""
 
@@ -96,6 +124,7 @@ class SmbWatch:
         request: object | None,
         *,
         tree: bool,
+        spath: str,
         where: str,
         server: str,
         timeout_s: float,
@@ -104,21 +133,39 @@ class SmbWatch:
         self._link = link
         self._file_id = file_id
         self._tree = tree
+        self.spath = spath
         self._where = where
         self._server = server
         self._timeout_s = timeout_s
         self._run = run  # SmbUpstream._run: deadline-bound calls on the live link
-        self._request = request
-        self._limiter = trio.CapacityLimiter(1)
+        self._token = trio.lowlevel.current_trio_token()
+        self._ready = trio.Event()
+        self._request: object | None = None
+        if request is not None:
+            self._hook(request)
+        self._ending = False
+        self._closed = trio.Event()
         self.closed = False
+
+    def _hook(self, req: object) -> None:
+        with req.response_event_lock:  # type: ignore[attr-defined]
+            old = req.response_event  # type: ignore[attr-defined]
+            new = _WakingEvent(self._token, self._wake)
+            if old.is_set():
+                threading.Event.set(new)  # already answered: no need to wake anyone
+            req.response_event = new  # type: ignore[attr-defined]
+        self._request = req
+
+    def _wake(self) -> None:
+        self._ready.set()
 
     def __aiter__(self) -> SmbWatch:
         return self
 
     async def __anext__(self) -> list[Change]:
         """The next batch; ``[]`` means "lost track, rescan". Raises ``StopAsyncIteration``
-        once the handle is closed, ``UpstreamUnavailable`` if the link died, ``Unsupported``
-        if the server does not notify."""
+        once the handle is closed or released, ``UpstreamUnavailable`` if the link died,
+        ``Unsupported`` if the server does not notify."""
         while True:
             raw = await self._wait()
             if raw is None:
@@ -139,14 +186,37 @@ class SmbWatch:
                 return out
 
     async def _wait(self) -> list[tuple[int, str]] | None:
-        call = Call(self._timeout_s)
-        done = False
         try:
-            result = await trio.to_thread.run_sync(
-                self._wait_in_thread, call, limiter=self._limiter, abandon_on_cancel=True
-            )
-            done = True
-            return result
+            if self._request is None and not self._ending:
+                tree, file_id = self._tree, self._file_id
+
+                def arm(link: SmbLink, call: Call) -> object:
+                    if link is not self._link:
+                        raise SMBConnectionClosed("the connection of the watch was replaced")
+                    (req,) = link.send([f.notify_req(file_id, tree=tree)], call)
+                    return req
+
+                self._hook(await self._run(self._where, arm))
+            while True:
+                if self._ending:
+                    return None
+                req = self._request
+                assert req is not None
+                with req.response_event_lock:  # type: ignore[attr-defined]
+                    answered = req.response_event.is_set()  # type: ignore[attr-defined]
+                    if answered:
+                        status = _status(req)
+                        if status == STATUS_PENDING:
+                            req.response_event.clear()  # type: ignore[attr-defined]
+                            answered = False  # the interim reply: the real one comes later
+                if answered:
+                    self._request = None
+                    return self._collect(req)
+                if not self._link.alive:
+                    raise SMBConnectionClosed("the connection was lost while watching")
+                self._ready = trio.Event()
+                with trio.move_on_after(SAFETY_S):
+                    await self._ready.wait()
         except CscdError:
             raise
         except Exception as exc:
@@ -156,58 +226,51 @@ class SmbWatch:
             if isinstance(exc, SMBConnectionClosed) or not self._link.alive:
                 self._link.teardown()
             raise err from exc
-        finally:
-            if not done:
-                call.abandoned = True
 
-    def _wait_in_thread(self, call: Call) -> list[tuple[int, str]] | None:
-        link = self._link
-        if self._request is None:
-            (self._request,) = link.send([f.notify_req(self._file_id, tree=self._tree)], call)
-        req = self._request
-        event = req.response_event  # type: ignore[attr-defined]
-        while True:
-            call.check()
-            if event.wait(POLL_S):
-                call.check()  # a caller that went away leaves the reply to the next one
-                with req.response_event_lock:  # type: ignore[attr-defined]
-                    status = _status(req)
-                    if status == STATUS_PENDING:
-                        event.clear()  # the interim reply: the real one comes later
-                        continue
-                self._request = None
-                assert link.conn is not None
-                try:
-                    header = link.conn.receive(req, timeout=max(1.0, self._timeout_s))
-                except SMBResponseException as exc:
-                    status = status_of(exc)
-                    if status == STATUS_NOTIFY_ENUM_DIR:
-                        return []
-                    if status in (STATUS_NOTIFY_CLEANUP, STATUS_CANCELLED):
-                        return None
-                    raise
-                return f.parse_notify(header) or []
-            if not link.alive:
-                raise SMBConnectionClosed("the connection was lost while watching")
+    def _collect(self, req: object) -> list[tuple[int, str]] | None:
+        """The final reply, which is there already (``receive`` does not wait for it)."""
+        conn = self._link.conn
+        if conn is None:
+            raise SMBConnectionClosed("the connection was lost while watching")
+        try:
+            header = conn.receive(req, timeout=1)
+        except SMBResponseException as exc:
+            status = status_of(exc)
+            if status == STATUS_NOTIFY_ENUM_DIR:
+                return []
+            if status in (STATUS_NOTIFY_CLEANUP, STATUS_CANCELLED, STATUS_DELETE_PENDING):
+                return None
+            raise
+        return f.parse_notify(header) or []
+
+    async def release(self) -> None:
+        """End this watch from outside and wait until its handle is closed (or the deadline):
+        the owner's iterator stops, and leaving its ``watch`` block closes the handle."""
+        self._ending = True
+        self._ready.set()
+        with trio.move_on_after(self._timeout_s):
+            await self._closed.wait()
 
     async def aclose(self) -> None:
         """Close the handle (the pending request ends with NOTIFY_CLEANUP); never raises."""
         if self.closed:
             return
         self.closed = True
-        if not self._link.alive:
-            return
-        link, file_id, request = self._link, self._file_id, self._request
+        try:
+            if not self._link.alive:
+                return
+            link, file_id, request = self._link, self._file_id, self._request
 
-        def close(_live: SmbLink, call: Call) -> None:
-            (req,) = link.send([w.close_req(file_id)], call)
-            link.wait(req, call)
-            if request is not None:
-                link.drain([request], call)
+            def close(_live: SmbLink, call: Call) -> None:
+                (req,) = link.send([w.close_req(file_id)], call)
+                link.wait(req, call)
+                if request is not None:
+                    link.drain([request], call)
 
-        with trio.CancelScope(shield=True), trio.move_on_after(self._timeout_s):
-            try:
-                await self._run(self._where, close)
-            except CscdError as exc:
-                log.debug("closing the watch on %s: %s", self._where, exc)
-
+            with trio.CancelScope(shield=True), trio.move_on_after(self._timeout_s):
+                try:
+                    await self._run(self._where, close)
+                except CscdError as exc:
+                    log.debug("closing the watch on %s: %s", self._where, exc)
+        finally:
+            self._closed.set()

@@ -1,0 +1,143 @@
+"""``SmbUpstream.watch`` against the real private smbd: directory watches, hundreds at once.
+
+What issue 16 needs of the upstream: a watch on one folder (no subtree) reports writes to the
+files in it, which a tree watch on the root does not (FACTS.md); hundreds of watches wait on
+one connection without a thread each; a watch never blocks this client's own rename of a
+folder above it (Samba refuses that rename while a handle below is open on the same
+connection); a folder deleted on the server ends its watch. The other client is a second
+``SmbUpstream`` (its own connection) or smbd's disk directly. No mocks.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+import smbclient
+import trio
+
+from cscd.samba import EmbeddedSamba
+from cscd.upstream.base import ChangeAction
+from cscd.upstream.smb import SmbUpstream
+from tests.test_upstream import smb_upstream
+
+
+@pytest.fixture
+def folder(smbd: EmbeddedSamba) -> tuple[str, Path]:
+    name = f"w-{uuid.uuid4().hex[:12]}"
+    disk = smbd.share_dir / name
+    disk.mkdir()
+    return name, disk
+
+
+async def next_batch(changes, seconds: float = 5.0):
+    with trio.fail_after(seconds):
+        return await changes.__anext__()
+
+
+async def test_a_folder_watch_reports_writes_to_its_files(smbd: EmbeddedSamba, folder) -> None:
+    name, disk = folder
+    (disk / "sub").mkdir()
+    (disk / "sub" / "notes.txt").write_bytes(b"one")
+    up = smb_upstream(smbd, name)
+    smbclient.register_session(smbd.host, username=smbd.username, password=smbd.password, port=smbd.port)
+
+    def write_in_place() -> None:  # another SMB client (smbprotocol's smbclient) writes
+        unc = rf"\\{smbd.host}\{smbd.share}\{name}\sub\notes.txt"
+        with smbclient.open_file(unc, mode="r+b", port=smbd.port) as f:
+            f.write(b"two")
+
+    try:
+        async with up.watch(b"sub", tree=False) as changes:
+            await trio.to_thread.run_sync(write_in_place)
+            batch = await next_batch(changes)
+            assert {c.path for c in batch} == {b"notes.txt"}
+            (disk / "sub" / "made-on-disk").write_bytes(b"x")  # behind smbd's back
+            names = set()
+            while b"made-on-disk" not in names:
+                names |= {c.path for c in await next_batch(changes)}
+    finally:
+        await up.close()
+        smbclient.reset_connection_cache()
+
+
+async def test_three_hundred_watches_take_no_thread_each(smbd: EmbeddedSamba, folder) -> None:
+    name, disk = folder
+    for i in range(300):
+        (disk / f"d{i:03d}").mkdir()
+    up, other = smb_upstream(smbd, name), smb_upstream(smbd, name)
+    seen: set[int] = set()
+    try:
+        await up.connect()
+        threads_before = threading.active_count()
+        async with trio.open_nursery() as nursery:
+            armed = 0
+
+            async def watch_one(i: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                nonlocal armed
+                async with up.watch(f"d{i:03d}".encode(), tree=False) as changes:
+                    armed += 1
+                    task_status.started()
+                    batch = await next_batch(changes, 20)
+                    assert [c.path for c in batch] == [b"new"]
+                    assert batch[0].action is ChangeAction.ADDED
+                    seen.add(i)
+
+            for i in range(300):
+                await nursery.start(watch_one, i)
+            assert armed == 300
+            # Waiting, the 300 watches hold no worker thread (a few may linger in trio's cache).
+            assert threading.active_count() - threads_before < 20
+            for i in range(0, 300, 7):
+                await other.mkdir(f"d{i:03d}/new".encode())
+            with trio.fail_after(20):
+                while len(seen) < len(range(0, 300, 7)):
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert seen == set(range(0, 300, 7))
+    finally:
+        await up.close()
+        await other.close()
+
+
+async def test_renaming_a_folder_above_a_watch_closes_the_watch_first(smbd: EmbeddedSamba, folder) -> None:
+    name, disk = folder
+    (disk / "a" / "b").mkdir(parents=True)
+    up = smb_upstream(smbd, name)
+    ended = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_b(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                async with up.watch(b"a/b", tree=False) as changes:
+                    task_status.started()
+                    async for _ in changes:
+                        pass
+                ended.set()
+
+            await nursery.start(watch_b)
+            entry = await up.rename(b"a", b"a2")  # Samba says ACCESS_DENIED with the watch open
+            assert entry.is_dir and (disk / "a2" / "b").is_dir() and not (disk / "a").exists()
+            with trio.fail_after(5):
+                await ended.wait()
+    finally:
+        await up.close()
+
+
+async def test_a_watched_folder_deleted_on_the_server_ends_the_watch(smbd: EmbeddedSamba, folder) -> None:
+    name, disk = folder
+    (disk / "gone").mkdir()
+    up, other = smb_upstream(smbd, name), smb_upstream(smbd, name)
+    try:
+        async with up.watch(b"gone", tree=False) as changes:
+            await other.delete(b"gone", is_dir=True)
+            with trio.fail_after(5):
+                async for _ in changes:
+                    pass
+        assert not (disk / "gone").exists()
+        assert isinstance(up, SmbUpstream) and (await up.list_dir(b"")) == []
+    finally:
+        await up.close()
+        await other.close()
