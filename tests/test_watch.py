@@ -69,6 +69,8 @@ async def test_three_hundred_watches_take_no_thread_each(smbd: EmbeddedSamba, fo
         (disk / f"d{i:03d}").mkdir()
     up, other = smb_upstream(smbd, name), smb_upstream(smbd, name)
     seen: set[int] = set()
+    all_seen = trio.Event()
+    wanted = set(range(0, 300, 7))
     try:
         await up.connect()
         threads_before = threading.active_count()
@@ -84,19 +86,20 @@ async def test_three_hundred_watches_take_no_thread_each(smbd: EmbeddedSamba, fo
                     assert [c.path for c in batch] == [b"new"]
                     assert batch[0].action is ChangeAction.ADDED
                     seen.add(i)
+                    if seen == wanted:
+                        all_seen.set()
 
             for i in range(300):
                 await nursery.start(watch_one, i)
             assert armed == 300
             # Waiting, the 300 watches hold no worker thread (a few may linger in trio's cache).
             assert threading.active_count() - threads_before < 20
-            for i in range(0, 300, 7):
+            for i in sorted(wanted):
                 await other.mkdir(f"d{i:03d}/new".encode())
             with trio.fail_after(20):
-                while len(seen) < len(range(0, 300, 7)):
-                    await trio.sleep(0.05)
+                await all_seen.wait()
             nursery.cancel_scope.cancel()
-        assert seen == set(range(0, 300, 7))
+        assert seen == wanted
     finally:
         await up.close()
         await other.close()

@@ -65,7 +65,9 @@ def probe(link: SmbLink, call: Call, spath: str) -> None:
     _raise_first(link.wait_all(reqs, call))
 
 
-def list_dir(link: SmbLink, call: Call, spath: str, *, small: bool = True) -> tuple[list[DirEntry], bool]:
+def list_dir(
+    link: SmbLink, call: Call, spath: str, *, small: bool = True
+) -> tuple[list[DirEntry], bool]:
     """Every entry of a folder (including ``.``/``..``); returns (entries, fitted).
 
     ``small``: first try the whole listing in one frame, CREATE + QUERY_DIRECTORY twice +
