@@ -74,8 +74,8 @@ def list_dir(
     CLOSE as a related compound. A folder whose entries fit one buffer ends with
     STATUS_NO_MORE_FILES in the second query (Samba runs the CLOSE after that warning), and
     then ``fitted`` is True. Otherwise, or without ``small``, the folder is read in batches
-    until NO_MORE_FILES (``fitted`` says whether one batch held it all): 3 frames at least, which is what an idle client's slow
-    revalidation cannot afford (issue 16) and what a big folder needs anyway.
+    until NO_MORE_FILES (``fitted`` says whether one batch held it all): 3 frames at least,
+    which an idle client's slow revalidation cannot afford (issue 16) and a big folder needs.
     """
     max_out = min(w.MAX_IO, int(link.conn.max_transact_size or 65536))  # type: ignore[union-attr]
     create = w.create_req(
