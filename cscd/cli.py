@@ -266,6 +266,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  pending    {pending}")
         print(f"  traffic    {_size(f.get('bytes_uploaded'))} up, {_size(f.get('bytes_downloaded'))} down")
         print(f"  last sync  {_when(f.get('last_sync'))}")
+        ch = f.get("changes") or {}
+        if ch.get("mode") == "notify":
+            print(f"  changes    notified by the server ({ch['directory_watches']} directory watches)")
+        elif ch.get("mode") == "polling":
+            print(f"  changes    polled: the server does not notify ({ch['polled_directories']} "
+                  "directories polled, backing off to minutes)")
     s = status.get("sync", {})
     print(f"sync: {s.get('pending_changes', 0)} changes pending, {s.get('files_uploaded', 0)} files "
           f"uploaded, {s.get('conflicts', 0)} conflicts since start")

@@ -11,6 +11,13 @@ metered state, the always-offline policy and the smoothed round-trip time with h
 (``SlowLinkDetector``, pure: the fastest of the last few probes decides). Server loss is
 noticed at the first failed request — sync and on-demand reads report it — and probing goes
 on with backoff (at most ``reconnect_max_s``), so the folder comes back online by itself.
+
+While the folder is reachable, probes cost nothing as long as traffic flows (issue 16): every
+``probe_interval_s`` the monitor asks the upstream what its traffic showed
+(``Upstream.link_activity``) and feeds the fastest round trip of a small request to the
+slow-link detector. Only a server silent for ``idle_probe_s`` gets a probe, the lightest one
+(an SMB2 ECHO); a reported failure, a reconnect or the first look at a folder gets the full
+one (open and close the folder, which also proves the rights on it).
 """
 
 from __future__ import annotations
@@ -107,11 +114,16 @@ class LinkMonitor:
     """One probe loop per folder; a reported failure triggers an immediate re-probe."""
 
     def __init__(self, folders: dict[str, tuple[Upstream, FolderLink]], *, probe_interval_s: float,
-                 reconnect_max_s: float, timeout_s: float, policies: dict[str, OfflinePolicy] | None = None,
+                 reconnect_max_s: float, timeout_s: float, idle_probe_s: float = 60.0,
+                 policies: dict[str, OfflinePolicy] | None = None,
                  working_offline: WorkingOfflineState | None = None,
                  is_metered: Callable[[], bool] = lambda: False) -> None:
         self.folders = folders
         self.probe_interval_s = probe_interval_s
+        self.idle_probe_s = idle_probe_s
+        #: folders a caller reported failing: their next look is a full probe
+        self._failed: set[str] = set()
+        self.probes_sent = 0
         self.reconnect_max_s = reconnect_max_s
         self.timeout_s = timeout_s
         self.policies = policies or {}
@@ -131,6 +143,7 @@ class LinkMonitor:
 
     def report_failure(self, folder: str) -> None:
         """Sync or a read saw the server fail: probe now instead of at the next tick."""
+        self._failed.add(folder)
         ev = self._wake.get(folder)
         if ev is not None:
             ev.set()
@@ -194,36 +207,59 @@ class LinkMonitor:
                 nursery.start_soon(self._watch, name, name=f"link.{name}")
             task_status.started()
 
-    async def _probe(self, name: str, upstream: Upstream, link: FolderLink) -> float:
+    async def _probe(self, upstream: Upstream, *, light: bool = False) -> float:
         with trio.fail_after(self.timeout_s + 2):
             if not upstream.statistics().connected:
                 await upstream.connect()
-            return await upstream.probe()
+                light = False
+            self.probes_sent += 1
+            return await upstream.probe(light=light)
+
+    async def _look(self, name: str, upstream: Upstream, full: bool) -> float | None:
+        """One look at a folder's link: a round trip to feed the detector, or None when
+        traffic shows the link works but gave no sample (nothing is sent then)."""
+        if full:
+            upstream.link_activity()  # what traffic saw before this probe is old news
+            return await self._probe(upstream)
+        activity = upstream.link_activity()
+        if activity.fastest_rtt_s is not None:
+            return activity.fastest_rtt_s
+        if activity.idle_s < self.idle_probe_s:
+            return None
+        return await self._probe(upstream, light=True)
 
     async def _watch(self, name: str) -> None:
         upstream, link = self.folders[name]
         backoff = 0.25
+        checked = False  # the folder itself was probed since reachability last changed
         while True:
             if self.is_working_offline(name):
                 self._update(name)
+                checked = False
                 wait = math.inf  # no traffic at all until the user says online
             else:
+                full = not (checked and self._reachable[name]) or name in self._failed
+                self._failed.discard(name)
                 try:
-                    rtt = await self._probe(name, upstream, link)
-                    link.rtt_s = rtt
-                    self._slow[name].add(rtt)
+                    rtt = await self._look(name, upstream, full)
+                    checked = True
+                    if rtt is not None:
+                        link.rtt_s = rtt
+                        self._slow[name].add(rtt)
                     self.mark_reachable(name, True)
                     backoff = 0.25
                     wait = self.probe_interval_s
                 except trio.TooSlowError:
                     await upstream.close()
                     self._lost(name, f"{upstream.description} did not answer in time")
+                    checked = False
                     wait = backoff
                 except (CscdError, OSError) as exc:
                     reason = str(exc) or type(exc).__name__
                     if isinstance(exc, AccessDenied):
                         reason = f"access denied on {upstream.description}"
                     self._lost(name, reason)
+                    checked = False
                     wait = backoff
                 backoff = min(self.reconnect_max_s, backoff * 2)
             ev = self._wake[name]

@@ -8,12 +8,14 @@ independent ``SmbUpstream`` client and straight from the server's disk. With
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import smbclient
 
 from cscd.samba import EmbeddedSamba
 from cscd.types import Credentials, UncTarget
@@ -22,7 +24,7 @@ from tests.helpers.mount_env import MountEnv
 from tests.helpers.wait import wait_for
 
 WINDOW_S = 2.0
-SLOW_SCANS = {"scan_interval_s": 60, "full_scan_interval_s": 600}
+SLOW_SCANS = {"scan_interval_s": 60, "revalidate_interval_s": 600}
 
 
 def seen_within(predicate, message: str, timeout_s: float = WINDOW_S) -> float:
@@ -115,6 +117,37 @@ def test_change_on_the_servers_disk_in_the_watched_folder(env: MountEnv) -> None
     print(f"notify latency (server disk): create {t_new:.3f} s, change {t_changed:.3f} s")
 
 
+def change_tracking(env: MountEnv) -> dict:
+    status = json.loads(env.daemon.run_cli("status", "--json").stdout)
+    return status["folders"]["Documents"]["changes"]
+
+
+def test_writes_in_a_used_subfolder_appear_within_two_seconds(env: MountEnv, smbd: EmbeddedSamba) -> None:
+    """A tree watch does not see writes to files below the top (Samba): the watch on the
+    recently used ``sub`` does. Scans are slowed to a minute and more, so only it can."""
+    wait_watching(env)
+    (env.server / "sub" / "a.txt").write_text("one")
+    seen_within(lambda: os.listdir(env.docs / "sub") == ["a.txt"], "a new file in sub was not seen")
+    assert (env.docs / "sub" / "a.txt").read_text() == "one"
+    wait_for(lambda: change_tracking(env)["directory_watches"] >= 1, 10, "sub gets no watch of its own")
+    assert change_tracking(env)["mode"] == "notify"
+
+    smbclient.register_session(smbd.host, username=smbd.username, password=smbd.password, port=smbd.port)
+    try:
+        unc = rf"\\{smbd.host}\{smbd.share}\{env.user_dir}\Documents\sub\a.txt"
+        with smbclient.open_file(unc, mode="r+b", port=smbd.port) as f:  # another client, in place
+            f.write(b"two")
+    finally:
+        smbclient.reset_connection_cache()
+    t_smb = seen_within(lambda: (env.docs / "sub" / "a.txt").read_text() == "two",
+                        "a write in place by another client in a subfolder was not seen")
+    (env.server / "sub" / "a.txt").write_text("three, on the server's disk")
+    t_disk = seen_within(lambda: (env.docs / "sub" / "a.txt").read_text() == "three, on the server's disk",
+                         "a write on the server's disk in a subfolder was not seen")
+    print(f"notify latency in a subfolder: smb write {t_smb:.3f} s, disk write {t_disk:.3f} s")
+    no_warnings(env)
+
+
 @pytest.fixture
 def quiet_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
     server = EmbeddedSamba(tmp_path / "quiet-smbd", extra_options={"change notify": "no"})
@@ -133,4 +166,6 @@ def test_without_change_notify_the_next_scan_finds_it(quiet_smbd: EmbeddedSamba,
     (env.server / "late.txt").write_text("found by a scan")
     seen_within(lambda: (env.docs / "late.txt").read_text() == "found by a scan",
                 "the periodic scan did not find the change", timeout_s=5)
+    tracking = change_tracking(env)
+    assert tracking["mode"] == "polling" and tracking["directory_watches"] == 0
     no_warnings(env)

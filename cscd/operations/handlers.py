@@ -174,6 +174,7 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         answer = collector.status(pending_by_folder(cache, links))
         for name, folder in answer["folders"].items():
             folder["cached"] = name.encode() not in cache.residency.uncached_folders
+            folder["changes"] = engine.change_tracking(name)
         answer.update(mount=str(config.mount), pid=os.getpid(), redirection=redirection.as_dict(),
                       is_primary_computer=keeper.policy.is_primary_computer(),
                       profile=None if profile is None else profile_status(profile))

@@ -32,6 +32,7 @@ key is a security boundary: the daemon runs as the user, who could run anything 
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 from dataclasses import dataclass, field, fields
@@ -46,10 +47,16 @@ from cscd.policy.credentials import load_credentials
 from cscd.policy.unc import parse_unc
 from cscd.types import OfflinePolicy, PathOverride, ServerSettings, SmbSecurity, UncTarget, offline_for_target
 
+log = logging.getLogger(__name__)
+
 #: Defaults of the policy keys ``offline_files.exclude_patterns`` and ``max_file_size``
 #: (``policy/model.py`` has the same values; ``tests/test_config.py`` keeps them equal).
 DEFAULT_EXCLUDE_PATTERNS: tuple[str, ...] = ("*.tmp", "~$*", ".~lock.*#")
 DEFAULT_MAX_FILE_BYTES = 10 * 1000**3
+
+#: Open change notifications on recently used directories per folder (issue 16): each costs
+#: the server one handle (and, on Samba, one inotify watch) and no requests while idle.
+DEFAULT_DIRECTORY_WATCHES = 256
 
 #: Machine policy's default place (``policy/machine.py`` reads ``policy.yaml`` and ``policy.d``).
 DEFAULT_POLICY_DIR = Path("/etc/cscd")
@@ -61,11 +68,13 @@ class Timings:
 
     request_timeout_s: float = 10.0  # one SMB request
     fetch_timeout_s: float = 30.0  # an on-demand read or listing a user waits for
-    probe_interval_s: float = 2.0  # link probe while online
+    probe_interval_s: float = 2.0  # how often the link monitor looks at traffic while online
+    idle_probe_s: float = 60.0  # one echo after the server was silent this long
     reconnect_max_s: float = 5.0  # longest wait between reconnect attempts while offline
     upload_delay_s: float = 0.3  # settle time after close before uploading
-    scan_interval_s: float = 3.0  # rescan of recently used directories
-    full_scan_interval_s: float = 300.0  # rescan of every listed directory
+    scan_interval_s: float = 3.0  # first poll of a recently used directory, without notifications
+    poll_max_s: float = 300.0  # ... doubling while it stays unchanged, up to this
+    revalidate_interval_s: float = 60.0  # one unwatched directory re-listed per interval
     roaming_poll_s: float = 30.0  # ModemManager asked whether a modem roams (cost-aware sync)
 
 
@@ -113,6 +122,8 @@ class DaemonConfig:
     exclude_patterns: tuple[str, ...] = DEFAULT_EXCLUDE_PATTERNS
     #: no file larger than this is cached (reads go to the server, growing past it is EFBIG)
     max_file_size_bytes: int = DEFAULT_MAX_FILE_BYTES
+    #: change-notification handles kept open on recently used directories, per folder
+    directory_watches: int = DEFAULT_DIRECTORY_WATCHES
 
     def server_settings(self, *, offload: bool | None = None, timeout_s: float | None = None) -> ServerSettings:
         """The settings ``upstream.open_upstream`` connects with; reads the credentials file
@@ -147,7 +158,10 @@ class DaemonConfig:
 
 
 _TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file",
-             "metered_dbus", "directory_dbus", "cache_limit", "policy_dir", "home", "exclude_patterns", "max_file_size"}
+             "metered_dbus", "directory_dbus", "cache_limit", "policy_dir", "home", "exclude_patterns", "max_file_size",
+             "directory_watches"}
+#: Timings that existed once and are accepted, with a warning, so an old file still starts.
+_RETIRED_TIMINGS = {"full_scan_interval_s": "directories are revalidated one per revalidate_interval_s now"}
 
 
 class _Doc:
@@ -280,7 +294,10 @@ def load_config(path: Path) -> DaemonConfig:
     tim = doc.sub("timings")
     if tim is not None:
         names = {f.name for f in fields(Timings)}
-        tim.check_keys(names)
+        tim.check_keys(names | set(_RETIRED_TIMINGS))
+        for old, why in _RETIRED_TIMINGS.items():
+            if old in tim.items:
+                log.warning("%s: timings.%s is ignored: %s", path, old, why)
         timings = Timings(**{n: tim.get_float(n, getattr(timings, n), 0.01, 86400.0) for n in names})
     offline = OfflinePolicy()
     off = doc.sub("offline")
@@ -319,8 +336,10 @@ def load_config(path: Path) -> DaemonConfig:
             raise doc.err("max_file_size", str(exc)) from None
         if max_file_bytes is None:
             raise doc.err("max_file_size", f"expected a size like 500M or 2G, got {doc.value('max_file_size')!r}")
+    watches = doc.get_int("directory_watches", DEFAULT_DIRECTORY_WATCHES, 0, 4096)
     return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings,
-                        offline=offline, metered_file=metered_file, metered_dbus=metered_dbus,
+                        directory_watches=watches, offline=offline, metered_file=metered_file,
+                        metered_dbus=metered_dbus,
                         directory_dbus=directory_dbus,
                         cache_limit_bytes=limit_bytes,
                         cache_limit_fraction=limit_fraction,

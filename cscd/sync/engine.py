@@ -12,10 +12,10 @@ Which folders it may push depends on their mode (DESIGN.md, Modes):
 After each push round the same folders get the newer server versions of their complete
 cached copies, fetched whole and swapped in (``refresh``).
 
-``sync.scan`` re-lists recently used directories while online, every listed directory
-after each return to online and in every background session. ``sync.notify:<folder>``
-re-lists what the server's change notifications name (``notify``), and ``sync.chunk``
-records the chunk map of each file whose download completes (``hashing``).
+``sync.notify:<folder>`` re-lists what the server's change notifications name (``notify``,
+``dirwatch``); ``sync.revalidate`` re-lists what nothing speaks for, paced for a fleet
+(``revalidate``); every background session lists every listed directory of its folder; and
+``sync.chunk`` records the chunk map of each file whose download completes (``hashing``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from cscd.sync.local import LocalSide
 from cscd.sync.notify import Notifier
 from cscd.sync.push import Pusher
 from cscd.sync.refresh import Refresher
+from cscd.sync.revalidate import Revalidator
 from cscd.sync.scan import Scanner
 from cscd.types import FolderLink, Mode, OfflinePolicy
 from cscd.upstream.base import Upstream
@@ -94,8 +95,9 @@ async def supervised(name: str, fn: Callable[..., Awaitable[object]], *args: obj
 
 class SyncEngine:
     def __init__(self, local: LocalSide, upstreams: dict[str, Upstream], links: dict[str, FolderLink], *,
-                 upload_delay_s: float, scan_interval_s: float, full_scan_interval_s: float,
-                 on_link_error: Callable[[str], None],
+                 upload_delay_s: float, scan_interval_s: float, on_link_error: Callable[[str], None],
+                 poll_max_s: float = 300.0, revalidate_interval_s: float = 60.0,
+                 directory_watches: int = 256,
                  policies: dict[str, OfflinePolicy] | None = None,
                  matcher: ExclusionMatcher | None = None) -> None:
         self.local = local
@@ -106,10 +108,15 @@ class SyncEngine:
                              matcher=matcher)
         self.scanner = Scanner(local, upstreams, links, on_link_error, matcher=matcher)
         self.refresher = Refresher(local, upstreams, on_link_error)
-        self.notifier = Notifier(local, upstreams, links, self.scanner, on_link_error)
+        self.notifier = Notifier(local, upstreams, links, self.scanner, on_link_error,
+                                 directory_watches=directory_watches)
+        self.revalidator = Revalidator(local, links, self.scanner, scan_interval_s=scan_interval_s,
+                                       poll_max_s=poll_max_s, revalidate_interval_s=revalidate_interval_s,
+                                       mode=self.notifier.mode, watched=self.notifier.watched_dirs,
+                                       on_link_error=on_link_error)
+        self.notifier.on_catch_up = self.revalidator.catch_up
         self.upload_delay_s = upload_delay_s
         self.scan_interval_s = scan_interval_s
-        self.full_scan_interval_s = full_scan_interval_s
         self.pending = 0
         self.hydrated_files = 0
         self._next_background: dict[str, float] = {}
@@ -130,7 +137,7 @@ class SyncEngine:
         for folder in self.links:
             self._schedule_background(folder, now)
         async with trio.open_nursery() as nursery:
-            for name, fn, args in [("sync.push", self._push_loop, ()), ("sync.scan", self._scan_loop, ()),
+            for name, fn, args in [("sync.push", self._push_loop, ()), ("sync.revalidate", self.revalidator.run, ()),
                                    ("sync.pins", self._pin_loop, ()),
                                    ("sync.chunk", self.hasher.run_after_hydration, (self.local,)),
                                    *((f"sync.notify:{folder}", self.notifier.run_folder, (folder,))
@@ -178,23 +185,6 @@ class SyncEngine:
         if self.on_session:
             self.on_session(folder, "finished", {"pending": left})
 
-    async def _scan_loop(self) -> None:
-        generations = {name: link.generation for name, link in self.links.items()}
-        last_full = trio.current_time()
-        while True:
-            await trio.sleep(self.scan_interval_s)
-            now = trio.current_time()
-            reconnected = False
-            for name, link in self.links.items():
-                if link.generation != generations[name]:
-                    generations[name] = link.generation
-                    reconnected |= link.mode is Mode.ONLINE
-            if reconnected or now - last_full >= self.full_scan_interval_s:
-                last_full = now
-                await self.scanner.scan(self.local.listed_dirs())
-            else:
-                await self.scanner.scan(self.scanner.recent(now))
-
     async def _pin_loop(self) -> None:
         """Keep pinned ("always available offline") content complete while online."""
         while True:
@@ -241,6 +231,15 @@ class SyncEngine:
             return False
         link = self.links.get(folder)
         return link is not None and link.mode is Mode.ONLINE
+
+    def change_tracking(self, folder: str) -> dict:
+        """How server changes reach ``folder`` now, for ``cscd status`` (issue 16): ``notify``
+        (a tree watch, plus watches on recently used directories), ``polling`` (the server
+        does not notify, or its watch is down) or ``none`` (the folder is not online)."""
+        link = self.links.get(folder)
+        mode = self.notifier.mode(folder) if link is not None and link.mode is Mode.ONLINE else "none"
+        return {"mode": mode, "directory_watches": len(self.notifier.watched_dirs(folder)),
+                "polled_directories": self.revalidator.polled_in(folder)}
 
     def statistics(self) -> SyncStatistics:
         c = self.pusher.counters

@@ -1,5 +1,6 @@
-"""Change notification: one task per folder keeps a tree watch on its target and rescans
-exactly the directories the server says changed.
+"""Change notification: one task per folder keeps a tree watch on its target, directory
+watches on its recently used directories (``dirwatch``), and rescans exactly the
+directories the server says changed.
 
 Owns the watch loop (``Notifier.run_folder``, task ``sync.notify:<folder>``): while the
 folder is online, hold ``Upstream.watch`` on the target; for each batch, map every changed
@@ -10,11 +11,11 @@ drained at once (an overflowing queue costs a rescan of everything), and a direc
 re-listed at once after a quiet spell but at most every ``RESCAN_GAP_S`` while changes keep
 coming: writing 1,000 files into one directory made our own uploads' notifications re-list
 it about 1,200 times in 16 s. When in doubt —
-an empty batch (the server lost track), a re-armed watch after a lost link, a change under
-a name this client never saw — it rescans every listed directory of the folder. The
-periodic scan in ``engine`` keeps running as the fallback; it also covers what Samba does
-not report (writes to files in subfolders of the watched one, FACTS.md). A server that
-does not notify (``change notify = no``: ``Unsupported``) ends the task quietly.
+an empty batch (the server lost track), a re-armed watch after a lost link — it asks
+``revalidate`` for a paced catch-up of the folder (``on_catch_up``). Writes to files in
+directories without a watch of their own, which Samba does not report (FACTS.md), are left
+to the slow revalidation. A server that does not notify (``change notify = no``:
+``Unsupported``) ends the task quietly: the folder is polled (``mode`` says which).
 
 No LMDB or wire work here: cache access goes through ``LocalSide``, the network through
 ``Upstream`` and ``Scanner``. Cancellation-safe: leaving the ``watch`` block closes the
@@ -28,7 +29,8 @@ from collections.abc import Callable
 
 import trio
 
-from cscd.errors import CscdError, NotFound, Unsupported, UpstreamTimeout, UpstreamUnavailable
+from cscd.errors import CscdError, Unsupported, UpstreamTimeout, UpstreamUnavailable
+from cscd.sync.dirwatch import DirectoryWatches
 from cscd.sync.local import LocalSide
 from cscd.sync.scan import Scanner
 from cscd.types import FolderLink, Mode
@@ -51,12 +53,20 @@ class Notifier:
 
     def __init__(self, local: LocalSide, upstreams: dict[str, Upstream],
                  links: dict[str, FolderLink], scanner: Scanner,
-                 on_link_error: Callable[[str], None]) -> None:
+                 on_link_error: Callable[[str], None], *, directory_watches: int = 256) -> None:
         self.local = local
         self.upstreams = upstreams
         self.links = links
         self.scanner = scanner
         self.on_link_error = on_link_error
+        #: asked for a paced catch-up of a folder (``Revalidator.catch_up``)
+        self.on_catch_up: Callable[[str], None] = lambda folder: None
+        self.directories = {
+            name: DirectoryWatches(name, up, local, directory_watches,
+                                   active=lambda name=name: name in self.watching,
+                                   on_change=lambda dir_id, name=name: self._changed(name, {dir_id}))
+            for name, up in upstreams.items()
+        }
         self.watching: set[str] = set()
         self.unsupported: set[str] = set()
         self.batches = 0
@@ -69,9 +79,18 @@ class Notifier:
         """Watch ``folder`` while it is online; returns only if the server cannot notify."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._rescan_pending, folder)
+            nursery.start_soon(self.directories[folder].run)
             await self._watch(folder)
             nursery.cancel_scope.cancel()
 
+    def mode(self, folder: str) -> str:
+        """How server changes reach this folder: ``notify`` (a tree watch is up), ``polling``
+        (the server does not notify, or the watch is down while the link is up)."""
+        return "notify" if folder in self.watching else "polling"
+
+    def watched_dirs(self, folder: str) -> set[int]:
+        """The directories of ``folder`` with a watch of their own armed right now."""
+        return self.directories[folder].armed
     async def _watch(self, folder: str) -> None:
         up, link = self.upstreams[folder], self.links[folder]
         retry_s = RETRY_MIN_S
@@ -85,8 +104,9 @@ class Notifier:
                     retry_s = RETRY_MIN_S
                     log.info("watching %s for changes", up.description)
                     # Armed: from here the server queues every change. What happened
-                    # before is unknown, so look at everything once.
-                    await self._rescan_folder(folder)
+                    # before is unknown, so look at everything once, paced.
+                    self.rescans += 1
+                    self.on_catch_up(folder)
                     async for batch in changes:
                         self.batches += 1
                         await self._apply(folder, batch)
@@ -108,8 +128,9 @@ class Notifier:
 
     async def _apply(self, folder: str, batch: list[Change]) -> None:
         if not batch:
-            log.debug("%s: the server lost track of changes; rescanning", folder)
-            await self._rescan_folder(folder)
+            log.debug("%s: the server lost track of changes; catching up", folder)
+            self.rescans += 1
+            self.on_catch_up(folder)
             return
         dirs: set[int] = set()
         for change in batch:
@@ -119,8 +140,11 @@ class Notifier:
                 dirs.add(dir_id)
         if dirs:
             log.debug("%s: %d changes in %d directories", folder, len(batch), len(dirs))
-            self._pending.setdefault(folder, set()).update(dirs)
-            self._wake.setdefault(folder, trio.Event()).set()
+            self._changed(folder, dirs)
+
+    def _changed(self, folder: str, dirs: set[int]) -> None:
+        self._pending.setdefault(folder, set()).update(dirs)
+        self._wake.setdefault(folder, trio.Event()).set()
 
     async def _rescan_pending(self, folder: str) -> None:
         """Re-list the directories notifications named, at most every ``RESCAN_GAP_S``."""
@@ -132,17 +156,3 @@ class Notifier:
             if dirs:
                 await self.scanner.scan(sorted(dirs))
                 await trio.sleep(RESCAN_GAP_S)  # what arrives meanwhile goes in one rescan
-
-    async def _rescan_folder(self, folder: str) -> None:
-        """Re-list every listed directory of ``folder``."""
-        name = folder.encode()
-        mine = []
-        for dir_id in self.local.listed_dirs():
-            try:
-                if self.local.folder_of(self.local.node(dir_id))[0] == name:
-                    mine.append(dir_id)
-            except NotFound:
-                continue
-        if mine:
-            self.rescans += 1
-            await self.scanner.scan(mine)

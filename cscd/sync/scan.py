@@ -1,15 +1,12 @@
 """Learning about server changes by re-listing directories (one enumeration each).
 
-Recently used directories are re-listed every ``scan_interval_s``, every listed directory
-every ``full_scan_interval_s`` and after each return to online; change notification
-(``notify``) triggers the same ``scan_dir`` for the directory it names.
-
-The recent-directory rescans are paced by what they cost: a directory whose last listing
-(a rescan here or its first listing by the cache, ``LocalSide.listing_cost``) took ``d``
-seconds (fetch and merge) is re-listed as "recent" at most every ``d / RECENT_COST_SHARE``
-seconds, so a 100,000-entry directory that takes 3 s to list is not fetched again every 3 s
-while a small one still is. Full scans and notifications are not paced: they answer a known
-or possible change.
+``Scanner.scan_dir`` is the one way sync re-lists a directory; who calls it and when is
+``revalidate`` (no notification said anything: slow revalidation, polling, catch-up) and
+``notify`` (a notification named the directory). Each listing also leaves what the next
+decisions need: whether it differed from the one before (``changed``: a polled directory
+backs off while it does not), and the change times of the subdirectories it shows
+(``child_mtimes``: a catch-up re-lists only the subdirectories whose change time moved).
+Both are in memory: after a restart every directory counts as changed once.
 """
 
 from __future__ import annotations
@@ -27,12 +24,9 @@ from cscd.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
-#: A directory counts as recently used for this long after its last lookup or readdir …
-RECENT_S = 60.0
-#: … and at most this many of the most recently used are rescanned per tick (the rest wait
-#: for the full scan or a change notification).
-RECENT_MAX = 32
-#: At most this share of the time goes to re-listing any one recent directory (see above).
+#: At most this share of the time goes to re-listing any one polled directory: a directory
+#: whose last listing took ``d`` seconds is polled at most every ``d / RECENT_COST_SHARE``
+#: seconds, so a 100,000-entry directory that takes 3 s to list is not fetched every 3 s.
 RECENT_COST_SHARE = 0.05
 
 
@@ -45,9 +39,13 @@ class Scanner:
         self.links = links
         self.on_link_error = on_link_error
         self.dirs_scanned = 0
+        #: directory id → subdirectory name → its change time in that directory's last listing
+        self.child_mtimes: dict[int, dict[bytes, int]] = {}
+        self._digests: dict[int, int] = {}
 
-    async def scan_dir(self, dir_id: int) -> None:
-        """Re-list one directory on the server and merge the result (network, deadline)."""
+    async def scan_dir(self, dir_id: int) -> bool:
+        """Re-list one directory on the server and merge the result (network, deadline);
+        returns whether the listing differs from this directory's previous one."""
         t0 = trio.current_time()
         node = self.local.node(dir_id)
         folder, path = self.local.remote_path(node)
@@ -57,7 +55,18 @@ class Scanner:
         self.dirs_scanned += 1
         t1 = trio.current_time()
         self.local.listing_cost[dir_id] = (t1, t1 - t0)
+        digest = hash(tuple(entries))
+        changed = self._digests.get(dir_id) != digest
+        self._digests[dir_id] = digest
+        self.child_mtimes[dir_id] = {e.name: e.mtime_ns for e in entries if e.is_dir}
         log.debug("rescanned %s:%r (%d entries, %.3f s)", folder, path, len(entries), t1 - t0)
+        return changed
+
+    def forget(self, dir_id: int) -> None:
+        """A directory left the cache: drop what its listings left here."""
+        self.child_mtimes.pop(dir_id, None)
+        self._digests.pop(dir_id, None)
+        self.local.listing_cost.pop(dir_id, None)
 
     async def scan(self, dir_ids: list[int], *, modes: tuple[Mode, ...] = (Mode.ONLINE,),
                    folders: set[str] | None = None) -> None:
@@ -82,19 +91,8 @@ class Scanner:
                 log.info("scan of directory %s skipped: %s", dir_id, exc)
             await trio.lowlevel.checkpoint()
 
-    def recent(self, now: float) -> list[int]:
-        """The recently used directories due for a rescan at ``now``, most recent first."""
-        recent = self.local.recent_dirs
-        for d in [d for d, t in recent.items() if now - t > RECENT_S]:
-            del recent[d]
-        cost = self.local.listing_cost  # also the first listings, which the cache makes
-        for d in [d for d in cost if d not in recent]:
-            del cost[d]
-        due = [d for d in recent if d not in cost or rescan_due(now, *cost[d])]
-        return sorted(due, key=recent.__getitem__, reverse=True)[:RECENT_MAX]
-
 
 def rescan_due(now: float, ended: float, took_s: float) -> bool:
-    """Whether a recent directory whose last listing ended at ``ended`` after ``took_s``
+    """Whether a polled directory whose last listing ended at ``ended`` after ``took_s``
     seconds may be re-listed at ``now`` (at most ``RECENT_COST_SHARE`` of the time on it)."""
     return now - ended >= took_s / RECENT_COST_SHARE

@@ -57,6 +57,17 @@ class UpstreamStatistics:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkActivity:
+    """What the traffic of an upstream said about its link since it was last asked (``link``
+    probes only when traffic says nothing: issue 16)."""
+
+    #: the fastest round trip of a small request (open, close, query) meanwhile, or None
+    fastest_rtt_s: float | None
+    #: seconds since the server last answered anything (``math.inf``: never)
+    idle_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Extent:
     """One piece of a delta upload: ``length`` bytes at ``offset`` of the new file.
 
@@ -117,12 +128,17 @@ class Upstream(Protocol):
     async def close(self) -> None:
         """Drop the connection; never raises, never hangs (bounded by the timeout)."""
 
-    async def probe(self) -> float:
+    async def probe(self, *, light: bool = False) -> float:
         """Measure one round trip on the target folder itself; return seconds.
 
         Queries the redirected path, never the share root (a user may lack rights there).
-        Raises ``UpstreamUnavailable``/``UpstreamTimeout``/``AccessDenied``.
+        ``light``: the cheapest request that proves the link (SMB2 ECHO), for an idle link
+        whose folder was checked already. Raises ``UpstreamUnavailable``/``UpstreamTimeout``/
+        ``AccessDenied``.
         """
+
+    def link_activity(self) -> LinkActivity:
+        """What traffic said about the link since the last call (resets the fastest RTT)."""
 
     async def stat(self, path: bytes) -> RemoteEntry:
         """Return the entry for ``path``; ``NotFound`` if missing."""

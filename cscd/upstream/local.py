@@ -23,6 +23,7 @@ import errno
 import functools
 import hashlib
 import logging
+import math
 import os
 import secrets
 import stat as stat_mod
@@ -53,6 +54,7 @@ from cscd.upstream.base import (
     Change,
     Conflict,
     Extent,
+    LinkActivity,
     RemoteEntry,
     UpstreamStatistics,
     check_plan,
@@ -207,7 +209,11 @@ class LocalUpstream:
     async def close(self) -> None:
         self._connected = False
 
-    async def probe(self) -> float:
+    def link_activity(self) -> LinkActivity:
+        """A local folder has no link: traffic never tells, so the monitor probes when idle."""
+        return LinkActivity(None, math.inf)
+
+    async def probe(self, *, light: bool = False) -> float:
         def timed() -> float:
             t0 = time.perf_counter()
             os.stat(self.root)

@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -49,7 +50,7 @@ from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name, local_n
 from cscd.types import Credentials, SmbSecurity, UncTarget
 from cscd.upstream import smb_delta, smb_move
 from cscd.upstream import smb_ops as ops
-from cscd.upstream.base import Conflict, Extent, RemoteEntry, UpstreamStatistics, check_plan
+from cscd.upstream.base import Conflict, Extent, LinkActivity, RemoteEntry, UpstreamStatistics, check_plan
 from cscd.upstream.ratelimit import RateLimit
 from cscd.upstream.smb_errors import (
     LINK_LOST,
@@ -140,6 +141,11 @@ class SmbUpstream:
     def is_encrypted(self) -> bool:
         """True while the live session encrypts every message (False when not connected)."""
         return self.is_connected and bool(self._link and self._link.encrypted)
+
+    def link_activity(self) -> LinkActivity:
+        s = self._stats
+        idle = time.monotonic() - s.last_reply if s.last_reply else math.inf
+        return LinkActivity(s.take_fastest_rtt(), idle)
 
     def statistics(self) -> UpstreamStatistics:
         s = self._stats
@@ -330,13 +336,17 @@ class SmbUpstream:
 
     # -- the protocol ---------------------------------------------------------------------------
 
-    async def probe(self) -> float:
-        """One CREATE+CLOSE round trip on the target folder; seconds (connect time not included)."""
+    async def probe(self, *, light: bool = False) -> float:
+        """One CREATE+CLOSE round trip on the target folder, or with ``light`` one ECHO;
+        seconds (connect time not included). Either is one frame on the wire."""
         spath, where = self._spath(b"")
 
         def timed(link: SmbLink, call: Call) -> float:
             t0 = time.perf_counter()
-            ops.probe(link, call, spath)
+            if light:
+                ops.echo(link, call)
+            else:
+                ops.probe(link, call, spath)
             return time.perf_counter() - t0
 
         return await self._run(where, timed, idempotent=True)

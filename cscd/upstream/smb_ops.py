@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 
+from smbprotocol.connection import SMB2Echo
 from smbprotocol.exceptions import SMBResponseException
 from smbprotocol.file_info import FileInformationClass
 
@@ -63,6 +64,12 @@ def probe(link: SmbLink, call: Call, spath: str) -> None:
         related=True,
     )
     _raise_first(link.wait_all(reqs, call))
+
+
+def echo(link: SmbLink, call: Call) -> None:
+    """SMB2 ECHO: proves the connection and the server's attention; opens nothing."""
+    (req,) = link.send([SMB2Echo()], call)
+    link.wait(req, call)
 
 
 def list_dir(

@@ -96,6 +96,24 @@ class Stats:
         self.bytes_written = 0
         self.bytes_copied = 0
         self.requests = 0
+        #: ``time.monotonic()`` of the last reply of any kind, 0.0 before the first
+        self.last_reply = 0.0
+        #: the fastest round trip of a small request since ``take_fastest_rtt``
+        self._fastest_rtt: float | None = None
+
+    def replied(self, rtt_s: float | None) -> None:
+        """A reply arrived; ``rtt_s`` is its round trip if the request was a small one."""
+        now = time.monotonic()
+        with self._lock:
+            self.last_reply = now
+            if rtt_s is not None and (self._fastest_rtt is None or rtt_s < self._fastest_rtt):
+                self._fastest_rtt = rtt_s
+
+    def take_fastest_rtt(self) -> float | None:
+        """The fastest small round trip since the last call (``link`` samples traffic with it)."""
+        with self._lock:
+            rtt, self._fastest_rtt = self._fastest_rtt, None
+            return rtt
 
     def add(self, *, read: int = 0, written: int = 0, copied: int = 0, requests: int = 0) -> None:
         with self._lock:
@@ -138,6 +156,22 @@ class Attrs:
     size: int
     mtime_ns: int
     ctime_ns: int
+
+
+#: Requests whose reply comes as soon as the server sees them: their round trips are the
+#: link's (a READ, WRITE or listing also measures the server's disk and the payload).
+_SMALL_COMMANDS = frozenset({0x05, 0x06, 0x0D, 0x10, 0x11})  # CREATE CLOSE ECHO QUERY_INFO SET_INFO
+
+
+def _round_trip(request: object) -> float | None:
+    sent = getattr(request, "cscd_sent", None)
+    if sent is None:
+        return None
+    try:
+        command = request.message["command"].get_value()  # type: ignore[attr-defined]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return time.monotonic() - sent if command in _SMALL_COMMANDS else None
 
 
 class SmbLink:
@@ -349,6 +383,9 @@ class SmbLink:
                     raise WireTimeout("the server stopped accepting data") from None
                 raise
         self.stats.add(requests=len(reqs))
+        sent = time.monotonic()
+        for req in reqs:
+            req.cscd_sent = sent  # type: ignore[attr-defined]
         return reqs
 
     def wait(self, request: object, call: Call) -> object:
@@ -374,6 +411,7 @@ class SmbLink:
             raise WireTimeout(f"no answer within {call.timeout_s:g} s")
         # The reply (or a STATUS_PENDING interim) is there; receive() pops it, raises for an
         # error status and waits for the final reply of a pending request with a timeout.
+        self.stats.replied(_round_trip(request))
         left = call.deadline - time.monotonic()
         response = conn.receive(request, timeout=max(1.0, left))
         call.touch()

@@ -27,10 +27,12 @@ FAST_TIMINGS = {
     "request_timeout_s": 5,
     "fetch_timeout_s": 10,
     "probe_interval_s": 0.5,
+    "idle_probe_s": 0.5,
     "reconnect_max_s": 1,
     "upload_delay_s": 0.1,
     "scan_interval_s": 0.5,
-    "full_scan_interval_s": 5,
+    "poll_max_s": 5,
+    "revalidate_interval_s": 0.5,
     "roaming_poll_s": 0.5,
 }
 

@@ -1,0 +1,131 @@
+"""``DirectoryWatches``: change notifications on a folder's recently used directories.
+
+A tree watch on the folder root sees creates, deletes and renames at any depth, but Samba
+reports writes to a file (MODIFIED), and changes made on the server's disk behind smbd's
+back, only to a watch on the file's own directory (FACTS.md). So each folder keeps one more
+watch open on each of its most recently used directories — the ones a lookup or readdir
+touched (``LocalSide.recent_dirs``) — up to ``limit``, the least recently used dropped
+first. An open watch costs the server one handle (Samba: one inotify watch) and no request
+until something changes; it replaces the rescans every few seconds that made an idle client
+cost the server ~2,700 requests a minute (issue 16).
+
+Each watch is a task of its own; a change in its directory, or a lost track of changes, asks
+for a rescan of that one directory (``on_change``), and so does arming it, since what
+happened between the directory's last listing and the watch is unknown. A watch that fails
+to open is tried again after ``RETRY_S``; one that ends (the directory was deleted, or the
+upstream closed it to rename a folder above it) is opened again at the next tick under the
+directory's current name. Runs only while the folder's tree watch is up (``active``):
+without it the folder is polled (``revalidate``) and holds no handles.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+
+import trio
+
+from cscd.errors import CscdError, NotFound
+from cscd.sync.local import LocalSide
+from cscd.upstream.base import Upstream
+
+log = logging.getLogger(__name__)
+
+#: How often the set of watched directories follows what was used.
+TICK_S = 1.0
+#: A directory whose watch failed to open waits this long before the next try.
+RETRY_S = 60.0
+#: ... and one not on the server (yet) this long.
+NOT_FOUND_RETRY_S = 5.0
+
+
+class DirectoryWatches:
+    """The bounded set of single-directory watches of one folder."""
+
+    def __init__(self, folder: str, upstream: Upstream, local: LocalSide, limit: int, *,
+                 active: Callable[[], bool], on_change: Callable[[int], None]) -> None:
+        self.folder = folder
+        self.upstream = upstream
+        self.local = local
+        self.limit = limit
+        self.active = active
+        self.on_change = on_change
+        #: directory id → last use, least recently used first
+        self._used: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self._member: dict[int, bool] = {}  # directory id → in this folder (not its top)?
+        self._tasks: dict[int, trio.CancelScope] = {}
+        self._failed: dict[int, float] = {}
+        #: directories whose watch is armed right now
+        self.armed: set[int] = set()
+        self.opened = 0
+
+    def _follow_use(self) -> None:
+        for dir_id, used in self.local.recent_dirs.items():
+            if self._used.get(dir_id, -1.0) < used and self._belongs(dir_id):
+                self._used[dir_id] = used
+                self._used.move_to_end(dir_id)
+        while len(self._used) > max(self.limit, 1) * 4:  # enough history for the LRU order
+            old, _ = self._used.popitem(last=False)
+            self._member.pop(old, None)
+
+    def _belongs(self, dir_id: int) -> bool:
+        known = self._member.get(dir_id)
+        if known is None:
+            try:
+                folder, parts = self.local.folder_of(self.local.node(dir_id))
+                known = folder == self.folder.encode() and bool(parts)  # the top has the tree watch
+            except (NotFound, CscdError):
+                known = False
+            self._member[dir_id] = known
+        return known
+
+    def wanted(self) -> list[int]:
+        """The directories that should be watched now: the most recently used, listed ones."""
+        out: list[int] = []
+        for dir_id in reversed(self._used):
+            if len(out) >= self.limit:
+                break
+            if self.local.exists(dir_id):
+                out.append(dir_id)
+        return out
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                if not self.active() or self.limit <= 0:
+                    for scope in self._tasks.values():
+                        scope.cancel()
+                else:
+                    self._follow_use()
+                    wanted = set(self.wanted())
+                    for dir_id, scope in list(self._tasks.items()):
+                        if dir_id not in wanted:
+                            scope.cancel()  # least recently used: its handle is closed
+                    now = trio.current_time()
+                    for dir_id in wanted:
+                        if dir_id not in self._tasks and now >= self._failed.get(dir_id, 0.0):
+                            self._tasks[dir_id] = trio.CancelScope()
+                            nursery.start_soon(self._watch_one, dir_id, self._tasks[dir_id])
+                await trio.sleep(TICK_S)
+
+    async def _watch_one(self, dir_id: int, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                _, path = self.local.remote_path(self.local.node(dir_id))
+                async with self.upstream.watch(path, tree=False) as changes:
+                    self.armed.add(dir_id)
+                    self.opened += 1
+                    self._failed.pop(dir_id, None)
+                    self.on_change(dir_id)  # what changed before the watch is unknown
+                    async for _batch in changes:
+                        self.on_change(dir_id)
+        except NotFound:  # not on the server yet (new here), or gone: look again soon
+            self._failed[dir_id] = trio.current_time() + NOT_FOUND_RETRY_S
+        except CscdError as exc:
+            log.debug("no watch on directory %s of %s: %s", dir_id, self.folder, exc)
+            self._failed[dir_id] = trio.current_time() + RETRY_S
+        finally:
+            self.armed.discard(dir_id)
+            if self._tasks.get(dir_id) is scope:
+                del self._tasks[dir_id]
