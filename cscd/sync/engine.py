@@ -65,6 +65,13 @@ class SyncStatistics:
     problems: tuple = ()
 
 
+def next_background_s(policy: OfflinePolicy, rng: random.Random) -> float:
+    """Seconds to a folder's next background session on a slow link or in Always Offline:
+    the interval plus a random offset in ``[0, background_sync_max_offset_s]`` (Windows: 120
+    and 60 minutes), drawn afresh each time so a fleet that started together spreads out."""
+    return policy.background_sync_interval_s + rng.uniform(0, policy.background_sync_max_offset_s)
+
+
 #: A restarted sync task waits this long after its first failure, doubling to the maximum.
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 60.0
@@ -115,11 +122,13 @@ class SyncEngine:
                                        mode=self.notifier.mode, watched=self.notifier.watched_dirs,
                                        on_link_error=on_link_error)
         self.notifier.on_catch_up = self.revalidator.catch_up
+        self.pusher.on_server_differs = self.revalidator.rescan_soon
         self.upload_delay_s = upload_delay_s
         self.scan_interval_s = scan_interval_s
         self.pending = 0
         self.hydrated_files = 0
         self._next_background: dict[str, float] = {}
+        self._rng = random.Random()
         self._push_lock = trio.Lock()
         #: called with (folder, kind, fields) when a background session starts or ends
         self.on_session: Callable[[str, str, dict], None] | None = None
@@ -128,9 +137,7 @@ class SyncEngine:
         return self.policies.get(folder) or OfflinePolicy()
 
     def _schedule_background(self, folder: str, now: float) -> None:
-        p = self._policy(folder)
-        offset = random.uniform(0, p.background_sync_max_offset_s)
-        self._next_background[folder] = now + p.background_sync_interval_s + offset
+        self._next_background[folder] = now + next_background_s(self._policy(folder), self._rng)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         now = trio.current_time()

@@ -99,6 +99,8 @@ class Pusher:
         self.links = links
         self.on_link_error = on_link_error
         self.counters = PushCounters()
+        #: called with a directory whose server listing differs from the cache after a push
+        self.on_server_differs: Callable[[int], None] = lambda dir_id: None
         self.hasher = hasher or Hasher()
         self.matcher = matcher or ExclusionMatcher()
         self._locks: dict[int, trio.Lock] = {}
@@ -389,6 +391,9 @@ class Pusher:
                 if force:  # write-through: the caller's rmdir hears it
                     raise
                 log.info("%r kept on the server: it holds files this client never saw", path)
+                # The folder comes back here with those files, at the parent's next listing:
+                # ask for it now, nobody else will (no notification reports a non-change).
+                self.on_server_differs(node.base_parent if node.has_base else node.parent)
             local.record_synced(node.id, version, 0, None, DELETE)
             return
         parent = local.node(node.parent)

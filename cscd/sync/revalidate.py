@@ -75,6 +75,7 @@ class Revalidator:
         self.watched = watched  # Notifier.watched_dirs
         self.on_link_error = on_link_error
         self._catch_up: set[str] = set()
+        self._soon: set[int] = set()
         self._wake = trio.Event()
         self._polls: dict[int, _Poll] = {}
         self._next_revalidation: dict[str, float] = {}
@@ -82,6 +83,12 @@ class Revalidator:
         self.revalidated = 0
         self.polled = 0
         self.caught_up = 0
+
+    def rescan_soon(self, dir_id: int) -> None:
+        """Sync knows the server's listing of ``dir_id`` differs from the cache: list it at
+        the next tick (a push that kept a folder on the server, for instance)."""
+        self._soon.add(dir_id)
+        self._wake.set()
 
     def catch_up(self, folder: str) -> None:
         """Ask for a paced catch-up of ``folder`` (see the module docstring)."""
@@ -108,6 +115,11 @@ class Revalidator:
                     generations[name] = link.generation
                     if link.mode is Mode.ONLINE and self.mode(name) == "polling":
                         self._catch_up.add(name)  # a notifying folder catches up when re-armed
+            soon, self._soon = self._soon, set()
+            for dir_id in sorted(soon):
+                folder = self._folder_of(dir_id)
+                if self._online(folder):
+                    await self._scan(folder, dir_id)  # type: ignore[arg-type]
             for name in sorted(self._catch_up):
                 self._catch_up.discard(name)
                 await self._run_catch_up(name)

@@ -1,0 +1,148 @@
+"""Fleet scale (issue 16): an idle client costs the server almost nothing, and schedules spread.
+
+The request counts are NetBIOS frames from the daemon to smbd, counted by the test proxy
+(``TcpProxy.frames_to_server``): one SMB request or compound, signed or encrypted, is one.
+The daemon runs with the default behaviour, its intervals shortened in proportion (an idle
+probe and a revalidation every 5 s instead of every 60 s), so a 20 s window stands for four
+minutes of the defaults; ``bench/`` measures the defaults themselves. The schedules are the
+real ``next_background_s`` and ``UploadSchedule`` with fresh random generators, as 100
+machines would draw them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import random
+import time
+
+import pytest
+import smbclient
+
+from cscd.profile.schedule import UploadSchedule
+from cscd.profile.settings import ProfileSettings
+from cscd.samba import EmbeddedSamba
+from cscd.sync.engine import next_background_s
+from cscd.types import OfflinePolicy
+from tests.helpers.mount_env import MountEnv
+from tests.helpers.wait import wait_for
+
+#: The defaults of an idle client, shortened twelvefold (``Timings``: 60 s each).
+SCALED = {"probe_interval_s": 1, "idle_probe_s": 5, "revalidate_interval_s": 5, "scan_interval_s": 3,
+          "poll_max_s": 300}
+WINDOW_S = 20.0
+
+
+def change_tracking(env: MountEnv) -> dict:
+    return json.loads(env.daemon.run_cli("status", "--json").stdout)["folders"]["Documents"]["changes"]
+
+
+def frames_over(env: MountEnv, seconds: float) -> int:
+    env.proxy.reset_counters()
+    time.sleep(seconds)
+    return env.proxy.frames_to_server
+
+
+@pytest.fixture
+def fifty_dirs(mount_env) -> MountEnv:
+    env = mount_env(start=False, timings=SCALED)
+    for i in range(50):
+        (env.server / f"d{i:02d}").mkdir()
+        (env.server / f"d{i:02d}" / "notes.txt").write_text(f"note {i}")
+    env.start_daemon()
+    return env
+
+
+def test_an_idle_client_that_used_fifty_directories_is_almost_silent(fifty_dirs: MountEnv,
+                                                                     smbd: EmbeddedSamba) -> None:
+    env = fifty_dirs
+    for i in range(50):  # a user (or a file manager) looks into every directory
+        assert (env.docs / f"d{i:02d}" / "notes.txt").read_text() == f"note {i}"
+    wait_for(lambda: change_tracking(env)["directory_watches"] == 50, 20,
+             "the fifty used directories do not all get a watch")
+    wait_for(lambda: frames_over(env, 2.0) == 0, 30, "the client does not settle to silence")
+    frames = frames_over(env, WINDOW_S)
+    # One revalidation listing (one frame) per 5 s, and no echo: the listings are traffic.
+    # Before issue 16 this was ~20 probes and ~1,000 rescans in the same window.
+    assert frames <= WINDOW_S / SCALED["revalidate_interval_s"] + 1, f"{frames} frames in {WINDOW_S:g} s"
+    print(f"idle client, 50 directories used: {frames} frames in {WINDOW_S:g} s "
+          f"({frames * 60 / WINDOW_S * SCALED['revalidate_interval_s'] / 60:.1f} a minute at the defaults)")
+
+    # Idle does not mean blind: another client's write in place shows up within 2 s.
+    smbclient.register_session(smbd.host, username=smbd.username, password=smbd.password, port=smbd.port)
+    try:
+        unc = rf"\\{smbd.host}\{smbd.share}\{env.user_dir}\Documents\d17\notes.txt"
+        with smbclient.open_file(unc, mode="r+b", port=smbd.port) as f:
+            f.write(b"NOTE")
+    finally:
+        smbclient.reset_connection_cache()
+    t0 = time.monotonic()
+    wait_for(lambda: (env.docs / "d17" / "notes.txt").read_text() == "NOTE 17", 2,
+             "another client's write was not seen within 2 s", interval_s=0.02)
+    print(f"another client's write seen after {time.monotonic() - t0:.3f} s")
+
+
+def test_an_idle_client_of_a_silent_server_sends_one_echo_per_interval(mount_env) -> None:
+    """Nothing listed but the folder itself, which the tree watch covers: only echoes."""
+    env = mount_env(timings=SCALED)
+    assert os.listdir(env.docs) == []
+    wait_for(lambda: change_tracking(env)["mode"] == "notify", 10, "the folder is not watched")
+    wait_for(lambda: frames_over(env, 2.0) == 0, 30, "the client does not settle to silence")
+    frames = frames_over(env, WINDOW_S)
+    assert 1 <= frames <= WINDOW_S / SCALED["idle_probe_s"] + 1, f"{frames} frames in {WINDOW_S:g} s"
+    assert env.daemon.is_running()
+
+
+@pytest.fixture
+def quiet_smbd(tmp_path):
+    server = EmbeddedSamba(tmp_path / "quiet-smbd", extra_options={"change notify": "no"})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_without_notifications_polling_backs_off(quiet_smbd: EmbeddedSamba, mount_env) -> None:
+    """Polled every 0.5 s at first, doubling to 4 s while nothing changes: over 12 s a used
+    directory costs 5 or 6 listings instead of 24, and a change still shows up."""
+    env = mount_env(server=quiet_smbd, start=False,
+                    timings={"scan_interval_s": 0.5, "poll_max_s": 4, "revalidate_interval_s": 600,
+                             "idle_probe_s": 600, "probe_interval_s": 1})
+    (env.server / "sub").mkdir()
+    env.start_daemon()
+    wait_for(lambda: change_tracking(env)["mode"] == "polling", 10, "the folder is not polled")
+    assert os.listdir(env.docs / "sub") == []  # the folder top and sub are used, once
+    frames = frames_over(env, 12.0)
+    # two polled directories, 0.5 + 1 + 2 + 4 + 4 s: at most 6 listings each (one frame each)
+    assert frames <= 2 * 6, f"{frames} frames in 12 s"
+    assert change_tracking(env)["polled_directories"] == 2
+    (env.server / "sub" / "late.txt").write_text("found by polling")
+    os.listdir(env.docs / "sub")  # used again: the period starts from the bottom
+    wait_for(lambda: "late.txt" in os.listdir(env.docs / "sub"), 3, "polling did not find the change")
+
+
+def _spread(delays: list[float], start: float, width: float) -> list[int]:
+    bins = [0] * 10
+    for d in delays:
+        assert start <= d <= start + width
+        bins[min(9, int((d - start) / width * 10))] += 1
+    return bins
+
+
+def test_a_hundred_background_schedules_spread_over_the_offset_window() -> None:
+    policy = OfflinePolicy()
+    delays = [next_background_s(policy, random.Random()) for _ in range(100)]
+    bins = _spread(delays, policy.background_sync_interval_s, policy.background_sync_max_offset_s)
+    # uniform over an hour: ~10 per 6-minute bin; 30 in one bin or three empty bins would be
+    # a fleet syncing together (odds for a fair draw: below one in a million)
+    assert max(bins) < 30 and sum(1 for b in bins if b == 0) < 3, bins
+
+
+def test_a_hundred_profile_uploads_at_a_time_of_day_spread_too() -> None:
+    settings = ProfileSettings(upload_time_of_day=datetime.time(2, 0))
+    now = datetime.datetime(2026, 12, 3, 18, 0, tzinfo=datetime.UTC)
+    delays = [UploadSchedule(settings, random.Random()).next_delay_s(now) for _ in range(100)]
+    bins = _spread(delays, 8 * 3600.0, settings.upload_max_offset_s)
+    assert max(bins) < 30 and sum(1 for b in bins if b == 0) < 3, bins
