@@ -23,13 +23,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import cases, churn, scale, stress
+from bench import cases, churn, fleet, scale, stress
 from bench.cases import Case, Options
 from bench.fileio import GiB, KiB, MiB
 from bench.harness import REPO_ROOT, Env
 from bench.report import CaseResult, markdown_table, table_lines, write_json
 
 CASES: list[Case] = [
+    # First: an idle client's requests after touching nothing is only meaningful before the other
+    # cases touched anything. What it leaves (256 open watches, one listing a minute) costs the
+    # cases after it nothing measurable.
+    Case("fleet", "11. an idle client's SMB requests per minute after touching N directories",
+         fleet.run_fleet, fleet.prepare_fleet),
+    Case("fleet-sim", "12. 20 daemons on one smbd: requests and server CPU, idle and one editing",
+         fleet.run_fleet_sim),
     Case("read", "1. sequential read of a cached file", cases.run_read, cases.prepare_read),
     Case("write", "2. sequential write through the mount, until on the server", cases.run_write),
     Case("first-read", "3. first read of an uncached server file", cases.run_first_read,
@@ -188,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_files=max(100, args.scale_files or (20_000 if quick else 1_000_000)),
         busy_cap_s=5.0 if quick else 90.0,
         stress_s=3 if quick else 10,
+        fleet_window_s=20.0 if quick else 120.0,
     )
     idle_s = 1.0 if quick else 3.0  # how long each client is watched doing nothing, at start and end
     names = args.only or [c.name for c in CASES]

@@ -67,6 +67,8 @@ class Options:
     busy_cap_s: float = 90.0
     #: seconds each stress-ng job of the churn case runs
     stress_s: int = 10
+    #: seconds each idle step of the fleet cases is counted (requests per minute need minutes)
+    fleet_window_s: float = 120.0
 
     @property
     def upload_timeout_s(self) -> float:
