@@ -70,6 +70,12 @@ def own_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
 
 
 @pytest.fixture
+def quiet_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
+    """A private smbd for one test that sends no change notifications (``change notify = no``)."""
+    yield from _serve(EmbeddedSamba(tmp_path / "quiet-smbd", extra_options={"change notify": "no"}))
+
+
+@pytest.fixture
 def mount_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba, tmp_path: Path
               ) -> Iterator[Callable[..., MountEnv]]:
     """The one way a test gets a mounted daemon: ``mount_env(**MountEnv options)``.

@@ -94,16 +94,6 @@ def test_an_idle_client_of_a_silent_server_sends_one_echo_per_interval(mount_env
     assert env.daemon.is_running()
 
 
-@pytest.fixture
-def quiet_smbd(tmp_path):
-    server = EmbeddedSamba(tmp_path / "quiet-smbd", extra_options={"change notify": "no"})
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_without_notifications_polling_backs_off(quiet_smbd: EmbeddedSamba, mount_env) -> None:
     """Polled every 0.5 s at first, doubling to 4 s while nothing changes: over 12 s a used
     directory costs 5 or 6 listings instead of 24, and a change still shows up."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -146,16 +146,6 @@ def test_writes_in_a_used_subfolder_appear_within_two_seconds(env: MountEnv, smb
                          "a write on the server's disk in a subfolder was not seen")
     print(f"notify latency in a subfolder: smb write {t_smb:.3f} s, disk write {t_disk:.3f} s")
     no_warnings(env)
-
-
-@pytest.fixture
-def quiet_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
-    server = EmbeddedSamba(tmp_path / "quiet-smbd", extra_options={"change notify": "no"})
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_without_change_notify_the_next_scan_finds_it(quiet_smbd: EmbeddedSamba, mount_env) -> None:
