@@ -94,6 +94,36 @@ def test_an_idle_client_of_a_silent_server_sends_one_echo_per_interval(mount_env
     assert env.daemon.is_running()
 
 
+def dirs_scanned(env: MountEnv) -> int:
+    stats = json.loads(env.daemon.run_cli("stats", "--json").stdout)
+    return int(sum(s["value"] for f in stats["metrics"] if f["name"] == "dirs_scanned_total" for s in f["samples"]))
+
+
+def test_after_a_lost_link_the_catch_up_lists_only_what_changed(mount_env) -> None:
+    """Thirty listed directories; the connection is reset and a file appears in one of them
+    meanwhile. The catch-up re-lists the folder top and that one directory (its change time
+    moved), not all thirty. Directory watches are off, so only the catch-up lists anything."""
+    env = mount_env(start=False, timings={**SCALED, "revalidate_interval_s": 600},
+                    extra={"directory_watches": 0})
+    for i in range(30):
+        (env.server / f"d{i:02d}").mkdir()
+    env.start_daemon()
+    wait_for(lambda: change_tracking(env)["mode"] == "notify", 10, "the folder is not watched")
+    for i in range(30):
+        assert os.listdir(env.docs / f"d{i:02d}") == []
+    wait_for(lambda: frames_over(env, 2.0) == 0, 30, "the client does not settle to silence")
+    # After a restart nothing is known of change times: the first catch-up listed everything.
+    before = dirs_scanned(env)
+    env.proxy.stop_listening()
+    env.proxy.reset()
+    (env.server / "d07" / "while-away.txt").write_text("made while the link was down")
+    env.proxy.resume_listening()
+    wait_for(lambda: "while-away.txt" in os.listdir(env.docs / "d07"), 15, "the catch-up missed the change")
+    wait_for(lambda: frames_over(env, 2.0) == 0, 30, "the client does not settle to silence")
+    listed = dirs_scanned(env) - before
+    assert 2 <= listed <= 4, f"the catch-up listed {listed} directories"
+
+
 def test_without_notifications_polling_backs_off(quiet_smbd: EmbeddedSamba, mount_env) -> None:
     """Polled every 0.5 s at first, doubling to 4 s while nothing changes: over 12 s a used
     directory costs 5 or 6 listings instead of 24, and a change still shows up."""

@@ -55,6 +55,10 @@ class CacheCore:
         #: directory id → (trio time its last listing ended, seconds it took); sync paces the
         #: rescans of big directories by it (``cscd.sync.scan``) and adds its own listings.
         self.listing_cost: dict[int, tuple[float, float]] = {}
+        #: directory id → subdirectory name → its change time in that directory's last
+        #: listing (any listing: the cache's first, sync's rescans); a catch-up re-lists only
+        #: subdirectories whose change time moved (``cscd.sync.revalidate``). In memory only.
+        self.child_mtimes: dict[int, dict[bytes, int]] = {}
         #: content-file changes that wait for the write transaction under way to commit
         self._after_commit: list[tuple[str, int, int]] = []
 

@@ -124,6 +124,7 @@ class Listings:
                 if self.merge(dir_id, entries, started):
                     t1 = trio.current_time()
                     core.listing_cost[dir_id] = (t1, t1 - t0)
+                    core.child_mtimes[dir_id] = {e.name: e.mtime_ns for e in entries if e.is_dir}
                     return
 
     async def refresh(self, dir_id: int, max_age_s: float) -> None:
@@ -141,7 +142,8 @@ class Listings:
             folder, path = self.core.remote_path(node)
             started = self.started()
             entries = await self.source.list_dir(folder, path)
-            self.merge(dir_id, entries, started)
+            if self.merge(dir_id, entries, started):
+                self.core.child_mtimes[dir_id] = {e.name: e.mtime_ns for e in entries if e.is_dir}
             self._refreshed_at[dir_id] = started_at
 
     def listed_dirs(self) -> list[int]:

@@ -50,6 +50,7 @@ class SyncSide:
         # What sync reads of the parts as they are (``LocalSide`` names them).
         self.recent_dirs = core.recent_dirs
         self.listing_cost = core.listing_cost
+        self.child_mtimes = core.child_mtimes
         self.hydrated = hydration.hydrated
         self.node = core.node
         self.exists = core.exists

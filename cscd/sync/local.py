@@ -18,6 +18,8 @@ class LocalSide(Protocol):
     recent_dirs: dict[int, float]
     #: directory id → (trio time its last listing ended, seconds it took)
     listing_cost: dict[int, tuple[float, float]]
+    #: directory id → subdirectory name → its change time in the last listing
+    child_mtimes: dict[int, dict[bytes, int]]
     #: ids of files whose download just completed (for their chunk map)
     hydrated: trio.MemoryReceiveChannel[int]
 

@@ -46,6 +46,8 @@ RETRY_MAX_S = 30.0
 #: A directory named by notifications is re-listed at most this often (the first one after a
 #: quiet spell goes at once; later ones are gathered into one rescan).
 RESCAN_GAP_S = 0.5
+#: A folder whose watch keeps failing this long while the link is up is polled meanwhile.
+WATCH_GRACE_S = 30.0
 
 
 class Notifier:
@@ -69,6 +71,7 @@ class Notifier:
         }
         self.watching: set[str] = set()
         self.unsupported: set[str] = set()
+        self._lost_at: dict[str, float] = {}  # folder → when its watch failed, until re-armed
         self.batches = 0
         self.rescans = 0
         #: folder → directories named by notifications, not yet re-listed
@@ -84,23 +87,32 @@ class Notifier:
             nursery.cancel_scope.cancel()
 
     def mode(self, folder: str) -> str:
-        """How server changes reach this folder: ``notify`` (a tree watch is up), ``polling``
-        (the server does not notify, or the watch is down while the link is up)."""
-        return "notify" if folder in self.watching else "polling"
+        """How server changes reach this folder: ``notify`` (a tree watch is up, or being set
+        up again: its catch-up covers the gap), ``polling`` (the server does not notify, or
+        the watch has failed for ``WATCH_GRACE_S`` while the link is up)."""
+        if folder in self.watching:
+            return "notify"
+        if folder in self.unsupported:
+            return "polling"
+        lost = self._lost_at.get(folder)
+        return "notify" if lost is None or trio.current_time() - lost < WATCH_GRACE_S else "polling"
 
     def watched_dirs(self, folder: str) -> set[int]:
         """The directories of ``folder`` with a watch of their own armed right now."""
         return self.directories[folder].armed
+
     async def _watch(self, folder: str) -> None:
         up, link = self.upstreams[folder], self.links[folder]
         retry_s = RETRY_MIN_S
         while True:
             # FolderLink is plain data written by link.py (news travels up as data): poll it.
             while link.mode is not Mode.ONLINE:  # noqa: ASYNC110
+                self._lost_at.pop(folder, None)  # back online, the watch gets its grace again
                 await trio.sleep(ONLINE_POLL_S)
             try:
                 async with up.watch(b"") as changes:
                     self.watching.add(folder)
+                    self._lost_at.pop(folder, None)
                     retry_s = RETRY_MIN_S
                     log.info("watching %s for changes", up.description)
                     # Armed: from here the server queues every change. What happened
@@ -122,7 +134,9 @@ class Notifier:
             except CscdError as exc:
                 log.info("cannot watch %s for changes: %s", up.description, exc)
             finally:
-                self.watching.discard(folder)
+                if folder in self.watching:
+                    self.watching.discard(folder)
+                self._lost_at.setdefault(folder, trio.current_time())
             await trio.sleep(retry_s)
             retry_s = min(retry_s * 2, RETRY_MAX_S)
 

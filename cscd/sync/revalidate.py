@@ -223,11 +223,11 @@ class Revalidator:
         listed = 0
         while queue and self._online(folder):
             dir_id, parts = queue.pop(0)
-            before = self.scanner.child_mtimes.get(dir_id)
+            before = self.local.child_mtimes.get(dir_id)
             if await self._scan(folder, dir_id) is None:
                 continue
             listed += 1
-            after = self.scanner.child_mtimes.get(dir_id, {})
+            after = self.local.child_mtimes.get(dir_id, {})
             for name, mtime in after.items():
                 if before is not None and before.get(name) == mtime:
                     continue  # nothing created, deleted or renamed in it since

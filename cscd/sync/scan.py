@@ -5,8 +5,9 @@
 ``notify`` (a notification named the directory). Each listing also leaves what the next
 decisions need: whether it differed from the one before (``changed``: a polled directory
 backs off while it does not), and the change times of the subdirectories it shows
-(``child_mtimes``: a catch-up re-lists only the subdirectories whose change time moved).
-Both are in memory: after a restart every directory counts as changed once.
+(``LocalSide.child_mtimes``, which the cache's own listings fill too: a catch-up re-lists
+only the subdirectories whose change time moved). Both are in memory: after a restart every
+directory counts as changed once.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ class Scanner:
         self.links = links
         self.on_link_error = on_link_error
         self.dirs_scanned = 0
-        #: directory id → subdirectory name → its change time in that directory's last listing
-        self.child_mtimes: dict[int, dict[bytes, int]] = {}
         self._digests: dict[int, int] = {}
 
     async def scan_dir(self, dir_id: int) -> bool:
@@ -51,20 +50,21 @@ class Scanner:
         folder, path = self.local.remote_path(node)
         started = self.local.listing_started()
         entries = visible(await self.upstreams[folder.decode()].list_dir(path), self.matcher)
-        self.local.merge_listing(dir_id, entries, started)
+        applied = self.local.merge_listing(dir_id, entries, started)
         self.dirs_scanned += 1
         t1 = trio.current_time()
         self.local.listing_cost[dir_id] = (t1, t1 - t0)
         digest = hash(tuple(entries))
         changed = self._digests.get(dir_id) != digest
         self._digests[dir_id] = digest
-        self.child_mtimes[dir_id] = {e.name: e.mtime_ns for e in entries if e.is_dir}
+        if applied:
+            self.local.child_mtimes[dir_id] = {e.name: e.mtime_ns for e in entries if e.is_dir}
         log.debug("rescanned %s:%r (%d entries, %.3f s)", folder, path, len(entries), t1 - t0)
         return changed
 
     def forget(self, dir_id: int) -> None:
         """A directory left the cache: drop what its listings left here."""
-        self.child_mtimes.pop(dir_id, None)
+        self.local.child_mtimes.pop(dir_id, None)
         self._digests.pop(dir_id, None)
         self.local.listing_cost.pop(dir_id, None)
 
