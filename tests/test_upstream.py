@@ -37,6 +37,7 @@ from cscd.types import Credentials, UncTarget
 from cscd.upstream.base import Conflict, RemoteEntry
 from cscd.upstream.local import LocalUpstream
 from cscd.upstream.smb import SmbUpstream
+from tests.helpers.upstreams import smb_upstream
 
 MiB = 1 << 20
 
@@ -51,17 +52,6 @@ class Target:
     def t(self, ns: int) -> int:
         """``ns`` as the server stores it."""
         return ns // self.time_res_ns * self.time_res_ns
-
-
-def smb_upstream(
-    server: EmbeddedSamba, *path: str, password: str | None = None, timeout_s: float = 10.0
-) -> SmbUpstream:
-    return SmbUpstream(
-        UncTarget(server.host, server.share, tuple(path)),
-        Credentials(server.username, server.password if password is None else password),
-        port=server.port,
-        timeout_s=timeout_s,
-    )
 
 
 @pytest.fixture(params=["smb", "local"])

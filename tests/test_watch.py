@@ -4,12 +4,15 @@ What issue 16 needs of the upstream: a watch on one folder (no subtree) reports 
 files in it, which a tree watch on the root does not (FACTS.md); hundreds of watches wait on
 one connection without a thread each; a watch never blocks this client's own rename of a
 folder above it (Samba refuses that rename while a handle below is open on the same
-connection); a folder deleted on the server ends its watch. The other client is a second
+connection) nor is opened below a folder while it is renamed; a folder deleted on the
+server ends its watch; a reconnect after a hung link ends the session (and handles) the dead
+link left on the server. The other client is a second
 ``SmbUpstream`` (its own connection) or smbd's disk directly. No mocks.
 """
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -18,10 +21,12 @@ import pytest
 import smbclient
 import trio
 
+from cscd.errors import NotFound, UpstreamTimeout
 from cscd.samba import EmbeddedSamba
 from cscd.upstream.base import ChangeAction
 from cscd.upstream.smb import SmbUpstream
-from tests.test_upstream import smb_upstream
+from tests.helpers.proxy import TcpProxy
+from tests.helpers.upstreams import smb_upstream
 
 
 @pytest.fixture
@@ -144,3 +149,72 @@ async def test_a_watched_folder_deleted_on_the_server_ends_the_watch(smbd: Embed
     finally:
         await up.close()
         await other.close()
+
+
+async def test_a_rename_waits_for_watches_being_opened_below_it(smbd: EmbeddedSamba, folder) -> None:
+    """Watches opened and closed over and over below a folder (the directory watches re-armed
+    after a reconnect) while it is renamed: the rename still goes through."""
+    name, disk = folder
+    for i in range(16):
+        (disk / "top" / f"d{i}").mkdir(parents=True)
+    up = smb_upstream(smbd, name)
+    opened = 0
+    stop = trio.Event()
+
+    async def churn(i: int) -> None:
+        nonlocal opened
+        while not stop.is_set():
+            try:
+                async with up.watch(f"top/d{i}".encode(), tree=False):
+                    opened += 1
+                    await trio.sleep(0.01)
+            except NotFound:
+                return  # renamed away under us: what a watch's owner sees too
+
+    try:
+        await up.connect()
+        async with trio.open_nursery() as nursery:
+            for i in range(16):
+                nursery.start_soon(churn, i)
+            await trio.sleep(0.5)
+            before = opened
+            entry = await up.rename(b"top", b"moved")
+            stop.set()
+        assert before > 16  # the watches really were coming and going
+        assert entry.is_dir and (disk / "moved" / "d15").is_dir() and not (disk / "top").exists()
+    finally:
+        await up.close()
+
+
+def _sessions(smbd: EmbeddedSamba) -> int:
+    """Sessions smbd holds for 127.0.0.1, as ``smbstatus -b`` lists them."""
+    out = subprocess.run(["smbstatus", "-s", str(smbd.conf_path), "-b"], capture_output=True,
+                         text=True, check=True, timeout=30).stdout
+    return sum(1 for line in out.splitlines() if "(ipv4:127.0.0.1:" in line)
+
+
+async def test_a_reconnect_ends_the_session_a_hung_link_left_on_the_server(own_smbd: EmbeddedSamba) -> None:
+    """The link hangs with a watch open; the client gives up on it and logs on again by another
+    path. Without PreviousSessionId the old session lives on in smbd with its handles for as
+    long as the dead TCP connection does. (A server of its own: nobody else's sessions.)"""
+    smbd = own_smbd
+    (smbd.share_dir / "sub").mkdir()
+    up = smb_upstream(smbd, timeout_s=2)
+    with TcpProxy((smbd.host, smbd.port)) as proxy:
+        up.port = proxy.port  # the first connection goes through the proxy
+        try:
+            before = _sessions(smbd)
+            async with up.watch(b"sub", tree=False):
+                assert _sessions(smbd) == before + 1 == 1
+                proxy.hang()
+                with pytest.raises(UpstreamTimeout):
+                    await up.stat(b"sub")
+                up.port = smbd.port  # the next one goes straight to smbd: the old one is stuck
+                await up.stat(b"sub")
+                for _ in range(100):  # up to 10 s for only the new session to be left
+                    if _sessions(smbd) == before + 1:
+                        break
+                    await trio.sleep(0.1)
+                assert _sessions(smbd) == before + 1
+        finally:
+            await up.close()

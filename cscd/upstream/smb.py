@@ -109,6 +109,9 @@ class SmbUpstream:
         self._limiter = trio.CapacityLimiter(max_threads)
         self._stats = Stats()
         self._link: SmbLink | None = None
+        #: the session of the last link given up; the next logon names it so that the server
+        #: drops it with its handles even if it never saw the connection die (smb_wire)
+        self._last_session_id = 0
         self._connect_lock = trio.Lock()
         self._connect_failure: tuple[float, CscdError] | None = None
         self._leftovers: set[str] = set()
@@ -119,6 +122,12 @@ class SmbUpstream:
         self._eas_seen: dict[tuple[str, int, int, int], ServerEas] = {}
         self._big_dirs: set[str] = set()
         self._watches: set[SmbWatch] = set()
+        # A rename and the opening of watches exclude each other (many opens or many renames
+        # at once are fine): a watch opened below a folder while it is renamed would make
+        # Samba refuse the rename, or report changes under the folder's old name.
+        self._watch_gate = trio.Condition()
+        self._opening_watches = 0
+        self._renaming = 0
         self._eas_support: bool | None = None  # asked once (FileFsAttributeInformation)
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
@@ -176,6 +185,7 @@ class SmbUpstream:
         link, self._link = self._link, None
         if link is None:
             return
+        self._last_session_id = link.session_id or self._last_session_id
         link.teardown()
         with trio.move_on_after(self._timeout_s):
             await trio.to_thread.run_sync(link.close, abandon_on_cancel=True)
@@ -193,6 +203,7 @@ class SmbUpstream:
                 err = failure[1]
                 raise type(err)(str(err))
             if link is not None:
+                self._last_session_id = link.session_id or self._last_session_id
                 link.teardown()
                 self._link = None
             new = SmbLink(
@@ -206,6 +217,7 @@ class SmbUpstream:
                 stats=self._stats,
             )
             new.rate_limit = self.upload_rate
+            new.previous_session_id = self._last_session_id
             try:
                 await self._in_thread(new, timeout_s, self._share_unc, _open_link)
             except CscdError as exc:
@@ -532,9 +544,19 @@ class SmbUpstream:
         folder above it (the iterator then stops).
         """
         spath, where = self._spath(path)
-        link, file_id, request = await self._run(
-            where, functools.partial(open_watch, tree=tree), spath, idempotent=True
-        )
+        async with self._watch_gate:
+            while self._renaming:
+                await self._watch_gate.wait()
+            self._opening_watches += 1
+        try:
+            link, file_id, request = await self._run(
+                where, functools.partial(open_watch, tree=tree), spath, idempotent=True
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                async with self._watch_gate:
+                    self._opening_watches -= 1
+                    self._watch_gate.notify_all()
         watcher = SmbWatch(
             link,
             file_id,
@@ -554,10 +576,12 @@ class SmbUpstream:
             await watcher.aclose()
 
     async def _release_watches_below(self, spath: str) -> None:
-        """Close this connection's watches on folders below ``spath``: Samba refuses to rename
-        a folder that has a handle open below it from the same connection (ACCESS_DENIED; other
-        clients' handles do not count, ``strict rename = no``). Their owners open them again."""
-        below = [wt for wt in self._watches if wt.spath.startswith(spath + "\\")]
+        """Close this connection's watches on ``spath`` and folders below it: Samba refuses to
+        rename a folder that has a handle open below it from the same connection
+        (ACCESS_DENIED; other clients' handles do not count, ``strict rename = no``), and a
+        watch on the folder itself would go on reporting under its old name. Their owners open
+        them again."""
+        below = [wt for wt in self._watches if wt.spath == spath or wt.spath.startswith(spath + "\\")]
         for wt in below:
             await wt.release()
         if below:
@@ -628,13 +652,24 @@ class SmbUpstream:
             raise BadName("the target folder itself cannot be renamed")
         old_spath, where = self._spath(old)
         new_spath, new_where = self._spath(new)
-        await self._release_watches_below(old_spath)
-        attrs, fid = await self._run(
-            f"{where} → {new_where}",
-            functools.partial(ops.rename, replace=replace),
-            old_spath,
-            new_spath,
-        )
+        async with self._watch_gate:
+            self._renaming += 1
+        try:
+            async with self._watch_gate:
+                while self._opening_watches:
+                    await self._watch_gate.wait()
+            await self._release_watches_below(old_spath)
+            attrs, fid = await self._run(
+                f"{where} → {new_where}",
+                functools.partial(ops.rename, replace=replace),
+                old_spath,
+                new_spath,
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                async with self._watch_gate:
+                    self._renaming -= 1
+                    self._watch_gate.notify_all()
         return self._entry(self._leaf(new), attrs, fid)
 
     async def set_mtime(self, path: bytes, mtime_ns: int) -> RemoteEntry:

@@ -37,7 +37,7 @@ from smbprotocol.open import (
     SMB2SetInfoRequest,
     SMB2WriteRequest,
 )
-from smbprotocol.session import Session
+from smbprotocol.session import Session, SMB2SessionSetupRequest
 from smbprotocol.tree import TreeConnect
 
 from cscd.upstream.smb_errors import Abandoned, WireTimeout
@@ -174,6 +174,41 @@ def _round_trip(request: object) -> float | None:
     return time.monotonic() - sent if command in _SMALL_COMMANDS else None
 
 
+class _Connection(Connection):
+    """smbprotocol's ``Connection`` with two things it lacks.
+
+    PreviousSessionId: a link given up while the server still thinks it alive (a hung
+    network, a laptop suspended) leaves its session on the server, with every handle it held
+    open. Samba then refuses to rename a folder below which such a ghost holds a watch, for as
+    long as the ghost lives (minutes to hours). Naming the dead session in the new logon is how
+    Windows clients reconnect: the server closes the old session and its handles
+    ([MS-SMB2] 3.3.5.5.3) once the same user has logged on again.
+
+    A snapshot of outstanding requests: smbprotocol's receive thread, when the connection
+    dies, walks ``outstanding_requests`` to wake every waiter while other threads still add
+    requests to it; a plain dict then raises "dictionary changed size during iteration" in
+    that thread.
+    """
+
+    def __init__(self, *args: object, previous_session_id: int = 0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.previous_session_id = previous_session_id
+        self.outstanding_requests = _SnapshotDict()
+
+    def send(self, message, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.previous_session_id and isinstance(message, SMB2SessionSetupRequest):
+            message["previous_session_id"] = self.previous_session_id
+        return super().send(message, *args, **kwargs)
+
+
+class _SnapshotDict(dict):
+    """A dict whose ``values()`` is a list taken at once (under the GIL), safe to walk while
+    other threads insert."""
+
+    def values(self):  # type: ignore[override]
+        return list(super().values())
+
+
 class SmbLink:
     """One TCP connection with an authenticated session and a tree connect to one share."""
 
@@ -204,6 +239,11 @@ class SmbLink:
         self._credits = threading.Condition()
         self._dead = False
         self.encrypted = False
+        #: the session of the link this one replaces, closed on the server at logon (see
+        #: ``_Connection``); 0 for a first connection
+        self.previous_session_id = 0
+        #: this link's session on the server, kept after teardown for the next link to name
+        self.session_id = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -225,7 +265,13 @@ class SmbLink:
         try:
             # Signing stays required: with require_signing=False Samba refuses the tree
             # connect on SMB 3.1.1 (FACTS.md); encryption, when on, covers it anyway.
-            conn = Connection(uuid.uuid4(), self.host, self.port, require_signing=True)
+            conn = _Connection(
+                uuid.uuid4(),
+                self.host,
+                self.port,
+                require_signing=True,
+                previous_session_id=self.previous_session_id,
+            )
             self.conn = conn
             conn.connect(timeout=int(call.timeout_s) + 1)  # smbprotocol waits int(T) - 1 s
             self._check_alive()
@@ -239,6 +285,7 @@ class SmbLink:
             )
             session.connect()
             self.session = session
+            self.session_id = session.session_id
             self._check_alive()
             tree = TreeConnect(session, self.share_unc)
             tree.connect()
