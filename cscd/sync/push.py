@@ -620,6 +620,7 @@ class Pusher:
                                     expected=None, replace=False)
             self.local.rename_for_conflict(node.id, name)
             self.counters.conflicts += 1
+            self.on_server_differs(node.parent)  # the server's version comes down under the name
             log.warning("conflict: %r changed on the server and here; the local version is "
                         "kept as %r", target, name)
         self.counters.files_uploaded += 1
@@ -672,6 +673,7 @@ class Pusher:
         name = conflict_name(node.name)
         self.local.rename_for_conflict(node.id, name)
         self.counters.conflicts += 1
+        self.on_server_differs(node.parent)  # the server's file comes down under the name
         log.warning("conflict: %r is a file on the server; the local folder is kept as %r", node.name, name)
 
 
