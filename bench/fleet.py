@@ -87,7 +87,7 @@ def run_fleet(env: Env, o: Options, res: CaseResult, _state: None) -> None:
         res.row(f"idle client after touching {n} directories: SMB requests per minute",
                 f"n{n}_cscd", f"n{n}_rclone", "rclone", higher_is_better=False)
     for n in STEPS:
-        c = res.cell(f"n{n}_cscd", "req/min").median()
+        c = res.cell(f"n{n}_cscd", "req/min").median
         if c is not None:
             res.note(f"N={n}: 1,000 idle cscd clients send the server {c * 1000 / 60:.1f} requests/s")
     res.note(f"frames from the client counted by the loopback proxy over {o.fleet_window_s:g} s per step, "
@@ -164,8 +164,8 @@ def run_fleet_sim(env: Env, o: Options, res: CaseResult, _state: None) -> None:
         res.row("smbd CPU ms per client per minute, idle vs one editing", "idle_cpu", "edit_cpu",
                 "one in 20 editing", higher_is_better=False)
         for name in ("idle", "edit"):
-            req = res.cell(f"{name}_req", "req/client/min").median()
-            cpu = res.cell(f"{name}_cpu", "ms/client/min").median()
+            req = res.cell(f"{name}_req", "req/client/min").median
+            cpu = res.cell(f"{name}_cpu", "ms/client/min").median
             if req is not None and cpu is not None:
                 res.note(f"{name}: 1,000 such clients send {req * 1000 / 60:.1f} requests/s and cost smbd "
                          f"{cpu * 1000 / 60_000:.2f} CPU cores")
