@@ -83,6 +83,23 @@ def test_an_idle_client_that_used_fifty_directories_is_almost_silent(fifty_dirs:
     print(f"another client's write seen after {time.monotonic() - t0:.3f} s")
 
 
+def test_more_used_directories_than_watches_stays_quiet(mount_env) -> None:
+    """Forty directories used, eight watches: the eight most recently used keep theirs, and the
+    rest are left to the slow revalidation, not swapped in and out (once 45,000 requests a
+    minute with 5,000 directories used)."""
+    env = mount_env(start=False, timings=SCALED, extra={"directory_watches": 8})
+    for i in range(40):
+        (env.server / f"d{i:02d}").mkdir()
+    env.start_daemon()
+    for i in range(40):
+        os.listdir(env.docs / f"d{i:02d}")
+    wait_for(lambda: change_tracking(env)["directory_watches"] == 8, 20, "eight directories are not watched")
+    wait_for(lambda: frames_over(env, 2.0) <= 1, 30, "the client does not settle")
+    frames = frames_over(env, WINDOW_S)
+    assert frames <= WINDOW_S / SCALED["revalidate_interval_s"] + 1, f"{frames} frames in {WINDOW_S:g} s"
+    assert change_tracking(env)["directory_watches"] == 8
+
+
 def test_an_idle_client_of_a_silent_server_sends_one_echo_per_interval(mount_env) -> None:
     """Nothing listed but the folder itself, which the tree watch covers: only echoes."""
     env = mount_env(timings=SCALED)

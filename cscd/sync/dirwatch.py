@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Callable
 
 import trio
@@ -53,6 +54,7 @@ class DirectoryWatches:
         self.on_change = on_change
         #: directory id → last use, least recently used first
         self._used: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self._horizon = -math.inf  # the newest use taken in so far
         self._member: dict[int, bool] = {}  # directory id → in this folder (not its top)?
         self._tasks: dict[int, trio.CancelScope] = {}
         self._failed: dict[int, float] = {}
@@ -61,10 +63,18 @@ class DirectoryWatches:
         self.opened = 0
 
     def _follow_use(self) -> None:
-        for dir_id, used in self.local.recent_dirs.items():
-            if self._used.get(dir_id, -1.0) < used and self._belongs(dir_id):
+        """Take in the uses since the last tick, oldest first. Only uses newer than any seen
+        before count: a directory dropped from the history is still in ``recent_dirs`` with
+        its old time, and taking it in again would reorder the LRU every tick — with more
+        used directories than watches, 256 watches closed and opened again each second (the
+        bench measured 45,000 requests a minute after 5,000 directories were touched)."""
+        fresh = [(used, dir_id) for dir_id, used in self.local.recent_dirs.items()
+                 if used > self._horizon or (used == self._horizon and dir_id not in self._used)]
+        for used, dir_id in sorted(fresh):
+            if self._belongs(dir_id):
                 self._used[dir_id] = used
                 self._used.move_to_end(dir_id)
+            self._horizon = max(self._horizon, used)
         while len(self._used) > max(self.limit, 1) * 4:  # enough history for the LRU order
             old, _ = self._used.popitem(last=False)
             self._member.pop(old, None)
