@@ -115,3 +115,14 @@ def test_policy_dir_lets_the_policy_give_the_folders(tmp_path):
     assert cfg.folders == ()
     assert cfg.policy_dir == tmp_path / "policy"  # relative to the file
     assert cfg.home_dir == tmp_path / "home"
+
+
+def test_the_cache_defaults_to_the_state_directory(tmp_path, monkeypatch):
+    """Offline edits live only in the cache: it goes where state goes, not to ~/.cache."""
+    text = GOOD.replace("cache: {tmp}/cache\n", "")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert load_config(write(tmp_path, text)).cache == tmp_path / "state" / "cscd"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/is/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert load_config(write(tmp_path, text)).cache == tmp_path / "home" / ".local" / "state" / "cscd"
+    assert load_config(write(tmp_path, GOOD)).cache == tmp_path / "cache"  # named: kept

@@ -79,6 +79,13 @@ def test_units_keep_fuse_working(name):
         assert s["User"] == ["%i"] and s["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
 
 
+@pytest.mark.parametrize("name", ["cscd.service", "cscd@.service"])
+def test_reload_asks_the_daemon_and_waits_for_its_answer(name):
+    """``systemctl reload`` runs ``cscd reload``, which exits non-zero when the daemon refuses
+    the new policy (tests/test_policy_daemon.py); a bare SIGHUP could not report that."""
+    assert unit_settings(name)["ExecReload"] == ["/usr/bin/env cscd reload"]
+
+
 # ---------------------------------------------------------------- the notify protocol
 
 

@@ -3,7 +3,7 @@
 Minimal form (kept stable for tools and later policy layers)::
 
     mount: /path/to/mountpoint
-    cache: /path/to/cache-dir
+    cache: /path/to/cache-dir           # optional: $XDG_STATE_HOME/cscd
     credentials: /path/to/credentials   # mount.cifs format, mode 0600
     port: 445                           # optional
     folders:
@@ -243,6 +243,15 @@ class _Doc:
         return _Doc(self.path, self.items[key][0], key if self.where == "file" else f"{self.where}.{key}")
 
 
+def default_cache_dir() -> Path:
+    """``$XDG_STATE_HOME/cscd`` (``~/.local/state/cscd``): the cache holds the only copy of
+    offline edits, so it is state, not a cache in the XDG sense — ``~/.cache`` is what backup
+    tools skip and cleaners wipe. A file that names ``cache`` keeps its place."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "cscd"
+
+
 def load_config(path: Path) -> DaemonConfig:
     """Read and validate the daemon's YAML file; ConfigError names file, line and key."""
     path = Path(path)
@@ -264,7 +273,7 @@ def load_config(path: Path) -> DaemonConfig:
     doc = _Doc(path, root, "file")
     doc.check_keys(_TOP_KEYS)
     mount = doc.get_path("mount")
-    cache = doc.get_path("cache")
+    cache = doc.get_path("cache", required=False) or default_cache_dir()
     credentials = doc.get_path("credentials", required=False)
     port = doc.get_int("port", 445, 1, 65535)
 
