@@ -97,7 +97,9 @@ def run_fleet(env: Env, o: Options, res: CaseResult, _state: None) -> None:
 
 
 def _smbd_cpu_s(conf: Path) -> float:
-    """User + system CPU seconds of every smbd process serving ``conf`` (children included)."""
+    """User + system CPU seconds of every smbd process serving ``conf``, with the reaped
+    children's (``cutime``/``cstime``): a connection's process that exits takes its own
+    counters with it, but they reappear in its parent's, so the sum never goes back."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in os.listdir("/proc"):
@@ -108,7 +110,7 @@ def _smbd_cpu_s(conf: Path) -> float:
             if b"smbd" not in cmdline or str(conf).encode() not in cmdline:
                 continue
             fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
         except (OSError, IndexError, ValueError):
             continue
     return total
