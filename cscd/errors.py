@@ -79,6 +79,11 @@ class AccessDenied(CscdError):
     errno = errno.EACCES
 
 
+class TicketMissing(AccessDenied):
+    """No usable Kerberos ticket (none in the cache, expired, or refused by the server): a
+    person has to run ``kinit`` or unlock the session; trying again without one cannot help."""
+
+
 class ServerFull(CscdError):
     """The server is out of space, or the user's quota there is used up."""
 

@@ -423,6 +423,7 @@ class EmbeddedSamba:
         pw = f"{self._password}\n{self._password}\n".encode()
         res = subprocess.run(
             [smbpasswd, "-c", str(self.conf_path), "-s", "-a", self._username],
+            env=dict(os.environ, _NO_WINBINDD="1"),
             input=pw,
             capture_output=True,
             timeout=30,
@@ -441,8 +442,12 @@ class EmbeddedSamba:
         fh.flush()
         # smbd -F --no-process-group signals its whole process group on SIGTERM: give it a
         # session of its own so it never takes the caller with it (FACTS.md).
+        # _NO_WINBINDD=1: this standalone server maps its users itself. A winbindd on the
+        # machine's default socket (a domain member's, or a test domain controller's) would
+        # otherwise be asked to map them and every logon would be refused (seen).
         self._proc = subprocess.Popen(
             [smbd, "-F", "--no-process-group", "--debug-stdout", "-s", str(self.conf_path)],
+            env=dict(os.environ, _NO_WINBINDD="1"),
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=subprocess.STDOUT,

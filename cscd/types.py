@@ -86,6 +86,23 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True)
+class KerberosLogon:
+    """Log on with the user's Kerberos ticket, as a domain-joined Windows client does: the
+    credential cache SSSD, winbind or ``kinit`` left (``KRB5CCNAME``, KCM, KEYRING), read at
+    each connect, so a renewed ticket is used without a restart. No password anywhere."""
+
+    #: the client principal (``alice@CORP.EXAMPLE``); "" takes the cache's default one
+    principal: str = ""
+
+    def __str__(self) -> str:
+        return f"Kerberos ticket of {self.principal}" if self.principal else "Kerberos ticket"
+
+
+#: How a connection logs on: NTLM with a user name and password, or a Kerberos ticket.
+Logon = Credentials | KerberosLogon
+
+
+@dataclass(frozen=True, slots=True)
 class SmbSecurity:
     """Transport security; both on by default (policy may turn encryption off)."""
 
@@ -99,7 +116,7 @@ class ServerSettings:
     target. ``credentials`` None means none were configured; ``credentials_origin`` names
     the setting to fix then (``FILE: credentials``). Picklable: offload workers get a copy."""
 
-    credentials: Credentials | None
+    credentials: Logon | None
     port: int = 445
     security: SmbSecurity = SmbSecurity()  # noqa: RUF009 - frozen dataclass
     timeout_s: float = 10.0

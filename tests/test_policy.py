@@ -408,7 +408,7 @@ def test_rows_show_value_and_origin_for_every_key(tmp_path: Path) -> None:
     assert rows["offline_files.slow_link_ms"].origin == f"{f}:12"
     assert rows["offline_files.cache_size_limit"].value == "25% of the cache filesystem"
     assert rows["offline_files.background_sync_interval_min"].origin == "default"
-    assert rows["security.credentials"].value.startswith("kerberos (not supported yet: NTLM")  # the truth
+    assert rows["security.credentials"].value.startswith("kerberos (the user's ticket; NTLM if")  # the truth
     assert rows["primary_computers"].value == "(any computer)"
     shown = {k.replace("Documents", "NAME") for k in rows if "Projects" not in k}
     settable = {k for k in ALL_KEYS if not k.startswith("scope.")}

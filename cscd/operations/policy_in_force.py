@@ -244,8 +244,6 @@ async def refresh_central_copy(base: DaemonConfig) -> dict[str, Any]:
     config, where = effective_config(base, local), central_dir(base)
     state: dict[str, Any] = {"source": str(local.central_source), "copy": str(where)}
     try:
-        if config.credentials is None:
-            raise ConfigError(f"{base.path}: credentials: missing; the central policy source needs them")
         up = open_upstream(local.central_source,
                            config.server_settings(offload=False, timeout_s=CENTRAL_TIMEOUT_S / 2))
         try:

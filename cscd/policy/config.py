@@ -4,7 +4,7 @@ Minimal form (kept stable for tools and later policy layers)::
 
     mount: /path/to/mountpoint
     cache: /path/to/cache-dir           # optional: $XDG_STATE_HOME/cscd
-    credentials: /path/to/credentials   # mount.cifs format, mode 0600
+    credentials: /path/to/credentials   # mount.cifs format, mode 0600; or kerberos (default)
     port: 445                           # optional
     folders:
       Documents: '\\\\server\\share\\alice\\Documents'
@@ -45,7 +45,15 @@ from cscd.errors import BadName, ConfigError
 from cscd.names import check_strict
 from cscd.policy.credentials import load_credentials
 from cscd.policy.unc import parse_unc
-from cscd.types import OfflinePolicy, PathOverride, ServerSettings, SmbSecurity, UncTarget, offline_for_target
+from cscd.types import (
+    KerberosLogon,
+    OfflinePolicy,
+    PathOverride,
+    ServerSettings,
+    SmbSecurity,
+    UncTarget,
+    offline_for_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +137,7 @@ class DaemonConfig:
         """The settings ``upstream.open_upstream`` connects with; reads the credentials file
         (``ConfigError`` naming it if it is unusable). ``offload`` defaults to
         ``offload_transfers``, ``timeout_s`` to the request timeout."""
-        creds = load_credentials(self.credentials) if self.credentials is not None else None
+        creds = load_credentials(self.credentials) if self.credentials is not None else KerberosLogon()
         return ServerSettings(
             creds, port=self.port, security=self.security,
             timeout_s=self.timings.request_timeout_s if timeout_s is None else timeout_s,
@@ -274,7 +282,9 @@ def load_config(path: Path) -> DaemonConfig:
     doc.check_keys(_TOP_KEYS)
     mount = doc.get_path("mount")
     cache = doc.get_path("cache", required=False) or default_cache_dir()
-    credentials = doc.get_path("credentials", required=False)
+    # "kerberos" (or no key): log on with the user's ticket; a path: NTLM with that file.
+    credentials = (None if doc.get_str("credentials") == "kerberos"
+                   else doc.get_path("credentials", required=False))
     port = doc.get_int("port", 445, 1, 65535)
 
     policy_dir = doc.get_path("policy_dir", required=False)

@@ -77,8 +77,8 @@ class CredentialSource:
         return self.path is None
 
     def __str__(self) -> str:
-        # Kerberos is not implemented yet (smb_wire authenticates with NTLM): say what happens.
-        return ("kerberos (not supported yet: NTLM with the credentials file of cscd.yaml)"
+        # Say what happens: a credentials file the user's cscd.yaml names still wins.
+        return ("kerberos (the user's ticket; NTLM if cscd.yaml names a credentials file)"
                 if self.path is None else str(self.path))
 
 

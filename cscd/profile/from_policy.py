@@ -91,10 +91,6 @@ def profile_service(config: DaemonConfig, policy: Policy, *, exclude_paths: Iter
         return None
     target = policy.roaming_profile.target
     assert target is not None
-    if config.credentials is None:
-        where = policy.origin("roaming_profile.target")
-        raise ConfigError(f"{where}: roaming_profile.target: the roaming profile on {target} needs "
-                          f"credentials; set 'credentials' in {config.path}")
     server = config.server_settings(offload=False)
 
     def connect_to(where: UncTarget) -> Upstream:

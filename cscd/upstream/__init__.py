@@ -26,7 +26,7 @@ def open_upstream(target: UncTarget | Path, settings: ServerSettings) -> Upstrea
         return LocalUpstream(target, timeout_s=settings.timeout_s)
     if settings.credentials is None:
         raise ConfigError(f"{settings.credentials_origin}: missing; {target} (an SMB folder) needs "
-                          "a credentials file")
+                          "a credentials file or a Kerberos ticket")
     from cscd.upstream.smb import SmbUpstream
 
     if settings.offload:

@@ -23,7 +23,9 @@ queued behind a failing connect share its error instead of each waiting out a ti
 Cancellation: the trio side returns at once (``abandon_on_cancel=True``); the thread stops at
 its next request and an upload never renames after its caller went away.
 
-Not supported: Kerberos, DFS referrals, multichannel, durable handles. Signing is always
+Logon: NTLM with a user name and password, or Kerberos with the user's ticket
+(``KerberosLogon``), for the service principal ``cifs/<server as the target names it>``.
+Not supported: DFS referrals, multichannel, durable handles. Signing is always
 required (``SmbSecurity.require_signing=False`` is ignored: Samba refuses the tree connect of
 SMB 3.1.1 without it, FACTS.md); encryption follows ``SmbSecurity.require_encryption``.
 The conditional upload checks the target and renames in two steps; another client writing
@@ -47,7 +49,7 @@ import trio
 
 from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout
 from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name, local_name, server_name
-from cscd.types import Credentials, SmbSecurity, UncTarget
+from cscd.types import KerberosLogon, Logon, SmbSecurity, UncTarget
 from cscd.upstream import smb_delta, smb_move
 from cscd.upstream import smb_ops as ops
 from cscd.upstream.base import Conflict, Extent, LinkActivity, RemoteEntry, UpstreamStatistics, check_plan
@@ -90,7 +92,7 @@ class SmbUpstream:
     def __init__(
         self,
         target: UncTarget,
-        credentials: Credentials,
+        credentials: Logon,
         *,
         port: int = 445,
         security: SmbSecurity = SmbSecurity(),  # noqa: B008 - frozen dataclass
@@ -206,15 +208,18 @@ class SmbUpstream:
                 self._last_session_id = link.session_id or self._last_session_id
                 link.teardown()
                 self._link = None
+            logon = self._credentials
+            if isinstance(logon, KerberosLogon):
+                who = {"username": logon.principal, "password": "", "domain": "", "kerberos": True}
+            else:
+                who = {"username": logon.username, "password": logon.password, "domain": logon.domain}
             new = SmbLink(
                 host=self.target.server,
                 port=self.port,
                 share=self.target.share,
-                username=self._credentials.username,
-                password=self._credentials.password,
-                domain=self._credentials.domain,
                 require_encryption=self._security.require_encryption,
                 stats=self._stats,
+                **who,
             )
             new.rate_limit = self.upload_rate
             new.previous_session_id = self._last_session_id

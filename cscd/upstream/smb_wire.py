@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from smbprotocol.connection import Connection, SMB2Echo
-from smbprotocol.exceptions import SMBConnectionClosed
+from smbprotocol.exceptions import SMBAuthenticationError, SMBConnectionClosed, SMBResponseException
 from smbprotocol.file_info import FileInformationClass, InfoType
 from smbprotocol.open import (
     SMB2CloseRequest,
@@ -40,7 +40,8 @@ from smbprotocol.open import (
 from smbprotocol.session import Session, SMB2SessionSetupRequest
 from smbprotocol.tree import TreeConnect
 
-from cscd.upstream.smb_errors import Abandoned, WireTimeout
+from cscd.errors import TicketMissing
+from cscd.upstream.smb_errors import STATUS_LOGON_FAILURE, Abandoned, WireTimeout
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,12 @@ class _SnapshotDict(dict):
         return list(super().values())
 
 
+def _spnego_reason(exc: BaseException) -> str:
+    """The GSSAPI reason of a failed Kerberos logon, without smbprotocol's prefix."""
+    text = str(exc).removeprefix("Failed to authenticate with server: ")
+    return text.strip() or type(exc).__name__
+
+
 class SmbLink:
     """One TCP connection with an authenticated session and a tree connect to one share."""
 
@@ -223,12 +230,15 @@ class SmbLink:
         domain: str,
         require_encryption: bool,
         stats: Stats,
+        kerberos: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.share_unc = f"\\\\{host}\\{share}"
-        self._username = f"{domain}\\{username}" if domain else username
-        self._password = password
+        #: None with ``kerberos``: the ticket cache's default principal
+        self._username: str | None = (f"{domain}\\{username}" if domain else username) or None
+        self._password: str | None = password or None
+        self._kerberos = kerberos
         self._require_encryption = require_encryption
         self.stats = stats
         #: the upload cap (``RateLimit``) the owning upstream shares with this link, or None
@@ -276,14 +286,32 @@ class SmbLink:
             conn.connect(timeout=int(call.timeout_s) + 1)  # smbprotocol waits int(T) - 1 s
             self._check_alive()
             self._set_send_timeout(call.timeout_s)
+            # Kerberos asks for a ticket to cifs/<the host as the target names it>, the
+            # service principal a Windows client would use; NTLM needs the password.
             session = Session(
                 conn,
                 self._username,
                 self._password,
                 require_encryption=self._require_encryption,
-                auth_protocol="ntlm",
+                auth_protocol="kerberos" if self._kerberos else "ntlm",
+                hostname_override=self.host,
             )
-            session.connect()
+            try:
+                session.connect()
+            except SMBAuthenticationError as exc:
+                if not self._kerberos:
+                    raise
+                raise TicketMissing(
+                    f"cannot log on to {self.host} with a Kerberos ticket ({_spnego_reason(exc)}): "
+                    "get one with kinit, or lock and unlock the session"
+                ) from None
+            except SMBResponseException as exc:
+                if not (self._kerberos and int(exc.status) == STATUS_LOGON_FAILURE):
+                    raise
+                raise TicketMissing(
+                    f"{self.host} refused the Kerberos ticket (status 0x{int(exc.status):08x}): "
+                    "get a new one with kinit, or lock and unlock the session"
+                ) from None
             self.session = session
             self.session_id = session.session_id
             self._check_alive()

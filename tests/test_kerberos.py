@@ -1,0 +1,133 @@
+"""Kerberos single sign-on (issue 17) against a real Samba AD domain controller on loopback.
+
+The domain's KDC issues a real ticket through ``kinit``; the folder is on the DC's own file
+server. No password reaches cscd: the upstream and the daemon log on with the ticket cache
+(``credentials: kerberos``, now also what a missing ``credentials`` key means). Without a
+ticket the error says to run kinit and shows no secret. ``tests/helpers/ad_dc.py`` has the
+domain.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+from cscd.errors import TicketMissing
+from cscd.types import KerberosLogon, UncTarget
+from cscd.upstream.smb import SmbUpstream
+from tests.helpers.ad_dc import EmbeddedDomain
+from tests.helpers.daemon import DaemonProcess
+from tests.helpers.wait import eventually
+
+PASSWORD = "Al1ce-Pass.word"
+
+
+@pytest.fixture(scope="module")
+def domain(tmp_path_factory) -> EmbeddedDomain:
+    dc = EmbeddedDomain(tmp_path_factory.mktemp("ad-dc"))
+    dc.start()
+    try:
+        dc.add_user("alice", PASSWORD)
+        yield dc
+    finally:
+        dc.remove()
+
+
+@pytest.fixture
+def folder(domain: EmbeddedDomain) -> tuple[str, Path]:
+    name = f"k-{uuid.uuid4().hex[:10]}"
+    disk = domain.share_dir / name
+    disk.mkdir()
+    disk.chmod(0o1777)
+    return name, disk
+
+
+def upstream(domain: EmbeddedDomain, name: str) -> SmbUpstream:
+    return SmbUpstream(UncTarget(domain.host, domain.share, (name,)), KerberosLogon(),
+                       port=domain.smb_port, timeout_s=10)
+
+
+async def test_a_kinit_ticket_lists_reads_and_writes_without_a_password(
+        domain: EmbeddedDomain, folder, tmp_path: Path, monkeypatch) -> None:
+    name, disk = folder
+    (disk / "from-server.txt").write_bytes(b"server side")
+    env = domain.kinit("alice", PASSWORD, tmp_path / "ccache")
+    for key in ("KRB5_CONFIG", "KRB5CCNAME"):
+        monkeypatch.setenv(key, env[key])
+    up = upstream(domain, name)
+    try:
+        await up.connect()
+        assert [e.name for e in await up.list_dir(b"")] == [b"from-server.txt"]
+        src = tmp_path / "up.bin"
+        src.write_bytes(b"written with a ticket")
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            await up.upload(b"up.bin", fd, src.stat().st_size, 0, expected=None, replace=False)
+        finally:
+            os.close(fd)
+        assert (disk / "up.bin").read_bytes() == b"written with a ticket"
+    finally:
+        await up.close()
+
+
+async def test_without_a_ticket_the_error_says_kinit(domain: EmbeddedDomain, folder, tmp_path: Path,
+                                                     monkeypatch) -> None:
+    name, _ = folder
+    monkeypatch.setenv("KRB5_CONFIG", str(domain.krb5_conf))
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'no-such-ccache'}")
+    up = upstream(domain, name)
+    try:
+        with trio.fail_after(20), pytest.raises(TicketMissing) as info:
+            await up.connect()
+        assert "kinit" in str(info.value) and PASSWORD not in str(info.value)
+    finally:
+        await up.close()
+
+
+def test_the_daemon_mounts_with_the_ticket_and_no_password_file(domain: EmbeddedDomain, folder,
+                                                                 tmp_path: Path) -> None:
+    name, disk = folder
+    (disk / "note.txt").write_text("from the DC")
+    env = domain.kinit("alice", PASSWORD, tmp_path / "ccache")
+    daemon = DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
+                           credentials=tmp_path / "never-read", port=domain.smb_port,
+                           extra={"credentials": "kerberos"},
+                           env={k: env[k] for k in ("KRB5_CONFIG", "KRB5CCNAME")})
+    with daemon:
+        daemon.start()
+        docs = daemon.mount / "Documents"
+        assert (docs / "note.txt").read_text() == "from the DC"
+        (docs / "mine.txt").write_text("made through the mount")
+        eventually(lambda: (disk / "mine.txt").exists() and (disk / "mine.txt").read_text()
+                   == "made through the mount", 15, "the new file did not reach the DC's share")
+        log = daemon.log_text()
+        assert PASSWORD not in log and "encrypted: True" in log
+    assert not (tmp_path / "never-read").exists()
+    assert os.environ.get("KRB5CCNAME") != env["KRB5CCNAME"]  # the test's own process untouched
+
+
+async def test_a_ticket_got_later_is_used_without_a_restart(domain: EmbeddedDomain, folder, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """The cache is read at each connect: kdestroy makes the next one fail, kinit mends it."""
+    name, _ = folder
+    ccache = tmp_path / "ccache"
+    env = domain.kinit("alice", PASSWORD, ccache)
+    for key in ("KRB5_CONFIG", "KRB5CCNAME"):
+        monkeypatch.setenv(key, env[key])
+    up = upstream(domain, name)
+    try:
+        await up.connect()
+        await up.close()
+        ccache.unlink()  # the ticket is gone (kdestroy, or expired and dropped)
+        with trio.fail_after(20), pytest.raises(TicketMissing):
+            await up.connect()
+        domain.kinit("alice", PASSWORD, ccache)
+        await trio.sleep(0)
+        await up.connect()  # the same upstream object: no restart
+        assert await up.list_dir(b"") == []
+    finally:
+        await up.close()
