@@ -69,6 +69,12 @@ class UpstreamUnavailable(CscdError):
     errno = errno.EHOSTDOWN
 
 
+class TicketMissing(UpstreamUnavailable):
+    """No usable Kerberos ticket (none in the cache, expired, or refused by the server): a
+    person has to run ``kinit`` or unlock the session. To sync it is like an unreachable
+    server — changes wait, cached files stay served — not a refusal of one file."""
+
+
 class UpstreamTimeout(CscdError):
     """A call to the server started but missed its deadline."""
 
@@ -77,11 +83,6 @@ class UpstreamTimeout(CscdError):
 
 class AccessDenied(CscdError):
     errno = errno.EACCES
-
-
-class TicketMissing(AccessDenied):
-    """No usable Kerberos ticket (none in the cache, expired, or refused by the server): a
-    person has to run ``kinit`` or unlock the session; trying again without one cannot help."""
 
 
 class ServerFull(CscdError):

@@ -21,6 +21,7 @@ reuse one; add new ones in their group.
 | 2040 | SYNC_PROBLEM             | WARNING | path, failures, reason, retry_s: a file that keeps failing to sync |
 | 2041 | SYNC_PROBLEM_CLEARED     | INFO    | path, failures: it synced after all    |
 | 3000 | MODE_CHANGED             | INFO    | mode, previous, reason, cause (start, rtt, error, policy, user) |
+| 3001 | CREDENTIALS_EXPIRED      | WARNING | server, reason: no usable Kerberos ticket (once per loss) |
 | 4000 | CONFLICT_CREATED         | WARNING | path, copy, count                      |
 | 4001 | CONFLICT_RESOLVED        | INFO    | path, keep                             |
 | 5000 | POLICY_REJECTED          | ERROR   | file, line, key, reason                |
@@ -85,6 +86,7 @@ class EventId(enum.IntEnum):
     SYNC_PROBLEM = 2040
     SYNC_PROBLEM_CLEARED = 2041
     MODE_CHANGED = 3000
+    CREDENTIALS_EXPIRED = 3001
     CONFLICT_CREATED = 4000
     CONFLICT_RESOLVED = 4001
     POLICY_REJECTED = 5000
@@ -149,6 +151,9 @@ EVENTS: dict[EventId, EventSpec] = {
     EventId.MODE_CHANGED: _spec(
         logging.INFO, "mode of {folder} changed from {previous} to {mode} ({cause}): {reason}",
         "b0efcac3408f5e65a36ed5e97ce63804"),
+    EventId.CREDENTIALS_EXPIRED: _spec(
+        logging.WARNING, "{folder} cannot log on to {server}: {reason}; cached files stay "
+        "available and changes wait", "2e07bceb480353e9b52017f0942f2a2b"),
     EventId.CONFLICT_CREATED: _spec(
         logging.WARNING, "conflict in {folder}: {path} changed on both sides; the local version "
         "is kept as {copy}", "276a295dc44b5fe68fab9978b91f35d8"),

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import trio
 
-from cscd.errors import AccessDenied, CscdError
+from cscd.errors import AccessDenied, CscdError, TicketMissing
+from cscd.events import EventId, emit
 from cscd.types import FolderLink, Mode, OfflinePolicy
 from cscd.upstream.base import Upstream
 
@@ -123,6 +124,7 @@ class LinkMonitor:
         self.idle_probe_s = idle_probe_s
         #: folders a caller reported failing: their next look is a full probe
         self._failed: set[str] = set()
+        self._no_ticket: set[str] = set()  # folders whose last logon lacked a Kerberos ticket
         self.probes_sent = 0
         self.reconnect_max_s = reconnect_max_s
         self.timeout_s = timeout_s
@@ -247,6 +249,7 @@ class LinkMonitor:
                         link.rtt_s = rtt
                         self._slow[name].add(rtt)
                     self.mark_reachable(name, True)
+                    self._no_ticket.discard(name)
                     backoff = 0.25
                     wait = self.probe_interval_s
                 except trio.TooSlowError:
@@ -258,6 +261,12 @@ class LinkMonitor:
                     reason = str(exc) or type(exc).__name__
                     if isinstance(exc, AccessDenied):
                         reason = f"access denied on {upstream.description}"
+                    if isinstance(exc, TicketMissing):
+                        reason = f"credentials expired: {exc}"
+                        if name not in self._no_ticket:  # one event, not one per retry
+                            self._no_ticket.add(name)
+                            emit(EventId.CREDENTIALS_EXPIRED, folder=name, server=upstream.description,
+                                 reason=str(exc))
                     self._lost(name, reason)
                     checked = False
                     wait = backoff

@@ -10,6 +10,7 @@ domain.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from cscd.types import KerberosLogon, UncTarget
 from cscd.upstream.smb import SmbUpstream
 from tests.helpers.ad_dc import EmbeddedDomain
 from tests.helpers.daemon import DaemonProcess
+from tests.helpers.mount_env import FAST_TIMINGS
+from tests.helpers.proxy import TcpProxy
 from tests.helpers.wait import eventually
 
 PASSWORD = "Al1ce-Pass.word"
@@ -130,3 +133,39 @@ async def test_a_ticket_got_later_is_used_without_a_restart(domain: EmbeddedDoma
         assert await up.list_dir(b"") == []
     finally:
         await up.close()
+
+
+def test_a_lost_ticket_is_credentials_expired_until_a_new_one_comes(domain: EmbeddedDomain, folder,
+                                                                    tmp_path: Path) -> None:
+    """The ticket goes (kdestroy, expiry) and the connection drops: the folder is offline with
+    "credentials expired" and one event, cached files stay readable, a change waits; kinit
+    brings it back online and the change up, without a restart."""
+    name, disk = folder
+    (disk / "note.txt").write_text("from the DC")
+    ccache = tmp_path / "ccache"
+    env = domain.kinit("alice", PASSWORD, ccache)
+    with TcpProxy((domain.host, domain.smb_port)) as proxy:
+        daemon = DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
+                               credentials=tmp_path / "never-read", port=proxy.port,
+                               extra={"credentials": "kerberos", "timings": FAST_TIMINGS},
+                               env={k: env[k] for k in ("KRB5_CONFIG", "KRB5CCNAME")})
+        with daemon:
+            daemon.start()
+            docs = daemon.mount / "Documents"
+            assert (docs / "note.txt").read_text() == "from the DC"
+            ccache.unlink()
+            proxy.reset()
+            eventually(lambda: "[3001]" in daemon.log_text(), 15, "no credentials-expired event")
+            time.sleep(3)  # several reconnect attempts later: still the one event
+            log = daemon.log_text()
+            assert log.count("[3001]") == 1, log
+            assert "is now offline: credentials expired: cannot log on to 127.0.0.1" in log
+            assert (docs / "note.txt").read_text() == "from the DC"
+            (docs / "while-expired.txt").write_text("kept")
+            time.sleep(1)
+            assert not (disk / "while-expired.txt").exists()
+            domain.kinit("alice", PASSWORD, ccache)
+            eventually(lambda: (disk / "while-expired.txt").exists()
+                       and (disk / "while-expired.txt").read_text() == "kept", 20,
+                       "the change made while the ticket was gone did not go up after kinit")
+            assert daemon.log_text().count("[3001]") == 1
