@@ -23,7 +23,7 @@ from tests.helpers.wait import wait_for
 
 
 def test_ids_are_grouped_and_each_has_a_fixed_message_id():
-    groups = {1: "DAEMON_", 2: ("SYNC_", "UPLOAD_", "NOT_AVAILABLE"), 3: "MODE_", 4: "CONFLICT_",
+    groups = {1: "DAEMON_", 2: ("SYNC_", "UPLOAD_", "NOT_AVAILABLE"), 3: ("MODE_", "CREDENTIALS_"), 4: "CONFLICT_",
               5: "POLICY_", 6: "PROFILE_"}
     for event in EventId:
         assert event.name.startswith(groups[event // 1000]) or event.name == "RELOADED", event
@@ -37,6 +37,7 @@ def test_stable_numbers():
     """Admins filter on these: changing one is a breaking change."""
     assert (EventId.SYNC_STARTED, EventId.SYNC_FINISHED, EventId.SYNC_FAILED) == (2000, 2001, 2002)
     assert EventId.MODE_CHANGED == 3000 and EventId.CONFLICT_CREATED == 4000
+    assert EventId.CREDENTIALS_EXPIRED == 3001  # the link's state, beside the mode changes
     assert EVENTS[EventId.SYNC_FINISHED].message_id.hex == "45e0afa6b6785759bc6cd58bd755d79a"
 
 
