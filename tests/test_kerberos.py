@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cscd.errors import TicketMissing
+from cscd.errors import TicketMissing, UpstreamTimeout, UpstreamUnavailable
 from cscd.types import KerberosLogon, UncTarget
 from cscd.upstream.smb import SmbUpstream
 from tests.helpers.ad_dc import EmbeddedDomain
@@ -169,3 +169,38 @@ def test_a_lost_ticket_is_credentials_expired_until_a_new_one_comes(domain: Embe
                        and (disk / "while-expired.txt").read_text() == "kept", 20,
                        "the change made while the ticket was gone did not go up after kinit")
             assert daemon.log_text().count("[3001]") == 1
+
+
+@pytest.mark.parametrize("kdc", ["refused", "hung"])
+async def test_a_realm_that_does_not_answer_gives_one_clear_error_in_time(
+        domain: EmbeddedDomain, folder, tmp_path: Path, monkeypatch, kdc: str) -> None:
+    """A ticket-granting ticket in the cache, but the KDC for the service ticket is gone
+    (port closed) or silent (a hung link): the connect fails within its timeout, saying so."""
+    name, _ = folder
+    env = domain.kinit("alice", PASSWORD, tmp_path / "ccache")  # only krbtgt in the cache
+    with TcpProxy((domain.host, domain.kdc_port)) as proxy:
+        if kdc == "refused":
+            proxy.stop_listening()
+        else:
+            proxy.hang()
+        conf = tmp_path / "krb5.conf"
+        conf.write_text(domain.krb5_conf.read_text().replace(f"127.0.0.1:{domain.kdc_port}",
+                                                             f"127.0.0.1:{proxy.port}"))
+        monkeypatch.setenv("KRB5_CONFIG", str(conf))
+        monkeypatch.setenv("KRB5CCNAME", env["KRB5CCNAME"])
+        up = SmbUpstream(UncTarget(domain.host, domain.share, (name,)), KerberosLogon(),
+                         port=domain.smb_port, timeout_s=4)
+        t0 = time.monotonic()
+        try:
+            with trio.fail_after(15), pytest.raises((UpstreamUnavailable, UpstreamTimeout)) as info:
+                await up.connect()
+        finally:
+            await up.close()
+        took = time.monotonic() - t0
+    assert took < 8, f"the connect took {took:.1f} s with a timeout of 4 s"
+    text = str(info.value)
+    assert PASSWORD not in text
+    assert "KDC" in text, text
+    # Not "credentials expired": the ticket is fine, the realm is out of reach.
+    assert not isinstance(info.value, TicketMissing), text
+    print(f"{kdc}: {type(info.value).__name__} after {took:.2f} s: {text}")

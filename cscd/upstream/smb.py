@@ -327,6 +327,13 @@ class SmbUpstream:
         if error is not None:
             raise error
         if expired or not done:
+            if link.logging_on and isinstance(self._credentials, KerberosLogon):
+                # Most likely the KDC, not the file server: the service ticket is asked for
+                # in the middle of the logon.
+                raise UpstreamTimeout(
+                    f"the Kerberos logon to {self._server} did not finish within {timeout_s:g} s: "
+                    "is a KDC of the realm reachable (krb5.conf, DNS)?"
+                )
             raise UpstreamTimeout(
                 f"{self._server} did not answer within {timeout_s:g} s while working on {where}; "
                 "the connection was dropped"

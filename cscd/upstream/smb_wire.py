@@ -40,7 +40,7 @@ from smbprotocol.open import (
 from smbprotocol.session import Session, SMB2SessionSetupRequest
 from smbprotocol.tree import TreeConnect
 
-from cscd.errors import TicketMissing
+from cscd.errors import TicketMissing, UpstreamUnavailable
 from cscd.upstream.smb_errors import STATUS_LOGON_FAILURE, Abandoned, WireTimeout
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,8 @@ class SmbLink:
         self.previous_session_id = 0
         #: this link's session on the server, kept after teardown for the next link to name
         self.session_id = 0
+        #: True while the session setup runs (a Kerberos logon asks the KDC then)
+        self.logging_on = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -296,11 +298,17 @@ class SmbLink:
                 auth_protocol="kerberos" if self._kerberos else "ntlm",
                 hostname_override=self.host,
             )
+            self.logging_on = True
             try:
                 session.connect()
             except SMBAuthenticationError as exc:
                 if not self._kerberos:
                     raise
+                if "Cannot contact any KDC" in str(exc):  # the ticket may be fine: no KDC answers
+                    raise UpstreamUnavailable(
+                        f"cannot log on to {self.host}: no KDC of the realm answers "
+                        "(krb5.conf, DNS, the network path to a domain controller)"
+                    ) from None
                 raise TicketMissing(
                     f"cannot log on to {self.host} with a Kerberos ticket ({_spnego_reason(exc)}): "
                     "get one with kinit, or lock and unlock the session"
@@ -312,6 +320,7 @@ class SmbLink:
                     f"{self.host} refused the Kerberos ticket (status 0x{int(exc.status):08x}): "
                     "get a new one with kinit, or lock and unlock the session"
                 ) from None
+            self.logging_on = False
             self.session = session
             self.session_id = session.session_id
             self._check_alive()
