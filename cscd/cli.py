@@ -419,6 +419,21 @@ def _simple(cmd: str, build) -> Any:
     return run
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    if args.action != "wait-logon":
+        return _simple(f"profile.{args.action}", lambda _: {})(args)
+    # The session's unit runs this before the desktop: one line now, one at the end; always
+    # exit 0 once the daemon answered, so that a slow server never holds up the session.
+    if not args.json:
+        print(f"cscd: waiting up to {args.limit:g} s for the roaming profile", flush=True)
+    result = _call(args, "profile.wait_logon", {"limit_s": args.limit}, timeout_s=args.limit + 30)
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"cscd: {result['message']}", flush=True)
+    return 0
+
+
 def _cmd_conflicts(args: argparse.Namespace) -> int:
     if args.action == "resolve":
         return _simple("conflicts.resolve", lambda a: {"path": _abs(a.path), "keep": a.keep})(args)
@@ -518,10 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     pol = client("policy", _cmd_policy, "policy")
     psub = pol.add_subparsers(dest="action", required=True)
     psub.add_parser("show", help="the effective policy and where each key comes from", parents=[common])
-    prof = client("profile", lambda a: _simple(f"profile.{a.action}", lambda _: {})(a), "roaming profile")
+    prof = client("profile", _cmd_profile, "roaming profile")
     prsub = prof.add_subparsers(dest="action", required=True)
     for action in ("logon", "logoff"):
         prsub.add_parser(action, help=f"run the profile's {action} step now", parents=[common])
+    wl = prsub.add_parser("wait-logon", parents=[common],
+                          help="at session start: wait (up to --limit s) for the daemon's logon pull")
+    wl.add_argument("--limit", type=float, default=120.0, metavar="S",
+                    help="seconds to wait; then the session starts on the cached profile (default 120)")
     return p
 
 

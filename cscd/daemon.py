@@ -387,13 +387,22 @@ def _update_profile(profile: ProfileService, central_copy: Path, policy: Policy)
 
 async def _logon(profile: ProfileService) -> None:
     """The logon's profile pull, after READY (a laptop away from the office must not wait for
-    it). A failure is logged; ``cscd profile logon`` runs it again."""
+    it; the session's ``cscd profile wait-logon`` waits for it, bounded). A failure is logged;
+    ``cscd profile logon`` runs it again."""
     try:
         report = await profile.logon()
     except CscdError as exc:
         log.warning("roaming profile: logon pull from %s did not run: %s; local files are used as they "
                     "are (cscd profile logon to try again)", profile.upstream.description, exc)
+        profile.start_pull = {"error": str(exc)}
+        profile.start_pull_done.set()
         return
+    except BaseException:  # the daemon stops first: whoever waits must not wait on
+        profile.start_pull = {"error": "the daemon stopped"}
+        profile.start_pull_done.set()
+        raise
+    profile.start_pull = report
+    profile.start_pull_done.set()
     log.info("roaming profile: logon pull from %s: %s files, %s bytes, %s conflicts",
              profile.upstream.description, report.get("files"), report.get("bytes"),
              len(report.get("conflicts", ())))

@@ -247,3 +247,29 @@ def test_a_daemon_stop_is_not_a_sign_out(penv, tmp_path):
     penv.daemon.stop()
     assert (penv.home / ".config/vendor/session/new.dat").read_bytes() == b"kept over a restart"
     assert _files(penv.home, ".config/vendor/session") == {"s.dat", "new.dat"}
+
+
+def test_the_session_start_waits_for_the_logon_pull_but_not_forever(penv):
+    """``cscd profile wait-logon`` (the cscd-logon unit, before the desktop) waits for the pull
+    the daemon started; past its limit the session goes on with the cached profile. It never
+    pulls a second time."""
+    server = penv.server_dir("Profile")
+    for i in range(20):
+        put(server, f".config/app{i:02d}/settings.ini", f"n={i}\n".encode(), OLD)
+    penv.write_policy(roaming_policy(penv))
+    penv.env.proxy.delay_s = 0.25  # each round trip 0.5 s: the pull takes a while
+    penv.start()
+    early = penv.cli("profile", "wait-logon", "--limit", "0.2")
+    assert early["result"] == "timed_out", early
+    assert "starts on the cached profile" in early["message"]
+    penv.env.proxy.delay_s = 0.0
+    text = penv.daemon.run_cli("profile", "wait-logon", "--limit", "60")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == "cscd: waiting up to 60 s for the roaming profile"
+    assert lines[1].startswith("cscd: roaming profile from ") and "up to date: 20 files" in lines[1], lines
+    for i in range(20):
+        assert (penv.home / f".config/app{i:02d}/settings.ini").read_bytes() == f"n={i}\n".encode()
+    assert penv.status()["profile"]["logons"] == 1  # the start's pull only
+    again = penv.cli("profile", "wait-logon", "--limit", "0")
+    assert again["result"] == "finished" and again["files"] == 20

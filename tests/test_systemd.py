@@ -38,7 +38,8 @@ def unit_dir(tmp_path):
     return d
 
 
-@pytest.mark.parametrize(("unit", "scope"), [("cscd.service", "user"), ("cscd@alice.service", "system")])
+@pytest.mark.parametrize(("unit", "scope"), [("cscd.service", "user"), ("cscd@alice.service", "system"),
+                                             ("cscd-logon.service", "user")])
 def test_unit_verifies_cleanly(unit_dir, tmp_path, unit, scope):
     result = analyze(unit_dir, unit, scope, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -84,6 +85,18 @@ def test_reload_asks_the_daemon_and_waits_for_its_answer(name):
     """``systemctl reload`` runs ``cscd reload``, which exits non-zero when the daemon refuses
     the new policy (tests/test_policy_daemon.py); a bare SIGHUP could not report that."""
     assert unit_settings(name)["ExecReload"] == ["/usr/bin/env cscd reload"]
+
+
+def test_the_logon_unit_holds_the_desktop_until_the_profile_is_pulled():
+    """Ordered between the daemon and the graphical session; never fails the session."""
+    s = unit_settings("cscd-logon.service")
+    assert s["Type"] == ["oneshot"] and s["RemainAfterExit"] == ["yes"]
+    assert s["After"] == ["cscd.service"] and s["Requires"] == ["cscd.service"]
+    assert s["Before"] == ["graphical-session-pre.target xdg-user-dirs.service"]
+    assert s["WantedBy"] == ["graphical-session-pre.target"]
+    limit = float(s["ExecStart"][0].split("--limit ")[1])
+    assert s["ExecStart"][0].startswith("-/usr/bin/env cscd profile wait-logon")
+    assert float(s["TimeoutStartSec"][0]) > limit  # the wait ends, by itself, before systemd's
 
 
 # ---------------------------------------------------------------- the notify protocol

@@ -105,6 +105,16 @@ async def roam(profile: ProfileService | None, policy: Policy, action: str) -> d
                                    f"nothing was lost, run it again when the server answers") from None
 
 
+async def wait_logon(profile: ProfileService | None, args: dict) -> dict[str, Any]:
+    """``cscd profile wait-logon``: the session start waits (bounded) for the start's pull."""
+    limit = args.get("limit_s", 120)
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 <= limit <= 3600:
+        raise control.ControlError("invalid_argument", f"limit_s: expected seconds from 0 to 3600, got {limit!r}")
+    if profile is None:
+        return {"result": "no_profile", "message": "no roaming profile here: nothing to wait for"}
+    return await profile.wait_start_pull(float(limit))
+
+
 async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: Cache, monitor: LinkMonitor,
                             engine: SyncEngine, links: dict[str, FolderLink], keeper: PolicyKeeper,
                             redirection: RedirectionStatus, profile: ProfileService | None = None) -> None:
@@ -247,6 +257,7 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         "policy.show": policy_show,
         "profile.logon": lambda args: roam(profile, keeper.policy, "logon"),
         "profile.logoff": lambda args: roam(profile, keeper.policy, "logoff"),
+        "profile.wait_logon": lambda args: wait_logon(profile, args),
     }
     collector.observe()  # the baseline: what happens from now on is news
     nursery.start_soon(_observe, collector, name="metrics")

@@ -74,6 +74,10 @@ class ProfileService:
         self._next_upload_at: float | None = None
         self._counts = {"logons": 0, "logoffs": 0, "uploads": 0, "skipped": 0, "failed": 0}
         self._last_result: str | None = None
+        #: the pull the daemon runs at its start: set once it ended, whichever way
+        self.start_pull_done = trio.Event()
+        #: its report (``logon``'s answer), or {"error": message}
+        self.start_pull: dict[str, Any] | None = None
 
     @property
     def settings(self) -> ProfileSettings:
@@ -135,6 +139,25 @@ class ProfileService:
         self._counts["logons"] += 1
         self._last_result = "logon"
         return report.to_json()
+
+    async def wait_start_pull(self, limit_s: float) -> dict[str, Any]:
+        """For the session start (``cscd profile wait-logon``): wait up to ``limit_s`` for
+        the daemon's start-time pull. ``result`` is ``finished`` (with its report), ``failed``
+        or ``timed_out``; the pull goes on in the background after a time-out, and the
+        session starts on the profile as it is cached. Never a second pull."""
+        with trio.move_on_after(limit_s):
+            await self.start_pull_done.wait()
+        where = self.upstream.description
+        report = self.start_pull
+        if report is None:
+            return {"result": "timed_out", "message": f"the roaming profile from {where} is still "
+                    f"coming down after {limit_s:g} s: the session starts on the cached profile; "
+                    "the pull goes on in the background"}
+        if "error" in report:
+            return {"result": "failed", "message": f"the roaming profile from {where} was not pulled "
+                    f"({report['error']}): the session starts on the cached profile"}
+        return {"result": "finished", **report, "message": f"roaming profile from {where} is up to date: "
+                f"{report.get('files', 0)} files, {report.get('bytes', 0)} bytes pulled"}
 
     async def logoff(self, *, sign_out: bool = False) -> dict[str, Any]:
         """Push local changes to the server (see ``sync.logoff``), with the upload events;
