@@ -65,6 +65,7 @@ from cscd.policy.config import DaemonConfig, FolderConfig
 from cscd.policy.model import Policy
 from cscd.profile.from_policy import profile_service, profile_settings
 from cscd.profile.service import ProfileService
+from cscd.profile.session_end import SessionEndWatcher
 from cscd.redirect import (
     RECORD,
     USER_DIRS,
@@ -335,6 +336,8 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, 
         await nursery.start(ops.serve_invalidations, name="fs.notify")
         if profile is not None:
             await nursery.start(profile.run, name="profile.background")
+            session_end = SessionEndWatcher(functools.partial(_session_end_push, profile), bus=config.logind_dbus)
+            await nursery.start(session_end.run, name="profile.session_end")
 
         async def fuse_main():
             await pyfuse3.main()
@@ -406,6 +409,17 @@ async def _logon(profile: ProfileService) -> None:
     log.info("roaming profile: logon pull from %s: %s files, %s bytes, %s conflicts",
              profile.upstream.description, report.get("files"), report.get("bytes"),
              len(report.get("conflicts", ())))
+
+
+async def _session_end_push(profile: ProfileService) -> None:
+    """The sign-out push when the user's last session ends while the daemon lives on (linger)."""
+    try:
+        result = await profile.logoff(sign_out=True)
+    except CscdError as exc:
+        log.warning("roaming profile: the push at the end of the session did not finish: %s; it goes "
+                    "at the next logoff", exc)
+        return
+    log.info("roaming profile: pushed at the end of the session: %s", result.get("message"))
 
 
 async def _logoff(profile: ProfileService) -> None:

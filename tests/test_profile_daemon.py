@@ -9,10 +9,12 @@ sides. ``tests/test_profile.py`` covers the merge rules themselves against the s
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.fake_logind import FakeLogind
 from tests.helpers.policy_env import PolicyEnv
 from tests.helpers.wait import wait_for
 
@@ -273,3 +275,29 @@ def test_the_session_start_waits_for_the_logon_pull_but_not_forever(penv):
     assert penv.status()["profile"]["logons"] == 1  # the start's pull only
     again = penv.cli("profile", "wait-logon", "--limit", "0")
     assert again["result"] == "finished" and again["files"] == 20
+
+
+def test_with_linger_the_profile_goes_up_when_the_last_session_ends(penv, tmp_path):
+    """The daemon outlives the session (``loginctl enable-linger``): logind's SessionRemoved for
+    the user's last session is the logoff, pushed under a delay inhibitor lock."""
+    uid = os.getuid()
+    logind = FakeLogind(tmp_path / "bus", [("1", uid, "me", "seat0", "/org/freedesktop/login1/session/_31"),
+                                           ("2", uid, "me", "", "/org/freedesktop/login1/session/_32")])
+    try:
+        penv.daemon.extra["logind_dbus"] = logind.address
+        penv.daemon.write_config()
+        server = start_roaming(penv)
+        put(penv.home, ".config/app/after-logon.ini", b"made in the session")
+        logind.end_session("2")  # one session of the user is left: not a logoff
+        time.sleep(1.5)
+        assert not (server / ".config/app/after-logon.ini").exists()
+        assert logind.inhibits == []
+        logind.end_session("1")
+        wait_for(lambda: (server / ".config/app/after-logon.ini").exists(), 20,
+                 "the profile did not go up when the last session ended")
+        assert (server / ".config/app/after-logon.ini").read_bytes() == b"made in the session"
+        assert logind.inhibits == [("shutdown:sleep", "cscd", "uploading the roaming profile", "delay")]
+        wait_for(lambda: logind.lock_released(0), 10, "the inhibitor lock was not released after the push")
+        assert penv.daemon.is_running()  # the daemon lives on, as linger wants
+    finally:
+        logind.close()

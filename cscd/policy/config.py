@@ -122,6 +122,8 @@ class DaemonConfig:
     metered_dbus: str | None = "system"
     #: where SSSD's InfoPipe answers for ``primary_computers: directory`` (system, session, none, address)
     directory_dbus: str | None = "system"
+    #: where logind answers, to push the roaming profile when the last session ends (linger)
+    logind_dbus: str | None = "system"
     #: where machine policy lives (``policy.yaml`` + ``policy.d/``); None: no machine policy
     policy_dir: Path | None = DEFAULT_POLICY_DIR
     #: the home directory whose known folders are redirected; None: ``$HOME``
@@ -166,8 +168,8 @@ class DaemonConfig:
 
 
 _TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file",
-             "metered_dbus", "directory_dbus", "cache_limit", "policy_dir", "home", "exclude_patterns", "max_file_size",
-             "directory_watches"}
+             "metered_dbus", "directory_dbus", "logind_dbus", "cache_limit", "policy_dir", "home",
+             "exclude_patterns", "max_file_size", "directory_watches"}
 #: Timings that existed once and are accepted, with a warning, so an old file still starts.
 _RETIRED_TIMINGS = {"full_scan_interval_s": "directories are revalidated one per revalidate_interval_s now"}
 
@@ -333,7 +335,8 @@ def load_config(path: Path) -> DaemonConfig:
                 values[f.name] = off.get_float(f.name, default, 0.0, 10 * 86400.0)
         offline = OfflinePolicy(**values)
     metered_file = doc.get_path("metered_file", required=False)
-    metered_dbus, directory_dbus = (_bus(doc, key) for key in ("metered_dbus", "directory_dbus"))
+    metered_dbus, directory_dbus, logind_dbus = (_bus(doc, key) for key in ("metered_dbus", "directory_dbus",
+                                                                            "logind_dbus"))
     limit_bytes, limit_fraction = None, 0.10
     if "cache_limit" in doc.items:
         raw = doc.value("cache_limit")
@@ -360,6 +363,7 @@ def load_config(path: Path) -> DaemonConfig:
                         directory_watches=watches, offline=offline, metered_file=metered_file,
                         metered_dbus=metered_dbus,
                         directory_dbus=directory_dbus,
+                        logind_dbus=logind_dbus,
                         cache_limit_bytes=limit_bytes,
                         cache_limit_fraction=limit_fraction,
                         policy_dir=policy_dir if policy_dir is not None else DEFAULT_POLICY_DIR,

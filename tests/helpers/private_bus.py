@@ -45,7 +45,7 @@ class BusService:
         """Called about every 50 ms: send what changed (signals)."""
 
     def _serve(self) -> None:
-        conn = open_dbus_connection(self.address)
+        conn = open_dbus_connection(self.address, enable_fds=True)  # logind hands out fds
         for name in self.names:
             reply = conn.send_and_get_reply(message_bus.RequestName(name))
             assert reply.body[0] == 1, reply.body
