@@ -204,3 +204,28 @@ async def test_a_realm_that_does_not_answer_gives_one_clear_error_in_time(
     # Not "credentials expired": the ticket is fine, the realm is out of reach.
     assert not isinstance(info.value, TicketMissing), text
     print(f"{kdc}: {type(info.value).__name__} after {took:.2f} s: {text}")
+
+
+def test_a_policy_that_forbids_ntlm_ignores_the_password_file(domain: EmbeddedDomain, folder,
+                                                              tmp_path: Path) -> None:
+    """cscd.yaml names a credentials file with a wrong password: with NTLM the first start
+    fails; with ``security.allow_ntlm: false`` in the machine policy the file is not used and
+    the ticket logs on."""
+    name, disk = folder
+    (disk / "note.txt").write_text("kerberos only")
+    creds = tmp_path / "creds"
+    creds.write_text("username=alice\npassword=not-the-password\ndomain=CSCD\n")
+    creds.chmod(0o600)
+    env = domain.kinit("alice", PASSWORD, tmp_path / "ccache")
+    daemon = DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
+                           credentials=creds, port=domain.smb_port,
+                           env={k: env[k] for k in ("KRB5_CONFIG", "KRB5CCNAME")})
+    with daemon:
+        with pytest.raises(AssertionError, match=r"(?s)exited.*refused the user name or password"):
+            daemon.start()  # NTLM with the wrong password: refused, nothing cached to serve
+        policy_dir = tmp_path / "client" / "cscd-policy"
+        policy_dir.mkdir(parents=True, exist_ok=True)
+        (policy_dir / "policy.yaml").write_text("- security: {allow_ntlm: false}\n")
+        daemon.start()
+        assert (daemon.mount / "Documents" / "note.txt").read_text() == "kerberos only"
+        assert "forbids NTLM (security.allow_ntlm: false)" in daemon.log_text()

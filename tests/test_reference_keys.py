@@ -58,6 +58,8 @@ EFFECTS: dict[str, str | tuple[str, str]] = {
     "security.require_encryption": "- security: {require_encryption: false}",
     "security.require_signing": "- security: {require_signing: false}",
     "security.credentials": "- security: {credentials: /etc/cscd/creds}",
+    "security.allow_ntlm": ("- security: {credentials: /etc/cscd/creds}",
+                            "- security: {credentials: /etc/cscd/creds, allow_ntlm: false}"),
     "primary_computers": "- primary_computers: [ws9.example.com]",
     # (against a policy that lists computers: the key changes what the list limits)
     "primary_computers_for": ("- primary_computers: [ws9.example.com]",

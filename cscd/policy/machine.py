@@ -27,6 +27,7 @@ Scope names compare case-insensitively; a host matches by short name, full name 
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
 import socket
@@ -57,6 +58,8 @@ from cscd.policy.model import (
 from cscd.policy.schema import VARIABLE_RE, Block, Scope, Setting, expand, parse_file
 from cscd.policy.unc import parse_unc
 from cscd.types import Credentials, OfflinePolicy, SmbSecurity, UncTarget
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/etc/cscd")
 MAIN_FILE = "policy.yaml"
@@ -440,6 +443,11 @@ def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
         if f"security.{k}" in origins
     })
     credentials = policy.security.credentials.path or config.credentials
+    if not policy.security.allow_ntlm and credentials is not None:
+        # The policy wins: a password file in cscd.yaml (or in the policy) is not used.
+        log.info("%s forbids NTLM (security.allow_ntlm: false): %s is not used, the logon is Kerberos",
+                 policy.origin("security.allow_ntlm"), credentials)
+        credentials = None
     content = {field: getattr(policy.offline_files, field)
                for key, field in (("exclude_patterns", "exclude_patterns"), ("max_file_size", "max_file_size_bytes"))
                if f"offline_files.{key}" in origins}

@@ -157,6 +157,8 @@ class SecurityPolicy:
     require_encryption: bool = True
     require_signing: bool = True
     credentials: CredentialSource = CredentialSource()
+    #: False: never NTLM, even where cscd.yaml names a credentials file (Kerberos only)
+    allow_ntlm: bool = True
 
 
 #: What roams by default: these folders below the home directory, with everything in them.

@@ -379,6 +379,7 @@ SECURITY_KEYS: Mapping[str, Reader] = {
     "require_encryption": Located.as_bool,
     "require_signing": Located.as_bool,
     "credentials": credentials_source,
+    "allow_ntlm": Located.as_bool,
 }
 ROAMING_KEYS: Mapping[str, Reader] = {
     "target": unc_template,
