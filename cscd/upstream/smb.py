@@ -564,23 +564,23 @@ class SmbUpstream:
             link, file_id, request = await self._run(
                 where, functools.partial(open_watch, tree=tree), spath, idempotent=True
             )
+            watcher = SmbWatch(
+                link,
+                file_id,
+                request,
+                tree=tree,
+                spath=spath,
+                where=where,
+                server=self._server,
+                timeout_s=self._timeout_s,
+                run=self._run,
+            )
+            self._watches.add(watcher)  # before the gate opens: a rename must find it
         finally:
             with trio.CancelScope(shield=True):
                 async with self._watch_gate:
                     self._opening_watches -= 1
                     self._watch_gate.notify_all()
-        watcher = SmbWatch(
-            link,
-            file_id,
-            request,
-            tree=tree,
-            spath=spath,
-            where=where,
-            server=self._server,
-            timeout_s=self._timeout_s,
-            run=self._run,
-        )
-        self._watches.add(watcher)
         try:
             yield watcher
         finally:
