@@ -261,6 +261,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"{name}: {f['mode']} — {f['reason']}{rtt}{uncached}")
         if f.get("target"):
             print(f"  target     {f['target']}")
+        if f.get("served_by"):
+            print(f"  served by  {f['served_by']} (DFS)")
         pending = ("?" if f.get("pending_changes") is None
                    else f"{f['pending_changes']} changes, {_size(f.get('pending_bytes'))}")
         print(f"  pending    {pending}")

@@ -13,11 +13,13 @@ fails elsewhere). A literal U+F020-U+F029 in a Linux name reads back as the char
 stands for (the same ambiguity the other clients accept).
 
 ``check_strict`` keeps the unmapped rules for names an admin writes as server names (UNC
-paths in policies, ``redirections.xml`` paths).
+paths in policies, ``redirections.xml`` paths); ``check_server_name`` refuses a host name that
+is neither a DNS name nor an IP literal (in policies and in DFS referrals alike).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from cscd.errors import BadName, NameTooLong
@@ -91,3 +93,22 @@ def check_strict(name: bytes) -> str:
 def is_internal_name(name: str) -> bool:
     """True for names cscd itself creates on the server (upload temporaries)."""
     return name.startswith(UPLOAD_TEMP_PREFIX)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_server_name(server: str) -> str:
+    """Return ``server`` if it is a plausible host name or IP address, else raise BadName."""
+    if not server:
+        raise BadName("the server name is empty")
+    try:
+        return str(ipaddress.ip_address(server.strip("[]")))
+    except ValueError:
+        pass
+    if len(server) > 253:
+        raise BadName(f"server name {server[:40]!r}… is longer than 253 characters")
+    labels = server.rstrip(".").split(".")
+    if not all(_HOST_LABEL.match(label) for label in labels):
+        raise BadName(f"{server!r} is not a valid host name (letters, digits, '-' and '.' only)")
+    return server

@@ -130,7 +130,9 @@ class EmbeddedSamba:
     e.g. ``{"change notify": "no"}``: global parameters go to ``[global]``, the others to the
     share's section (``testparm`` says which is which). ``extra_shares`` names more shares
     with the same settings, each served from ``extra_share_dir(name)`` (for moves across
-    shares of one server).
+    shares of one server). ``host`` is a loopback address (several servers may share one
+    ``port`` on 127.0.0.2, 127.0.0.3, ...: a DFS referral names a server, never a port);
+    ``port`` None picks a free one.
     """
 
     def __init__(
@@ -142,14 +144,19 @@ class EmbeddedSamba:
         *,
         extra_options: Mapping[str, str] | None = None,
         extra_shares: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        port: int | None = None,
     ) -> None:
+        if not host.startswith("127."):
+            raise SambaError(f"{host}: the embedded server listens on loopback addresses only")
         self.state_dir = Path(state_dir).resolve()
+        self._host = host
         self._share = share
         self._extra_shares = tuple(extra_shares)
         self._username = username or getpass.getuser()
         self._password = password if password is not None else secrets.token_urlsafe(18)
         self._extra = dict(extra_options or {})
-        self._port: int | None = None
+        self._port: int | None = port
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_fh: BinaryIO | None = None
 
@@ -157,7 +164,7 @@ class EmbeddedSamba:
 
     @property
     def host(self) -> str:
-        return "127.0.0.1"
+        return self._host
 
     @property
     def port(self) -> int:
@@ -389,7 +396,9 @@ class EmbeddedSamba:
             "max log size": "0",
             "log level": "1",
             "smb ports": str(self._port),
-            "interfaces": "lo",
+            # one loopback address: several servers can share a port on 127.0.0.2, .3, ...
+            # (DFS targets name a server, never a port)
+            "interfaces": f"{self._host}/8" if self._host != "127.0.0.1" else "lo",
             "bind interfaces only": "yes",
             "disable netbios": "yes",
             "server min protocol": "SMB3",
@@ -469,7 +478,7 @@ class EmbeddedSamba:
                     f"smbd exited with status {rc} while starting; its log ends:\n{self.log_tail()}"
                 )
             # The port must be listened on by *this* smbd, not by whoever else may hold it.
-            if _listens(self._proc.pid, self.port):
+            if _listens(self._proc.pid, self._host, self.port):
                 return
             if time.monotonic() > deadline:
                 self.kill()
@@ -550,9 +559,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _listens(pid: int, port: int) -> bool:
-    """True if process ``pid`` holds a socket listening on 127.0.0.1:``port``."""
-    wanted = f"0100007F:{port:04X}"  # /proc/net/tcp spells addresses in host byte order
+def _listens(pid: int, host: str, port: int) -> bool:
+    """True if process ``pid`` holds a socket listening on ``host``:``port`` (IPv4)."""
+    # /proc/net/tcp spells addresses in host byte order
+    wanted = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
     inodes = set()
     try:
         with open("/proc/net/tcp") as f:

@@ -108,6 +108,9 @@ class SmbSecurity:
 
     require_encryption: bool = True
     require_signing: bool = True
+    #: host-name patterns (``fnmatch``, no case) a DFS referral may send this client to;
+    #: empty: any valid host name
+    dfs_servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cscd.samba import EmbeddedSamba
+from tests.helpers.dfs import DfsNamespace
 from tests.helpers.mount_env import MountEnv, unexpected_warnings
 from tests.helpers.policy_env import PolicyEnv
 
@@ -73,6 +74,20 @@ def own_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
 def quiet_smbd(tmp_path: Path) -> Iterator[EmbeddedSamba]:
     """A private smbd for one test that sends no change notifications (``change notify = no``)."""
     yield from _serve(EmbeddedSamba(tmp_path / "quiet-smbd", extra_options={"change notify": "no"}))
+
+
+@pytest.fixture
+def dfs_namespace(tmp_path: Path) -> Iterator[DfsNamespace]:
+    r"""A standalone DFS namespace (``\\127.0.0.1\dfs``) and two file servers on 127.0.0.2 and
+    127.0.0.3 serving one directory (``tests/helpers/dfs.py``); the test adds its links."""
+    ns = DfsNamespace(tmp_path / "dfs")
+    try:
+        ns.start()
+        yield ns
+    finally:
+        ns.stop()
+    if ns.panics():
+        pytest.fail(f"smbd logged a PANIC: {', '.join(ns.panics())}")
 
 
 @pytest.fixture

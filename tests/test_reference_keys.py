@@ -60,6 +60,7 @@ EFFECTS: dict[str, str | tuple[str, str]] = {
     "security.credentials": "- security: {credentials: /etc/cscd/creds}",
     "security.allow_ntlm": ("- security: {credentials: /etc/cscd/creds}",
                             "- security: {credentials: /etc/cscd/creds, allow_ntlm: false}"),
+    "security.dfs_servers": "- security: {dfs_servers: ['*.corp.example']}",
     "primary_computers": "- primary_computers: [ws9.example.com]",
     # (against a policy that lists computers: the key changes what the list limits)
     "primary_computers_for": ("- primary_computers: [ws9.example.com]",

@@ -185,6 +185,11 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         for name, folder in answer["folders"].items():
             folder["cached"] = name.encode() not in cache.residency.uncached_folders
             folder["changes"] = engine.change_tracking(name)
+            up = upstreams.get(name)
+            serving = getattr(up, "serving", None)
+            # a DFS namespace path: which share serves it now (another after a failover)
+            is_referred = serving is not None and serving != getattr(up, "target", None)
+            folder["served_by"] = str(serving) if is_referred else None
         answer.update(mount=str(config.mount), pid=os.getpid(), redirection=redirection.as_dict(),
                       is_primary_computer=keeper.policy.is_primary_computer(),
                       profile=None if profile is None else profile_status(profile))

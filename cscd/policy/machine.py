@@ -408,7 +408,8 @@ def offline_policy(policy: Policy) -> OfflinePolicy:
 
 
 def smb_security(policy: Policy) -> SmbSecurity:
-    return SmbSecurity(policy.security.require_encryption, policy.security.require_signing)
+    return SmbSecurity(policy.security.require_encryption, policy.security.require_signing,
+                       policy.security.dfs_servers)
 
 
 def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
@@ -439,7 +440,7 @@ def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
         f: getattr(converted, f) for k, f in offline_keys.items() if f"offline_files.{k}" in origins
     })
     security = replace(config.security, **{
-        k: getattr(policy.security, k) for k in ("require_encryption", "require_signing")
+        k: getattr(policy.security, k) for k in ("require_encryption", "require_signing", "dfs_servers")
         if f"security.{k}" in origins
     })
     credentials = policy.security.credentials.path or config.credentials

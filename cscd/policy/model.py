@@ -159,6 +159,8 @@ class SecurityPolicy:
     credentials: CredentialSource = CredentialSource()
     #: False: never NTLM, even where cscd.yaml names a credentials file (Kerberos only)
     allow_ntlm: bool = True
+    #: the servers a DFS referral may send this client to (host patterns); empty: any
+    dfs_servers: tuple[str, ...] = ()
 
 
 #: What roams by default: these folders below the home directory, with everything in them.

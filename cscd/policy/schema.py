@@ -173,6 +173,18 @@ def patterns(loc: Located) -> tuple[str, ...]:
     return tuple(text for text, _ in items)
 
 
+def host_patterns(loc: Located) -> tuple[str, ...]:
+    """Host names or IP addresses, ``*`` and ``?`` allowed (``*.corp.example``)."""
+    out = []
+    for text, item in loc.as_str_list(allow_empty=False):
+        try:
+            check_server_name(text.replace("*", "x").replace("?", "x"))
+        except BadName as exc:
+            raise item.error(f"not a host name pattern: {exc}") from None
+        out.append(text)
+    return tuple(out)
+
+
 def host_names(loc: Located) -> tuple[str, ...]:
     """Host names (short or full) or 32-hex-digit machine-ids."""
     out = []
@@ -380,6 +392,7 @@ SECURITY_KEYS: Mapping[str, Reader] = {
     "require_signing": Located.as_bool,
     "credentials": credentials_source,
     "allow_ntlm": Located.as_bool,
+    "dfs_servers": host_patterns,
 }
 ROAMING_KEYS: Mapping[str, Reader] = {
     "target": unc_template,

@@ -6,31 +6,11 @@ components must be names the server can store (``cscd.names.check_strict``).
 
 from __future__ import annotations
 
-import ipaddress
-import re
-
 from cscd.errors import BadName
-from cscd.names import check_strict
+from cscd.names import check_server_name, check_strict
 from cscd.types import UncTarget
 
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-
-
-def check_server_name(server: str) -> str:
-    """Return ``server`` if it is a plausible host name or IP address, else raise BadName."""
-    if not server:
-        raise BadName("the server name is empty")
-    try:
-        return str(ipaddress.ip_address(server.strip("[]")))
-    except ValueError:
-        pass
-    if len(server) > 253:
-        raise BadName(f"server name {server[:40]!r}… is longer than 253 characters")
-    labels = server.rstrip(".").split(".")
-    if not all(_HOST_LABEL.match(label) for label in labels):
-        raise BadName(f"{server!r} is not a valid host name (letters, digits, '-' and '.' only)")
-    return server
-
+__all__ = ["check_server_name", "parse_unc"]
 
 def parse_unc(text: str) -> UncTarget:
     r"""``\\server\share\a\b`` (or ``//server/share/a/b``) → ``UncTarget``; BadName otherwise."""

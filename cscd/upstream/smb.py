@@ -25,7 +25,10 @@ its next request and an upload never renames after its caller went away.
 
 Logon: NTLM with a user name and password, or Kerberos with the user's ticket
 (``KerberosLogon``), for the service principal ``cifs/<server as the target names it>``.
-Not supported: DFS referrals, multichannel, durable handles. Signing is always
+DFS: a target in a namespace (``\\\\domain\\root\\link`` or ``\\\\server\\root\\link``) is
+followed to the share serving it at each connect (``dfs``; ``serving`` names it), and a target
+that stops answering is passed over for the next one in the referral, so a reconnect is a
+failover. Not supported: multichannel, durable handles. Signing is always
 required (``SmbSecurity.require_signing=False`` is ignored: Samba refuses the tree connect of
 SMB 3.1.1 without it, FACTS.md); encryption follows ``SmbSecurity.require_encryption``.
 The conditional upload checks the target and renames in two steps; another client writing
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import functools
 import hashlib
 import logging
@@ -48,9 +52,9 @@ from typing import TypeVar
 import trio
 
 from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout
-from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name, local_name, server_name
+from cscd.names import UPLOAD_TEMP_PREFIX, check_name, check_server_name, is_internal_name, local_name, server_name
 from cscd.types import KerberosLogon, Logon, SmbSecurity, UncTarget
-from cscd.upstream import smb_delta, smb_move
+from cscd.upstream import dfs, smb_delta, smb_move
 from cscd.upstream import smb_ops as ops
 from cscd.upstream.base import Conflict, Extent, LinkActivity, RemoteEntry, UpstreamStatistics, check_plan
 from cscd.upstream.ratelimit import RateLimit
@@ -98,10 +102,16 @@ class SmbUpstream:
         security: SmbSecurity = SmbSecurity(),  # noqa: B008 - frozen dataclass
         timeout_s: float = 10.0,
         max_threads: int = 4,
+        referrals: dfs.ReferralCache | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.target = target
+        #: the share and folder serving ``target`` now: ``target`` itself, or where its DFS
+        #: namespace refers (set at each connect; another after a failover)
+        self.serving = target
+        #: DFS referrals known (the process's cache unless one is given)
+        self._referrals = referrals if referrals is not None else _REFERRALS
         self.port = port
         self.description = str(target)
         self._server = target.server if port == 445 else f"{target.server} (port {port})"
@@ -208,35 +218,85 @@ class SmbUpstream:
                 self._last_session_id = link.session_id or self._last_session_id
                 link.teardown()
                 self._link = None
-            logon = self._credentials
-            if isinstance(logon, KerberosLogon):
-                who = {"username": logon.principal, "password": "", "domain": "", "kerberos": True}
-            else:
-                who = {"username": logon.username, "password": logon.password, "domain": logon.domain}
-            new = SmbLink(
-                host=self.target.server,
-                port=self.port,
-                share=self.target.share,
-                require_encryption=self._security.require_encryption,
-                stats=self._stats,
-                **who,
-            )
-            new.rate_limit = self.upload_rate
-            new.previous_session_id = self._last_session_id
+            connector = dfs.Connector(self._new_link)
             try:
-                await self._in_thread(new, timeout_s, self._share_unc, _open_link)
+                new, serving = await self._in_thread(connector, timeout_s, self._share_unc, self._open_route)
             except CscdError as exc:
                 self._connect_failure = (time.monotonic(), exc)
                 log.info("cannot connect to %s: %s", self.description, exc)
                 raise
+            if serving != self.serving:
+                if self.serving != self.target or serving != self.target:
+                    log.info("%s is served by %s", self.target, serving)
+                self.serving = serving
+                self._trees.clear()
             self._connect_failure = None
             self._link = new
             log.debug("connection to %s is up", self.description)
             return new, False
 
+    def _new_link(self, server: str, share: str) -> SmbLink:
+        """An unopened link to ``\\\\server\\share`` with this upstream's logon and settings."""
+        logon = self._credentials
+        if isinstance(logon, KerberosLogon):
+            who = {"username": logon.principal, "password": "", "domain": "", "kerberos": True}
+        else:
+            who = {"username": logon.username, "password": logon.password, "domain": logon.domain}
+        link = SmbLink(
+            host=server,
+            port=self.port,
+            share=share,
+            require_encryption=self._security.require_encryption,
+            stats=self._stats,
+            **who,
+        )
+        link.rate_limit = self.upload_rate
+        link.previous_session_id = self._last_session_id
+        return link
+
+    def _open_route(self, connector: dfs.Connector, call: Call) -> tuple[SmbLink, UncTarget]:
+        """In a worker thread: open a link to the share serving the target, through DFS
+        referrals where the target is in a namespace (``dfs.open_route``)."""
+
+        def start(link: object) -> None:
+            assert isinstance(link, SmbLink)
+            server = link.host
+            label = server if self.port == 445 else f"{server} (port {self.port})"
+            try:
+                link.open(call)
+            except BaseException as exc:
+                raise translate(exc, server=label, where=link.share_unc) from exc
+
+        connector.start = start
+
+        def ask(link: object, components: tuple[str, ...]) -> dfs.Referral | None:
+            try:
+                return dfs.ask_referral(link, call, components, self._check_referral_server)
+            except CscdError:
+                raise
+            except BaseException as exc:
+                raise translate(exc, server=components[0], where="\\\\" + "\\".join(components)) from exc
+
+        link, serving = dfs.open_route(self.target, self._referrals, connector, ask, touch=call.touch)
+        assert isinstance(link, SmbLink)
+        return link, serving
+
+    def _check_referral_server(self, server: str) -> None:
+        """A referral's target server must be a host name (never a path trick) and, where the
+        security policy lists DFS servers, one of them: NTLM would answer any server's
+        challenge, so a namespace must not send the logon just anywhere."""
+        try:
+            check_server_name(server)
+        except BadName as exc:
+            raise dfs.DfsError(f"{server!r} cannot be a server name ({exc})") from None
+        allowed = self._security.dfs_servers
+        if allowed and not any(fnmatch.fnmatch(server.casefold(), p.casefold()) for p in allowed):
+            raise dfs.DfsError(f"{server} is not among the DFS servers the security policy allows "
+                               f"(security.dfs_servers: {', '.join(allowed)})")
+
     @property
     def _share_unc(self) -> str:
-        return f"\\\\{self.target.server}\\{self.target.share}"
+        return f"\\\\{self.serving.server}\\{self.serving.share}"
 
     async def _run(
         self,
@@ -345,10 +405,11 @@ class SmbUpstream:
     def _spath(self, path: bytes) -> tuple[str, str]:
         """(path from the share root with backslashes, UNC path for messages); checks names and
         maps what SMB cannot store into their server forms (``cscd.names.server_name``)."""
-        comps = list(self.target.path)
+        serving = self.serving
+        comps = list(serving.path)
         if path:
             comps += [server_name(c) for c in path.split(b"/")]
-        return "\\".join(comps), str(UncTarget(self.target.server, self.target.share, tuple(comps)))
+        return "\\".join(comps), str(UncTarget(serving.server, serving.share, tuple(comps)))
 
     @staticmethod
     def _leaf(path: bytes) -> bytes:
@@ -693,11 +754,12 @@ class SmbUpstream:
 
     async def make_target(self) -> None:
         """Create the target folder and its missing parents (``mkdir -p``); fine if it exists."""
-        comps = tuple(self.target.path)
+        await self._ensure_link(self._timeout_s)  # a DFS target says which share it is on
+        comps = tuple(self.serving.path)
         await self._run(str(self.target), smb_move.make_dirs, comps, None, idempotent=True)
 
     def _same_server(self, to: object) -> SmbUpstream:
-        if not (isinstance(to, SmbUpstream) and to.target.server.casefold() == self.target.server.casefold()
+        if not (isinstance(to, SmbUpstream) and to.serving.server.casefold() == self.serving.server.casefold()
                 and to.port == self.port and to._credentials == self._credentials):
             raise Unsupported(f"{self.description} and {getattr(to, 'description', to)} are not on one "
                               f"server with one account: no server-side move between them")
@@ -707,11 +769,11 @@ class SmbUpstream:
         """Rename the target folder itself to ``to``'s target (same server and share only,
         else ``Unsupported``): FileIds and content stay. ``Exists`` if the new place holds files."""
         to = self._same_server(to)
-        if to.target.share.casefold() != self.target.share.casefold():
+        if to.serving.share.casefold() != self.serving.share.casefold():
             raise Unsupported(f"{self.description} and {to.description} are on different shares")
         spath, where = self._spath(b"")
         attrs, fid = await self._run(f"{where} → {to.description}", smb_move.rename_folder, spath,
-                                     tuple(to.target.path))
+                                     tuple(to.serving.path))
         return self._entry(b"", attrs, fid)
 
     async def copy_to(self, path: bytes, to: object) -> RemoteEntry:
@@ -722,15 +784,15 @@ class SmbUpstream:
         entry = await self.stat(path)
         spath, where = self._spath(path)
         dst_spath, _ = to._spath(path)
-        share = to.target.share
-        same_share = share.casefold() == self.target.share.casefold()
+        share = to.serving.share
+        same_share = share.casefold() == self.serving.share.casefold()
 
         def work(link: SmbLink, call: Call) -> tuple[Attrs, int]:
             tree = None
             if not same_share:
                 known = self._trees.get(share.casefold())
                 if known is None or known[0] is not link:
-                    known = (link, smb_move.connect_tree(link, call, f"\\\\{self.target.server}\\{share}"))
+                    known = (link, smb_move.connect_tree(link, call, f"\\\\{self.serving.server}\\{share}"))
                     self._trees[share.casefold()] = known
                 tree = known[1]
             return smb_move.copy_file(link, call, spath, tree, dst_spath, entry.size, entry.mtime_ns)
@@ -744,5 +806,5 @@ class SmbUpstream:
         await self._run(where, functools.partial(ops.delete, is_dir=True), spath)
 
 
-def _open_link(link: SmbLink, call: Call) -> None:
-    link.open(call)
+#: this process's DFS referral cache, shared by every upstream (as a Windows client's is)
+_REFERRALS = dfs.ReferralCache()

@@ -21,6 +21,9 @@ from cscd.upstream.smb_wire import body
 
 FSCTL_SRV_REQUEST_RESUME_KEY = 0x00140078
 FSCTL_SRV_COPYCHUNK_WRITE = 0x001480F2
+FSCTL_DFS_GET_REFERRALS = 0x00060194
+#: the file id of an IOCTL that names no open file ([MS-SMB2] 2.2.31)
+NO_FILE_ID = b"\xff" * 16
 SMB2_0_IOCTL_IS_FSCTL = 0x1
 
 COPY_MAX_CHUNKS = 256
@@ -51,6 +54,17 @@ def ioctl_req(
     msg["flags"] = SMB2_0_IOCTL_IS_FSCTL
     msg["buffer"] = data
     return msg
+
+
+def referral_req(path: str) -> SMB2IOCTLRequest:
+    r"""Ask for the DFS referral of ``path`` (``\\server\share\...`` with one leading
+    backslash, [MS-DFSC] 2.2.2); sent on the ``IPC$`` share."""
+    from smbprotocol.dfs import DFSReferralRequest
+
+    request = DFSReferralRequest()
+    request["max_referral_level"] = 4
+    request["request_file_name"] = path
+    return ioctl_req(NO_FILE_ID, FSCTL_DFS_GET_REFERRALS, request.pack(), max_output=56 * 1024)
 
 
 def resume_key_req(file_id: bytes) -> SMB2IOCTLRequest:

@@ -338,6 +338,13 @@ class SmbLink:
         finally:
             guard.cancel()
 
+    @property
+    def is_dfs(self) -> bool:
+        """True if the connected share is a DFS namespace root (its paths may be links)."""
+        tree = self.tree
+        return bool(tree is not None and tree.share_name.rsplit("\\", 1)[-1].upper() != "IPC$"
+                    and tree.is_dfs_share)
+
     def _ask_for_credits(self, call: Call) -> None:
         conn = self.conn
         assert conn is not None and self.session is not None
