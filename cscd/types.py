@@ -93,6 +93,9 @@ class KerberosLogon:
 
     #: the client principal (``alice@CORP.EXAMPLE``); "" takes the cache's default one
     principal: str = ""
+    #: NTLM with these when no usable ticket logs on (``credentials: [kerberos, FILE]``);
+    #: None: Kerberos only
+    fallback: Credentials | None = None
 
     def __str__(self) -> str:
         return f"Kerberos ticket of {self.principal}" if self.principal else "Kerberos ticket"

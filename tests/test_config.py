@@ -54,6 +54,11 @@ def test_minimal_form_loads(tmp_path):
         (GOOD.replace("folders:\n  Documents: '\\\\127.0.0.1\\share\\alice\\Documents'\n", "folders: {{}}\n"), 5,
          "folders: missing"),
         (GOOD.replace("  Documents:", "  'Docu:ments':"), 6, "not usable as a folder name"),
+        (GOOD.replace("credentials: {tmp}/creds", "credentials: [{tmp}/creds, kerberos]"), 3,
+         "credentials: a list is [kerberos, FILE or systemd:NAME] (the ticket first"),
+        (GOOD.replace("credentials: {tmp}/creds", "credentials: [kerberos, kerberos]"), 3, "credentials: a list is"),
+        (GOOD.replace("credentials: {tmp}/creds", "credentials: []"), 3, "credentials: expected kerberos, a file"),
+        (GOOD.replace("credentials: {tmp}/creds", "credentials: systemd:a/b"), 3, "expected systemd:NAME"),
     ],
 )
 def test_bad_config_names_file_line_key(tmp_path, text, line, needle):
@@ -126,3 +131,22 @@ def test_the_cache_defaults_to_the_state_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert load_config(write(tmp_path, text)).cache == tmp_path / "home" / ".local" / "state" / "cscd"
     assert load_config(write(tmp_path, GOOD)).cache == tmp_path / "cache"  # named: kept
+
+
+def test_credentials_list_puts_the_ticket_first_and_the_file_after(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD.replace("credentials: {tmp}/creds", "credentials: [kerberos, {tmp}/creds]")))
+    assert cfg.credentials == tmp_path / "creds" and cfg.kerberos_first
+    (tmp_path / "creds").write_text("username=alice\npassword=secret\n")
+    (tmp_path / "creds").chmod(0o600)
+    logon = cfg.server_settings().credentials
+    assert logon.fallback.username == "alice" and "secret" not in repr(logon)
+
+
+def test_a_systemd_credential_is_the_file_systemd_passes(tmp_path, monkeypatch):
+    text = GOOD.replace("credentials: {tmp}/creds", "credentials: systemd:cscd-smb")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ConfigError, match=r"cscd.yaml:3: credentials: systemd:cscd-smb: systemd passed no "
+                                          r"credentials .*LoadCredential=cscd-smb:/path/to/file"):
+        load_config(write(tmp_path, text))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds.d"))
+    assert load_config(write(tmp_path, text)).credentials == tmp_path / "creds.d" / "cscd-smb"

@@ -92,6 +92,21 @@ def test_wrong_password_is_a_clear_error(smbd, tmp_path):
     assert "not-the-password" not in err
 
 
+def test_the_password_can_come_from_a_systemd_credential(mount_env, tmp_path):
+    """``credentials: systemd:NAME`` reads ``$CREDENTIALS_DIRECTORY/NAME`` (LoadCredential=),
+    not the file the config named before."""
+    env = mount_env(start=False, extra={"credentials": "systemd:cscd-smb"})
+    creds_dir = tmp_path / "credentials.d"
+    creds_dir.mkdir(mode=0o700)
+    os.rename(env.credentials, creds_dir / "cscd-smb")
+    (creds_dir / "cscd-smb").chmod(0o400)  # as systemd leaves it
+    env.daemon.env["CREDENTIALS_DIRECTORY"] = str(creds_dir)
+    (env.server / "from-server.txt").write_text("logged on with the systemd credential")
+    env.start_daemon()
+    assert (env.docs / "from-server.txt").read_text() == "logged on with the systemd credential"
+    assert env.smbd.password not in env.daemon.log_text()
+
+
 def test_already_mounted_mountpoint_refused(mount_env, tmp_path):
     env = mount_env()
     second = DaemonProcess(tmp_path, name="second", folders=env.daemon.folders, credentials=env.credentials,

@@ -227,3 +227,32 @@ def test_a_policy_that_forbids_ntlm_ignores_the_password_file(domain: EmbeddedDo
         daemon.start()
         assert (daemon.mount / "Documents" / "note.txt").read_text() == "kerberos only"
         assert "forbids NTLM (security.allow_ntlm: false)" in daemon.log_text()
+
+
+def test_without_a_ticket_ntlm_is_the_fallback_only_where_allowed(domain: EmbeddedDomain, folder,
+                                                                  tmp_path: Path) -> None:
+    """``credentials: [kerberos, FILE]``: no ticket in the cache, so the logon falls back to
+    NTLM with the file; a policy with ``allow_ntlm: false`` takes the fallback away and the
+    first start fails saying kinit."""
+    name, disk = folder
+    (disk / "note.txt").write_text("reached over NTLM")
+    creds = tmp_path / "creds"
+    creds.write_text(f"username=alice\npassword={PASSWORD}\ndomain=CSCD\n")
+    creds.chmod(0o600)
+    daemon = DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
+                           credentials=creds, port=domain.smb_port,
+                           extra={"credentials": ["kerberos", str(creds)]},
+                           env={"KRB5_CONFIG": str(domain.krb5_conf),
+                                "KRB5CCNAME": f"FILE:{tmp_path / 'no-such-ccache'}"})
+    policy_dir = tmp_path / "client" / "cscd-policy"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    (policy_dir / "policy.yaml").write_text("- security: {allow_ntlm: false}\n")
+    with daemon:
+        with pytest.raises(AssertionError, match=r"(?s)exited.*kinit"):
+            daemon.start()
+        (policy_dir / "policy.yaml").unlink()
+        daemon.start()
+        assert (daemon.mount / "Documents" / "note.txt").read_text() == "reached over NTLM"
+        log = daemon.log_text()
+        assert "logged on with NTLM as alice instead" in log
+        assert PASSWORD not in log

@@ -47,6 +47,7 @@ from cscd.policy.credentials import load_credentials
 from cscd.policy.unc import parse_unc
 from cscd.types import (
     KerberosLogon,
+    Logon,
     OfflinePolicy,
     PathOverride,
     ServerSettings,
@@ -134,12 +135,21 @@ class DaemonConfig:
     max_file_size_bytes: int = DEFAULT_MAX_FILE_BYTES
     #: change-notification handles kept open on recently used directories, per folder
     directory_watches: int = DEFAULT_DIRECTORY_WATCHES
+    #: ``credentials: [kerberos, FILE]``: the ticket first, NTLM with ``credentials`` only
+    #: when no usable ticket logs on (a fallback the policy may forbid: ``allow_ntlm``)
+    kerberos_first: bool = False
 
     def server_settings(self, *, offload: bool | None = None, timeout_s: float | None = None) -> ServerSettings:
         """The settings ``upstream.open_upstream`` connects with; reads the credentials file
         (``ConfigError`` naming it if it is unusable). ``offload`` defaults to
         ``offload_transfers``, ``timeout_s`` to the request timeout."""
-        creds = load_credentials(self.credentials) if self.credentials is not None else KerberosLogon()
+        creds: Logon
+        if self.credentials is None:
+            creds = KerberosLogon()
+        elif self.kerberos_first:
+            creds = KerberosLogon(fallback=load_credentials(self.credentials))
+        else:
+            creds = load_credentials(self.credentials)
         return ServerSettings(
             creds, port=self.port, security=self.security,
             timeout_s=self.timings.request_timeout_s if timeout_s is None else timeout_s,
@@ -253,6 +263,42 @@ class _Doc:
         return _Doc(self.path, self.items[key][0], key if self.where == "file" else f"{self.where}.{key}")
 
 
+def _credentials(doc: _Doc) -> tuple[Path | None, bool]:
+    """``credentials``: (the password file or None for Kerberos only, Kerberos first?).
+
+    ``kerberos`` (or no key): the user's ticket. A path: NTLM with that file.
+    ``systemd:NAME``: NTLM with the file systemd passes as the credential NAME
+    (``LoadCredential=NAME:...`` in the unit: ``$CREDENTIALS_DIRECTORY/NAME``).
+    ``[kerberos, FILE or systemd:NAME]``: the ticket, and NTLM only when it fails.
+    """
+    if "credentials" not in doc.items:
+        return None, False
+    value = doc.value("credentials")
+    entries = value if isinstance(value, list) else [value]
+    if not entries or not all(isinstance(e, str) and e for e in entries):
+        raise doc.err("credentials", f"expected kerberos, a file, systemd:NAME or [kerberos, FILE], got {value!r}")
+    if len(entries) == 1:
+        return (None, False) if entries[0] == "kerberos" else (_password_file(doc, entries[0]), False)
+    if len(entries) != 2 or entries[0] != "kerberos" or entries[1] == "kerberos":
+        raise doc.err("credentials", f"a list is [kerberos, FILE or systemd:NAME] (the ticket first, "
+                                     f"NTLM as the fallback), got {value!r}")
+    return _password_file(doc, entries[1]), True
+
+
+def _password_file(doc: _Doc, text: str) -> Path:
+    if text.startswith("systemd:"):
+        name = text[len("systemd:"):]
+        if not name or "/" in name or name in (".", ".."):
+            raise doc.err("credentials", f"{text!r}: expected systemd:NAME, NAME as in LoadCredential=NAME:...")
+        directory = os.environ.get("CREDENTIALS_DIRECTORY", "")
+        if not directory:
+            raise doc.err("credentials", f"{text}: systemd passed no credentials ($CREDENTIALS_DIRECTORY is "
+                                         f"not set): add LoadCredential={name}:/path/to/file to the unit")
+        return Path(directory) / name
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else (doc.path.parent / p).resolve()
+
+
 def default_cache_dir() -> Path:
     """``$XDG_STATE_HOME/cscd`` (``~/.local/state/cscd``): the cache holds the only copy of
     offline edits, so it is state, not a cache in the XDG sense — ``~/.cache`` is what backup
@@ -284,9 +330,7 @@ def load_config(path: Path) -> DaemonConfig:
     doc.check_keys(_TOP_KEYS)
     mount = doc.get_path("mount")
     cache = doc.get_path("cache", required=False) or default_cache_dir()
-    # "kerberos" (or no key): log on with the user's ticket; a path: NTLM with that file.
-    credentials = (None if doc.get_str("credentials") == "kerberos"
-                   else doc.get_path("credentials", required=False))
+    credentials, kerberos_first = _credentials(doc)
     port = doc.get_int("port", 445, 1, 65535)
 
     policy_dir = doc.get_path("policy_dir", required=False)
@@ -360,6 +404,7 @@ def load_config(path: Path) -> DaemonConfig:
             raise doc.err("max_file_size", f"expected a size like 500M or 2G, got {doc.value('max_file_size')!r}")
     watches = doc.get_int("directory_watches", DEFAULT_DIRECTORY_WATCHES, 0, 4096)
     return DaemonConfig(path, mount, cache, credentials, port, tuple(folders), security, timings,
+                        kerberos_first=kerberos_first,
                         directory_watches=watches, offline=offline, metered_file=metered_file,
                         metered_dbus=metered_dbus,
                         directory_dbus=directory_dbus,

@@ -176,10 +176,11 @@ class Connector:
     """Opens links on behalf of ``open_route`` and remembers the one being opened, so that a
     watchdog on another thread can tear it down (``teardown``) or ask whether it is in the
     middle of a logon (``logging_on``). ``make(server, share)`` builds an unopened link,
-    ``start(link)`` opens it (raising ``cscd.errors``)."""
+    ``start(link)`` opens it, or another one it sets as ``current`` (a logon fallback), and
+returns the link opened (raising ``cscd.errors``)."""
 
     def __init__(self, make: Callable[[str, str], object],
-                 start: Callable[[object], None] | None = None) -> None:
+                 start: Callable[[object], object] | None = None) -> None:
         self._make = make
         self.start = start
         self.current: object | None = None
@@ -188,8 +189,7 @@ class Connector:
         link = self._make(server, share)
         self.current = link  # before it blocks: the watchdog must be able to reach it
         assert self.start is not None
-        self.start(link)
-        return link
+        return self.start(link)  # the link it opened (another with a logon fallback)
 
     def teardown(self) -> None:
         link = self.current

@@ -51,7 +51,7 @@ from typing import TypeVar
 
 import trio
 
-from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout
+from cscd.errors import BadName, CscdError, NotDir, NotFound, TicketMissing, Unsupported, UpstreamTimeout
 from cscd.names import UPLOAD_TEMP_PREFIX, check_name, check_server_name, is_internal_name, local_name, server_name
 from cscd.types import KerberosLogon, Logon, SmbSecurity, UncTarget
 from cscd.upstream import dfs, smb_delta, smb_move
@@ -141,6 +141,7 @@ class SmbUpstream:
         self._opening_watches = 0
         self._renaming = 0
         self._eas_support: bool | None = None  # asked once (FileFsAttributeInformation)
+        self._said_fallback = False  # the NTLM fallback after Kerberos is logged once
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
 
@@ -149,7 +150,7 @@ class SmbUpstream:
         self.upload_rate.set(bytes_per_s)
 
     def __repr__(self) -> str:
-        user = self._credentials.username
+        user = getattr(self._credentials, "username", None) or str(self._credentials)
         return f"SmbUpstream({self.description!r}, port={self.port}, user={user!r})"
 
     # -- properties beyond the protocol ---------------------------------------------------------
@@ -235,9 +236,10 @@ class SmbUpstream:
             log.debug("connection to %s is up", self.description)
             return new, False
 
-    def _new_link(self, server: str, share: str) -> SmbLink:
-        """An unopened link to ``\\\\server\\share`` with this upstream's logon and settings."""
-        logon = self._credentials
+    def _new_link(self, server: str, share: str, *, logon: Logon | None = None) -> SmbLink:
+        """An unopened link to ``\\\\server\\share`` with this upstream's logon (or ``logon``)
+        and settings."""
+        logon = logon or self._credentials
         if isinstance(logon, KerberosLogon):
             who = {"username": logon.principal, "password": "", "domain": "", "kerberos": True}
         else:
@@ -258,14 +260,32 @@ class SmbUpstream:
         """In a worker thread: open a link to the share serving the target, through DFS
         referrals where the target is in a namespace (``dfs.open_route``)."""
 
-        def start(link: object) -> None:
+        def start(link: object) -> SmbLink:
             assert isinstance(link, SmbLink)
             server = link.host
             label = server if self.port == 445 else f"{server} (port {self.port})"
             try:
                 link.open(call)
+                return link
+            except TicketMissing as exc:
+                fallback = getattr(self._credentials, "fallback", None)
+                if fallback is None:
+                    raise
+                reason = exc
             except BaseException as exc:
                 raise translate(exc, server=label, where=link.share_unc) from exc
+            # No usable ticket, and the configuration allows NTLM after it.
+            ntlm = self._new_link(server, link.share_unc.rsplit("\\", 1)[-1], logon=fallback)
+            connector.current = ntlm
+            try:
+                ntlm.open(call)
+            except BaseException as exc:
+                raise translate(exc, server=label, where=link.share_unc) from exc
+            if not self._said_fallback:
+                self._said_fallback = True
+                log.info("no Kerberos logon to %s (%s); logged on with NTLM as %s instead "
+                         "(credentials: [kerberos, file])", label, reason, fallback.username)
+            return ntlm
 
         connector.start = start
 
