@@ -35,6 +35,7 @@ import datetime as dt
 import json
 import logging
 import os
+import pwd
 import re
 import sys
 import threading
@@ -178,6 +179,8 @@ def _client(args: argparse.Namespace, timeout_s: float | None = None) -> Control
     sock = args.socket
     if sock:
         return ControlClient(Path(sock), timeout_s=timeout)
+    if args.user:
+        return ControlClient(_sockets_of_user(args), timeout_s=timeout)
     config_path = Path(getattr(args, "config", None) or default_config_path())
     cache_dir = None
     try:
@@ -189,6 +192,27 @@ def _client(args: argparse.Namespace, timeout_s: float | None = None) -> Control
             raise ConfigError(f"cannot find the daemon's control socket: {exc}; and $XDG_RUNTIME_DIR is "
                               "not set; pass --config FILE or --socket PATH") from None
     return ControlClient(socket_candidates(config_path, cache_dir), timeout_s=timeout)
+
+
+def _sockets_of_user(args: argparse.Namespace) -> list[Path]:
+    """``--user NAME`` (root, or pam_exec with ``--user $PAM_USER``): where that user's daemon
+    listens: ``/run/user/UID/cscd/``, or the cache directory a system unit's daemon uses."""
+    name = os.path.expandvars(args.user)
+    if not name or "$" in name:
+        raise ConfigError(f"--user {args.user}: no user name (is $PAM_USER set? pam_exec sets it)")
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"--user {name}: no such user") from None
+    if os.getuid() not in (0, pw.pw_uid):
+        raise ConfigError(f"--user {name}: only root (or {name}) may talk to {name}'s daemon")
+    home = Path(pw.pw_dir)
+    config_path = Path(getattr(args, "config", None) or home / ".config" / "cscd" / "cscd.yaml")
+    found = socket_candidates(config_path, home / ".local" / "state" / "cscd", uid=pw.pw_uid)
+    if not found:
+        raise ConfigError(f"--user {name}: {name} has no /run/user/{pw.pw_uid} (not logged on?) "
+                          f"and no daemon state in {home}")
+    return found
 
 
 def _call(args: argparse.Namespace, cmd: str, cmd_args: dict[str, Any] | None = None,
@@ -497,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=argparse.SUPPRESS,
                         help=f"the daemon's configuration file (default: {default_config_path()})")
     common.add_argument("--socket", default=argparse.SUPPRESS, help="the daemon's control socket")
+    common.add_argument("--user", default=argparse.SUPPRESS, metavar="NAME",
+                        help="the daemon of user NAME (as root; from pam_exec: --user '$PAM_USER')")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds to wait for an answer")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
 
@@ -552,7 +578,7 @@ _EXIT_BY_CODE = {"not_running": EXIT_NOT_RUNNING, "not_implemented": EXIT_NOT_IM
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name, default in (("json", False), ("timeout", None), ("socket", None)):
+    for name, default in (("json", False), ("timeout", None), ("socket", None), ("user", None)):
         if name not in args:
             setattr(args, name, default)
     _setup_logging(args.verbose)

@@ -119,18 +119,20 @@ def _socket_name(config_path: Path | None) -> str:
     return f"control-{digest}.sock"
 
 
-def socket_candidates(config_path: Path | None, cache_dir: Path | None) -> list[Path]:
+def socket_candidates(config_path: Path | None, cache_dir: Path | None, *, uid: int | None = None) -> list[Path]:
     """Where a daemon with this configuration may listen, most likely first (for the client).
 
     A daemon started by a system unit has no ``$XDG_RUNTIME_DIR`` and listens in its cache
-    directory, while the user's shell has one: so the client tries every place.
+    directory, while the user's shell has one: so the client tries every place. ``uid``:
+    another user's daemon (root asking for ``--user NAME``): their ``/run/user/UID``, never
+    the caller's ``$XDG_RUNTIME_DIR``.
     """
     out: list[Path] = []
     name = _socket_name(config_path)
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
+    if xdg and uid in (None, os.getuid()):
         out.append(Path(xdg) / "cscd" / name)
-    run_user = _run_user_dir(os.getuid())
+    run_user = _run_user_dir(os.getuid() if uid is None else uid)
     if run_user is not None and run_user / "cscd" / name not in out:
         out.append(run_user / "cscd" / name)
     if cache_dir is not None:

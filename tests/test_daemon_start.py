@@ -133,3 +133,11 @@ def test_starts_offline_from_cache_and_comes_back(mount_env):
     assert (env.server / "offline.txt").read_text() == "written offline"
     warnings = env.daemon.warnings()
     assert any("starts offline" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("user, needle", [("no-such-user-cscd", "--user no-such-user-cscd: no such user"),
+                                          ("$PAM_USER", "no user name (is $PAM_USER set?")])
+def test_a_user_that_cannot_be_found_is_one_line(user, needle):
+    assert "PAM_USER" not in os.environ
+    result = run_cscd("status", "--user", user)
+    one_line_error(result, 2, needle)
