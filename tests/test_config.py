@@ -55,7 +55,7 @@ def test_minimal_form_loads(tmp_path):
          "folders: missing"),
         (GOOD.replace("  Documents:", "  'Docu:ments':"), 6, "not usable as a folder name"),
         (GOOD.replace("credentials: {tmp}/creds", "credentials: [{tmp}/creds, kerberos]"), 3,
-         "credentials: a list is [kerberos, FILE or systemd:NAME] (the ticket first"),
+         "credentials: a list is [kerberos, FILE, systemd:NAME or secret-service] (the ticket first"),
         (GOOD.replace("credentials: {tmp}/creds", "credentials: [kerberos, kerberos]"), 3, "credentials: a list is"),
         (GOOD.replace("credentials: {tmp}/creds", "credentials: []"), 3, "credentials: expected kerberos, a file"),
         (GOOD.replace("credentials: {tmp}/creds", "credentials: systemd:a/b"), 3, "expected systemd:NAME"),

@@ -43,7 +43,7 @@ import yaml
 
 from cscd.errors import BadName, ConfigError
 from cscd.names import check_strict
-from cscd.policy.credentials import load_credentials
+from cscd.policy.credentials import SECRET_SERVICE, load_password
 from cscd.policy.unc import parse_unc
 from cscd.types import (
     KerberosLogon,
@@ -103,7 +103,8 @@ class DaemonConfig:
     path: Path
     mount: Path
     cache: Path
-    credentials: Path | None
+    #: the NTLM password's source: a file, or ``"secret-service"``; None: Kerberos only
+    credentials: Path | str | None
     port: int = 445
     folders: tuple[FolderConfig, ...] = ()
     security: SmbSecurity = SmbSecurity()
@@ -147,9 +148,9 @@ class DaemonConfig:
         if self.credentials is None:
             creds = KerberosLogon()
         elif self.kerberos_first:
-            creds = KerberosLogon(fallback=load_credentials(self.credentials))
+            creds = KerberosLogon(fallback=load_password(self.credentials))
         else:
-            creds = load_credentials(self.credentials)
+            creds = load_password(self.credentials)
         return ServerSettings(
             creds, port=self.port, security=self.security,
             timeout_s=self.timings.request_timeout_s if timeout_s is None else timeout_s,
@@ -263,29 +264,33 @@ class _Doc:
         return _Doc(self.path, self.items[key][0], key if self.where == "file" else f"{self.where}.{key}")
 
 
-def _credentials(doc: _Doc) -> tuple[Path | None, bool]:
+def _credentials(doc: _Doc) -> tuple[Path | str | None, bool]:
     """``credentials``: (the password file or None for Kerberos only, Kerberos first?).
 
     ``kerberos`` (or no key): the user's ticket. A path: NTLM with that file.
     ``systemd:NAME``: NTLM with the file systemd passes as the credential NAME
     (``LoadCredential=NAME:...`` in the unit: ``$CREDENTIALS_DIRECTORY/NAME``).
-    ``[kerberos, FILE or systemd:NAME]``: the ticket, and NTLM only when it fails.
+    ``secret-service``: NTLM with the password the Secret Service keeps for cscd.
+    ``[kerberos, one of those]``: the ticket, and NTLM only when it fails.
     """
     if "credentials" not in doc.items:
         return None, False
     value = doc.value("credentials")
     entries = value if isinstance(value, list) else [value]
     if not entries or not all(isinstance(e, str) and e for e in entries):
-        raise doc.err("credentials", f"expected kerberos, a file, systemd:NAME or [kerberos, FILE], got {value!r}")
+        raise doc.err("credentials", "expected kerberos, a file, systemd:NAME, secret-service or "
+                                     f"[kerberos, FILE], got {value!r}")
     if len(entries) == 1:
         return (None, False) if entries[0] == "kerberos" else (_password_file(doc, entries[0]), False)
     if len(entries) != 2 or entries[0] != "kerberos" or entries[1] == "kerberos":
-        raise doc.err("credentials", f"a list is [kerberos, FILE or systemd:NAME] (the ticket first, "
+        raise doc.err("credentials", f"a list is [kerberos, FILE, systemd:NAME or secret-service] (the ticket first, "
                                      f"NTLM as the fallback), got {value!r}")
     return _password_file(doc, entries[1]), True
 
 
-def _password_file(doc: _Doc, text: str) -> Path:
+def _password_file(doc: _Doc, text: str) -> Path | str:
+    if text == SECRET_SERVICE:
+        return text
     if text.startswith("systemd:"):
         name = text[len("systemd:"):]
         if not name or "/" in name or name in (".", ".."):

@@ -1,7 +1,12 @@
-"""Reading a mount.cifs-style credentials file (``username=``, ``password=``, ``domain=``).
+"""Where an NTLM password comes from: a mount.cifs-style credentials file (``username=``,
+``password=``, ``domain=``), or the desktop's Secret Service (GNOME Keyring, KWallet,
+KeePassXC) over the session bus.
 
 The file must be private (no group or other permission bits): a readable password file is
-refused with a message that says how to fix it. The password is never logged or printed.
+refused with a message that says how to fix it. The Secret Service item is the one
+``secret-tool store --label=cscd application cscd user NAME [domain DOMAIN]`` makes; a locked
+keyring is an error that says to unlock the session (the daemon never prompts). The password
+is never logged or printed.
 """
 
 from __future__ import annotations
@@ -12,6 +17,60 @@ from pathlib import Path
 
 from cscd.errors import ConfigError
 from cscd.types import Credentials
+
+#: ``credentials: secret-service``: the password is in the Secret Service
+SECRET_SERVICE = "secret-service"
+#: the attributes a cscd item carries (``secret-tool``'s ``application cscd``)
+SECRET_ATTRIBUTES = {"application": "cscd"}
+
+
+def load_password(source: Path | str) -> Credentials:
+    """The credentials from ``source``: a file, or ``SECRET_SERVICE``. Blocking (a file read or
+    one D-Bus round trip); raises ConfigError saying what to do."""
+    if source == SECRET_SERVICE:
+        return load_from_secret_service()
+    return load_credentials(Path(source))
+
+
+def load_from_secret_service() -> Credentials:
+    """The cscd item of the Secret Service on the session bus (``$DBUS_SESSION_BUS_ADDRESS``)."""
+    import secretstorage
+    from secretstorage.exceptions import SecretServiceNotAvailableException, SecretStorageException
+
+    how = ("store one with: secret-tool store --label=cscd application cscd user NAME "
+           "[domain DOMAIN]")
+    try:
+        conn = secretstorage.dbus_init()
+    except (SecretServiceNotAvailableException, OSError, ValueError) as exc:
+        raise ConfigError(f"credentials: {SECRET_SERVICE}: no session bus to ask ({exc}); run cscd in "
+                          "the desktop session, or name a credentials file") from None
+    try:
+        try:
+            items = list(secretstorage.search_items(conn, SECRET_ATTRIBUTES))
+        except SecretStorageException as exc:
+            raise ConfigError(f"credentials: {SECRET_SERVICE}: no Secret Service answers on the session "
+                              f"bus ({exc}); start the keyring, or name a credentials file") from None
+        if not items:
+            raise ConfigError(f"credentials: {SECRET_SERVICE}: no cscd password is stored; {how}")
+        item = items[0]
+        if item.is_locked():
+            raise ConfigError(f"credentials: {SECRET_SERVICE}: the keyring holding cscd's password is "
+                              "locked: unlock the session (or log in again)")
+        attributes = item.get_attributes()
+        user = attributes.get("user", "")
+        if not user:
+            raise ConfigError(f"credentials: {SECRET_SERVICE}: the cscd item names no user; {how}")
+        try:
+            password = item.get_secret().decode("utf-8")
+        except SecretStorageException as exc:
+            raise ConfigError(f"credentials: {SECRET_SERVICE}: the password cannot be read ({type(exc).__name__}): "
+                              "unlock the session") from None
+        domain = attributes.get("domain", "")
+        if "\\" in user and not domain:
+            domain, user = user.split("\\", 1)
+        return Credentials(user, password, domain)
+    finally:
+        conn.close()
 
 
 def load_credentials(path: Path) -> Credentials:

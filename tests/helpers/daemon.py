@@ -51,7 +51,7 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def run_cscd(
-    *args: str, timeout_s: float = 30, cwd: Path | None = None
+    *args: str, timeout_s: float = 30, cwd: Path | None = None, env_extra: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m cscd ARGS`` once and return its result (text, stdout and stderr captured).
 
@@ -63,7 +63,7 @@ def run_cscd(
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        env=_env(),
+        env=_env(env_extra),
         cwd=cwd,
         check=False,
     )
