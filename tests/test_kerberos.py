@@ -256,3 +256,24 @@ def test_without_a_ticket_ntlm_is_the_fallback_only_where_allowed(domain: Embedd
         log = daemon.log_text()
         assert "logged on with NTLM as alice instead" in log
         assert PASSWORD not in log
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="needs libfaketime (Debian faketime)")
+def test_a_clock_an_hour_off_is_one_clear_line_not_kinit(domain: EmbeddedDomain, folder, tmp_path: Path) -> None:
+    """The daemon's clock runs an hour ahead of the domain's (libfaketime in its process
+    only): the KDC refuses the service ticket for clock skew, and the first start ends with
+    a line that says to set the time, not to run kinit (which would not help)."""
+    name, _ = folder
+    env = domain.kinit("alice", PASSWORD, tmp_path / "ccache")  # a good ticket, got in real time
+    daemon = DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
+                           credentials=tmp_path / "never-read", port=domain.smb_port,
+                           extra={"credentials": "kerberos"},
+                           env={"KRB5_CONFIG": env["KRB5_CONFIG"], "KRB5CCNAME": env["KRB5CCNAME"],
+                                "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "+1h"})
+    with daemon, pytest.raises(AssertionError, match=r"(?s)exited.*clock and the domain's differ by more than "
+                                                     r"Kerberos allows.*set the time") as info:
+        daemon.start()
+    assert "kinit" not in str(info.value).splitlines()[-1]

@@ -309,6 +309,12 @@ class SmbLink:
                         f"cannot log on to {self.host}: no KDC of the realm answers "
                         "(krb5.conf, DNS, the network path to a domain controller)"
                     ) from None
+                if "Clock skew too great" in str(exc):  # kinit would not help: the clock is wrong
+                    raise UpstreamUnavailable(
+                        f"cannot log on to {self.host} with Kerberos: this machine's clock and the "
+                        "domain's differ by more than Kerberos allows (5 minutes by default): set the "
+                        "time (timedatectl set-ntp true, chrony)"
+                    ) from None
                 raise TicketMissing(
                     f"cannot log on to {self.host} with a Kerberos ticket ({_spnego_reason(exc)}): "
                     "get one with kinit, or lock and unlock the session"
