@@ -56,7 +56,7 @@ def test_referral_cache_keeps_a_referral_for_its_time_to_live_only() -> None:
     clock = FakeClock()
     cache = ReferralCache(clock=clock)
     targets = (UncTarget("fs1", "share"), UncTarget("fs2", "share"))
-    cache.add(Referral(("ns", "dfs", "home"), targets, clock.now + 300))
+    cache.add(Referral(("ns", "dfs", "home"), targets, 300))
     assert cache.lookup(("NS", "dfs", "Home", "alice")) is not None, "paths compare without case"
     assert cache.lookup(("ns", "dfs", "other")) is None
     clock.now += 301
@@ -68,10 +68,10 @@ def test_a_refreshed_referral_keeps_the_target_in_use() -> None:
     clock = FakeClock()
     cache = ReferralCache(clock=clock)
     targets = (UncTarget("fs1", "share"), UncTarget("fs2", "share"))
-    first = Referral(("ns", "dfs", "home"), targets, clock.now + 300)
+    first = Referral(("ns", "dfs", "home"), targets, 300)
     cache.add(first)
     first.prefer(targets[1])
-    cache.add(Referral(("ns", "dfs", "home"), targets, clock.now + 600))
+    cache.add(Referral(("ns", "dfs", "home"), targets, 600))
     ref = cache.lookup(("ns", "dfs", "home"))
     assert ref is not None and list(ref.ordered()) == [targets[1], targets[0]]
 

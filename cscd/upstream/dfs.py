@@ -62,12 +62,14 @@ def unc_of(components: tuple[str, ...]) -> UncTarget:
 class Referral:
     r"""What one server said about a namespace path: ``prefix`` (the part of the asked path
     the referral covers, server and share first) is served by each of ``targets`` (a
-    ``\\server\share\path`` each), in that order, until ``expires_at`` (monotonic)."""
+    ``\\server\share\path`` each), in that order, for ``ttl_s`` seconds from when the cache
+    took it in (``expires_at``, on the cache's clock)."""
 
     prefix: tuple[str, ...]
     targets: tuple[UncTarget, ...]
-    expires_at: float
+    ttl_s: float
     is_root: bool = False
+    expires_at: float = 0.0
     #: index into ``targets`` of the one that answered last (tried first next time)
     hint: int = 0
 
@@ -98,6 +100,7 @@ class ReferralCache:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, referral: Referral) -> None:
+        referral.expires_at = self.clock() + referral.ttl_s
         with self._lock:
             old = self._entries.get(_key(referral.prefix))
             if old is not None and old.hint < len(old.targets):
@@ -120,8 +123,7 @@ class ReferralCache:
         return len(self._entries)
 
 
-def parse_referral(reply: bytes, asked: tuple[str, ...], now: float,
-                   check_server: Callable[[str], None]) -> Referral:
+def parse_referral(reply: bytes, asked: tuple[str, ...], check_server: Callable[[str], None]) -> Referral:
     """A ``Referral`` from the body of an FSCTL_DFS_GET_REFERRALS reply to ``asked``.
 
     ``check_server`` raises a ``CscdError`` for a target server that must not be used; such a
@@ -169,7 +171,7 @@ def parse_referral(reply: bytes, asked: tuple[str, ...], now: float,
     if not targets:
         raise DfsError(f"the DFS referral for {shown} names no usable target"
                        + (f": {'; '.join(refused)}" if refused else ""))
-    return Referral(prefix, tuple(targets), now + max(MIN_TTL_S, float(ttl or 0)), is_root)
+    return Referral(prefix, tuple(targets), max(MIN_TTL_S, float(ttl or 0)), is_root)
 
 
 class Connector:
@@ -357,4 +359,4 @@ def ask_referral(link: object, call: object, components: tuple[str, ...],
         if int(exc.status) in _NO_REFERRAL:
             return None
         raise
-    return parse_referral(smb_fsctl.ioctl_output(reply), components, time.monotonic(), check_server)
+    return parse_referral(smb_fsctl.ioctl_output(reply), components, check_server)

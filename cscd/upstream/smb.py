@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
 import functools
 import hashlib
 import logging
@@ -51,13 +50,14 @@ from typing import TypeVar
 
 import trio
 
-from cscd.errors import BadName, CscdError, NotDir, NotFound, TicketMissing, Unsupported, UpstreamTimeout
-from cscd.names import UPLOAD_TEMP_PREFIX, check_name, check_server_name, is_internal_name, local_name, server_name
+from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout
+from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name, local_name, server_name
 from cscd.types import KerberosLogon, Logon, SmbSecurity, UncTarget
 from cscd.upstream import dfs, smb_delta, smb_move
 from cscd.upstream import smb_ops as ops
 from cscd.upstream.base import Conflict, Extent, LinkActivity, RemoteEntry, UpstreamStatistics, check_plan
 from cscd.upstream.ratelimit import RateLimit
+from cscd.upstream.smb_connect import LinkOpener
 from cscd.upstream.smb_errors import (
     LINK_LOST,
     STATUS_OBJECT_NAME_COLLISION,
@@ -110,8 +110,6 @@ class SmbUpstream:
         #: the share and folder serving ``target`` now: ``target`` itself, or where its DFS
         #: namespace refers (set at each connect; another after a failover)
         self.serving = target
-        #: DFS referrals known (the process's cache unless one is given)
-        self._referrals = referrals if referrals is not None else _REFERRALS
         self.port = port
         self.description = str(target)
         self._server = target.server if port == 445 else f"{target.server} (port {port})"
@@ -141,9 +139,11 @@ class SmbUpstream:
         self._opening_watches = 0
         self._renaming = 0
         self._eas_support: bool | None = None  # asked once (FileFsAttributeInformation)
-        self._said_fallback = False  # the NTLM fallback after Kerberos is logged once
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
+        self._opener = LinkOpener(credentials, port=port, security=security, stats=self._stats,
+                                  rate_limit=self.upload_rate,
+                                  referrals=referrals if referrals is not None else _REFERRALS)
 
     def set_upload_rate(self, bytes_per_s: float | None) -> None:
         """Cap uploads at ``bytes_per_s`` (None: no cap); applies to transfers in flight."""
@@ -219,9 +219,12 @@ class SmbUpstream:
                 self._last_session_id = link.session_id or self._last_session_id
                 link.teardown()
                 self._link = None
-            connector = dfs.Connector(self._new_link)
+            opener = self._opener
+            opener.previous_session_id = self._last_session_id
+            connector = dfs.Connector(opener.new_link)
             try:
-                new, serving = await self._in_thread(connector, timeout_s, self._share_unc, self._open_route)
+                new, serving = await self._in_thread(connector, timeout_s, self._share_unc,
+                                                     opener.open_route, self.target)
             except CscdError as exc:
                 self._connect_failure = (time.monotonic(), exc)
                 log.info("cannot connect to %s: %s", self.description, exc)
@@ -235,84 +238,6 @@ class SmbUpstream:
             self._link = new
             log.debug("connection to %s is up", self.description)
             return new, False
-
-    def _new_link(self, server: str, share: str, *, logon: Logon | None = None) -> SmbLink:
-        """An unopened link to ``\\\\server\\share`` with this upstream's logon (or ``logon``)
-        and settings."""
-        logon = logon or self._credentials
-        if isinstance(logon, KerberosLogon):
-            who = {"username": logon.principal, "password": "", "domain": "", "kerberos": True}
-        else:
-            who = {"username": logon.username, "password": logon.password, "domain": logon.domain}
-        link = SmbLink(
-            host=server,
-            port=self.port,
-            share=share,
-            require_encryption=self._security.require_encryption,
-            stats=self._stats,
-            **who,
-        )
-        link.rate_limit = self.upload_rate
-        link.previous_session_id = self._last_session_id
-        return link
-
-    def _open_route(self, connector: dfs.Connector, call: Call) -> tuple[SmbLink, UncTarget]:
-        """In a worker thread: open a link to the share serving the target, through DFS
-        referrals where the target is in a namespace (``dfs.open_route``)."""
-
-        def start(link: object) -> SmbLink:
-            assert isinstance(link, SmbLink)
-            server = link.host
-            label = server if self.port == 445 else f"{server} (port {self.port})"
-            try:
-                link.open(call)
-                return link
-            except TicketMissing as exc:
-                fallback = getattr(self._credentials, "fallback", None)
-                if fallback is None:
-                    raise
-                reason = exc
-            except BaseException as exc:
-                raise translate(exc, server=label, where=link.share_unc) from exc
-            # No usable ticket, and the configuration allows NTLM after it.
-            ntlm = self._new_link(server, link.share_unc.rsplit("\\", 1)[-1], logon=fallback)
-            connector.current = ntlm
-            try:
-                ntlm.open(call)
-            except BaseException as exc:
-                raise translate(exc, server=label, where=link.share_unc) from exc
-            if not self._said_fallback:
-                self._said_fallback = True
-                log.info("no Kerberos logon to %s (%s); logged on with NTLM as %s instead "
-                         "(credentials: [kerberos, file])", label, reason, fallback.username)
-            return ntlm
-
-        connector.start = start
-
-        def ask(link: object, components: tuple[str, ...]) -> dfs.Referral | None:
-            try:
-                return dfs.ask_referral(link, call, components, self._check_referral_server)
-            except CscdError:
-                raise
-            except BaseException as exc:
-                raise translate(exc, server=components[0], where="\\\\" + "\\".join(components)) from exc
-
-        link, serving = dfs.open_route(self.target, self._referrals, connector, ask, touch=call.touch)
-        assert isinstance(link, SmbLink)
-        return link, serving
-
-    def _check_referral_server(self, server: str) -> None:
-        """A referral's target server must be a host name (never a path trick) and, where the
-        security policy lists DFS servers, one of them: NTLM would answer any server's
-        challenge, so a namespace must not send the logon just anywhere."""
-        try:
-            check_server_name(server)
-        except BadName as exc:
-            raise dfs.DfsError(f"{server!r} cannot be a server name ({exc})") from None
-        allowed = self._security.dfs_servers
-        if allowed and not any(fnmatch.fnmatch(server.casefold(), p.casefold()) for p in allowed):
-            raise dfs.DfsError(f"{server} is not among the DFS servers the security policy allows "
-                               f"(security.dfs_servers: {', '.join(allowed)})")
 
     @property
     def _share_unc(self) -> str:
