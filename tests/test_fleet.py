@@ -116,6 +116,10 @@ def dirs_scanned(env: MountEnv) -> int:
     return int(sum(s["value"] for f in stats["metrics"] if f["name"] == "dirs_scanned_total" for s in f["samples"]))
 
 
+# A reconnect attempt may land while the proxy refuses connections (between stop_listening and
+# resume_listening): the folder then goes offline for a probe interval, which is right and
+# changes nothing asserted here (seen once in three runs: the test failed on that warning).
+@pytest.mark.log_allows(r"folder Documents is now offline: cannot reach 127\.0\.0\.1 .*Connection refused")
 def test_after_a_lost_link_the_catch_up_lists_only_what_changed(mount_env) -> None:
     """Thirty listed directories; the connection is reset and a file appears in one of them
     meanwhile. The catch-up re-lists the folder top and that one directory (its change time
