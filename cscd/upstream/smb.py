@@ -221,6 +221,7 @@ class SmbUpstream:
                 self._link = None
             opener = self._opener
             opener.previous_session_id = self._last_session_id
+            opener.port = self.port
             connector = dfs.Connector(opener.new_link)
             try:
                 new, serving = await self._in_thread(connector, timeout_s, self._share_unc,

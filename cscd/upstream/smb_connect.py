@@ -30,7 +30,7 @@ class LinkOpener:
     def __init__(self, credentials: Logon, *, port: int, security: SmbSecurity, stats: Stats,
                  rate_limit: RateLimit, referrals: dfs.ReferralCache) -> None:
         self._credentials = credentials
-        self._port = port
+        self.port = port  # the upstream sets it again before each connect
         self._security = security
         self._stats = stats
         self._rate_limit = rate_limit
@@ -48,7 +48,7 @@ class LinkOpener:
             who = {"username": logon.username, "password": logon.password, "domain": logon.domain}
         link = SmbLink(
             host=server,
-            port=self._port,
+            port=self.port,
             share=share,
             require_encryption=self._security.require_encryption,
             stats=self._stats,
@@ -84,7 +84,7 @@ class LinkOpener:
     def _open(self, connector: dfs.Connector, link: SmbLink, call: Call) -> SmbLink:
         """Open ``link``; on a missing ticket with an NTLM fallback, open one with that instead."""
         server = link.host
-        label = server if self._port == 445 else f"{server} (port {self._port})"
+        label = server if self.port == 445 else f"{server} (port {self.port})"
         fallback = getattr(self._credentials, "fallback", None)
         try:
             link.open(call)
