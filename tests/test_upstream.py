@@ -37,6 +37,7 @@ from cscd.types import Credentials, UncTarget
 from cscd.upstream.base import Conflict, RemoteEntry
 from cscd.upstream.local import LocalUpstream
 from cscd.upstream.smb import SmbUpstream
+from tests.helpers.proxy import TcpProxy
 from tests.helpers.upstreams import smb_upstream
 
 MiB = 1 << 20
@@ -322,6 +323,35 @@ async def test_upload_replaces_and_respects_expected_version(
         )
     assert (target.disk / "new").read_bytes() == b"a"
     assert no_temporaries(target.disk)
+
+
+async def test_a_new_small_file_goes_up_in_one_round_trip(smbd: EmbeddedSamba, tmp_path: Path) -> None:
+    """CREATE of the temporary, WRITE, write time, rename without replacing, id, CLOSE: one
+    compound, one frame on the wire (issue 18: three round trips before). A name taken
+    meanwhile is still a conflict that leaves the server's file and no temporary."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    disk = smbd.share_dir / name
+    disk.mkdir()
+    with TcpProxy((smbd.host, smbd.port)) as proxy:
+        up = smb_upstream(smbd, name)
+        up.port = proxy.port
+        try:
+            await up.connect()
+            proxy.reset_counters()
+            entry = await up.upload(b"note.txt", local_file(tmp_path, b"x" * 4096), 4096, 1_500_000_000_000_000_000,
+                                    replace=False)
+            assert proxy.frames_to_server == 1
+            assert (disk / "note.txt").read_bytes() == b"x" * 4096
+            assert entry.size == 4096 and entry.mtime_ns == 1_500_000_000_000_000_000 and entry.file_id
+            assert entry == await up.stat(b"note.txt")
+            (disk / "taken.txt").write_bytes(b"the server's")
+            with pytest.raises(Conflict):
+                await up.upload(b"taken.txt", local_file(tmp_path, b"mine", "src2"), 4, 1_000_000_000_000,
+                                replace=False)
+            assert (disk / "taken.txt").read_bytes() == b"the server's"
+            assert no_temporaries(disk)
+        finally:
+            await up.close()
 
 
 async def test_cancelled_upload_never_lands(target: Target, tmp_path: Path) -> None:

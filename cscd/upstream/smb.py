@@ -539,9 +539,15 @@ class SmbUpstream:
         name = self._leaf(path)
         verify = self._verifier(spath, where, name, expected, replace)
 
+        # A new small file (nothing to compare with, nothing to replace): one round trip.
+        one_trip = send is ops.upload and expected is None and not replace and size <= ops.SMALL_UPLOAD_BYTES
+
         def work(link: SmbLink, call: Call) -> tuple[Attrs, int]:
             self._delete_leftovers(link, call)
             try:
+                if one_trip:
+                    return ops.upload_new_small(link, call, temp_spath=temp_spath, target_spath=spath, fd=fd,
+                                                size=size, mtime_ns=mtime_ns, leftovers=self._leftovers)
                 return send(link, call, temp_spath=temp_spath, target_spath=spath, fd=fd, size=size,
                             mtime_ns=mtime_ns, replace=replace or expected is not None, verify=verify,
                             leftovers=self._leftovers)

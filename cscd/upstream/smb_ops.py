@@ -330,6 +330,69 @@ def upload(
         raise
 
 
+#: A new file this small goes up in one round trip (``upload_new_small``).
+SMALL_UPLOAD_BYTES = 256 << 10
+
+
+def upload_new_small(
+    link: SmbLink,
+    call: Call,
+    *,
+    temp_spath: str,
+    target_spath: str,
+    fd: int,
+    size: int,
+    mtime_ns: int,
+    leftovers: set[str],
+) -> tuple[Attrs, int]:
+    """A new file of at most ``SMALL_UPLOAD_BYTES`` in one related compound, one round trip:
+    CREATE the temporary, WRITE, SET_INFO its write time, rename it to ``target_spath``
+    without replacing, QUERY its id, CLOSE. The rename that must not replace is the check
+    that the name is still free (STATUS_OBJECT_NAME_COLLISION otherwise, which the caller
+    turns into ``Conflict``): atomic on the server, so no separate look first.
+
+    The temporary keeps a crash or a lost link from leaving a half-written file under the
+    real name. On failure the temporary is deleted when the link allows, else remembered in
+    ``leftovers``; the exception is re-raised.
+    """
+    data = _pread_exact(fd, size, 0) if size else b""
+    access = w.FILE_WRITE_DATA | w.FILE_READ_ATTRIBUTES | w.FILE_WRITE_ATTRIBUTES | w.DELETE | w.SYNCHRONIZE
+    msgs = [w.create_req(temp_spath, access=access, disposition=w.FILE_CREATE, options=w.FILE_NON_DIRECTORY_FILE)]
+    if data:
+        msgs.append(w.write_req(R, 0, data))
+    msgs += [
+        w.set_info_req(R, FileInformationClass.FILE_BASIC_INFORMATION, w.basic_info(mtime_ns=mtime_ns)),
+        w.set_info_req(R, FileInformationClass.FILE_RENAME_INFORMATION, w.rename_info(target_spath, replace=False)),
+        w.query_id_req(R),
+        w.close_req(R, postquery=True),
+    ]
+    try:
+        replies = link.wait_all(link.send(msgs, call, related=True), call)
+    except BaseException:
+        leftovers.add(temp_spath)  # created or not, renamed or not: a later upload looks
+        raise
+    create, *rest = replies
+    if isinstance(create, BaseException):
+        raise create
+    file_id, _ = w.parse_create(create)
+    query, close = rest[-2], rest[-1]
+    rename = rest[-3]
+    if data and not isinstance(rest[0], BaseException):
+        _count_write(link, rest[0], len(data))
+    if not any(isinstance(r, BaseException) for r in rest):
+        attrs = w.parse_close(close)
+        assert attrs is not None
+        return attrs, w.parse_file_id(query)
+    renamed = not isinstance(rename, BaseException)
+    if not renamed and not _discard_temp(link, call, file_id, temp_spath,
+                                         closed=not isinstance(close, BaseException)):
+        leftovers.add(temp_spath)
+    if renamed and isinstance(close, BaseException):
+        _close_quietly(link, call, file_id)
+    _raise_first(rest)
+    raise AssertionError("unreachable")
+
+
 def _pread_exact(fd: int, n: int, offset: int) -> bytes:
     """``n`` bytes of ``fd`` at ``offset``; the local file must not shrink during the upload.
 
