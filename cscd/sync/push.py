@@ -64,6 +64,10 @@ CONTENT, META, NAMESPACE, DELETE, ATTRS = 1, 2, 4, 8, 16
 LEAVE, CHANGE, REMOVE = -1, 0, 1
 #: file uploads of one round in flight at once
 UPLOADS_IN_FLIGHT = 4
+#: ... and of small files (below ``SMALL_FILE_BYTES``), which cost a round trip each, not
+#: bandwidth: the offloading upstream sends them to its workers in batches of this many
+SMALL_UPLOADS_IN_FLIGHT = 32
+SMALL_FILE_BYTES = 1 << 20
 #: Below this a changed file is uploaded whole even when its base chunks are known: the
 #: extra round trips of a delta (open the base, resume key) cost more than the bytes saved.
 DELTA_MIN_BYTES = 1 << 20
@@ -177,14 +181,16 @@ class Pusher:
         """Push the dirty nodes of the ``allowed`` folders; return how many stay dirty.
 
         Directories, renames and deletes go one at a time in plan order; file contents go up
-        to ``UPLOADS_IN_FLIGHT`` at once (a round trip per small file is the cost that
-        matters), each started only after every directory above it was handled.
+        to ``UPLOADS_IN_FLIGHT`` at once, small ones up to ``SMALL_UPLOADS_IN_FLIGHT`` (a
+        round trip per small file is the cost that matters), each started only after every
+        directory above it was handled.
         """
         await self.recover_unrecorded(allowed)
         plan = self._plan()
         failed_folders: set[str] = set()
         left = 0
         limiter = trio.CapacityLimiter(UPLOADS_IN_FLIGHT)
+        small_limiter = trio.CapacityLimiter(SMALL_UPLOADS_IN_FLIGHT)
         renamed: set[int] = set()  # files whose rename went first this round (below)
 
         async def one(node, reasons: int, folder: str, *, rename_only: bool = False) -> None:
@@ -221,7 +227,7 @@ class Pusher:
                     self.problems.failed(node.id, folder, self._describe(node), exc, trio.current_time())
 
         async def limited(node, reasons: int, folder: str) -> None:
-            async with limiter:
+            async with small_limiter if node.size < SMALL_FILE_BYTES else limiter:
                 await one(node, reasons, folder)
 
         for folder in allowed:

@@ -1,8 +1,9 @@
 """Bulk transfers in worker processes, so the FUSE loop keeps the GIL to itself.
 
-Owns ``OffloadedUpstream``: an ``SmbUpstream`` that sends its large uploads (and delta
-uploads) to a small pool of worker processes (``trio_parallel``) and does everything else —
-reads, listings, stats, renames, small uploads — itself, in the daemon. Reads stay here
+Owns ``OffloadedUpstream``: an ``SmbUpstream`` that sends its uploads (large ones one by
+one, small ones in batches, and delta uploads) to a small pool of worker processes
+(``trio_parallel``) and does everything else — reads, listings, stats, renames — itself, in
+the daemon. Reads stay here
 because a reader waits on them and the pickled result crossing the pipe cost half of a first
 read's speed; an upload runs in the background, which is where the GIL hurt.
 
@@ -30,14 +31,17 @@ from typing import Any
 import trio
 import trio_parallel
 
-from cscd.errors import UpstreamTimeout
+from cscd.errors import UpstreamTimeout, UpstreamUnavailable
 from cscd.types import ServerSettings, UncTarget
 from cscd.upstream import open_upstream
 from cscd.upstream.base import UpstreamStatistics
 from cscd.upstream.smb import SmbUpstream
 
-#: Transfers at least this large go to a worker process; smaller ones are not worth the hop.
+#: Transfers at least this large go to a worker process one by one; smaller uploads go there
+#: in batches (``_SmallUploads``): one hop and one ``trio.run`` for many files.
 BULK_BYTES = 1 << 20
+#: at most this many small uploads in one batch job
+BATCH_MAX = 64
 
 _CLIENTS: dict[tuple, Any] = {}
 
@@ -75,6 +79,99 @@ def _job(target: UncTarget, settings: ServerSettings, op: str, args: tuple, kwar
             after.bytes_copied - before.bytes_copied)
 
 
+def _batch_job(target: UncTarget, settings: ServerSettings, items: list[tuple[bytes, str, int, int, dict]],
+               rate: float | None = None) -> tuple[list[tuple[bool, Any]], int, int, int]:
+    """Run small uploads in the worker, several at once on its connection: for each item
+    (True, entry) or (False, the exception), then bytes read, written, copied."""
+    client = _client(target, settings)
+    client.set_upload_rate(rate)
+    before = client.statistics()
+    results: list[tuple[bool, Any]] = [(False, None)] * len(items)
+
+    async def one(n: int, path: bytes, source: str, size: int, mtime_ns: int, kwargs: dict) -> None:
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                results[n] = (True, await client.upload(path, fd, size, mtime_ns, **kwargs))
+            finally:
+                os.close(fd)
+        except Exception as exc:  # noqa: BLE001 - handed back to the item's own caller
+            results[n] = (False, exc)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            for n, item in enumerate(items):
+                nursery.start_soon(one, n, *item)
+
+    trio.run(run)
+    after = client.statistics()
+    return (results, after.bytes_read - before.bytes_read, after.bytes_written - before.bytes_written,
+            after.bytes_copied - before.bytes_copied)
+
+
+class _Item:
+    __slots__ = ("args", "done", "outcome")
+
+    def __init__(self, args: tuple[bytes, str, int, int, dict]) -> None:
+        self.args = args
+        self.done = trio.Event()
+        self.outcome: tuple[bool, Any] = (False, None)
+
+    def finish(self, outcome: tuple[bool, Any]) -> None:
+        self.outcome = outcome
+        self.done.set()
+
+
+class _SmallUploads:
+    """Gathers small uploads into batch jobs for the worker processes.
+
+    No task of its own: a caller that finds a worker free and uploads waiting becomes the
+    batch's leader, takes up to ``BATCH_MAX`` of them (its own among them), runs the job and
+    hands each caller its own result; the others park until their upload is done or they can
+    lead the next batch. Under load the batches grow by themselves (everything that arrived
+    while the workers were busy goes in the next one); one upload alone goes at once.
+    A leader cancelled mid-job (shutdown) kills its worker; the other uploads of that batch
+    fail with ``UpstreamUnavailable`` and are pushed again in a later round.
+    """
+
+    def __init__(self, owner: OffloadedUpstream, leaders: int) -> None:
+        self._owner = owner
+        self._leaders = leaders
+        self._pending: list[_Item] = []
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def upload(self, args: tuple[bytes, str, int, int, dict]) -> Any:
+        item = _Item(args)
+        self._pending.append(item)
+        while not item.done.is_set():
+            if self._leaders > 0 and self._pending:
+                await self._lead()
+            else:
+                await self._lot.park()
+        ok, value = item.outcome
+        if not ok:
+            raise value
+        return value
+
+    async def _lead(self) -> None:
+        batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+        self._leaders -= 1
+        try:
+            results = await self._owner._in_worker_raw(_batch_job, [it.args for it in batch])
+            for it, outcome in zip(batch, results, strict=True):
+                it.finish(outcome)
+        except BaseException as exc:
+            err = exc if isinstance(exc, Exception) else UpstreamUnavailable(
+                f"{self._owner.description}: the upload batch was interrupted; it is pushed again")
+            for it in batch:
+                if not it.done.is_set():
+                    it.finish((False, err))
+            raise
+        finally:
+            self._leaders += 1
+            self._lot.unpark_all()
+
+
 def _shared_path(fd: int) -> str:
     """A path another process opens to reach this process's ``fd`` — the same open file,
     even when it has no name (an unlinked or ``O_TMPFILE`` snapshot): ``/proc/PID/fd/N``.
@@ -99,12 +196,16 @@ class OffloadedUpstream(SmbUpstream):
         self._written = 0
         self._copied = 0
         self._jobs = 0
+        self._small = _SmallUploads(self, workers)
 
     async def _in_worker(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._in_worker_raw(_job, op, args, kwargs)
+
+    async def _in_worker_raw(self, job: Any, *args: Any) -> Any:
         try:
             with trio.fail_after(self._job_timeout_s):
                 result, read, written, copied = await trio_parallel.run_sync(
-                    _job, self.target, self._job_settings, op, args, kwargs, self.upload_rate.bytes_per_s,
+                    job, self.target, self._job_settings, *args, self.upload_rate.bytes_per_s,
                     kill_on_cancel=True, limiter=self._workers)
         except trio.TooSlowError:
             raise UpstreamTimeout(f"{self.description}: a transfer took longer than "
@@ -123,7 +224,7 @@ class OffloadedUpstream(SmbUpstream):
 
     async def upload(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
         if size < BULK_BYTES:
-            return await super().upload(path, fd, size, mtime_ns, **kwargs)
+            return await self._small.upload((path, _shared_path(fd), size, mtime_ns, kwargs))
         return await self._in_worker("upload", path, _shared_path(fd), size, mtime_ns, **kwargs)
 
     async def upload_delta(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
