@@ -28,6 +28,7 @@ import trio_parallel
 from cscd.sync import chunker
 from cscd.sync.chunker import MIN_CHUNK, Chunk
 from cscd.sync.local import LocalSide
+from cscd.upstream.offload import run_in_background
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ class Hasher:
         return merged
 
     async def _run(self, fn, *args) -> list[Chunk]:  # noqa: ANN001 - a chunker function
-        return await trio_parallel.run_sync(fn, *args, kill_on_cancel=True, limiter=self._limiter)
+        # at the workers' lower priority: chunking must not take the CPU from cached reads
+        return await trio_parallel.run_sync(run_in_background, fn, *args, kill_on_cancel=True,
+                                            limiter=self._limiter)
 
     async def run_after_hydration(self, local: LocalSide) -> None:
         """Record the chunk map of every file whose download completes (task ``sync.chunk``)."""

@@ -45,6 +45,30 @@ BATCH_MAX = 64
 
 _CLIENTS: dict[tuple, Any] = {}
 
+#: how much lower than the daemon a worker process runs (nice): background work yields the
+#: CPU to the FUSE loop serving cached files on a busy machine (Windows runs its background
+#: sync at low priority too)
+WORKER_NICENESS = 10
+_lowered = False
+
+
+def lower_priority() -> None:
+    """In a worker process: drop its CPU priority by ``WORKER_NICENESS``, once."""
+    global _lowered
+    if not _lowered:
+        _lowered = True
+        try:
+            os.nice(WORKER_NICENESS)
+        except OSError:  # a sandbox may forbid it; the work still runs
+            pass
+
+
+def run_in_background(fn: Any, *args: Any) -> Any:
+    """The worker-side trampoline for a job of another module (chunking): ``fn(*args)`` at
+    the workers' lower priority."""
+    lower_priority()
+    return fn(*args)
+
 
 def _client(target: UncTarget, settings: ServerSettings) -> SmbUpstream:
     """The worker process's upstream for these parameters (made once per process)."""
@@ -61,6 +85,7 @@ def _client(target: UncTarget, settings: ServerSettings) -> SmbUpstream:
 def _job(target: UncTarget, settings: ServerSettings, op: str, args: tuple, kwargs: dict,
          rate: float | None = None) -> tuple[Any, int, int, int]:
     """Run one transfer in the worker: (result, bytes read, written, copied on the server)."""
+    lower_priority()
     client = _client(target, settings)
     client.set_upload_rate(rate)
     before = client.statistics()
@@ -83,6 +108,7 @@ def _batch_job(target: UncTarget, settings: ServerSettings, items: list[tuple[by
                rate: float | None = None) -> tuple[list[tuple[bool, Any]], int, int, int]:
     """Run small uploads in the worker, several at once on its connection: for each item
     (True, entry) or (False, the exception), then bytes read, written, copied."""
+    lower_priority()
     client = _client(target, settings)
     client.set_upload_rate(rate)
     before = client.statistics()
