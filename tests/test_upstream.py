@@ -601,17 +601,3 @@ async def test_server_hanging_mid_upload(own_smbd: EmbeddedSamba, tmp_path: Path
     assert entry.size == 2
     assert no_temporaries(own_smbd.share_dir / "t")
     await up.close()
-
-
-def test_own_changes_are_echoes_for_two_seconds_only() -> None:
-    from cscd.upstream.echo import ECHO_S, OwnChanges
-
-    now = [100.0]
-    own = OwnChanges(clock=lambda: now[0])
-    own.note(b"docs/a.txt", b"b.txt")
-    assert own.is_echo(b"docs", [b"a.txt"])
-    assert own.is_echo(b"", [b"docs/a.txt", b"b.txt"])
-    assert not own.is_echo(b"docs", [b"a.txt", b"c.txt"]), "one change of someone else's lets the batch through"
-    assert not own.is_echo(b"docs", [])
-    now[0] += ECHO_S + 0.1
-    assert not own.is_echo(b"docs", [b"a.txt"])

@@ -249,19 +249,12 @@ class OffloadedUpstream(SmbUpstream):
     # vs 151-180 MB/s).
 
     async def upload(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
-        self.own_changes.note(path)  # the worker's changes come back on this process's watches
         if size < BULK_BYTES:
-            entry = await self._small.upload((path, _shared_path(fd), size, mtime_ns, kwargs))
-        else:
-            entry = await self._in_worker("upload", path, _shared_path(fd), size, mtime_ns, **kwargs)
-        self.own_changes.note(path)
-        return entry
+            return await self._small.upload((path, _shared_path(fd), size, mtime_ns, kwargs))
+        return await self._in_worker("upload", path, _shared_path(fd), size, mtime_ns, **kwargs)
 
     async def upload_delta(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
-        self.own_changes.note(path)
-        entry = await self._in_worker("upload_delta", path, _shared_path(fd), size, mtime_ns, **kwargs)
-        self.own_changes.note(path)
-        return entry
+        return await self._in_worker("upload_delta", path, _shared_path(fd), size, mtime_ns, **kwargs)
 
     def statistics(self) -> UpstreamStatistics:
         own = super().statistics()

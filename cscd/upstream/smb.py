@@ -56,7 +56,6 @@ from cscd.types import KerberosLogon, Logon, SmbSecurity, UncTarget
 from cscd.upstream import dfs, smb_delta, smb_move
 from cscd.upstream import smb_ops as ops
 from cscd.upstream.base import Conflict, Extent, LinkActivity, RemoteEntry, UpstreamStatistics, check_plan
-from cscd.upstream.echo import OwnChanges
 from cscd.upstream.ratelimit import RateLimit
 from cscd.upstream.smb_connect import LinkOpener
 from cscd.upstream.smb_errors import (
@@ -142,8 +141,6 @@ class SmbUpstream:
         self._eas_support: bool | None = None  # asked once (FileFsAttributeInformation)
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
-        #: what this client just changed on the server: its watches drop the echoes
-        self.own_changes = OwnChanges()
         self._opener = LinkOpener(credentials, port=port, security=security, stats=self._stats,
                                   rate_limit=self.upload_rate,
                                   referrals=referrals if referrals is not None else _REFERRALS)
@@ -476,9 +473,7 @@ class SmbUpstream:
         """Make ``eas`` the whole EA set of ``path`` (the ones it lacks are removed)."""
         spath, where = self._spath(path)
         if await self._eas_supported(where):
-            self.own_changes.note(path)
             await self._run(where, ops.set_eas, spath, {n: v for n, v in eas.items() if v}, idempotent=True)
-            self.own_changes.note(path)
 
     async def read(
         self, path: bytes, offset: int, length: int, *, timeout_s: float | None = None
@@ -561,9 +556,7 @@ class SmbUpstream:
                     raise Conflict(f"{where} was created on the server in the meantime") from exc
                 raise
 
-        self.own_changes.note(path)
         attrs, fid = await self._run(where, work)
-        self.own_changes.note(path)
         return self._entry(name, attrs, fid)
 
     @contextlib.asynccontextmanager
@@ -594,7 +587,6 @@ class SmbUpstream:
                 server=self._server,
                 timeout_s=self._timeout_s,
                 run=self._run,
-                is_echo=functools.partial(self.own_changes.is_echo, path),
             )
             self._watches.add(watcher)  # before the gate opens: a rename must find it
         finally:
@@ -671,18 +663,14 @@ class SmbUpstream:
         if not path:
             raise BadName("the target folder itself cannot be created again")
         spath, where = self._spath(path)
-        self.own_changes.note(path)
         attrs, fid = await self._run(where, ops.mkdir, spath)
-        self.own_changes.note(path)
         return self._entry(self._leaf(path), attrs, fid)
 
     async def delete(self, path: bytes, *, is_dir: bool) -> None:
         if not path:
             raise BadName("cscd never deletes the target folder itself")
         spath, where = self._spath(path)
-        self.own_changes.note(path)
         await self._run(where, functools.partial(ops.delete, is_dir=is_dir), spath)
-        self.own_changes.note(path)
 
     async def rename(self, old: bytes, new: bytes, *, replace: bool = False) -> RemoteEntry:
         if not old or not new:
@@ -696,14 +684,12 @@ class SmbUpstream:
                 while self._opening_watches:
                     await self._watch_gate.wait()
             await self._release_watches_below(old_spath)
-            self.own_changes.note(old, new)
             attrs, fid = await self._run(
                 f"{where} → {new_where}",
                 functools.partial(ops.rename, replace=replace),
                 old_spath,
                 new_spath,
             )
-            self.own_changes.note(old, new)
         finally:
             with trio.CancelScope(shield=True):
                 async with self._watch_gate:
@@ -713,9 +699,7 @@ class SmbUpstream:
 
     async def set_mtime(self, path: bytes, mtime_ns: int) -> RemoteEntry:
         spath, where = self._spath(path)
-        self.own_changes.note(path)
         attrs, fid = await self._run(where, ops.set_mtime, spath, mtime_ns)
-        self.own_changes.note(path)
         return self._entry(self._leaf(path), attrs, fid)
 
     # -- moving the target folder (issue 6) ---------------------------------------------------

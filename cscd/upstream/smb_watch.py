@@ -129,9 +129,7 @@ class SmbWatch:
         server: str,
         timeout_s: float,
         run: Callable[..., Awaitable[T]],
-        is_echo: Callable[[list[bytes]], bool] = lambda names: False,
     ) -> None:
-        self._is_echo = is_echo  # our own changes coming back (``echo.OwnChanges``)
         self._link = link
         self._file_id = file_id
         self._tree = tree
@@ -184,7 +182,7 @@ class SmbWatch:
                 if is_internal_name(parts[-1]):
                     continue  # upload temporaries, our own or another cscd's
                 out.append(Change(action, b"/".join(local_name(p) for p in parts)))
-            if out and not self._is_echo([c.path for c in out]):
+            if out:
                 return out
 
     async def _wait(self) -> list[tuple[int, str]] | None:
