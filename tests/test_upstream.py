@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from cscd.errors import (
     AccessDenied,
@@ -601,3 +602,54 @@ async def test_server_hanging_mid_upload(own_smbd: EmbeddedSamba, tmp_path: Path
     assert entry.size == 2
     assert no_temporaries(own_smbd.share_dir / "t")
     await up.close()
+
+
+async def test_small_uploads_in_batches_land_whole_and_leave_no_fd_behind(smbd: EmbeddedSamba, tmp_path: Path) -> None:
+    """The offloading upstream (the daemon's kind) sends small uploads to its worker processes
+    in batches, each naming a duplicate of the caller's fd. Twenty at once, one of them
+    cancelled while it waits: the other nineteen land with their own bytes, the cancelled one
+    never lands, and every duplicate is closed again."""
+    from cscd.types import ServerSettings
+    from cscd.upstream.offload import OffloadedUpstream
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    disk = smbd.share_dir / name
+    disk.mkdir()
+    settings = ServerSettings(Credentials(smbd.username, smbd.password), port=smbd.port, offload=True)
+    up = OffloadedUpstream(UncTarget(smbd.host, smbd.share, (name,)), settings, workers=1)
+    fds = [local_file(tmp_path, f"content of {k}".encode() * 50, f"src{k}") for k in range(20)]
+    def fds_on_sources() -> int:  # open fds of this process naming the source files
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path / "src"))
+            except OSError:
+                continue
+        return n
+
+    try:
+        async with trio.open_nursery() as nursery:
+            cancel = trio.CancelScope()
+
+            async def one(k: int) -> None:
+                size = os.fstat(fds[k]).st_size
+                if k == 19:
+                    with cancel:
+                        await up.upload(f"f{k}.txt".encode(), fds[k], size, 1_000_000_000_000, replace=False)
+                else:
+                    await up.upload(f"f{k}.txt".encode(), fds[k], size, 1_000_000_000_000, replace=False)
+
+            for k in range(19):
+                nursery.start_soon(one, k)
+            await trio.testing.wait_all_tasks_blocked()  # one leads a batch, the rest wait
+            nursery.start_soon(one, 19)
+            await trio.testing.wait_all_tasks_blocked()
+            cancel.cancel()  # the last one is still waiting for a batch
+        for k in range(19):
+            assert (disk / f"f{k}.txt").read_bytes() == f"content of {k}".encode() * 50
+        assert not (disk / "f19.txt").exists()
+        assert fds_on_sources() == 20, "a duplicate fd was left open (or one of the caller's closed)"
+    finally:
+        for fd in fds:
+            os.close(fd)
+        await up.close()

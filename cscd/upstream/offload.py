@@ -136,10 +136,16 @@ def _batch_job(target: UncTarget, settings: ServerSettings, items: list[tuple[by
 
 
 class _Item:
-    __slots__ = ("args", "done", "outcome")
+    """One small upload waiting for or in a batch. ``fd`` is its own duplicate of the
+    caller's snapshot fd, named in ``args`` by ``/proc/PID/fd/N``: it stays open until no
+    worker can open that path any more, so a caller that is cancelled and closes its
+    snapshot can never make the number name another file (the next snapshot) meanwhile."""
 
-    def __init__(self, args: tuple[bytes, str, int, int, dict]) -> None:
-        self.args = args
+    __slots__ = ("args", "done", "fd", "outcome")
+
+    def __init__(self, path: bytes, fd: int, size: int, mtime_ns: int, kwargs: dict) -> None:
+        self.fd = os.dup(fd)
+        self.args = (path, _shared_path(self.fd), size, mtime_ns, kwargs)
         self.done = trio.Event()
         self.outcome: tuple[bool, Any] = (False, None)
 
@@ -166,14 +172,20 @@ class _SmallUploads:
         self._pending: list[_Item] = []
         self._lot = trio.lowlevel.ParkingLot()
 
-    async def upload(self, args: tuple[bytes, str, int, int, dict]) -> Any:
-        item = _Item(args)
+    async def upload(self, path: bytes, fd: int, size: int, mtime_ns: int, kwargs: dict) -> Any:
+        item = _Item(path, fd, size, mtime_ns, kwargs)
         self._pending.append(item)
-        while not item.done.is_set():
-            if self._leaders > 0 and self._pending:
-                await self._lead()
-            else:
-                await self._lot.park()
+        try:
+            while not item.done.is_set():
+                if self._leaders > 0 and self._pending:
+                    await self._lead()
+                else:
+                    await self._lot.park()
+        except BaseException:
+            if item in self._pending:  # not taken by a batch: it never goes up
+                self._pending.remove(item)
+                os.close(item.fd)
+            raise  # in a batch: its leader closes the fd when the job is over
         ok, value = item.outcome
         if not ok:
             raise value
@@ -194,6 +206,8 @@ class _SmallUploads:
                     it.finish((False, err))
             raise
         finally:
+            for it in batch:
+                os.close(it.fd)  # the job is over: no worker opens these paths any more
             self._leaders += 1
             self._lot.unpark_all()
 
@@ -250,7 +264,7 @@ class OffloadedUpstream(SmbUpstream):
 
     async def upload(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
         if size < BULK_BYTES:
-            return await self._small.upload((path, _shared_path(fd), size, mtime_ns, kwargs))
+            return await self._small.upload(path, fd, size, mtime_ns, kwargs)
         return await self._in_worker("upload", path, _shared_path(fd), size, mtime_ns, **kwargs)
 
     async def upload_delta(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
