@@ -246,6 +246,10 @@ def _pipelined_read(
         pos += len(piece)
 
 
+#: what an upload temporary is opened with: write it, set its time, rename or delete it
+_UPLOAD_ACCESS = w.FILE_WRITE_DATA | w.FILE_READ_ATTRIBUTES | w.FILE_WRITE_ATTRIBUTES | w.DELETE | w.SYNCHRONIZE
+
+
 def upload(
     link: SmbLink,
     call: Call,
@@ -268,15 +272,8 @@ def upload(
     conn = link.conn
     assert conn is not None
     chunk = min(w.MAX_IO, int(conn.max_write_size))
-    access = (
-        w.FILE_WRITE_DATA
-        | w.FILE_READ_ATTRIBUTES
-        | w.FILE_WRITE_ATTRIBUTES
-        | w.DELETE
-        | w.SYNCHRONIZE
-    )
     create = w.create_req(
-        temp_spath, access=access, disposition=w.FILE_CREATE, options=w.FILE_NON_DIRECTORY_FILE
+        temp_spath, access=_UPLOAD_ACCESS, disposition=w.FILE_CREATE, options=w.FILE_NON_DIRECTORY_FILE
     )
     first = _pread_exact(fd, min(size, chunk), 0)
     msgs = [create, w.write_req(R, 0, first)] if first else [create]
@@ -356,8 +353,8 @@ def upload_new_small(
     ``leftovers``; the exception is re-raised.
     """
     data = _pread_exact(fd, size, 0) if size else b""
-    access = w.FILE_WRITE_DATA | w.FILE_READ_ATTRIBUTES | w.FILE_WRITE_ATTRIBUTES | w.DELETE | w.SYNCHRONIZE
-    msgs = [w.create_req(temp_spath, access=access, disposition=w.FILE_CREATE, options=w.FILE_NON_DIRECTORY_FILE)]
+    msgs = [w.create_req(temp_spath, access=_UPLOAD_ACCESS, disposition=w.FILE_CREATE,
+                         options=w.FILE_NON_DIRECTORY_FILE)]
     if data:
         msgs.append(w.write_req(R, 0, data))
     msgs += [

@@ -13,18 +13,13 @@ import signal
 import subprocess
 from pathlib import Path
 
+from tests.helpers.private_bus import start_bus
 from tests.helpers.wait import wait_for
 
 
 class Keyring:
     def __init__(self, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(
-            ["dbus-daemon", "--session", "--print-address=1", "--print-pid=1", "--fork",
-             f"--address=unix:dir={workdir}"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.split()
-        self.address, self._bus_pid = out[0], int(out[1])
+        self.address, self._bus_pid = start_bus(workdir)
         self.env = {"DBUS_SESSION_BUS_ADDRESS": self.address, "HOME": str(workdir),
                     "XDG_DATA_HOME": str(workdir / "data"), "XDG_RUNTIME_DIR": str(workdir),
                     "PATH": os.environ.get("PATH", "/usr/bin:/bin")}

@@ -18,19 +18,24 @@ from jeepney import Message, MessageType, message_bus
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
 
+def start_bus(workdir: Path) -> tuple[str, int]:
+    """A private session ``dbus-daemon`` listening in ``workdir``: (its address, its pid)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        ["dbus-daemon", "--session", "--print-address=1", "--print-pid=1", "--fork",
+         f"--address=unix:dir={workdir}"],
+        capture_output=True, text=True, check=True, timeout=10,
+    ).stdout.split()
+    return out[0], int(out[1])
+
+
 class BusService:
     """Subclasses name their services (``names``) and answer calls (``answer``)."""
 
     names: tuple[str, ...] = ()
 
     def __init__(self, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(
-            ["dbus-daemon", "--session", "--print-address=1", "--print-pid=1", "--fork",
-             f"--address=unix:dir={workdir}"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.split()
-        self.address, self.pid = out[0], int(out[1])
+        self.address, self.pid = start_bus(workdir)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=type(self).__name__, daemon=True)
