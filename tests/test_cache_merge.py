@@ -97,6 +97,37 @@ async def test_a_folder_the_server_deleted_still_loses_its_clean_files(cache, tm
     assert _problems(cache, tmp_path) == []
 
 
+
+async def test_a_listing_during_a_conflict_copy_upload_gives_the_copy_no_second_node(cache, tmp_path):
+    """A file changed on both sides: the push names the local version ``doc (conflict …).txt``
+    and uploads it there. A listing merged while that upload runs (our own upload's change
+    notification) shows the copy on the server before its base is recorded: it is ours, not a
+    stranger's new file. It used to become a second node under the same name, which the
+    copy's own node then pushed out of its directory (a live node in no directory)."""
+    from cscd.reconcile import Ours
+    from cscd.sync.conflicts import conflict_name
+
+    folder = _folder(cache)
+    node, _ = await _uploaded(cache, folder, b"doc.txt", b"base", 7)
+    fd = cache.content.open(node.id, truncate=True, write=True)
+    cache.content.write(node.id, fd, 0, b"mine")
+    cache.content.release(node.id, fd, write=True, wrote=True)
+    node = cache.core.node(node.id)
+    copy = conflict_name(b"doc.txt")
+    cache.sync.rename_for_conflict(node.id, copy)
+    cache.sync.record_sending(node.id, folder, copy, Ours(4, node.mtime_ns))
+    theirs, sent = _file(b"doc.txt", 8, 6), RemoteEntry(copy, False, 4, node.mtime_ns, node.mtime_ns, 9)
+    cache.listings.merge(folder, [theirs, sent])  # the upload is on the server, not recorded yet
+    assert (await cache.namespace.lookup(folder, copy)).id == node.id
+    assert (await cache.namespace.lookup(folder, b"doc.txt")).id != node.id  # theirs, to fetch
+    reasons = next(r for n, r in cache.sync.dirty_nodes() if n.id == node.id)
+    assert cache.sync.record_synced(node.id, node.version, folder, sent, reasons)
+    cache.listings.merge(folder, [theirs, sent])
+    assert (await cache.namespace.lookup(folder, copy)).id == node.id
+    assert [c["id"] for c in cache.sync.list_conflicts()] == [node.id]
+    assert _problems(cache, tmp_path) == []
+
+
 # ------------------------------------------------ newer versions of complete copies (issue 22)
 
 

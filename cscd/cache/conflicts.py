@@ -20,7 +20,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from cscd.cache import nodes
+from cscd.cache import nodes, unrecorded
 from cscd.cache.index import from_u64, u64
 from cscd.cache.nodes import Node
 from cscd.errors import CscdError, NotFound
@@ -36,8 +36,8 @@ def rename_for_conflict(cache: CacheCore, node_id: int, new_name: bytes) -> None
     """Give the local version a new name in the same directory and record the conflict.
 
     Its old base is dropped, so the server's version reappears under the old name as a
-    placeholder on the next listing. Called just before ``record_synced`` with the conflict
-    copy's server entry.
+    placeholder on the next listing. Called before the conflict copy is uploaded (so no
+    listing merged meanwhile mistakes that upload for a stranger's file).
     """
     ix = cache.index
     with cache.txn(write=True) as txn:
@@ -45,6 +45,8 @@ def rename_for_conflict(cache: CacheCore, node_id: int, new_name: bytes) -> None
         old_name = node.name
         nodes.unlink(ix, txn, node)
         nodes.clear_base(ix, txn, node)
+        # The upload to the old name met another version and never happened: its note goes.
+        unrecorded.remove(ix, txn, node.parent, old_name, node_id)
         node.name = new_name
         nodes.put(ix, txn, node)
         nodes.link(ix, txn, node)

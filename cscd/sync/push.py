@@ -621,10 +621,15 @@ class Pusher:
                 # The server moved between the check and now (back to the base, or the file
                 # went away): no second writer is proven, so look again next round.
                 raise SourceChanged(f"{target!r} changed on the server during the upload ({action.value})") from None
+            # The local version takes its conflict name here first, and the upload to that
+            # name is noted as ours: a listing merged while it runs (our own upload's change
+            # notification) must not take the new server name for someone else's file and
+            # give it a second node. A failed upload leaves a new local file, sent next round.
             name = conflict_name(node.name)
+            self.local.rename_for_conflict(node.id, name)
+            self.local.record_sending(node.id, node.parent, name, Ours(snap.size, snap.mtime_ns))
             entry = await up.upload(_join(parent_path, name), snap.fd, snap.size, snap.mtime_ns,
                                     expected=None, replace=False)
-            self.local.rename_for_conflict(node.id, name)
             self.counters.conflicts += 1
             self.on_server_differs(node.parent)  # the server's version comes down under the name
             log.warning("conflict: %r changed on the server and here; the local version is "

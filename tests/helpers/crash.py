@@ -96,9 +96,14 @@ def read_tree(root: Path, *, skip: Callable[[str], bool] = lambda name: False,
                 out[p] = DIR
                 walk(e.path, p)
             else:
-                with open(e.path, "rb") as f:
-                    data = out[p] = f.read()
-                    size = os.fstat(f.fileno()).st_size
+                try:
+                    with open(e.path, "rb") as f:
+                        data = out[p] = f.read()
+                        size = os.fstat(f.fileno()).st_size
+                except OSError as exc:
+                    if exc.filename is None:  # read(2) names no file: name it for the message
+                        raise type(exc)(exc.errno, f"{exc.strerror} (reading {p})", e.path) from exc
+                    raise
                 if anomalies is not None and size != len(data):
                     anomalies.append(f"{p}: stat says {size} bytes, reading it gives {len(data)}")
 
@@ -622,8 +627,10 @@ class CrashRun:
         try:
             found = read_tree(self.env.docs, anomalies=anomalies)
         except OSError as exc:
+            # Nothing after this can be judged (the interrupted operation stays unresolved):
+            # report now, with the daemon's log, rather than trip over it in the next round.
             self.problem(f"{when}: the mount could not be read: {exc!r}")
-            return
+            self.fail_now()
         if anomalies:
             self.problem(f"{when}: files whose size and content disagree:\n    " + "\n    ".join(anomalies))
         interrupted = self.churner.in_flight
@@ -704,6 +711,11 @@ class CrashRun:
         self.note(f"{self.rounds} rounds, {c.ops_done} operations, {len(c.committed)} entries at the end, "
                   f"longest operation {c.longest_s * 1000:.0f} ms ({c.longest_op}); "
                   f"upload temporaries left on the server: {len(temps)}")
+        self.fail_now()
+
+    def fail_now(self) -> None:
+        """Fail the test if anything went wrong so far: every problem, what happened, the daemon's log."""
+        env = self.env
         print(f"seed {self.seed}\n" + "\n".join(self.log))
         if self.problems:
             pytest.fail(
