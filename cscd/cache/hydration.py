@@ -79,13 +79,18 @@ class Hydration:
 
     # ------------------------------------------------------------ symbolic links
 
+    @staticmethod
+    def may_be_link(node: Node) -> bool:
+        """Whether ``recognize_link`` may still find this file to be a link (not checked yet)."""
+        return (not node.is_dir and node.size == symlinks.SIZE and node.has_base
+                and not node.flags & (Flag.SYMLINK | Flag.LINK_CHECKED))
+
     async def recognize_link(self, node: Node) -> Node:
         """A 1067-byte file from the server may be a Minshall-French link another client made:
         read it once (fetching it if the folder's mode allows) and remember the answer in the
         node's flags. Returns the node as it is now. A file that cannot be read now stays a
         regular file until a later lookup can; a changed one here is never a link."""
-        if (node.is_dir or node.size != symlinks.SIZE or not node.has_base
-                or node.flags & (Flag.SYMLINK | Flag.LINK_CHECKED)):
+        if not self.may_be_link(node):
             return node
         ix = self.core.index
         with self.core.txn() as txn:

@@ -110,13 +110,16 @@ class Namespace:
                 raise NotFound(f"{name!r} not found")
             return nodes.get(self.core.index, txn, cid)
 
-    async def readdir(self, dir_id: int, after_id: int) -> list[tuple[bytes, Node]]:
-        """Children after ``after_id`` (the readdir offset), in stable id order."""
+    async def readdir(self, dir_id: int, after_id: int) -> list[tuple[bytes, int, bytes]]:
+        """Children after ``after_id`` (the readdir offset), in stable id order, as
+        ``(name, id, packed record)``: unpacked (``Node.unpack``) only by a caller that has
+        not seen that exact record before (``fs`` keeps the attributes it built from it)."""
         await self.listings.ensure_listed(dir_id)
+        ix = self.core.index
         out = []
         with self.core.txn() as txn:
-            for cid, name in nodes.iter_children(self.core.index, txn, dir_id, after_id):
-                out.append((name, nodes.get(self.core.index, txn, cid)))
+            for cid, name in nodes.iter_children(ix, txn, dir_id, after_id):
+                out.append((name, cid, nodes.get_packed(ix, txn, cid)))
                 if len(out) >= 512:
                     break
         return out

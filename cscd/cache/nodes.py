@@ -151,6 +151,14 @@ def find(ix: Index, txn: lmdb.Transaction, node_id: int) -> Node | None:
     return None if data is None else Node.unpack(node_id, data)
 
 
+def get_packed(ix: Index, txn: lmdb.Transaction, node_id: int) -> bytes:
+    """The node's record as stored (``Node.unpack`` reads it); the same bytes mean the same node."""
+    data = txn.get(u64(node_id), db=ix.nodes)
+    if data is None:
+        raise NotFound(f"node {node_id} is gone")
+    return data
+
+
 def put(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     """Store ``node``; keeps ``listed`` and ``tombstones`` in step with its flags."""
     key = u64(node.id)

@@ -158,10 +158,14 @@ class SyncSide:
             return list(unrecorded.iter_all(self.core.index, txn))
 
     def forget_unrecorded(self, note: Unrecorded) -> None:
-        """The server does not hold that version (any more), or it was dealt with."""
+        """The server does not hold that version (any more), or it was dealt with.
+
+        A listing of the directory already under way may predate that (it may show the file
+        sync just took back): it is dropped, as after any change sync makes there."""
         with self.core.txn(write=True) as txn:
             unrecorded.discard(self.core.index, txn, note)
             nodes.forget_listing(self.core.index, txn, note.parent)  # a merge may have skipped it
+        self.listings.stamp(note.parent)
 
     def name_in_use(self, parent: int, name: bytes) -> bool:
         """Whether a live node here has the name ``name`` in directory ``parent``, or has it as

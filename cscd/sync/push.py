@@ -347,8 +347,11 @@ class Pusher:
             log.info("%r on the server is an unrecorded %s of ours; it is the base of %r again",
                      path, _kind_of(note.ours), node.name)
             return
-        self.local.forget_unrecorded(note)
+        # The note goes only once the file is: until then a listing merged meanwhile must
+        # still know the file for ours, not a stranger's new one (it used to show up here as
+        # a placeholder of a file about to go, read as ENOENT or resurrected after a crash).
         await self._take_back(path, current, up)
+        self.local.forget_unrecorded(note)
         log.info("%r on the server was an unrecorded %s of ours that nothing here wants any more; "
                  "taken back (a folder only if empty)", path, _kind_of(note.ours))
 
