@@ -9,6 +9,7 @@ No network, no content bytes.
 from __future__ import annotations
 
 import enum
+import logging
 import stat
 import struct
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import lmdb
 from cscd.cache.index import Index, child_key, dirent_key, from_u32, from_u64, u32, u64
 from cscd.errors import NotFound
 from cscd.types import ROOT_ID, RemoteEntry
+
+log = logging.getLogger(__name__)
 
 
 class Flag(enum.IntFlag):
@@ -213,7 +216,17 @@ def set_base(ix: Index, txn: lmdb.Transaction, node: Node, base_parent: int, ent
     node.base_size = entry.size
     node.base_mtime_ns = entry.mtime_ns
     node.flags |= Flag.HAS_BASE
-    txn.put(child_key(base_parent, entry.name), u64(node.id), db=ix.bases)
+    key = child_key(base_parent, entry.name)
+    held = txn.get(key, db=ix.bases)
+    if held is not None and from_u64(held) != node.id:
+        other = find(ix, txn, from_u64(held))
+        if other is not None and not other.is_deleted and (other.base_parent, other.base_name) == (
+                base_parent, entry.name):
+            # Two live nodes cannot share one server name; the other one is left pointing at
+            # a name it no longer holds. Not expected: said loudly, to be found.
+            log.warning("node %s takes the server name %r in %s from live node %s (%r)",
+                        node.id, entry.name, base_parent, other.id, other.name)
+    txn.put(key, u64(node.id), db=ix.bases)
     forget_listing(ix, txn, base_parent)
 
 

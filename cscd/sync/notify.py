@@ -7,7 +7,8 @@ folder is online, hold ``Upstream.watch`` on the target; for each batch, map eve
 server path to the cached directory whose listing shows it (``LocalSide.listed_dir_at``
 follows the agreed server names) and hand those to the folder's rescan task, which re-lists
 them with ``Scanner.scan``. The watch loop never waits for a rescan, so the server's queue is
-drained at once (an overflowing queue costs a rescan of everything), and a directory is
+drained within ``REARM_GAP_S`` (an overflowing queue, ~400 changes, costs a rescan of
+everything; the gap gathers what comes meanwhile into one reply), and a directory is
 re-listed at once after a quiet spell but at most every ``RESCAN_GAP_S`` while changes keep
 coming: writing 1,000 files into one directory made our own uploads' notifications re-list
 it about 1,200 times in 16 s. When in doubt —
@@ -30,7 +31,7 @@ from collections.abc import Callable
 import trio
 
 from cscd.errors import CscdError, Unsupported, UpstreamTimeout, UpstreamUnavailable
-from cscd.sync.dirwatch import DirectoryWatches
+from cscd.sync.dirwatch import REARM_GAP_S, DirectoryWatches
 from cscd.sync.local import LocalSide
 from cscd.sync.scan import Scanner
 from cscd.types import FolderLink, Mode
@@ -124,6 +125,7 @@ class Notifier:
                         await self._apply(folder, batch)
                         if link.mode is not Mode.ONLINE:
                             break
+                        await trio.sleep(REARM_GAP_S)
             except Unsupported as exc:
                 self.unsupported.add(folder)
                 log.info("%s: %s; periodic scans only", up.description, exc)

@@ -39,6 +39,7 @@ import itertools
 import os
 import random
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -648,7 +649,10 @@ class CrashRun:
         except Exception as exc:  # noqa: BLE001 - a cache the checker cannot read is a finding
             found = [f"the check failed: {exc!r}"]
         if found:
-            self.problem("the cache the crash left is inconsistent:\n    " + "\n    ".join(found[:15]))
+            kept = self.env.workdir / f"index-after-round-{self.rounds}"
+            shutil.copytree(self.env.daemon.cache / "index", kept, dirs_exist_ok=True)
+            self.problem(f"the cache the crash left is inconsistent (index kept in {kept}):\n    "
+                         + "\n    ".join(found[:15]))
 
     def restart_daemon(self) -> None:
         t = time.monotonic()
