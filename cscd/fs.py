@@ -28,7 +28,7 @@ import errno
 import functools
 import logging
 import os
-from collections import Counter
+from array import array
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -108,6 +108,37 @@ class WriteThrough(Protocol):
     async def push(self, folder: bytes, node_id: int) -> None: ...
 
 
+class LookupCounts:
+    """How many references the kernel holds to each inode (lookups minus forgets).
+
+    One 32-bit slot per node id, ids being dense: 4 MB for a million inodes the kernel knows
+    after ``ls -R`` of a big tree, where a ``Counter`` took 74 MB of the daemon's memory.
+    """
+
+    def __init__(self) -> None:
+        self._counts = array("I")
+
+    def __contains__(self, inode: int) -> bool:
+        return inode < len(self._counts) and self._counts[inode] > 0
+
+    def __getitem__(self, inode: int) -> int:
+        return self._counts[inode] if inode < len(self._counts) else 0
+
+    def add(self, inode: int) -> None:
+        counts = self._counts
+        if inode >= len(counts):
+            counts.frombytes(bytes(counts.itemsize * (max(inode + 1, 2 * len(counts)) - len(counts))))
+        counts[inode] += 1
+
+    def drop(self, inode: int, n: int) -> int:
+        """Take ``n`` references away; returns how many are left."""
+        if inode >= len(self._counts):
+            return 0
+        left = max(self._counts[inode] - n, 0)
+        self._counts[inode] = left
+        return left
+
+
 class CscdFs(pyfuse3.Operations):
     """pyfuse3 operations over a ``Cache``; the inode number is the node id."""
 
@@ -124,7 +155,7 @@ class CscdFs(pyfuse3.Operations):
         self.write_through = write_through
         self.uid = os.getuid()
         self.gid = os.getgid()
-        self._lookups: Counter[int] = Counter()
+        self._lookups = LookupCounts()
         self._listed_attrs: dict[int, tuple[bytes, pyfuse3.EntryAttributes]] = {}
         self._handles: dict[int, _Handle] = {}
         self._next_fh = 1
@@ -154,7 +185,7 @@ class CscdFs(pyfuse3.Operations):
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """Attributes of a node the kernel now knows one more reference to."""
-        self._lookups[node.id] += 1
+        self._lookups.add(node.id)
         return self._attrs(node)
 
     # ------------------------------------------------------------ namespace
@@ -168,11 +199,7 @@ class CscdFs(pyfuse3.Operations):
     @_errno_boundary
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         for inode, n in inode_list:
-            left = self._lookups[inode] - n
-            if left > 0:
-                self._lookups[inode] = left
-            else:
-                self._lookups.pop(inode, None)
+            if not self._lookups.drop(inode, n):
                 self.cache.content.forget(inode)
 
     @_errno_boundary
@@ -222,7 +249,7 @@ class CscdFs(pyfuse3.Operations):
                     attrs = await self._listed_attrs_of(cid, packed)
                 if not pyfuse3.readdir_reply(token, name, attrs, cid):
                     return
-                self._lookups[cid] += 1
+                self._lookups.add(cid)
                 after = cid
 
     async def _listed_attrs_of(self, node_id: int, packed: bytes) -> pyfuse3.EntryAttributes:
