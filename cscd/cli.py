@@ -8,7 +8,7 @@ folder from it, for trying cscd (and the README's first command).
 Every other command talks to the running daemon over its control socket (``control.py``):
 ``status``, ``sync [PATH] [--wait]``, ``events [--follow] [--since WHEN]``, ``stats
 [--prometheus] [--textfile PATH]``, ``reload``, ``offline|online [FOLDER]``, ``pin|unpin
-PATH``, ``free-space PATH``, ``conflicts`` / ``conflicts resolve PATH --keep
+PATH``, ``free-space PATH``, ``info PATH…``, ``conflicts`` / ``conflicts resolve PATH --keep
 local|remote|both``, ``policy show``, ``profile logon|logoff``. The socket is found from the
 configuration (``--config``, default ``~/.config/cscd/cscd.yaml``) and ``$XDG_RUNTIME_DIR``,
 or given with ``--socket``. ``--json`` prints the daemon's answer as JSON for scripts
@@ -460,6 +460,26 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    """One block per path (``cscd.cache.filestate`` says what each state means)."""
+    answers = [_call(args, "info", {"path": _abs(p)}) for p in args.paths]
+    if args.json:
+        _emit_json(answers if len(answers) > 1 else answers[0])
+        return 0
+    for a in answers:
+        size = "folder" if a["is_dir"] else f"{a['bytes_cached']:,} of {a['size']:,} bytes here"
+        extra = [f"pinned: {'yes' if a['pinned'] else 'no'}", size]
+        if a["pending"]:
+            extra.append("waiting to upload: " + ", ".join(a["pending"]))
+        if a["conflict_with"]:
+            extra.append(f"conflict with: {a['conflict_with']}")
+        if a["problem"]:
+            extra.append(f"problem: {a['problem']}")
+        extra.append(f"on the server: {a['server_path'] if a['on_server'] else 'not yet'}")
+        print(f"{a['path']}: {a['state']}\n  " + "\n  ".join(extra))
+    return 0
+
+
 def _cmd_conflicts(args: argparse.Namespace) -> int:
     if args.action == "resolve":
         return _simple("conflicts.resolve", lambda a: {"path": _abs(a.path), "keep": a.keep})(args)
@@ -552,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ("free-space", "drop the cached content of PATH (clean files only)")):
         o = client(name, _simple(name, lambda a: {"path": _abs(a.path)}), doc)
         o.add_argument("path", metavar="PATH")
+    i = client("info", _cmd_info, "offline state of each PATH: cached, partial, dirty, pinned, ...")
+    i.add_argument("paths", nargs="+", metavar="PATH")
     c = client("conflicts", _cmd_conflicts, "list conflicts, or resolve one")
     c.set_defaults(action=None)
     csub = c.add_subparsers(dest="action")

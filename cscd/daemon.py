@@ -310,7 +310,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
             policies=policies,
             matcher=matcher,
         )
-        ops = CscdFs(cache, write_through=WriteThroughPusher(source, engine.pusher))
+        ops = CscdFs(cache, write_through=WriteThroughPusher(source, engine.pusher), sync_view=engine.pusher)
         pyfuse3.init(ops, str(config.mount), mount_options())
         try:
             await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,

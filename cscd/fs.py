@@ -49,7 +49,9 @@ from pyfuse3 import (
     XAttrNameT,
 )
 
+from cscd.cache import filestate
 from cscd.cache.cache import Cache
+from cscd.cache.filestate import SyncView
 from cscd.cache.nodes import Node
 from cscd.errors import CscdError
 from cscd.types import ROOT_ID
@@ -60,6 +62,10 @@ log = logging.getLogger(__name__)
 #: changes are also pushed with explicit invalidations; 0 would make `ls -lR` 60× slower.
 ENTRY_TIMEOUT_S = 1.0
 ATTR_TIMEOUT_S = 1.0
+#: The read-only attributes that show a file's offline state (``cscd.cache.filestate``). Not
+#: listed by listxattr: ``cp -a`` and ``rsync -X`` would copy them, and setting them fails.
+STATE_XATTR = b"user.cscd.state"
+STATE_XATTRS = frozenset({STATE_XATTR, b"user.cscd.pinned"})
 #: Attributes of listed entries kept for the next listing (~300 bytes each: 10 MB at most).
 LISTED_ATTRS_KEPT = 32_768
 
@@ -149,10 +155,12 @@ class CscdFs(pyfuse3.Operations):
     # The cost is small writes: each write(2) becomes one request (128 KiB at most).
     enable_writeback_cache = False
 
-    def __init__(self, cache: Cache, write_through: WriteThrough | None = None) -> None:
+    def __init__(self, cache: Cache, write_through: WriteThrough | None = None,
+                 sync_view: SyncView | None = None) -> None:
         super().__init__()
         self.cache = cache
         self.write_through = write_through
+        self.sync_view = sync_view
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._lookups = LookupCounts()
@@ -433,6 +441,9 @@ class CscdFs(pyfuse3.Operations):
         # transaction. Only user.* attributes exist here (``cscd.xattrs``).
         if not name.startswith(b"user."):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if name in STATE_XATTRS:
+            state = filestate.describe(self.cache.core, inode, self.sync_view)
+            return state.state.encode() if name == STATE_XATTR else b"1" if state.pinned else b"0"
         try:
             return self.cache.content.get_xattr(inode, name)
         except KeyError:

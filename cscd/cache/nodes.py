@@ -162,6 +162,16 @@ def get_packed(ix: Index, txn: lmdb.Transaction, node_id: int) -> bytes:
     return data
 
 
+def is_pinned(ix: Index, txn: lmdb.Transaction, node: Node) -> bool:
+    """Pinned itself or under a pinned folder (a pin covers everything below it)."""
+    while True:
+        if Flag.PINNED in node.flags:
+            return True
+        if node.parent in (0, ROOT_ID):
+            return False
+        node = get(ix, txn, node.parent)
+
+
 def put(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     """Store ``node``; keeps ``listed`` and ``tombstones`` in step with its flags."""
     key = u64(node.id)

@@ -138,13 +138,7 @@ class Residency:
     # ------------------------------------------------------------ pins
 
     def is_pinned(self, txn, node: Node) -> bool:
-        ix = self.cache.index
-        while True:
-            if Flag.PINNED in node.flags:
-                return True
-            if node.parent in (0, ROOT_ID):
-                return False
-            node = nodes.get(ix, txn, node.parent)
+        return nodes.is_pinned(self.cache.index, txn, node)
 
     def set_pinned(self, node_id: int, pinned: bool) -> None:
         """Pin or unpin a node; a pinned directory covers everything under it, new files too."""

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from cscd import control, metrics
+from cscd.cache import filestate
 from cscd.cache.cache import Cache
 from cscd.cache.nodes import DirtyReason
 from cscd.errors import CscdError, NotFound
@@ -228,6 +229,21 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
                 missing = await engine.hydrate_pinned()
         return {"path": args["path"], "pinned": pinned, "files_missing": missing}
 
+    async def info(args: dict) -> dict:
+        """``cscd info PATH``: the file's offline state (``filestate``) and where it lives."""
+        node = await node_at(args)
+        state = filestate.describe(cache.core, node.id, engine.pusher).as_dict()
+        try:
+            folder, server_path = cache.core.remote_path(node)
+        except NotFound:  # not on the server yet
+            state["server_path"] = None
+        else:
+            up = upstreams.get(folder.decode())
+            where = str(getattr(up, "serving", None) or getattr(up, "target", "") or "")
+            rel = server_path.decode("utf-8", "surrogateescape").replace("/", "\\")
+            state["server_path"] = "\\".join(p for p in (where, rel) if p) or None
+        return dict(state, path=args["path"])
+
     async def free_space(args: dict) -> dict:
         node = await node_at(args)
         files, freed = cache.residency.free_space(node.id)
@@ -257,6 +273,7 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         "pin": lambda args: pin(args, True),
         "unpin": lambda args: pin(args, False),
         "free-space": free_space,
+        "info": info,
         "conflicts": conflicts,
         "conflicts.resolve": resolve,
         "policy.show": policy_show,

@@ -124,6 +124,11 @@ class SyncProblems:
                 out.append(d)
         return sorted(out, key=lambda d: (d["folder"], d["path"]))
 
+    def reason_of(self, node_id: int) -> str | None:
+        """The message of the node's sync problem, if it is one (``shown``)."""
+        p = self._by_node.get(node_id)
+        return p.reason if p is not None and p.shown else None
+
     @property
     def count(self) -> int:
         return sum(1 for p in self._by_node.values() if p.shown)

@@ -177,6 +177,18 @@ class Pusher:
             if not lock.locked() and self._locks.get(node_id) is lock:
                 del self._locks[node_id]
 
+    # ------------------------------------------------ what a file's state shows (``filestate``)
+
+    def uploading(self, node_id: int) -> bool:
+        lock = self._locks.get(node_id)
+        return lock is not None and lock.locked()
+
+    def problem(self, node_id: int) -> str | None:
+        return self.problems.reason_of(node_id)
+
+    def excluded(self, name: bytes) -> bool:
+        return self.matcher.is_excluded(name)
+
     async def push_round(self, allowed: set[str]) -> int:
         """Push the dirty nodes of the ``allowed`` folders; return how many stay dirty.
 
