@@ -15,8 +15,19 @@ import os
 
 import pytest
 
-from tests.test_offline_commands import MiB, cli, make_conflict, make_env, mode  # noqa: F401 - fixture
+from tests.helpers.ops import wait_control
 from tests.helpers.wait import eventually
+from tests.test_offline_commands import MiB, cli, make_conflict, mode
+
+
+@pytest.fixture
+def make_env(mount_env):
+    def make(**kw):
+        env = mount_env(**kw)
+        wait_control(env.daemon)
+        return env
+
+    return make
 
 
 def state(path) -> str:
