@@ -45,7 +45,7 @@ from typing import Any
 
 import trio
 
-from cscd import __version__
+from cscd import __version__, progress
 from cscd.control import ControlClient, ControlError, default_config_path, socket_candidates, socket_path
 from cscd.errors import CacheLost, ConfigError, CscdError
 from cscd.events import JournalHandler, journal_stream_is_stderr
@@ -229,16 +229,6 @@ def _abs(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def _size(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "never"
@@ -288,10 +278,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if f.get("served_by"):
             print(f"  served by  {f['served_by']} (DFS)")
         pending = ("?" if f.get("pending_changes") is None
-                   else f"{f['pending_changes']} changes, {_size(f.get('pending_bytes'))}")
+                   else f"{f['pending_changes']} changes, {progress.size(f.get('pending_bytes'))}")
         print(f"  pending    {pending}")
-        print(f"  traffic    {_size(f.get('bytes_uploaded'))} up, {_size(f.get('bytes_downloaded'))} down")
+        up, down = progress.size(f.get("bytes_uploaded")), progress.size(f.get("bytes_downloaded"))
+        print(f"  traffic    {up} up, {down} down")
         print(f"  last sync  {_when(f.get('last_sync'))}")
+        sp = f.get("space")
+        if sp:
+            print(f"  space      {progress.size(sp['available_bytes'])} free of "
+                  f"{progress.size(sp['total_bytes'])} on the share")
         ch = f.get("changes") or {}
         if ch.get("mode") == "notify":
             print(f"  changes    notified by the server ({ch['directory_watches']} directory watches)")
@@ -309,9 +304,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"  {p['folder']}/{p['path'].split('/', 1)[-1]}: {kind}{p['reason']} "
                   f"({p['failures']} tries, next in {p['retry_in_s']} s)")
     c = status.get("cache", {})
-    limit = "no limit" if c.get("limit_bytes") is None else f"limit {_size(c['limit_bytes'])}"
-    print(f"cache: {_size(c.get('used_bytes'))} used, {limit}; {c.get('hits', 0)} hits, "
+    limit = "no limit" if c.get("limit_bytes") is None else f"limit {progress.size(c['limit_bytes'])}"
+    print(f"cache: {progress.size(c.get('used_bytes'))} used, {limit}; {c.get('hits', 0)} hits, "
           f"{c.get('misses', 0)} misses")
+    if c.get("disk"):
+        print(f"cache disk: {progress.size(c['disk']['available_bytes'])} free of "
+              f"{progress.size(c['disk']['total_bytes'])}")
+    for j in status.get("jobs") or []:
+        print(f"running: {j['kind']} {j['target']}: " + (", ".join(progress.describe(j)) or j["phase"]))
     prof = status.get("profile")
     if prof:
         nxt = prof.get("next_upload_in_s")
@@ -322,37 +322,57 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Progress:
-    """While a sync runs: a progress line on a terminal, refreshed from ``status``."""
+#: A followed command gives up after this long without progress (``--timeout`` sets it).
+FOLLOW_STALL_S = 120.0
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
-    def _run(self) -> None:
-        spin = "|/-\\"
-        i = 0
+def _follow(args: argparse.Namespace, cmd: str, request: dict[str, Any], verb: str) -> Any:
+    """Send a long request and follow its job (``operations/jobs.py``) until it answers:
+    progress on stderr (a bar on a terminal, plain lines otherwise, nothing with ``--json``),
+    no deadline while the counts move, an error once they stand still ``FOLLOW_STALL_S``
+    (the work goes on in the daemon)."""
+    token = f"{os.getpid()}-{time.monotonic_ns()}"
+    box: dict[str, Any] = {}
+
+    def call() -> None:
         try:
-            with _client(self.args, 5.0) as client:
-                while not self.stop.wait(0.25):
-                    s = client.call("status")["sync"]
-                    sys.stderr.write(f"\r{spin[i % 4]} syncing: {s['pending_changes']} changes pending, "
-                                     f"{s['files_uploaded']} files uploaded   ")
-                    sys.stderr.flush()
-                    i += 1
-        except CscdError:
-            pass
+            box["result"] = _call(args, cmd, dict(request, job=token), timeout_s=30 * 86400.0)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            box["error"] = exc
 
-    def __enter__(self) -> _Progress:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(2)
-        sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
+    worker = threading.Thread(target=call, name=f"cscd-{cmd}", daemon=True)
+    worker.start()
+    stall_s = args.timeout or FOLLOW_STALL_S
+    view = None if args.json else progress.ProgressView(verb, sys.stderr, terminal=sys.stderr.isatty())
+    last_key, moved = None, time.monotonic()
+    try:
+        with _client(args, 10.0) as client:
+            while worker.is_alive():
+                worker.join(0.25)
+                if not worker.is_alive():
+                    break
+                try:
+                    listed = client.call("jobs", {})["jobs"]
+                except ControlError:
+                    listed = []  # an older daemon: no progress to show, and no stall to see
+                    moved = time.monotonic()
+                job = next((j for j in listed if j["token"] == token), None)
+                if job is not None:
+                    key = (job["files_done"], job["bytes_done"], job["files_total"], job["bytes_total"], job["phase"])
+                    if key != last_key:
+                        last_key, moved = key, time.monotonic()
+                    if view is not None:
+                        view.show(job)
+                if time.monotonic() - moved > stall_s:
+                    raise CscdError(f"{verb}: no progress for {stall_s:.0f} s; it goes on in the daemon "
+                                    "('cscd status' shows it; --timeout S waits longer)")
+    finally:
+        if view is not None:
+            view.close()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
@@ -364,18 +384,14 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         else:
             print(f"sync: requested for {', '.join(result.get('folders', [])) or 'no folder'}")
         return 0
-    if not args.json and sys.stderr.isatty():
-        with _Progress(args):
-            result = _call(args, "sync", request, timeout_s=args.timeout or 3600.0)
-    else:
-        if not args.json:
-            print("sync: started", flush=True)
-        result = _call(args, "sync", request, timeout_s=args.timeout or 3600.0)
+    if not args.json and not sys.stderr.isatty():
+        print("sync: started", flush=True)
+    result = _follow(args, "sync", request, "sync")
     if args.json:
         _emit_json(result)
     else:
         print(f"sync: finished in {result.get('duration_s', 0):.1f} s: {result.get('files_uploaded', 0)} "
-              f"files, {_size(result.get('bytes_uploaded', 0))} uploaded; "
+              f"files, {progress.size(result.get('bytes_uploaded', 0))} uploaded; "
               f"{result.get('pending', 0)} changes pending")
         for name, why in (result.get("skipped") or {}).items():
             print(f"sync: {name} skipped: {why}")
@@ -445,7 +461,26 @@ def _simple(cmd: str, build) -> Any:
     return run
 
 
+def _cmd_pin(args: argparse.Namespace) -> int:
+    result = _follow(args, "pin", {"path": _abs(args.path)}, "pin")
+    if args.json:
+        _emit_json(result)
+    elif result.get("files_missing"):
+        print(f"pin: {args.path} pinned; {result['files_missing']} files not here yet (fetched when the "
+              "server answers)")
+    else:
+        print(f"pin: {args.path} pinned, all of it here")
+    return 0
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
+    if args.action in ("logon", "logoff"):
+        result = _follow(args, f"profile.{args.action}", {}, f"profile {args.action}")
+        if args.json:
+            _emit_json(result)
+        else:
+            print(result.get("message") or json.dumps(result, indent=2, sort_keys=True))
+        return 0
     if args.action != "wait-logon":
         return _simple(f"profile.{args.action}", lambda _: {})(args)
     # The session's unit runs this before the desktop: one line now, one at the end; always
@@ -457,6 +492,28 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         _emit_json(result)
     else:
         print(f"cscd: {result['message']}", flush=True)
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    """Reads the mount itself (``user.cscd.state`` of each entry): no daemon call, so it works
+    for any user who can read the folder, as ``ls`` does."""
+    rows = []
+    with os.scandir(args.path) as it:
+        for e in sorted(it, key=lambda e: e.name):
+            try:
+                state = os.getxattr(e.path, "user.cscd.state", follow_symlinks=False).decode()
+            except OSError:
+                state = "-"  # not in a cscd mount, or a link
+            st = e.stat(follow_symlinks=False)
+            rows.append({"name": e.name, "state": state, "is_dir": e.is_dir(follow_symlinks=False),
+                         "size": st.st_size})
+    for r in rows:
+        if args.json:
+            print(json.dumps(r, sort_keys=True))
+        else:
+            size = "" if r["is_dir"] else progress.size(r["size"])
+            print(f"{r['state']:<11} {size:>10}  {r['name']}{'/' if r['is_dir'] else ''}")
     return 0
 
 
@@ -567,11 +624,14 @@ def build_parser() -> argparse.ArgumentParser:
                       ("online", "end working offline")):
         o = client(name, _simple(name, lambda a: {"folder": a.folder}), doc)
         o.add_argument("folder", nargs="?", metavar="FOLDER", help="one folder (default: all)")
-    for name, doc in (("pin", "always available offline: fetch and keep PATH"),
-                      ("unpin", "let PATH be evicted again"),
+    pin = client("pin", _cmd_pin, "always available offline: fetch and keep PATH (progress on a terminal)")
+    pin.add_argument("path", metavar="PATH")
+    for name, doc in (("unpin", "let PATH be evicted again"),
                       ("free-space", "drop the cached content of PATH (clean files only)")):
         o = client(name, _simple(name, lambda a: {"path": _abs(a.path)}), doc)
         o.add_argument("path", metavar="PATH")
+    ls = client("ls", _cmd_ls, "list PATH (a folder in the mount) with each entry's offline state")
+    ls.add_argument("path", nargs="?", default=".", metavar="PATH")
     i = client("info", _cmd_info, "offline state of each PATH: cached, partial, dirty, pinned, ...")
     i.add_argument("paths", nargs="+", metavar="PATH")
     c = client("conflicts", _cmd_conflicts, "list conflicts, or resolve one")

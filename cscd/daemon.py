@@ -305,12 +305,14 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
             scan_interval_s=config.timings.scan_interval_s,
             poll_max_s=config.timings.poll_max_s,
             revalidate_interval_s=config.timings.revalidate_interval_s,
+            space_interval_s=config.timings.space_interval_s,
             directory_watches=config.directory_watches,
             on_link_error=monitor.report_failure,
             policies=policies,
             matcher=matcher,
         )
-        ops = CscdFs(cache, write_through=WriteThroughPusher(source, engine.pusher), sync_view=engine.pusher)
+        ops = CscdFs(cache, write_through=WriteThroughPusher(source, engine.pusher), sync_view=engine.pusher,
+                     share_space=engine.space.tightest)
         pyfuse3.init(ops, str(config.mount), mount_options())
         try:
             await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,

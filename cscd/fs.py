@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import pyfuse3
@@ -62,6 +62,15 @@ log = logging.getLogger(__name__)
 #: changes are also pushed with explicit invalidations; 0 would make `ls -lR` 60× slower.
 ENTRY_TIMEOUT_S = 1.0
 ATTR_TIMEOUT_S = 1.0
+#: ``statfs`` units when it shows a share's space
+SHARE_BLOCK = 4096
+
+
+class ShareSpaceLike(Protocol):
+    total_bytes: int
+    available_bytes: int
+
+
 #: The read-only attributes that show a file's offline state (``cscd.cache.filestate``). Not
 #: listed by listxattr: ``cp -a`` and ``rsync -X`` would copy them, and setting them fails.
 STATE_XATTR = b"user.cscd.state"
@@ -156,11 +165,13 @@ class CscdFs(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, cache: Cache, write_through: WriteThrough | None = None,
-                 sync_view: SyncView | None = None) -> None:
+                 sync_view: SyncView | None = None,
+                 share_space: Callable[[], ShareSpaceLike | None] | None = None) -> None:
         super().__init__()
         self.cache = cache
         self.write_through = write_through
         self.sync_view = sync_view
+        self.share_space = share_space
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._lookups = LookupCounts()
@@ -346,6 +357,8 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def statfs(self, ctx: RequestContext) -> StatvfsData:
+        """The share's size and this user's space left on it while online (``sync.space``),
+        the local cache disk otherwise: what fills when you write."""
         st = self.cache.core.store.statvfs()
         s = pyfuse3.StatvfsData()
         s.f_bsize = st.f_bsize
@@ -353,6 +366,11 @@ class CscdFs(pyfuse3.Operations):
         s.f_blocks = st.f_blocks
         s.f_bfree = st.f_bfree
         s.f_bavail = st.f_bavail
+        share = self.share_space() if self.share_space is not None else None
+        if share is not None:
+            s.f_bsize = s.f_frsize = SHARE_BLOCK
+            s.f_blocks = share.total_bytes // SHARE_BLOCK
+            s.f_bfree = s.f_bavail = min(share.available_bytes, share.total_bytes) // SHARE_BLOCK
         s.f_files = st.f_files
         s.f_ffree = st.f_ffree
         s.f_favail = st.f_favail

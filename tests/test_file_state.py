@@ -57,6 +57,10 @@ def test_placeholder_partial_cached_pinned_follow_the_bytes_that_are_here(make_e
     assert state(env.docs / "sub") == "placeholder"  # a folder never listed here
     os.listdir(env.docs / "sub")
     assert state(env.docs / "sub") == "cached"
+    shown = env.daemon.run_cli("ls", str(env.docs), timeout_s=60)
+    assert shown.returncode == 0, shown
+    assert [line.split() for line in shown.stdout.splitlines()] == [
+        ["cached", "4.0", "MiB", "big.bin"], ["cached", "sub/"]], shown.stdout
     cli(env, "pin", str(env.docs / "sub"))
     assert state(env.docs / "sub" / "small.txt") == "pinned"
     assert os.getxattr(env.docs / "sub" / "small.txt", "user.cscd.pinned") == b"1"

@@ -64,16 +64,7 @@ class Cache:
         self.core.mark_changed()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Flush the index to disk every second; keep the content within its size limit; run
-        hydration's read-ahead."""
-        async with trio.open_nursery() as nursery:
-            self.hydration.background = nursery
-            try:
-                await self._maintain(task_status)
-            finally:
-                self.hydration.background = None
-
-    async def _maintain(self, task_status) -> None:
+        """Flush the index to disk every second; keep the content within its size limit."""
         task_status.started()
         tick = 0
         while True:

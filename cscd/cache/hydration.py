@@ -1,8 +1,7 @@
 """Filling placeholders: reading content that may not be local yet, in ranges.
 
 Owns on-demand hydration: which blocks a read needs (aligned to ``BLOCK_BYTES``, with a
-read-ahead window that doubles while a reader stays sequential, and then one window more
-fetched in the background while the reader drains the last), one fetch at a time per
+read-ahead window that doubles while a reader stays sequential), one fetch at a time per
 file, and writing fetched bytes only into holes (never over local writes made meanwhile)
 and only if the file's base did not change during the fetch. The network is reached only
 through the cache's ``RemoteSource``, which applies the folder's mode and deadline.
@@ -57,15 +56,12 @@ class Hydration:
         self.hydrated_send, self.hydrated = trio.open_memory_channel[int](1_000)
         self._locks: dict[int, trio.Lock] = {}
         self._readahead: dict[int, tuple[int, int]] = {}
-        #: where the background read-ahead of a sequential reader has got to, per file
-        self._ahead: dict[int, int] = {}
-        #: the cache's nursery, for read-ahead that runs ahead of the reader (None: no
-        #: read-ahead in the background, as in tests that drive a ``Cache`` without ``run``)
-        self.background: trio.Nursery | None = None
         #: files whose "not available offline" (event 2020) was told since they were last fetched
         self._told_unavailable: set[int] = set()
         self.hits = 0
         self.misses = 0
+        #: bytes fetched from the server into the cache, in all (a pin's progress counts them)
+        self.bytes_fetched = 0
         #: files whose content a fetch (or a swap of a newer version) made complete here
         self.files_downloaded = 0
 
@@ -212,7 +208,6 @@ class Hydration:
             need = ranges.missing(self.core.present(txn, node), start, min(end, node.size))
         if not need:
             self.hits += 1
-            self._keep_ahead(node, end)
             return
         self.misses += 1
         lock = self._locks.setdefault(node_id, trio.Lock())
@@ -238,9 +233,6 @@ class Hydration:
             hi = min(node.size, max(-(-need[-1][1] // BLOCK_BYTES) * BLOCK_BYTES, lo + window))
             self._readahead[node_id] = (hi, window)
             await self._fetch(node, folder, path, lo, hi)
-        if window == READAHEAD_BYTES:
-            self._ahead[node_id] = max(self._ahead.get(node_id, 0), hi)
-            self._keep_ahead(node, end)
 
     async def _fetch(self, node: Node, folder: bytes, path: bytes, lo: int, hi: int) -> None:
         """Fetch ``[lo, hi)`` into the holes it covers (the caller holds the file's lock)."""
@@ -253,41 +245,6 @@ class Hydration:
             if len(data) < n:
                 break
             pos += n
-
-    def _keep_ahead(self, node: Node, end: int) -> None:
-        """Keep one read-ahead window fetching beyond a sequential reader at ``end``.
-
-        Without it the network idles while the reader drains a window, and the reader waits
-        while the next one comes: a first read ran at about 0.6 of what the link gives. The
-        next window starts once the reader is inside the last one; a reader that needs bytes
-        of a window still on its way waits for it on the file's lock.
-        """
-        ahead = self._ahead.get(node.id)
-        if ahead is None or self.background is None or end <= ahead - READAHEAD_BYTES:
-            return
-        if ahead >= node.size or end > ahead + READAHEAD_BYTES:
-            del self._ahead[node.id]  # read to the end, or the reader jumped past it
-            return
-        hi = min(node.size, ahead + READAHEAD_BYTES)
-        self._ahead[node.id] = hi
-        self.background.start_soon(self._read_ahead, node.id, ahead, hi, name="cache.read-ahead")
-
-    async def _read_ahead(self, node_id: int, lo: int, hi: int) -> None:
-        try:
-            async with self._locks.setdefault(node_id, trio.Lock()):
-                node = self.core.node(node_id)
-                with self.core.txn() as txn:
-                    need = ranges.missing(self.core.present(txn, node), lo, min(hi, node.size))
-                if not need:
-                    return
-                folder, path = self.core.remote_path(node)
-                if not self.source.may_fetch(folder):
-                    return
-                await self._fetch(node, folder, path, need[0][0], need[-1][1])
-        except (CscdError, OSError) as exc:
-            # Nobody waits on it: the reader that gets there fetches (and hears) for itself.
-            log.debug("read-ahead of node %s at %d stopped: %s", node_id, lo, exc)
-            self._ahead.pop(node_id, None)
 
     def _fill(self, node_id: int, base_before: tuple, offset: int, data: bytes) -> None:
         """Write fetched bytes into the holes they cover, unless the base changed meanwhile."""
@@ -306,6 +263,7 @@ class Hydration:
                 for s, e in holes:
                     self.core.store.pwrite(fd, data[s - offset : e - offset], s)
                     have = ranges.add(have, s, e)
+                    self.bytes_fetched += e - s
             finally:
                 os.close(fd)
             self.core.set_present(txn, node, have, node.size)

@@ -23,6 +23,7 @@ from cscd.errors import CscdError, NotFound
 from cscd.events import EventId, emit
 from cscd.link import LinkMonitor
 from cscd.operations import systemd
+from cscd.operations.jobs import Job, JobTable
 from cscd.operations.policy_in_force import PolicyKeeper
 from cscd.policy.config import DaemonConfig
 from cscd.policy.model import ROAMING, Policy
@@ -89,8 +90,10 @@ def profile_status(profile: ProfileService) -> dict[str, Any]:
             else round(max(0.0, st.next_upload_at - trio.current_time()), 1)}
 
 
-async def roam(profile: ProfileService | None, policy: Policy, action: str) -> dict[str, Any]:
-    """``cscd profile logon|logoff``: run it now and answer with its report."""
+async def roam(profile: ProfileService | None, policy: Policy, action: str, job: Job | None = None
+               ) -> dict[str, Any]:
+    """``cscd profile logon|logoff``: run it now and answer with its report. ``job`` counts
+    the bytes the profile's link carries meanwhile (no file totals: the walk finds them)."""
     if profile is None:
         if not policy.is_primary_computer(ROAMING):
             why = f"{policy.subject.host} is not one of {policy.subject.user}'s primary computers"
@@ -99,6 +102,10 @@ async def roam(profile: ProfileService | None, policy: Policy, action: str) -> d
         else:
             why = "roaming_profile.enabled is false for this user"
         raise control.ControlError("not_configured", f"no roaming profile here: {why}")
+    if job is not None:
+        up = profile.upstream
+        job.phase = "pulling" if action == "logon" else "pushing"
+        job.count_from(nbytes=lambda: (lambda st: st.bytes_read + st.bytes_written)(up.statistics()))
     try:
         return await (profile.logon() if action == "logon" else profile.logoff(sign_out=True))
     except CscdError as exc:
@@ -132,6 +139,7 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         systemd.sd_notify(f"STATUS={systemd.modes_text(links)}")
 
     sessions: dict[str, object] = {}
+    jobs = JobTable()
 
     def on_session(folder: str, kind: str, fields: dict) -> None:
         if kind == "started":
@@ -152,11 +160,19 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         async def run() -> dict:
             before, t0 = engine.statistics(), trio.current_time()
             session = collector.begin([n for n in folders if n not in skipped], "manual")
+            job = jobs.start(control.argument(args, "job", str), "sync", path or "all folders")
+            waiting = pending_by_folder(cache, folders)
+            job.add_total(sum(c for c, _ in waiting.values()), sum(b for _, b in waiting.values()))
+            job.count_from(files=lambda: engine.statistics().files_uploaded,
+                           nbytes=lambda: engine.statistics().bytes_uploaded)
+            job.phase = "uploading"
             try:
                 pending = await engine.sync_now(folder)
             except CscdError as exc:
                 collector.end(session, error=str(exc))
                 raise
+            finally:
+                jobs.finish(job)
             collector.end(session, pending=pending)
             after = engine.statistics()
             return {"folders": folders, "skipped": skipped, "pending": pending,
@@ -191,6 +207,12 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
             # a DFS namespace path: which share serves it now (another after a failover)
             is_referred = serving is not None and serving != getattr(up, "target", None)
             folder["served_by"] = str(serving) if is_referred else None
+            space = engine.space.of_folder(name)
+            folder["space"] = None if space is None else space.as_dict(trio.current_time())
+        disk = cache.core.store.statvfs()
+        answer.setdefault("cache", {})["disk"] = {"total_bytes": disk.f_blocks * disk.f_frsize,
+                                                  "available_bytes": disk.f_bavail * disk.f_frsize}
+        answer["jobs"] = [j for j in jobs.listed() if not j["finished"]]
         answer.update(mount=str(config.mount), pid=os.getpid(), redirection=redirection.as_dict(),
                       is_primary_computer=keeper.policy.is_primary_computer(),
                       profile=None if profile is None else profile_status(profile))
@@ -223,10 +245,15 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         cache.pin(node.id, pinned)
         missing = 0
         if pinned:
-            # Like "Always available offline": answer once the content is here (or cannot
-            # be fetched now: then sync.pins keeps trying while online).
-            with trio.move_on_after(300):
-                missing = await engine.hydrate_pinned()
+            # Like "Always available offline": answer once the content is here, however long
+            # that takes (the CLI follows the job), or once it cannot be fetched now (then
+            # sync.pins keeps trying while online).
+            job = jobs.start(control.argument(args, "job", str), "pin", args["path"])
+            job.count_from(nbytes=lambda: cache.hydration.bytes_fetched)
+            try:
+                missing = await engine.hydrate_pinned(job)
+            finally:
+                jobs.finish(job)
         return {"path": args["path"], "pinned": pinned, "files_missing": missing}
 
     async def info(args: dict) -> dict:
@@ -262,8 +289,19 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
              path=args["path"], keep=keep)
         return result
 
+    async def followed(args: dict, kind: str, target: str, work) -> dict:
+        job = jobs.start(control.argument(args, "job", str), kind, target)
+        try:
+            return await work(job)
+        finally:
+            jobs.finish(job)
+
+    async def jobs_handler(args: dict) -> dict:
+        return {"jobs": jobs.listed()}
+
     handlers = {
         "status": status,
+        "jobs": jobs_handler,
         "stats": stats,
         "events": control.events_handler(),
         "sync": sync,
@@ -277,8 +315,10 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         "conflicts": conflicts,
         "conflicts.resolve": resolve,
         "policy.show": policy_show,
-        "profile.logon": lambda args: roam(profile, keeper.policy, "logon"),
-        "profile.logoff": lambda args: roam(profile, keeper.policy, "logoff"),
+        "profile.logon": lambda args: followed(args, "profile logon", "profile",
+                                                lambda job: roam(profile, keeper.policy, "logon", job)),
+        "profile.logoff": lambda args: followed(args, "profile logoff", "profile",
+                                                 lambda job: roam(profile, keeper.policy, "logoff", job)),
         "profile.wait_logon": lambda args: wait_logon(profile, args),
     }
     collector.observe()  # the baseline: what happens from now on is news

@@ -85,6 +85,7 @@ class Timings:
     poll_max_s: float = 300.0  # ... doubling while it stays unchanged, up to this
     revalidate_interval_s: float = 60.0  # one unwatched directory re-listed per interval
     roaming_poll_s: float = 30.0  # ModemManager asked whether a modem roams (cost-aware sync)
+    space_interval_s: float = 60.0  # how often each share is asked its size and free space (df)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import lmdb
 import trio
@@ -37,10 +38,21 @@ from cscd.sync.push import Pusher
 from cscd.sync.refresh import Refresher
 from cscd.sync.revalidate import Revalidator
 from cscd.sync.scan import Scanner
+from cscd.sync.space import SPACE_INTERVAL_S, SpaceWatch
 from cscd.types import FolderLink, Mode, OfflinePolicy
 from cscd.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """Counts of a long piece of work someone follows (``cscd.operations.jobs.Job``)."""
+
+    phase: str
+
+    def add_total(self, files: int = 0, nbytes: int = 0) -> None: ...
+
+    def done(self, files: int = 0, nbytes: int = 0) -> None: ...
 
 BACKGROUND_MODES = (Mode.SLOW_LINK, Mode.ALWAYS_OFFLINE)
 MANUAL_MODES = (Mode.ONLINE, Mode.SLOW_LINK, Mode.ALWAYS_OFFLINE, Mode.METERED)
@@ -104,7 +116,7 @@ class SyncEngine:
     def __init__(self, local: LocalSide, upstreams: dict[str, Upstream], links: dict[str, FolderLink], *,
                  upload_delay_s: float, scan_interval_s: float, on_link_error: Callable[[str], None],
                  poll_max_s: float = 300.0, revalidate_interval_s: float = 60.0,
-                 directory_watches: int = 256,
+                 space_interval_s: float = SPACE_INTERVAL_S, directory_watches: int = 256,
                  policies: dict[str, OfflinePolicy] | None = None,
                  matcher: ExclusionMatcher | None = None) -> None:
         self.local = local
@@ -121,6 +133,7 @@ class SyncEngine:
                                        poll_max_s=poll_max_s, revalidate_interval_s=revalidate_interval_s,
                                        mode=self.notifier.mode, watched=self.notifier.watched_dirs,
                                        on_link_error=on_link_error)
+        self.space = SpaceWatch(upstreams, links, interval_s=space_interval_s)
         self.notifier.on_catch_up = self.revalidator.catch_up
         self.pusher.on_server_differs = self.revalidator.rescan_soon
         self.upload_delay_s = upload_delay_s
@@ -145,7 +158,7 @@ class SyncEngine:
             self._schedule_background(folder, now)
         async with trio.open_nursery() as nursery:
             for name, fn, args in [("sync.push", self._push_loop, ()), ("sync.revalidate", self.revalidator.run, ()),
-                                   ("sync.pins", self._pin_loop, ()),
+                                   ("sync.pins", self._pin_loop, ()), ("sync.space", self.space.run, ()),
                                    ("sync.chunk", self.hasher.run_after_hydration, (self.local,)),
                                    *((f"sync.notify:{folder}", self.notifier.run_folder, (folder,))
                                      for folder in self.links)]:
@@ -198,14 +211,21 @@ class SyncEngine:
             await trio.sleep(self.scan_interval_s)
             await self.hydrate_pinned()
 
-    async def hydrate_pinned(self) -> int:
+    async def hydrate_pinned(self, job: Progress | None = None) -> int:
         """List pinned directories and fetch pinned files that are not complete; returns how
-        many files are still missing (their folder is not online, or a fetch failed)."""
+        many files are still missing (their folder is not online, or a fetch failed).
+        ``job`` counts the files found and fetched (its bytes come from the fetch counter)."""
         left = 0
+        counted: set[int] = set()
         for _ in range(64):  # each pass may reveal new directories under a pin
             dirs, files = self.local.pinned_missing()
             if not dirs and not files:
                 return 0
+            if job is not None:
+                new = [f for f in files if f not in counted]
+                counted.update(new)
+                job.add_total(len(new), sum(self.local.node(f).size for f in new))
+                job.phase = "listing" if dirs else "fetching"
             progress = False
             for dir_id in dirs:
                 if self._online(dir_id):
@@ -224,6 +244,8 @@ class SyncEngine:
                     await self.local.hydrate(node_id, 0, size)
                     self.hydrated_files += 1
                     progress = True
+                    if job is not None:
+                        job.done(files=1)
                 except CscdError as exc:
                     left += 1
                     log.info("pinned file %s not fetched: %s", node_id, exc)

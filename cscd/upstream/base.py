@@ -143,6 +143,9 @@ class Upstream(Protocol):
     async def stat(self, path: bytes) -> RemoteEntry:
         """Return the entry for ``path``; ``NotFound`` if missing."""
 
+    async def space(self) -> tuple[int, int]:
+        """(total bytes, bytes this user may still write) of the share holding the target."""
+
     async def list_dir(self, path: bytes) -> list[RemoteEntry]:
         """All entries of a directory in one enumeration (no ``.``/``..``, no cscd temporaries)."""
 

@@ -221,6 +221,11 @@ class LocalUpstream:
 
         return await self._run(self.root, timed)
 
+    async def space(self) -> tuple[int, int]:
+        p = self._abs(b"")
+        st = await self._run(p, os.statvfs, p)
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
     async def stat(self, path: bytes) -> RemoteEntry:
         p = self._abs(path)
         st = await self._run(p, os.stat, p)

@@ -475,6 +475,10 @@ class SmbUpstream:
         if await self._eas_supported(where):
             await self._run(where, ops.set_eas, spath, {n: v for n, v in eas.items() if v}, idempotent=True)
 
+    async def space(self) -> tuple[int, int]:
+        spath, where = self._spath(b"")
+        return await self._run(where, ops.space, spath, idempotent=True)
+
     async def read(
         self, path: bytes, offset: int, length: int, *, timeout_s: float | None = None
     ) -> bytes:

@@ -66,6 +66,22 @@ def probe(link: SmbLink, call: Call, spath: str) -> None:
     _raise_first(link.wait_all(reqs, call))
 
 
+def space(link: SmbLink, call: Call, spath: str) -> tuple[int, int]:
+    """The share's size and the space left to this user: CREATE + QUERY_INFO(fs) + CLOSE."""
+    reqs = link.send(
+        [
+            w.create_req(spath, access=w.FILE_READ_ATTRIBUTES, options=w.FILE_DIRECTORY_FILE),
+            w.fs_full_size_req(R),
+            w.close_req(R),
+        ],
+        call,
+        related=True,
+    )
+    replies = link.wait_all(reqs, call)
+    _raise_first(replies)
+    return w.parse_fs_full_size(replies[1])
+
+
 def echo(link: SmbLink, call: Call) -> None:
     """SMB2 ECHO: proves the connection and the server's attention; opens nothing."""
     (req,) = link.send([SMB2Echo()], call)

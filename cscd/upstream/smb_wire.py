@@ -611,18 +611,22 @@ def query_ea_req(file_id: bytes, max_output: int = 65536) -> SMB2QueryInfoReques
     return msg
 
 
-def fs_attributes_req(file_id: bytes) -> SMB2QueryInfoRequest:
-    """QUERY_INFO FileFsAttributeInformation: what the share's file system supports."""
+def fs_full_size_req(file_id: bytes) -> SMB2QueryInfoRequest:
+    """QUERY_INFO FileFsFullSizeInformation ([MS-FSCC] 2.5.4): the share's size and the
+    space left to this user (quotas included, as Explorer shows it)."""
     msg = SMB2QueryInfoRequest()
     msg["info_type"] = InfoType.SMB2_0_INFO_FILESYSTEM
-    msg["file_info_class"] = 5  # FileFsAttributeInformation
-    msg["output_buffer_length"] = 1024
+    msg["file_info_class"] = 7  # FileFsFullSizeInformation
+    msg["output_buffer_length"] = 32
     msg["file_id"] = file_id
     return msg
 
 
-def parse_fs_attributes(header: object) -> int:
-    return int(struct.unpack_from("<I", _out_buffer(header), 0)[0])
+def parse_fs_full_size(header: object) -> tuple[int, int]:
+    """(total bytes, bytes available to the caller)."""
+    total, caller, _actual, sectors, sector_bytes = struct.unpack_from("<QQQII", _out_buffer(header), 0)
+    unit = sectors * sector_bytes
+    return total * unit, caller * unit
 
 
 def ea_info(eas: Mapping[bytes, bytes]) -> bytes:
