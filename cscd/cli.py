@@ -46,7 +46,7 @@ from typing import Any
 import trio
 
 from cscd import __version__, progress
-from cscd.control import ControlClient, ControlError, default_config_path, socket_candidates, socket_path
+from cscd.control import ControlClient, ControlError, default_config_path, socket_candidates
 from cscd.errors import CacheLost, ConfigError, CscdError
 from cscd.events import JournalHandler, journal_stream_is_stderr
 from cscd.metrics import prometheus, write_textfile
@@ -135,9 +135,10 @@ def _default_state_dir() -> Path:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import yaml
+
     from cscd.daemon import run_daemon
-    from cscd.policy.config import DaemonConfig, FolderConfig
-    from cscd.policy.unc import parse_unc
+    from cscd.policy.config import load_config
     from cscd.samba import EmbeddedSamba
 
     state = Path(args.state_dir).resolve()
@@ -151,19 +152,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             readme.write_text("This file lives on the embedded Samba server and is served by cscd.\n")
         creds = state / "credentials"
         samba.write_credentials_file(creds)
-        config = DaemonConfig(
-            path=state / "demo.yaml", mount=mount, cache=state / "cache", credentials=creds, port=samba.port,
-            folders=(FolderConfig("Documents", parse_unc(samba.unc(f"{user_dir}\\Documents"))),),
-            policy_dir=None,  # a throwaway demo: no machine policy, no folder redirection
-        )
+        # The demo's configuration is a real file, so 'cscd status --config STATE/demo.yaml'
+        # (and, for the default state directory, plain 'cscd status') finds this daemon.
+        # A throwaway demo: an empty policy directory and a home of its own, so no machine
+        # policy and no folder redirection touch the user's real folders.
+        for d in ("policy", "home"):
+            (state / d).mkdir(exist_ok=True, mode=0o700)
+        config_path = state / "demo.yaml"
+        config_path.write_text(yaml.safe_dump({
+            "mount": str(mount), "cache": str(state / "cache"), "credentials": str(creds),
+            "port": samba.port, "folders": {"Documents": samba.unc(f"{user_dir}\\Documents")},
+            "policy_dir": str(state / "policy"), "home": str(state / "home"),
+        }, sort_keys=False), encoding="utf-8")
+        config = load_config(config_path)
 
         def ready() -> None:
             print(f"cscd: Documents from {samba.unc(user_dir + chr(92) + 'Documents')} (port {samba.port}) "
                   f"is mounted at {mount}/Documents", flush=True)
             print(f"cscd: server side: {samba.share_dir / user_dir / 'Documents'}; cache: {state / 'cache'}",
                   flush=True)
-            sock = socket_path(config.path, config.cache)
-            print(f"cscd: look at it with: cscd status --socket {sock}", flush=True)
+            how = "" if state == _default_state_dir() else f" --config {config_path}"
+            print(f"cscd: look at it with: cscd status{how}", flush=True)
             print(f"cscd: stop with Ctrl-C (or: fusermount3 -u {mount})", flush=True)
 
         trio.run(lambda: run_daemon(config, on_ready=ready))
@@ -188,10 +197,19 @@ def _client(args: argparse.Namespace, timeout_s: float | None = None) -> Control
 
         cache_dir = load_config(config_path).cache
     except ConfigError as exc:
-        if not socket_candidates(config_path, None):
-            raise ConfigError(f"cannot find the daemon's control socket: {exc}; and $XDG_RUNTIME_DIR is "
-                              "not set; pass --config FILE or --socket PATH") from None
-    return ControlClient(socket_candidates(config_path, cache_dir), timeout_s=timeout)
+        problem = exc
+    else:
+        problem = None
+    candidates = socket_candidates(config_path, cache_dir)
+    if not getattr(args, "config", None):
+        # No --config: the daemon of the default configuration, else a running 'cscd demo'
+        # (of the default state directory), which listens where its demo.yaml says.
+        demo = _default_state_dir() / "demo.yaml"
+        candidates += [c for c in socket_candidates(demo, demo.parent / "cache") if c not in candidates]
+    if not candidates:
+        raise ConfigError(f"cannot find the daemon's control socket: {problem}; and $XDG_RUNTIME_DIR is "
+                          "not set; pass --config FILE or --socket PATH")
+    return ControlClient(candidates, timeout_s=timeout)
 
 
 def _sockets_of_user(args: argparse.Namespace) -> list[Path]:

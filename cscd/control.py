@@ -433,6 +433,7 @@ class ControlClient:
     def connect(self) -> None:
         """Connect to the first candidate that answers."""
         tried = None
+        stale: list[Path] = []
         for path in self.candidates:
             tried = tried or path
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -440,7 +441,11 @@ class ControlClient:
             try:
                 with _address(path) as addr:
                     sock.connect(addr)
-            except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            except ConnectionRefusedError:
+                sock.close()
+                stale.append(path)
+                continue
+            except (FileNotFoundError, NotADirectoryError):
                 sock.close()
                 continue
             except PermissionError:
@@ -452,7 +457,11 @@ class ControlClient:
                 raise DaemonNotRunning(path, f"{path}: {exc.strerror or exc}") from None
             self._sock, self.path = sock, path
             return
-        raise DaemonNotRunning(tried)
+        if stale:
+            raise DaemonNotRunning(stale[0], f"nobody answers at {stale[0]}, the socket of a daemon that "
+                                   "stopped or was killed")
+        where = ", ".join(str(c) for c in self.candidates) or "nowhere"
+        raise DaemonNotRunning(tried, f"no control socket at {where}" if len(self.candidates) > 1 else "")
 
     def call(self, cmd: str, args: Mapping[str, Any] | None = None, *,
              timeout_s: float | None = None) -> Any:
