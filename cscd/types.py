@@ -173,6 +173,8 @@ class OfflinePolicy:
     upload_cap_kibps: float = 0.0
     #: upload cap on a slow link, KiB/s (0: none): background sync trickles, the link stays usable
     slow_link_upload_kibps: float = 1024.0
+    #: desktop notifications about this folder (``operations/desktop.py``)
+    notifications: bool = True
 
     @property
     def works_always_offline(self) -> bool:

@@ -15,9 +15,18 @@ import os
 
 import pytest
 
-from tests.helpers.ops import wait_control
+from tests.helpers.ops import cli_json, folder_mode, make_conflict, wait_control
 from tests.helpers.wait import eventually
-from tests.test_offline_commands import MiB, cli, make_conflict, mode
+
+MiB = 1 << 20
+
+
+def cli(env, *args):
+    return cli_json(env.daemon, *args)
+
+
+def mode(env):
+    return folder_mode(env)
 
 
 @pytest.fixture

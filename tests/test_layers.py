@@ -55,11 +55,13 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "samba": LEAVES,
     "daemon": frozenset(),  # filled in below: everything but cli
     "operations": frozenset(),  # daemon's other half (control handlers): filled in below
-    "cli": frozenset({"daemon", "control", "policy", "samba"}) | LEAVES,
+    # drawing a followed job's progress, pure text: the cli's
+    "progress": frozenset(),
+    "cli": frozenset({"daemon", "control", "policy", "samba", "progress"}) | LEAVES,
     ROOT: frozenset(),
     "__main__": frozenset({"cli"}),
 }
-ALLOWED = {**ALLOWED, "daemon": frozenset(ALLOWED) - {"daemon", "cli", "__main__"}}
+ALLOWED = {**ALLOWED, "daemon": frozenset(ALLOWED) - {"daemon", "cli", "__main__", "progress"}}
 ALLOWED = {**ALLOWED, "operations": ALLOWED["daemon"] - {"operations"}}
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers.ops import wait_control
+from tests.helpers.ops import make_conflict, wait_control
 from tests.helpers.wait import eventually
 
 MiB = 1 << 20
@@ -133,21 +133,6 @@ def test_cache_limit_evicts_unpinned_and_keeps_pinned(make_env):
     eventually(lambda: mode(env) == "online", 10, "not back online")
     for name, data in blobs.items():
         assert (env.docs / name).read_bytes() == data
-
-
-def make_conflict(env, name="doc.txt"):
-    (env.server / name).write_text("base")
-    assert (env.docs / name).read_text() == "base"
-    env.proxy.stop_listening()
-    env.proxy.reset()
-    eventually(lambda: mode(env) == "offline", 10, "offline not noticed")
-    (env.docs / name).write_text("mine")
-    (env.server / name).write_text("theirs")
-    env.proxy.resume_listening()
-    stem = name.rsplit(".", 1)[0]
-    eventually(lambda: [n for n in os.listdir(env.docs) if n.startswith(f"{stem} (conflict ")]
-               and (env.docs / name).read_text() == "theirs", 15, "conflict not produced")
-    return next(n for n in os.listdir(env.docs) if n.startswith(f"{stem} (conflict "))
 
 
 @pytest.mark.log_allows(r"folder Documents is now offline: ",

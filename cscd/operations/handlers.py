@@ -23,6 +23,7 @@ from cscd.errors import CscdError, NotFound
 from cscd.events import EventId, emit
 from cscd.link import LinkMonitor
 from cscd.operations import systemd
+from cscd.operations.desktop import DesktopNotifier, bus_address
 from cscd.operations.jobs import Job, JobTable
 from cscd.operations.policy_in_force import PolicyKeeper
 from cscd.policy.config import DaemonConfig
@@ -321,6 +322,17 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
                                                  lambda job: roam(profile, keeper.policy, "logoff", job)),
         "profile.wait_logon": lambda args: wait_logon(profile, args),
     }
+    desktop = DesktopNotifier(
+        enabled=lambda folder: (engine.policies[folder].notifications if folder in engine.policies
+                                else keeper.policy.offline_files.notifications),
+        conflicts=lambda: [dict(c, copy=f"{os.fsdecode(config.mount)}/{c['copy']}",
+                                original=f"{os.fsdecode(config.mount)}/{c['original']}")
+                           for c in cache.sync.list_conflicts()],
+        cache_usage=lambda: (cache.used_bytes, cache.residency.limit_bytes),
+        bus=bus_address(config.notify_dbus))
+    nursery.start_soon(desktop.run, name="desktop-notifications")
+    if profile is not None:
+        profile.on_pull_late = desktop.profile_pull_timed_out
     collector.observe()  # the baseline: what happens from now on is news
     nursery.start_soon(_observe, collector, name="metrics")
     path = control.socket_path(config.path, config.cache)

@@ -127,6 +127,9 @@ class DaemonConfig:
     directory_dbus: str | None = "system"
     #: where logind answers, to push the roaming profile when the last session ends (linger)
     logind_dbus: str | None = "system"
+    #: where desktop notifications go (org.freedesktop.Notifications): "session" (default),
+    #: "system", a D-Bus address, or None (none at all)
+    notify_dbus: str | None = "session"
     #: where machine policy lives (``policy.yaml`` + ``policy.d/``); None: no machine policy
     policy_dir: Path | None = DEFAULT_POLICY_DIR
     #: the home directory whose known folders are redirected; None: ``$HOME``
@@ -180,7 +183,7 @@ class DaemonConfig:
 
 
 _TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file",
-             "metered_dbus", "directory_dbus", "logind_dbus", "cache_limit", "policy_dir", "home",
+             "metered_dbus", "directory_dbus", "logind_dbus", "notify_dbus", "cache_limit", "policy_dir", "home",
              "exclude_patterns", "max_file_size", "directory_watches"}
 #: Timings that existed once and are accepted, with a warning, so an old file still starts.
 _RETIRED_TIMINGS = {"full_scan_interval_s": "directories are revalidated one per revalidate_interval_s now"}
@@ -414,17 +417,17 @@ def load_config(path: Path) -> DaemonConfig:
                         directory_watches=watches, offline=offline, metered_file=metered_file,
                         metered_dbus=metered_dbus,
                         directory_dbus=directory_dbus,
-                        logind_dbus=logind_dbus,
+                        logind_dbus=logind_dbus, notify_dbus=_bus(doc, "notify_dbus", "session"),
                         cache_limit_bytes=limit_bytes,
                         cache_limit_fraction=limit_fraction,
                         policy_dir=policy_dir if policy_dir is not None else DEFAULT_POLICY_DIR,
                         home=home, exclude_patterns=patterns, max_file_size_bytes=max_file_bytes)
 
 
-def _bus(doc: _Doc, key: str) -> str | None:
+def _bus(doc: _Doc, key: str, default: str = "system") -> str | None:
     """A D-Bus bus key: ``system`` (the default), ``session``, ``none`` or an address."""
     if key not in doc.items:
-        return "system"
+        return default
     raw = doc.value(key)
     if raw is None or raw is False or raw == "none":
         return None

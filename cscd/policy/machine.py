@@ -404,6 +404,7 @@ def offline_policy(policy: Policy) -> OfflinePolicy:
         fetch_uncached_on_slow_link=o.fetch_uncached_on_slow_link,
         cost_aware_sync=o.cost_aware_sync,
         sync_on_metered=o.sync_on_metered,
+        notifications=o.notifications,
     )
 
 
@@ -435,7 +436,8 @@ def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
                     "background_sync_max_offset_min": "background_sync_max_offset_s",
                     "always_offline": "always_offline",
                     "fetch_uncached_on_slow_link": "fetch_uncached_on_slow_link",
-                    "cost_aware_sync": "cost_aware_sync", "sync_on_metered": "sync_on_metered"}
+                    "cost_aware_sync": "cost_aware_sync", "sync_on_metered": "sync_on_metered",
+                    "notifications": "notifications"}
     offline = replace(config.offline, **{
         f: getattr(converted, f) for k, f in offline_keys.items() if f"offline_files.{k}" in origins
     })

@@ -150,6 +150,8 @@ class OfflineFilesPolicy:
     exclude_patterns: tuple[str, ...] = ("*.tmp", "~$*", ".~lock.*#")
     max_file_size_bytes: int = 10 * GB
     per_path: tuple[PathOverride, ...] = ()
+    #: desktop notifications (conflicts, sync problems, offline, cache nearly full)
+    notifications: bool = True
 
 
 @dataclass(frozen=True, slots=True)

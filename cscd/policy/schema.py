@@ -386,6 +386,7 @@ OFFLINE_KEYS: Mapping[str, Reader] = {
     "exclude_patterns": patterns,
     "max_file_size": lambda loc: size_bytes(loc, 1, MAX_FILE_BYTES),
     "per_path": per_path,
+    "notifications": Located.as_bool,
 }
 SECURITY_KEYS: Mapping[str, Reader] = {
     "require_encryption": Located.as_bool,

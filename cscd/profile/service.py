@@ -73,6 +73,8 @@ class ProfileService:
         self._wake = trio.Event()
         self._next_upload_at: float | None = None
         self._counts = {"logons": 0, "logoffs": 0, "uploads": 0, "skipped": 0, "failed": 0}
+        #: told (a message) when the session starts before the start's pull finished
+        self.on_pull_late: Callable[[str], None] | None = None
         self._last_result: str | None = None
         #: the pull the daemon runs at its start: set once it ended, whichever way
         self.start_pull_done = trio.Event()
@@ -150,10 +152,16 @@ class ProfileService:
         where = self.upstream.description
         report = self.start_pull
         if report is None:
+            if self.on_pull_late is not None:
+                self.on_pull_late(f"The roaming profile from {where} is still coming down: this session "
+                                  "started with the copy on this computer.")
             return {"result": "timed_out", "message": f"the roaming profile from {where} is still "
                     f"coming down after {limit_s:g} s: the session starts on the cached profile; "
                     "the pull goes on in the background"}
         if "error" in report:
+            if self.on_pull_late is not None:
+                self.on_pull_late(f"The roaming profile from {where} could not be loaded "
+                                  f"({report['error']}): this session uses the copy on this computer.")
             return {"result": "failed", "message": f"the roaming profile from {where} was not pulled "
                     f"({report['error']}): the session starts on the cached profile"}
         return {"result": "finished", **report, "message": f"roaming profile from {where} is up to date: "

@@ -172,6 +172,8 @@ class DaemonProcess:
             # (or bring back) the tester's own folders. Tests that want policy set these.
             "policy_dir": str(self.workdir / f"{self.name}-policy"),
             "home": str(self.workdir / f"{self.name}-home"),
+            # Never the tester's own desktop: tests that want notifications name their bus.
+            "notify_dbus": "none",
         }
         config.update(self.extra)
         return config

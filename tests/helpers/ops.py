@@ -10,6 +10,7 @@ Owns ``NotifySocket`` (an AF_UNIX datagram socket in the abstract namespace, as 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import time
@@ -134,3 +135,27 @@ def cli_json(daemon: DaemonProcess, *args: str, code: int = 0) -> dict:
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     return json.loads(result.stdout)
+
+
+def folder_mode(env, folder: str = "Documents") -> str:
+    """The folder's mode as ``cscd status`` reports it."""
+    return cli_json(env.daemon, "status")["folders"][folder]["mode"]
+
+
+def make_conflict(env, name: str = "doc.txt") -> str:
+    """One file changed here and on the server while the link is down (``env``: a
+    ``MountEnv``); returns the conflict copy's name once the link is back and sync made it."""
+    from tests.helpers.wait import eventually
+
+    (env.server / name).write_text("base")
+    assert (env.docs / name).read_text() == "base"
+    env.proxy.stop_listening()
+    env.proxy.reset()
+    eventually(lambda: folder_mode(env) == "offline", 10, "offline not noticed")
+    (env.docs / name).write_text("mine")
+    (env.server / name).write_text("theirs")
+    env.proxy.resume_listening()
+    stem = name.rsplit(".", 1)[0]
+    eventually(lambda: [n for n in os.listdir(env.docs) if n.startswith(f"{stem} (conflict ")]
+               and (env.docs / name).read_text() == "theirs", 15, "conflict not produced")
+    return next(n for n in os.listdir(env.docs) if n.startswith(f"{stem} (conflict "))
