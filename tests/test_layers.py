@@ -38,6 +38,8 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "xattrs": frozenset({"types", "errors"}),
     "events": frozenset({"types", "errors"}),
     "metrics": frozenset({"types", "errors", "events"}),
+    # journald's explanations of the events
+    "catalog": frozenset({"types", "errors", "events"}),
     # the three-way decision, pure: cache (listings) and sync (uploads) both apply it
     "reconcile": frozenset({"types"}),
     # the layers
