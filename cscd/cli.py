@@ -513,6 +513,20 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    """One line per check (``cscd.doctor``); exit 1 if any failed."""
+    from cscd import doctor
+
+    config_path = Path(getattr(args, "config", None) or default_config_path())
+    checks = trio.run(doctor.run_checks, config_path)
+    if args.json:
+        _emit_json([{"status": c.status, "check": c.what, "detail": c.detail} for c in checks])
+    else:
+        for c in checks:
+            print(c.line())
+    return 1 if any(c.status == doctor.FAIL for c in checks) else 0
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
     """Reads the mount itself (``user.cscd.state`` of each entry): no daemon call, so it works
     for any user who can read the folder, as ``ls`` does."""
@@ -648,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ("free-space", "drop the cached content of PATH (clean files only)")):
         o = client(name, _simple(name, lambda a: {"path": _abs(a.path)}), doc)
         o.add_argument("path", metavar="PATH")
+    client("doctor", _cmd_doctor, "check FUSE, configuration, credentials, servers, clock and cache")
     ls = client("ls", _cmd_ls, "list PATH (a folder in the mount) with each entry's offline state")
     ls.add_argument("path", nargs="?", default=".", metavar="PATH")
     i = client("info", _cmd_info, "offline state of each PATH: cached, partial, dirty, pinned, ...")

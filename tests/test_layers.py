@@ -59,11 +59,13 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "operations": frozenset(),  # daemon's other half (control handlers): filled in below
     # drawing a followed job's progress, pure text: the cli's
     "progress": frozenset(),
-    "cli": frozenset({"daemon", "control", "policy", "samba", "progress"}) | LEAVES,
+    # cscd doctor: what the daemon would read and connect to, checked without it
+    "doctor": frozenset({"policy", "upstream", "control", "operations"}) | LEAVES,
+    "cli": frozenset({"daemon", "control", "policy", "samba", "progress", "doctor"}) | LEAVES,
     ROOT: frozenset(),
     "__main__": frozenset({"cli"}),
 }
-ALLOWED = {**ALLOWED, "daemon": frozenset(ALLOWED) - {"daemon", "cli", "__main__", "progress"}}
+ALLOWED = {**ALLOWED, "daemon": frozenset(ALLOWED) - {"daemon", "cli", "__main__", "progress", "doctor"}}
 ALLOWED = {**ALLOWED, "operations": ALLOWED["daemon"] - {"operations"}}
 
 

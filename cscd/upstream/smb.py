@@ -156,6 +156,13 @@ class SmbUpstream:
     # -- properties beyond the protocol ---------------------------------------------------------
 
     @property
+    def clock_offset_s(self) -> float | None:
+        """The server's clock minus this machine's, as the last connect measured it."""
+        link = self._link
+        conn = getattr(link, "conn", None) if link is not None else None
+        return getattr(conn, "clock_offset_s", None)
+
+    @property
     def is_connected(self) -> bool:
         return self._link is not None and self._link.alive
 

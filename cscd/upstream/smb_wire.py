@@ -15,6 +15,7 @@ wakes every thread that waits on this link: it shuts the socket down first, beca
 
 from __future__ import annotations
 
+import datetime
 import errno
 import logging
 import socket
@@ -195,6 +196,20 @@ class _Connection(Connection):
         super().__init__(*args, **kwargs)
         self.previous_session_id = previous_session_id
         self.outstanding_requests = _SnapshotDict()
+        #: the server's clock minus ours, from the NEGOTIATE reply (``cscd doctor``; Kerberos
+        #: refuses more than 5 minutes)
+        self.clock_offset_s: float | None = None
+
+    def _send_smb2_negotiate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reply = super()._send_smb2_negotiate(*args, **kwargs)
+        try:
+            server = reply["system_time"].get_value()
+            if server.tzinfo is None:
+                server = server.replace(tzinfo=datetime.UTC)
+            self.clock_offset_s = server.timestamp() - time.time()
+        except (KeyError, AttributeError, ValueError, OverflowError):
+            self.clock_offset_s = None  # a server that sends no time (0) says nothing
+        return reply
 
     def send(self, message, *args, **kwargs):  # type: ignore[no-untyped-def]
         if self.previous_session_id and isinstance(message, SMB2SessionSetupRequest):
