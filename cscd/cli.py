@@ -49,7 +49,7 @@ from cscd import __version__, progress
 from cscd.control import ControlClient, ControlError, default_config_path, socket_candidates
 from cscd.errors import CacheLost, ConfigError, CscdError
 from cscd.events import JournalHandler, journal_stream_is_stderr
-from cscd.metrics import prometheus, write_textfile
+from cscd.metrics import prometheus, write_prometheus_textfile
 
 log = logging.getLogger("cscd")
 
@@ -443,14 +443,24 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_label(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
+    if args.all_users:
+        return _stats_of_all_users(Path(args.all_users))
     stats = _call(args, "stats")
+    user = os.path.expandvars(args.user) if args.user else _user_label(os.getuid())
     if args.textfile:
-        write_textfile(Path(args.textfile), prometheus(stats))
+        write_prometheus_textfile(Path(args.textfile), stats, user=user)
     if args.json:
         _emit_json(stats)
     elif args.prometheus:
-        sys.stdout.write(prometheus(stats))
+        sys.stdout.write(prometheus(stats, user=user))
     elif not args.textfile:
         for fam in stats["metrics"]:
             for s in fam["samples"]:
@@ -458,6 +468,33 @@ def _cmd_stats(args: argparse.Namespace) -> int:
                 value = s["value"]
                 shown = f"{value:.3f}" if isinstance(value, float) and value != int(value) else f"{value:.0f}"
                 print(f"{fam['name'] + label:<48} {shown}")
+    return 0
+
+
+def _stats_of_all_users(directory: Path) -> int:
+    """Root's collector (``cscd-metrics.timer``): ``DIR/cscd-USER.prom`` for every user whose
+    daemon answers under ``/run/user/UID/cscd/``; the files of users without one go, so
+    Prometheus sees no frozen counters."""
+    root = Path(os.environ.get("CSCD_RUN_USER_ROOT", "/run/user"))
+    written: set[str] = set()
+    for run_dir in sorted(root.glob("[0-9]*/cscd")):
+        uid = int(run_dir.parent.name)
+        for sock in sorted(run_dir.glob("*.sock")):
+            if sock.lstat().st_uid != uid:
+                continue  # not that user's own: never trusted
+            try:
+                with ControlClient([sock], timeout_s=10.0) as client:
+                    stats = client.call("stats")
+            except (ControlError, OSError) as exc:
+                print(f"cscd: {sock}: {exc}", file=sys.stderr)
+                continue
+            user = _user_label(uid)
+            name = f"cscd-{user}.prom" if sock.name == "control.sock" else f"cscd-{user}-{sock.stem}.prom"
+            write_prometheus_textfile(directory / name, stats, user=user)
+            written.add(name)
+    for old in directory.glob("cscd-*.prom"):
+        if old.name not in written:
+            old.unlink(missing_ok=True)
     return 0
 
 
@@ -651,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = client("stats", _cmd_stats, "performance counters and rates")
     st.add_argument("--prometheus", action="store_true", help="node_exporter textfile format")
     st.add_argument("--textfile", metavar="PATH", help="write the Prometheus text to PATH atomically")
+    st.add_argument("--all-users", metavar="DIR", help="as root: DIR/cscd-USER.prom for every running daemon")
     client("reload", _simple("reload", lambda a: {}), "re-read policy (as SIGHUP)")
     for name, doc in (("offline", "work offline: no traffic until 'cscd online'"),
                       ("online", "end working offline")):

@@ -23,7 +23,13 @@ The counters (the Work Folders set, and more):
 | ``link_rtt_seconds``, ``folder_online``, ``folder_connected`` | gauge | folder | link monitor, upstream |
 | ``last_sync_timestamp_seconds`` | gauge | folder | last push round that succeeded while online |
 | ``cache_used_bytes``, ``cache_limit_bytes`` | gauge | | content store (``cache_usage``) |
-| ``*_per_second`` | gauge | as the counter | two samples ``RATE_WINDOW_S`` apart |
+| ``*_per_second`` | gauge | as the counter | two samples ``RATE_WINDOW_S`` apart (``cscd stats`` only) |
+
+Prometheus gets the counters and computes rates itself (``rate()``), so the text leaves the
+``*_per_second`` gauges out.
+
+In the Prometheus text (prometheus_client's exposition) every sample also carries a ``user``
+label, so one node_exporter serves every user of a machine (``cscd stats --all-users DIR``).
 
 Outstanding requests need a counter the upstreams do not keep yet; it is left out rather
 than guessed.
@@ -39,13 +45,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cscd.events import EventId, emit
 from cscd.types import FolderLink, Mode
@@ -423,47 +431,46 @@ def _help(name: str) -> str:
 # ---------------------------------------------------------------- Prometheus text format
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+class _StatsCollector:
+    """The ``stats`` answer as prometheus_client metric families, each sample labelled with
+    the user. Rates (``*_per_second``) are left out: Prometheus computes them from the
+    counters (``rate()``), and a rate sampled by us would be a gauge of the wrong window."""
+
+    def __init__(self, stats: Mapping[str, Any], user: str, prefix: str) -> None:
+        self.stats, self.user, self.prefix = stats, user, prefix
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        for fam in self.stats.get("metrics", []):
+            if fam["name"].endswith("_per_second"):
+                continue
+            name = self.prefix + fam["name"]
+            names = sorted({k for s in fam["samples"] for k in s["labels"]} | {"user"})
+            if fam["type"] == "counter":
+                family = CounterMetricFamily(name, fam["help"], labels=names)
+            else:
+                family = GaugeMetricFamily(name, fam["help"], labels=names)
+            for sample in fam["samples"]:
+                labels = {**{k: "" for k in names}, **{k: str(v) for k, v in sample["labels"].items()},
+                          "user": self.user}
+                family.add_metric([labels[k] for k in names], float(sample["value"]))
+            yield family
 
 
-def _format_value(value: float) -> str:
-    if value != value:  # NaN
-        return "NaN"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+def _registry(stats: Mapping[str, Any], user: str, prefix: str) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StatsCollector(stats, user, prefix))
+    return registry
 
 
-def prometheus(stats: Mapping[str, Any], *, prefix: str = "cscd_") -> str:
-    """The ``stats`` answer in the node_exporter textfile (Prometheus exposition) format."""
-    lines: list[str] = []
-    for fam in stats.get("metrics", []):
-        name = prefix + fam["name"]
-        lines.append(f"# HELP {name} {fam['help']}")
-        lines.append(f"# TYPE {name} {fam['type']}")
-        for s in fam["samples"]:
-            labels = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(s["labels"].items()))
-            lines.append(f"{name}{{{labels}}} {_format_value(s['value'])}" if labels
-                         else f"{name} {_format_value(s['value'])}")
-    return "\n".join(lines) + "\n"
+def prometheus(stats: Mapping[str, Any], *, user: str, prefix: str = "cscd_") -> str:
+    """The ``stats`` answer in the Prometheus exposition format (node_exporter's textfile)."""
+    return generate_latest(_registry(stats, user, prefix)).decode("utf-8")
 
 
-def write_textfile(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file in the same directory, then
-    rename), as node_exporter's textfile collector expects. Raises OSError."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def write_prometheus_textfile(path: Path, stats: Mapping[str, Any], *, user: str, prefix: str = "cscd_") -> None:
+    """Write the ``stats`` answer to ``path`` atomically, for node_exporter's textfile
+    collector (prometheus_client writes a temporary file and renames it). Raises OSError."""
+    write_to_textfile(str(path), _registry(stats, user, prefix))
+    os.chmod(path, 0o644)
+
+

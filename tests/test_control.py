@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import queue
 import socket
 import stat
@@ -20,9 +21,9 @@ import time
 import pytest
 
 from cscd.control import MAX_CONNECTIONS, MAX_LINE_BYTES
-from tests.helpers.daemon import REPO_ROOT
+from tests.helpers.daemon import REPO_ROOT, run_cscd
 from tests.helpers.ops import control_path, wait_control
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import eventually, wait_for
 
 
 @pytest.fixture
@@ -320,7 +321,7 @@ def test_stats_json_and_prometheus(live, tmp_path):
     text = live.daemon.run_cli("stats", "--prometheus")
     assert text.returncode == 0
     assert "# TYPE cscd_files_uploaded_total counter" in text.stdout
-    assert 'cscd_bytes_uploaded_total{folder="Documents"}' in text.stdout
+    assert 'cscd_bytes_uploaded_total{folder="Documents",user="root"}' in text.stdout
     target = tmp_path / "cscd.prom"
     assert live.daemon.run_cli("stats", "--textfile", str(target)).returncode == 0
     assert "cscd_requests_total" in target.read_text()
@@ -348,3 +349,28 @@ def test_profile_without_a_roaming_profile_says_why(live, action):
     assert "no roaming profile here" in error["message"] and "roaming_profile.target" in error["message"]
     plain = live.daemon.run_cli("profile", action)
     assert plain.returncode == 5 and "roaming_profile.target" in plain.stderr
+
+
+def test_root_collects_every_users_counters(mount_env, tmp_path):
+    """``cscd stats --all-users DIR`` (root's cscd-metrics.timer): one textfile per user whose
+    daemon listens under /run/user/UID/cscd/, labelled with the user; a stale one goes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    run = tmp_path / "run"
+    runtime = run / str(os.getuid())
+    runtime.mkdir(parents=True, mode=0o700)
+    env = mount_env(start=False)
+    env.daemon.env["XDG_RUNTIME_DIR"] = str(runtime)
+    env.start_daemon()
+    out = tmp_path / "textfiles"
+    out.mkdir()
+    (out / "cscd-gone.prom").write_text("# a user whose daemon stopped\n")
+    eventually(lambda: list(runtime.glob("cscd/*.sock")), 10, "no socket under the runtime directory")
+    result = run_cscd("stats", "--all-users", str(out), env_extra={"CSCD_RUN_USER_ROOT": str(run)})
+    assert result.returncode == 0, result.stderr
+    user = pwd.getpwuid(os.getuid()).pw_name
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 1 and files[0].startswith(f"cscd-{user}"), files
+    families = {f.name: f for f in text_string_to_metric_families((out / files[0]).read_text())}
+    assert families["cscd_requests"].type == "counter"
+    assert {s.labels["user"] for s in families["cscd_requests"].samples} == {user}

@@ -11,10 +11,11 @@ import os
 import uuid
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cscd import events
 from cscd.events import EVENTS, EventId, EventRing, emit, encode_journal, journal_key, render
-from cscd.metrics import Collector, mode_cause, prometheus, write_textfile
+from cscd.metrics import Collector, mode_cause, prometheus, write_prometheus_textfile
 from cscd.types import FolderLink, Mode
 from tests.helpers.ops import JournalSocket, decode_journal, wait_control
 from tests.helpers.wait import wait_for
@@ -159,20 +160,21 @@ def test_prometheus_text_format(tmp_path):
     c.sample()
     clock.now += 1.0
     up.stats = UpStats(bytes_written=10)
-    text = prometheus(c.stats())
-    lines = text.splitlines()
-    assert "# TYPE cscd_bytes_uploaded_total counter" in lines
-    assert 'cscd_bytes_uploaded_total{folder="Documents"} 10' in lines
-    assert "cscd_bytes_uploaded_total 10" not in lines  # no unlabelled twin to double-count
-    assert "cscd_link_rtt_seconds{folder=\"Documents\"} 0.002" in lines
-    assert "cscd_cache_limit_bytes 1073741824" in lines
-    for line in lines:
-        assert line.startswith("# HELP cscd_") or line.startswith("# TYPE cscd_") or line.startswith("cscd_")
+    text = prometheus(c.stats(), user="alice")
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # prometheus_client's own parser
+    uploaded = families["cscd_bytes_uploaded"]
+    assert uploaded.type == "counter"
+    assert [(s.name, s.labels, s.value) for s in uploaded.samples] == [
+        ("cscd_bytes_uploaded_total", {"folder": "Documents", "user": "alice"}, 10.0)]
+    assert families["cscd_link_rtt_seconds"].samples[0].value == 0.002
+    assert families["cscd_cache_limit_bytes"].samples[0].labels == {"user": "alice"}
+    assert not [n for n in families if n.endswith("_per_second")]  # Prometheus rates the counters
     odd = {"metrics": [{"name": "x", "type": "gauge", "help": "h",
                         "samples": [{"labels": {"folder": 'a"b\\c\nd'}, "value": 1.5}]}]}
-    assert 'cscd_x{folder="a\\"b\\\\c\\nd"} 1.5' in prometheus(odd)
+    (x,) = text_string_to_metric_families(prometheus(odd, user="bob"))
+    assert x.samples[0].labels == {"folder": 'a"b\\c\nd', "user": "bob"}
     target = tmp_path / "cscd.prom"
-    write_textfile(target, text)
+    write_prometheus_textfile(target, c.stats(), user="alice")
     assert target.read_text() == text
     assert os.listdir(tmp_path) == ["cscd.prom"]
 

@@ -33,13 +33,14 @@ def unit_dir(tmp_path):
     assert shutil.which("systemd-analyze"), "systemd-analyze is missing (Debian package systemd)"
     d = tmp_path / "units"
     d.mkdir()
-    for unit in UNITS.glob("*.service"):
+    for unit in [*UNITS.glob("*.service"), *UNITS.glob("*.timer")]:
         shutil.copy(unit, d / unit.name)
     return d
 
 
 @pytest.mark.parametrize(("unit", "scope"), [("cscd.service", "user"), ("cscd@alice.service", "system"),
-                                             ("cscd-logon.service", "user")])
+                                             ("cscd-logon.service", "user"), ("cscd-metrics.service", "system"),
+                                             ("cscd-metrics.timer", "system")])
 def test_unit_verifies_cleanly(unit_dir, tmp_path, unit, scope):
     result = analyze(unit_dir, unit, scope, tmp_path)
     assert result.returncode == 0, result.stderr
