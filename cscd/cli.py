@@ -550,6 +550,16 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_dir(args: argparse.Namespace) -> Path | None:
+    """The ``policy_dir`` of the configuration (``--config`` or the default), if it reads."""
+    from cscd.policy.config import load_config
+
+    try:
+        return load_config(Path(getattr(args, "config", None) or default_config_path())).policy_dir
+    except ConfigError:
+        return None
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     """One line per check (``cscd.doctor``); exit 1 if any failed."""
     from cscd import doctor
@@ -622,13 +632,39 @@ def _cmd_conflicts(args: argparse.Namespace) -> int:
 
 
 def _cmd_policy(args: argparse.Namespace) -> int:
-    """``policy show``: the policy in force in the daemon, key by key with file:line."""
-    from cscd.policy.machine import PolicyRow, format_rows
+    """``policy show``: the policy in force in the daemon, key by key with file:line; computed
+    from the files (``policy/report.py``) for another user or host, or when no daemon runs.
+    ``policy check DIR``: are the files valid."""
+    from cscd.control import DaemonNotRunning
+    from cscd.policy import report
+    from cscd.policy.machine import DEFAULT_ROOT, PolicyRow, format_rows
 
-    result = _call(args, "policy.show")
+    root = Path(args.dir) if getattr(args, "dir", None) else None
+    if args.action == "check":
+        result = report.check(root or DEFAULT_ROOT)
+        if args.json:
+            _emit_json(result)
+        else:
+            print(f"policy: {len(result['files'])} file(s), {result['blocks']} block(s) in {result['policy_dir']}: "
+                  "valid" if result["files"] else f"policy: no policy files in {result['policy_dir']}")
+        return 0
+    offline = args.for_user or args.host or args.groups or root
+    result = None
+    if not offline:
+        try:
+            result = _call(args, "policy.show")
+        except (DaemonNotRunning, ConfigError):
+            result = None  # gpresult needs no service either: compute it from the files
+    if result is None:
+        groups = tuple(g for g in args.groups.split(",") if g) if args.groups else None
+        user = args.for_user or (os.path.expandvars(args.user) if args.user else None)
+        subject = report.subject_for(user, args.host, groups)
+        result = report.show(subject, root or _policy_dir(args) or DEFAULT_ROOT)
     if args.json:
         _emit_json(result)
         return 0
+    if result.get("computed_from_files"):
+        print("(computed from the policy files: no daemon asked)")
     primary = "" if result.get("is_primary_computer", True) else " (not a primary computer: nothing redirected)"
     print(f"policy for {result.get('user')} on {result.get('host')}{primary}")
     files = result.get("files") or []
@@ -713,7 +749,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep", required=True, choices=("local", "remote", "both"))
     pol = client("policy", _cmd_policy, "policy")
     psub = pol.add_subparsers(dest="action", required=True)
-    psub.add_parser("show", help="the effective policy and where each key comes from", parents=[common])
+    show = psub.add_parser("show", help="the effective policy and where each key comes from", parents=[common])
+    show.add_argument("--for", dest="for_user", metavar="USER",
+                      help="compute it for USER from the files (with --host, --user does too)")
+    show.add_argument("--host", help="compute it as on HOST (from the files)")
+    show.add_argument("--groups", metavar="G1,G2", help="with these groups instead of the user's")
+    show.add_argument("--dir", metavar="DIR", help="policy directory to read (default: the configuration's)")
+    check = psub.add_parser("check", help="are the policy files valid (file, line and key of a mistake)",
+                            parents=[common])
+    check.add_argument("dir", nargs="?", metavar="DIR", help="policy directory (default /etc/cscd)")
     prof = client("profile", _cmd_profile, "roaming profile")
     prsub = prof.add_subparsers(dest="action", required=True)
     for action in ("logon", "logoff"):
