@@ -550,6 +550,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_doc(kind: str, shell: str | None) -> int:
+    from cscd import manual
+
+    parser = build_parser()
+    sys.stdout.write(manual.manpage(parser, __version__) if kind == "manpage" else manual.completion(parser, shell))
+    return 0
+
+
 def _policy_dir(args: argparse.Namespace) -> Path | None:
     """The ``policy_dir`` of the configuration (``--config`` or the default), if it reads."""
     from cscd.policy.config import load_config
@@ -736,6 +744,11 @@ def build_parser() -> argparse.ArgumentParser:
                       ("free-space", "drop the cached content of PATH (clean files only)")):
         o = client(name, _simple(name, lambda a: {"path": _abs(a.path)}), doc)
         o.add_argument("path", metavar="PATH")
+    m = sub.add_parser("manpage", help="print the cscd(1) man page (troff)")
+    m.set_defaults(fn=lambda a: _print_doc("manpage", None))
+    c = sub.add_parser("completion", help="print the shell completion script for SHELL")
+    c.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    c.set_defaults(fn=lambda a: _print_doc("completion", a.shell))
     client("doctor", _cmd_doctor, "check FUSE, configuration, credentials, servers, clock and cache")
     ls = client("ls", _cmd_ls, "list PATH (a folder in the mount) with each entry's offline state")
     ls.add_argument("path", nargs="?", default=".", metavar="PATH")

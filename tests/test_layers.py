@@ -59,13 +59,15 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "operations": frozenset(),  # daemon's other half (control handlers): filled in below
     # drawing a followed job's progress, pure text: the cli's
     "progress": frozenset(),
+    # the man page and completions, from the parser the cli hands in
+    "manual": frozenset(),
     # cscd doctor: what the daemon would read and connect to, checked without it
     "doctor": frozenset({"policy", "upstream", "control", "operations"}) | LEAVES,
-    "cli": frozenset({"daemon", "control", "policy", "samba", "progress", "doctor"}) | LEAVES,
+    "cli": frozenset({"daemon", "control", "policy", "samba", "progress", "doctor", "manual"}) | LEAVES,
     ROOT: frozenset(),
     "__main__": frozenset({"cli"}),
 }
-ALLOWED = {**ALLOWED, "daemon": frozenset(ALLOWED) - {"daemon", "cli", "__main__", "progress", "doctor"}}
+ALLOWED = {**ALLOWED, "daemon": frozenset(ALLOWED) - {"daemon", "cli", "__main__", "progress", "doctor", "manual"}}
 ALLOWED = {**ALLOWED, "operations": ALLOWED["daemon"] - {"operations"}}
 
 
