@@ -516,6 +516,15 @@ def _simple(cmd: str, build) -> Any:
     return run
 
 
+def _cmd_free_space(args: argparse.Namespace) -> int:
+    result = _follow(args, "free-space", {"path": _abs(args.path)}, "free-space")
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"free-space: {result['files']} files, {progress.size(result['bytes'])} freed under {args.path}")
+    return 0
+
+
 def _cmd_pin(args: argparse.Namespace) -> int:
     result = _follow(args, "pin", {"path": _abs(args.path)}, "pin")
     if args.json:
@@ -740,10 +749,10 @@ def build_parser() -> argparse.ArgumentParser:
         o.add_argument("folder", nargs="?", metavar="FOLDER", help="one folder (default: all)")
     pin = client("pin", _cmd_pin, "always available offline: fetch and keep PATH (progress on a terminal)")
     pin.add_argument("path", metavar="PATH")
-    for name, doc in (("unpin", "let PATH be evicted again"),
-                      ("free-space", "drop the cached content of PATH (clean files only)")):
-        o = client(name, _simple(name, lambda a: {"path": _abs(a.path)}), doc)
-        o.add_argument("path", metavar="PATH")
+    o = client("unpin", _simple("unpin", lambda a: {"path": _abs(a.path)}), "let PATH be evicted again")
+    o.add_argument("path", metavar="PATH")
+    o = client("free-space", _cmd_free_space, "drop the cached content of PATH (clean files only)")
+    o.add_argument("path", metavar="PATH")
     m = sub.add_parser("manpage", help="print the cscd(1) man page (troff)")
     m.set_defaults(fn=lambda a: _print_doc("manpage", None))
     c = sub.add_parser("completion", help="print the shell completion script for SHELL")

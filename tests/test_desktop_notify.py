@@ -79,3 +79,56 @@ def test_without_a_notification_server_the_daemon_stays_quiet(tmp_path, mount_en
         eventually(lambda: (env.server / "after.txt").exists(), 15, "sync stopped")
     finally:
         os.kill(pid, 15)
+
+
+# ------------------------------------------------ what each event tells, and how often (no bus)
+
+
+def _event(event_id, folder="Documents", **fields):
+    from cscd.events import Event
+
+    return Event(1, 0.0, int(event_id), event_id.name, "INFO", folder, "", fields)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _notifier(**kw):
+    from cscd.operations.desktop import DesktopNotifier
+
+    clock = _Clock()
+    return DesktopNotifier(enabled=lambda folder: True, clock=clock, **kw), clock
+
+
+def test_each_kind_of_news_and_its_spacing():
+    from cscd.events import EventId
+    from cscd.operations.desktop import BURST, LONG_OUTAGE_S, SAME_NOTE_S
+
+    n, clock = _notifier(cache_usage=lambda: (95, 100))
+    problem = n.note_of(_event(EventId.SYNC_PROBLEM, path="Documents/a.odt", reason="access denied"))
+    assert problem.summary == "A file in Documents keeps failing to sync" and "a.odt: access denied" in problem.body
+    down = n.note_of(_event(EventId.MODE_CHANGED, mode="offline", previous="online", reason="no route", cause="error"))
+    assert down.summary == "Documents is offline"
+    clock.now += 30  # a short outage: back online without a note
+    assert n.note_of(_event(EventId.MODE_CHANGED, mode="online", previous="offline", reason="", cause="error")) is None
+    n.note_of(_event(EventId.MODE_CHANGED, mode="offline", previous="online", reason="", cause="error"))
+    clock.now += LONG_OUTAGE_S + 1
+    back = n.note_of(_event(EventId.MODE_CHANGED, mode="online", previous="offline", reason="", cause="error"))
+    assert back.summary == "Documents is back online" and "5 minutes offline" in back.body
+    assert n.note_of(_event(EventId.SYNC_FINISHED, trigger="change")) is None  # routine news is not told
+    n._check_cache()  # noqa: SLF001 - the periodic look at the cache, run once here
+    assert [p.summary for p in n._pending] == ["Offline Files cache nearly full"]  # noqa: SLF001
+    n.profile_pull_timed_out("still loading")
+    # spacing: one note of a kind per folder a minute, BURST a minute in all
+    assert n._may_send(problem) and not n._may_send(problem)  # noqa: SLF001
+    clock.now += SAME_NOTE_S
+    assert n._may_send(problem)  # noqa: SLF001
+    fresh, _ = _notifier()
+    others = [fresh.note_of(_event(EventId.SYNC_PROBLEM, folder=f"F{i}", path="x", reason="r"))
+              for i in range(BURST + 1)]
+    assert [fresh._may_send(o) for o in others] == [True] * BURST + [False]  # noqa: SLF001

@@ -193,29 +193,25 @@ class Residency:
 
     # ------------------------------------------------------------ placeholders again
 
-    def free_space(self, node_id: int) -> tuple[int, int]:
-        """Turn clean, closed, unpinned files at or under ``node_id`` back into placeholders.
-
-        Returns (files freed, bytes freed). Dirty, open or pinned files are kept: their
-        content is the only copy, or the user asked to keep it.
-        """
+    def files_under(self, node_id: int) -> list[int]:
+        """The files at or under ``node_id`` (one read transaction): what ``free_space`` goes through."""
         ix = self.cache.index
-        freed_files = freed_bytes = 0
         with self.cache.txn() as txn:
-            start = nodes.get(ix, txn, node_id)
-            todo, stack = [], [start]
+            todo, stack = [], [nodes.get(ix, txn, node_id)]
             while stack:
                 node = stack.pop()
                 if node.is_dir:
                     stack.extend(nodes.get(ix, txn, cid) for cid, _ in nodes.iter_children(ix, txn, node.id))
                 else:
                     todo.append(node.id)
-        for nid in todo:
-            n = self._dehydrate(nid)
-            if n is not None:
-                freed_files += 1
-                freed_bytes += n
-        return freed_files, freed_bytes
+        return todo
+
+    def free_space(self, node_id: int) -> int | None:
+        """Turn one clean, closed, unpinned file back into a placeholder: the bytes freed, or
+        None if it is kept (dirty, open or pinned files: their content is the only copy, or the
+        user asked to keep it). ``cscd free-space`` runs it over ``files_under`` a folder,
+        letting the FUSE loop serve in between."""
+        return self._dehydrate(node_id)
 
     def _dehydrate(self, node_id: int) -> int | None:
         cache = self.cache

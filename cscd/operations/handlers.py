@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 from cscd import control, metrics
 from cscd.cache import filestate
@@ -274,7 +275,21 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
 
     async def free_space(args: dict) -> dict:
         node = await node_at(args)
-        files, freed = cache.residency.free_space(node.id)
+        job = jobs.start(control.argument(args, "job", str), "free-space", args["path"])
+        job.phase = "freeing"
+        files = freed = 0
+        try:
+            todo = cache.residency.files_under(node.id)
+            job.add_total(files=len(todo))
+            for i, node_id in enumerate(todo):
+                n = cache.residency.free_space(node_id)
+                job.done(files=1, nbytes=n or 0)
+                if n is not None:
+                    files, freed = files + 1, freed + n
+                if i % 64 == 63:
+                    await trio.lowlevel.checkpoint()  # a folder of 100,000 files must not stop the mount
+        finally:
+            jobs.finish(job)
         return {"path": args["path"], "files": files, "bytes": freed}
 
     async def conflicts(args: dict) -> dict:
