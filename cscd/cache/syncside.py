@@ -167,6 +167,14 @@ class SyncSide:
             nodes.forget_listing(self.core.index, txn, note.parent)  # a merge may have skipped it
         self.listings.stamp(note.parent)
 
+    def knows_server_name(self, parent: int, name: bytes) -> bool:
+        """Whether the server name ``name`` in directory ``parent`` is one this client agreed on
+        (a node's base, a deleted one's too) or sent there itself (an unrecorded note)."""
+        ix = self.core.index
+        with self.core.txn() as txn:
+            return (nodes.base_lookup_id(ix, txn, parent, name) is not None
+                    or bool(unrecorded.at(ix, txn, parent, name)))
+
     def name_in_use(self, parent: int, name: bytes) -> bool:
         """Whether a live node here has the name ``name`` in directory ``parent``, or has it as
         its agreed server name: that node's push meets whatever the server holds there."""

@@ -307,6 +307,17 @@ class Pusher:
                 pass
         self.local.record_local_only(node.id, version)
 
+    async def _holds_only_ours(self, node, path: bytes, up: Upstream) -> bool:
+        """Whether every entry of the server folder ``path`` (a deleted folder's) is one this
+        client knows: agreed on, or sent there itself. Then its delete waits for theirs; it
+        used to be given up at once, and the folder came back here, empty, at the next listing
+        (rsync --delete of a renamed folder left it behind)."""
+        try:
+            entries = await up.list_dir(path)
+        except NotFound:
+            return True
+        return all(self.local.knows_server_name(node.id, e.name) for e in entries)
+
     def _is_agreed_or_ours(self, node, current: RemoteEntry) -> bool:
         """Whether the server entry under a node's base name is its base, or a version of its
         own that was never recorded: what a delete of the node may remove."""
@@ -411,6 +422,10 @@ class Pusher:
             except NotEmpty:
                 if force:  # write-through: the caller's rmdir hears it
                     raise
+                if await self._holds_only_ours(node, path, up):
+                    # What is left in it is ours to delete or move (a delete of this round
+                    # planned before it, or of the next): the folder goes once they have.
+                    raise SourceChanged(f"{path!r} still holds entries this client is removing") from None
                 log.info("%r kept on the server: it holds files this client never saw", path)
                 # The folder comes back here with those files, at the parent's next listing:
                 # ask for it now, nobody else will (no notification reports a non-change).

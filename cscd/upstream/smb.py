@@ -621,7 +621,7 @@ class SmbUpstream:
         for wt in below:
             await wt.release()
         if below:
-            log.debug("closed %d watches below %s before renaming it", len(below), spath)
+            log.debug("closed %d watches below %s before renaming or deleting it", len(below), spath)
 
     def _temp_spath(self, spath: str, resume_token: str | None) -> str:
         """A fresh upload temporary beside ``spath``, or the one named by ``resume_token``."""
@@ -681,32 +681,46 @@ class SmbUpstream:
         if not path:
             raise BadName("cscd never deletes the target folder itself")
         spath, where = self._spath(path)
-        await self._run(where, functools.partial(ops.delete, is_dir=is_dir), spath)
+        if not is_dir:
+            await self._run(where, functools.partial(ops.delete, is_dir=False), spath)
+            return
+        # Our own watch on the folder would keep its delete pending (DELETE_PENDING: it stays
+        # in its parent's listings until that handle closes, and came back here as a new
+        # folder from such a listing, rsync --delete of a renamed folder showed).
+        async with self._no_watches_below(spath):
+            await self._run(where, functools.partial(ops.delete, is_dir=True), spath)
 
     async def rename(self, old: bytes, new: bytes, *, replace: bool = False) -> RemoteEntry:
         if not old or not new:
             raise BadName("the target folder itself cannot be renamed")
         old_spath, where = self._spath(old)
         new_spath, new_where = self._spath(new)
-        async with self._watch_gate:
-            self._renaming += 1
-        try:
-            async with self._watch_gate:
-                while self._opening_watches:
-                    await self._watch_gate.wait()
-            await self._release_watches_below(old_spath)
+        async with self._no_watches_below(old_spath):
             attrs, fid = await self._run(
                 f"{where} → {new_where}",
                 functools.partial(ops.rename, replace=replace),
                 old_spath,
                 new_spath,
             )
+        return self._entry(self._leaf(new), attrs, fid)
+
+    @contextlib.asynccontextmanager
+    async def _no_watches_below(self, spath: str) -> AsyncIterator[None]:
+        """While a folder is renamed or deleted: this connection's watches on it and below it
+        closed (``_release_watches_below``), and none opened until it is done."""
+        async with self._watch_gate:
+            self._renaming += 1
+        try:
+            async with self._watch_gate:
+                while self._opening_watches:
+                    await self._watch_gate.wait()
+            await self._release_watches_below(spath)
+            yield
         finally:
             with trio.CancelScope(shield=True):
                 async with self._watch_gate:
                     self._renaming -= 1
                     self._watch_gate.notify_all()
-        return self._entry(self._leaf(new), attrs, fid)
 
     async def set_mtime(self, path: bytes, mtime_ns: int) -> RemoteEntry:
         spath, where = self._spath(path)
