@@ -547,16 +547,20 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         return 0
     if args.action != "wait-logon":
         return _simple(f"profile.{args.action}", lambda _: {})(args)
-    # The session's unit runs this before the desktop: one line now, one at the end; always
-    # exit 0 once the daemon answered, so that a slow server never holds up the session.
+    # The session's unit runs this before the desktop: one line now, one at the end; exit 0
+    # once the daemon answered, so that a slow server never holds up the session (but see
+    # super-mandatory below).
     if not args.json:
         print(f"cscd: waiting up to {args.limit:g} s for the roaming profile", flush=True)
     result = _call(args, "profile.wait_logon", {"limit_s": args.limit}, timeout_s=args.limit + 30)
     if args.json:
         _emit_json(result)
     else:
-        print(f"cscd: {result['message']}", flush=True)
-    return 0
+        print(f"cscd: {result['message']}", file=sys.stderr if result.get("refuse_logon") else sys.stdout,
+              flush=True)
+    # A super-mandatory profile that did not load: the one case that fails the session (the
+    # PAM snippet's "required" line then refuses the logon, as Windows does).
+    return EXIT_REFUSED if result.get("refuse_logon") else 0
 
 
 def _print_doc(kind: str, shell: str | None) -> int:

@@ -90,3 +90,35 @@ def test_the_session_close_pushes_the_profile_of_pam_user(penv: PolicyEnv, run_u
     pamtester(service, "close_session")
     assert (server / ".config/app/settings.ini").read_text() == "made in this session\n", log.read_text()
     wait_for(lambda: penv.status()["profile"]["logoffs"] == 1, 10, "the logoff was not counted")
+
+
+@pytest.mark.log_allows(r"roaming profile: logon pull from .* did not run: ")
+def test_the_required_line_refuses_a_logon_without_its_super_mandatory_profile(
+        mount_env, tmp_path: Path, run_user_dir: Path) -> None:
+    """The snippet's documented "required" open_session line, for a super-mandatory profile
+    (a target folder named *.man) whose server is gone: pamtester's session open fails."""
+    penv = PolicyEnv(mount_env, tmp_path, yaml_folders=False)
+    required = next(line.lstrip("# ").strip() for line in SNIPPET.read_text().splitlines()
+                    if line.lstrip("# ").startswith("session required"))
+    log = tmp_path / "pam_exec.log"
+    line = required.replace("/usr/bin/cscd", str(CSCD)).replace("quiet", f"quiet log={log}")
+    name = f"cscd-test-{uuid.uuid4().hex[:8]}"
+    service = Path("/etc/pam.d") / name
+    service.write_text("auth required pam_permit.so\naccount required pam_permit.so\n"
+                       f"{line.replace('--limit 120', '--limit 3')} --config {penv.daemon.config_path}\n")
+    try:
+        penv.server_dir("Corp.man").mkdir(parents=True)
+        penv.write_policy(f"- roaming_profile: {{target: '{penv.unc('Corp.man')}'}}\n")
+        penv.env.proxy.stop_listening()
+        penv.env.proxy.reset()
+        penv.daemon.env["XDG_RUNTIME_DIR"] = str(run_user_dir)
+        penv.env.start_daemon()
+        wait_for(lambda: penv.daemon.run_cli("status").returncode == 0, 10, "the daemon does not answer")
+        import subprocess
+        res = subprocess.run(["pamtester", "-v", name, getpass.getuser(), "open_session"],
+                             capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+        assert res.returncode != 0, res.stdout + res.stderr
+        text = log.read_text()
+        assert "super-mandatory roaming profile" in text and "the logon is refused" in text, text
+    finally:
+        service.unlink()

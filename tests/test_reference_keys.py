@@ -75,6 +75,7 @@ EFFECTS: dict[str, str | tuple[str, str]] = {
     "roaming_profile.max_file_size": "- roaming_profile: {max_file_size: 5 MB}",
     "roaming_profile.redirections_xml": f"- roaming_profile: {{redirections_xml: '{XML}'}}",
     "roaming_profile.background_upload": "- roaming_profile: {background_upload: true}",
+    "roaming_profile.kind": "- roaming_profile: {kind: mandatory}",
     "roaming_profile.background_upload.max_offset_min":
         "- roaming_profile: {background_upload: {interval_hours: 12, max_offset_min: 5}}",
 }

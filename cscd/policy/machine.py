@@ -255,7 +255,15 @@ def _roaming_profile(won: Mapping[str, Setting], variables: Mapping[str, str]) -
     offset = won.get(prefix + "background_upload.max_offset_min")
     if offset is not None:
         schedule = replace(schedule, max_offset_min=offset.value)
-    return RoamingProfilePolicy(background_upload=schedule, **kw)
+    policy = RoamingProfilePolicy(background_upload=schedule, **kw)
+    if policy.is_mandatory and schedule.is_on:
+        # A mandatory profile is never uploaded: a schedule to upload it is a mistake to name.
+        where = won.get(prefix + "kind") or won.get(prefix + "target")
+        assert where is not None and upload is not None
+        raise ConfigError(f"{upload.origin}: roaming_profile.background_upload: the profile is "
+                          f"{policy.effective_kind.replace('_', '-')} ({where.origin}: {where.key}), "
+                          "never uploaded, so it cannot have a background upload")
+    return policy
 
 
 def _first_group(entries: Iterable[GroupTarget], subject: Subject) -> GroupTarget | None:
@@ -355,7 +363,8 @@ def policy_rows(policy: Policy) -> list[PolicyRow]:
              ("roaming_profile.redirections_xml", r.redirections_xml),
              ("roaming_profile.background_upload", str(r.background_upload)),
              ("roaming_profile.background_upload.max_offset_min",
-              r.background_upload.max_offset_min)]
+              r.background_upload.max_offset_min),
+             ("roaming_profile.kind", r.effective_kind)]
     origins = dict(policy.origins)
     return [PolicyRow(k, _text(v), str(origins[k]) if k in origins else "default")
             for k, v in rows]

@@ -165,6 +165,10 @@ class SecurityPolicy:
     dfs_servers: tuple[str, ...] = ()
 
 
+#: ``roaming_profile.kind``: a normal roaming profile, a mandatory one, a super-mandatory one
+ROAMING_KIND, MANDATORY, SUPER_MANDATORY = "roaming", "mandatory", "super_mandatory"
+PROFILE_KINDS = (ROAMING_KIND, MANDATORY, SUPER_MANDATORY)
+
 #: What roams by default: these folders below the home directory, with everything in them.
 ROAMING_INCLUDE: tuple[str, ...] = (".config", ".local/share")
 
@@ -221,6 +225,22 @@ class RoamingProfilePolicy:
     #: a local file, ``CENTRAL`` (the central source's copy), or None
     redirections_xml: Path | str | None = None
     background_upload: BackgroundUpload = BackgroundUpload()
+    #: ``roaming`` (pushed at logoff), ``mandatory`` (pulled, never pushed: the session's
+    #: changes are discarded) or ``super_mandatory`` (mandatory, and no logon without it);
+    #: None: from the target, as Windows reads a profile folder named ``*.man``
+    kind: str | None = None
+
+    @property
+    def effective_kind(self) -> str:
+        if self.kind is not None:
+            return self.kind
+        if self.target is not None and self.target.path and self.target.path[-1].lower().endswith(".man"):
+            return SUPER_MANDATORY
+        return ROAMING_KIND
+
+    @property
+    def is_mandatory(self) -> bool:
+        return self.effective_kind in (MANDATORY, SUPER_MANDATORY)
 
     @property
     def is_on(self) -> bool:

@@ -33,6 +33,7 @@ from cscd.policy.model import (
     CENTRAL,
     DIRECTORY,
     KNOWN_FOLDERS,
+    PROFILE_KINDS,
     REDIRECTION,
     ROAMING,
     VARIABLES,
@@ -403,6 +404,7 @@ ROAMING_KEYS: Mapping[str, Reader] = {
     "exclude_patterns": profile_patterns,
     "max_file_size": lambda loc: size_bytes(loc, 1, MAX_FILE_BYTES),
     "redirections_xml": lambda loc: CENTRAL if loc.as_str() == CENTRAL else absolute_path(loc),
+    "kind": lambda loc: loc.as_choice(PROFILE_KINDS),
 }
 FOLDER_READERS: Mapping[str, Reader] = {
     "target": unc_template,

@@ -20,7 +20,7 @@ from cscd.errors import ConfigError, Exists, NotFound
 from cscd.policy.central import FSLOGIX_FILE
 from cscd.policy.config import DaemonConfig
 from cscd.policy.fslogix import ProfileExclusions, load_redirections_xml
-from cscd.policy.model import CENTRAL, Policy
+from cscd.policy.model import CENTRAL, SUPER_MANDATORY, Policy
 from cscd.profile.service import ProfileService
 from cscd.profile.settings import DEFAULT_EXCLUDE_PATTERNS, ProfileSettings
 from cscd.types import Mode, UncTarget
@@ -76,6 +76,8 @@ def profile_settings(policy: Policy, *, exclude_paths: Iterable[Path] = (),
         upload_on_metered=policy.offline_files.sync_on_metered
         or not policy.offline_files.cost_aware_sync,
         host=policy.subject.short_host or None,
+        mandatory=r.is_mandatory,
+        super_mandatory=r.effective_kind == SUPER_MANDATORY,
     )
 
 

@@ -89,6 +89,23 @@ def decide(direction: Direction, local: LocalEntry | None, remote: RemoteEntry |
     return _decide_file(direction, local, remote, base, slack_ns)
 
 
+def decide_mandatory(local: LocalEntry | None, remote: RemoteEntry | None, *, slack_ns: int = 100) -> Action:
+    """A mandatory profile's logon: the server's profile as it is, whatever this machine has
+    (what the last session changed is discarded, as Windows drops a mandatory profile's local
+    copy at logoff); never a conflict copy, never an upload."""
+    if local is None and remote is None:
+        return Action.NOTHING
+    if local is not None and remote is not None and local.is_dir != remote.is_dir:
+        return Action.CLASH
+    if local is None:
+        return Action.MKDIR_LOCAL if remote.is_dir else Action.DOWNLOAD  # type: ignore[union-attr]
+    if remote is None:
+        return Action.RMDIR_LOCAL if local.is_dir else Action.DELETE_LOCAL
+    if local.is_dir or _same(local, remote, slack_ns):
+        return Action.AGREE
+    return Action.DOWNLOAD
+
+
 def _decide_dir(direction: Direction, has_local: bool, has_remote: bool, has_base: bool) -> Action:
     if has_local and has_remote:
         return Action.AGREE

@@ -151,6 +151,12 @@ class ProfileService:
             await self.start_pull_done.wait()
         where = self.upstream.description
         report = self.start_pull
+        if report is None or "error" in report:
+            if self.settings.super_mandatory:
+                why = "it is still coming down" if report is None else report["error"]
+                return {"result": "timed_out" if report is None else "failed", "refuse_logon": True,
+                        "message": f"the super-mandatory roaming profile from {where} could not be loaded "
+                        f"({why}): the logon is refused"}
         if report is None:
             if self.on_pull_late is not None:
                 self.on_pull_late(f"The roaming profile from {where} is still coming down: this session "

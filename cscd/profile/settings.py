@@ -82,6 +82,10 @@ class ProfileSettings:
     upload_on_metered: bool = False
     #: host name used in conflict copies' names (None: this machine's short name)
     host: str | None = None
+    #: a mandatory profile: pulled at logon over whatever the session changed, never pushed
+    mandatory: bool = False
+    #: super-mandatory: mandatory, and a logon without it is refused (``wait-logon`` fails)
+    super_mandatory: bool = False
 
     def __post_init__(self) -> None:
         for entry in self.include:

@@ -29,7 +29,7 @@ import trio
 
 from cscd.errors import CscdError, NotEmpty, NotFound
 from cscd.events import EventId, emit
-from cscd.profile.merge import Action, LocalEntry, decide, remote_version
+from cscd.profile.merge import Action, LocalEntry, decide, decide_mandatory, remote_version
 from cscd.profile.scope import Direction, ProfileScope
 from cscd.profile.settings import ProfileSettings
 from cscd.profile.state import BaseEntry, load_state, save_state
@@ -117,6 +117,12 @@ async def logoff(upstream: Upstream, home: Path, settings: ProfileSettings, *,
     the last agreement); waits on the network. Server changes stay for the next ``logon``.
     Background uploads are this with ``kind="background"``. Raises as ``logon`` does."""
     report = LogoffReport(kind=kind)
+    if settings.mandatory:
+        # A mandatory profile is never pushed: the session's changes are discarded at the
+        # next logon's pull. Nothing touches the server.
+        log.info("profile %s: mandatory profile, nothing pushed (this session's changes are "
+                 "discarded at the next logon)", kind)
+        return report
     await _roam(upstream, Path(home), settings, Direction.PUSH, report)
     return report
 
@@ -191,8 +197,11 @@ class _Run:
                                          for e in (lo, re)):
                 self.report.skipped.append(f"{path.decode()}: larger than {limit} bytes")
                 continue
-            out.append((path, decide(self.direction, lo, re, ba,
-                                     slack_ns=self.settings.time_slack_ns)))
+            if self.settings.mandatory:
+                out.append((path, decide_mandatory(lo, re, slack_ns=self.settings.time_slack_ns)))
+            else:
+                out.append((path, decide(self.direction, lo, re, ba,
+                                         slack_ns=self.settings.time_slack_ns)))
         return out
 
     async def execute(self) -> None:
