@@ -11,29 +11,18 @@ policy mistake named by file, line and key.
 
 from __future__ import annotations
 
-import os
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from cscd.errors import ConfigError
 from cscd.policy.machine import load_policy
 from cscd.policy.model import Subject
-from tests.helpers.policy_env import PolicyEnv
+from tests.helpers.policy_env import PolicyEnv, put
 from tests.helpers.wait import wait_for
 
 OLD = 1_600_000_000
 ALICE = Subject("alice", ("staff",), "ws1.example.com", "0" * 32, "", "/home/alice")
-
-
-def put(root: Path, rel: str, data: bytes, mtime: int | None = None) -> Path:
-    p = root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)
-    if mtime is not None:
-        os.utime(p, (mtime, mtime))
-    return p
 
 
 def mandatory_policy(env, sub: str, kind: str | None) -> str:

@@ -15,19 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fake_logind import FakeLogind
-from tests.helpers.policy_env import PolicyEnv
+from tests.helpers.policy_env import PolicyEnv, put
 from tests.helpers.wait import wait_for
 
 OLD = 1_600_000_000  # an mtime well in the past: the server's files are older than any edit
-
-
-def put(root: Path, rel: str, data: bytes, mtime: int | None = None) -> Path:
-    p = root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)
-    if mtime is not None:
-        os.utime(p, (mtime, mtime))
-    return p
 
 
 def roaming_policy(env: PolicyEnv, sub: str = "Profile", extra: str = "") -> str:

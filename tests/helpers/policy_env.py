@@ -92,6 +92,16 @@ class PolicyEnv:
         return json.loads((self.home / RECORD).read_text())
 
 
+def put(root: Path, rel: str, data: bytes, mtime: int | None = None) -> Path:
+    """Write ``root/rel`` (making its folders), with the write time ``mtime`` if given."""
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    if mtime is not None:
+        os.utime(p, (mtime, mtime))
+    return p
+
+
 def fill(folder: Path, files: dict[str, bytes]) -> dict[str, str]:
     """Write ``files`` (relative path → bytes) under ``folder``; return their sha256 by path."""
     for rel, data in files.items():
