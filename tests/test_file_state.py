@@ -123,3 +123,6 @@ def test_an_excluded_name_stays_here_and_the_state_attributes_are_read_only(make
     assert exc.value.errno in (errno.EPERM, errno.ENOTSUP, errno.EACCES, errno.EINVAL)
     with pytest.raises(OSError):
         os.getxattr(kept, "user.cscd.nonsense")
+    gone = env.docs / "no such folder"
+    missing = env.daemon.run_cli("ls", str(gone), timeout_s=60)
+    assert missing.returncode == 2 and missing.stderr == f"cscd: {gone}: No such file or directory\n", missing

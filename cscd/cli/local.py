@@ -145,7 +145,11 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     """Reads the mount itself (``user.cscd.state`` of each entry): no daemon call, so it works
     for any user who can read the folder, as ``ls`` does."""
     rows = []
-    with os.scandir(args.path) as it:
+    try:
+        it = os.scandir(args.path)
+    except OSError as exc:
+        raise CscdError(f"{args.path}: {exc.strerror or exc}") from None
+    with it:
         for e in sorted(it, key=lambda e: e.name):
             try:
                 state = os.getxattr(e.path, "user.cscd.state", follow_symlinks=False).decode()
