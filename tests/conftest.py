@@ -21,6 +21,7 @@ import pytest
 from cscd.samba import EmbeddedSamba
 from tests.helpers.dfs import DfsNamespace
 from tests.helpers.mount_env import MountEnv, unexpected_warnings
+from tests.helpers.ops import wait_control
 from tests.helpers.policy_env import PolicyEnv
 
 
@@ -152,6 +153,18 @@ def mode_env(request: pytest.FixtureRequest, smbd: EmbeddedSamba,
         yield mode, env
     finally:
         env.close()
+
+
+@pytest.fixture
+def make_env(mount_env: Callable[..., MountEnv]) -> Callable[..., MountEnv]:
+    """``mount_env`` whose daemon's control socket already answers."""
+
+    def make(**kw: Any) -> MountEnv:
+        env = mount_env(**kw)
+        wait_control(env.daemon)
+        return env
+
+    return make
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from tests.helpers.ops import cli_json, folder_mode, make_conflict, wait_control
+from tests.helpers.ops import cli_json, folder_mode, make_conflict
 from tests.helpers.wait import eventually
 
 MiB = 1 << 20
@@ -27,16 +27,6 @@ def cli(env, *args):
 
 def mode(env):
     return folder_mode(env)
-
-
-@pytest.fixture
-def make_env(mount_env):
-    def make(**kw):
-        env = mount_env(**kw)
-        wait_control(env.daemon)
-        return env
-
-    return make
 
 
 def state(path) -> str:

@@ -28,18 +28,6 @@ def mode(env, folder="Documents"):
     return status["folders"][folder]["mode"]
 
 
-@pytest.fixture
-def make_env(mount_env):
-    """``mount_env`` whose daemon's control socket already answers."""
-
-    def make(**kw):
-        env = mount_env(**kw)
-        wait_control(env.daemon)
-        return env
-
-    return make
-
-
 def read_fails_offline(path) -> bool:
     try:
         path.read_bytes()
