@@ -121,7 +121,7 @@ class DesktopNotifier:
             mode, previous = f.get("mode"), f.get("previous")
             if mode == "offline" and previous != "offline":
                 self._offline_since.setdefault(folder, now)
-                if f.get("cause", "error") in ("error", None) or "error" in str(f.get("cause")):
+                if f.get("cause", "error") == "error":  # the server went away, not a user's choice
                     return Note("offline", folder, f"{folder} is offline",
                                 f"The server cannot be reached ({f.get('reason', '?')}). You keep working "
                                 "on this computer's copy; changes go up when it is back.")
