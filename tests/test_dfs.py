@@ -22,7 +22,7 @@ from cscd.types import Credentials, SmbSecurity, UncTarget
 from cscd.upstream.dfs import DfsError, Referral, ReferralCache
 from cscd.upstream.smb import SmbUpstream
 from tests.helpers.daemon import DaemonProcess, write_credentials
-from tests.helpers.dfs import TARGET_HOSTS, DfsNamespace
+from tests.helpers.dfs import DOMAIN_HOST, TARGET_HOSTS, DfsNamespace
 from tests.helpers.wait import eventually, wait_for
 
 
@@ -90,6 +90,27 @@ async def test_a_namespace_link_is_served_by_its_first_target(dfs_namespace: Dfs
         assert [e.name for e in await up.list_dir(b"")] == [b"report.txt"]
         await up.mkdir(b"made-through-the-namespace")
         assert (ns.data / "alice" / "made-through-the-namespace").is_dir()
+    finally:
+        await up.close()
+
+
+async def test_a_domain_based_namespace_is_followed_from_the_root_referral(dfs_namespace: DfsNamespace) -> None:
+    r"""\\domain\corp\home\alice: the domain's server has no share corp; asked for the root
+    referral (\\domain\corp alone, [MS-DFSC] 3.1.4.1) it names the root \\127.0.0.1\dfs, whose
+    link home names the file servers. Asking it about the whole path finds nothing (Samba, as
+    a Windows DC, answers root referrals for the root alone)."""
+    ns = dfs_namespace
+    ns.add_home()
+    user_folder(ns)
+    ns.start_domain("corp")
+    up = SmbUpstream(UncTarget(DOMAIN_HOST, "corp", ("home", "alice")), Credentials(ns.username, ns.password),
+                     port=ns.port, timeout_s=4.0, referrals=ReferralCache())
+    try:
+        await up.connect()
+        assert up.serving == UncTarget(TARGET_HOSTS[0], "share", ("alice",))
+        assert [e.name for e in await up.list_dir(b"")] == [b"report.txt"]
+        await up.mkdir(b"made-through-the-domain")
+        assert (ns.data / "alice" / "made-through-the-domain").is_dir()
     finally:
         await up.close()
 

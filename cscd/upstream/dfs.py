@@ -13,10 +13,15 @@ returns an opened ``SmbLink`` (or raises ``cscd.errors``), and ``ask_referral`` 
 request over such a link. Blocking: call both from a worker thread, as ``SmbUpstream`` does;
 smbprotocol's errors come out untranslated (the caller's thread wrapper translates them).
 
+A domain-based namespace (``\\domain\root``) is reached by connecting to the domain's name,
+which DNS gives as its domain controllers: a DC has no share ``root``, so it is asked for
+the root referral (``\\domain\root`` alone, as [MS-DFSC] 3.1.4.1 has it), and the root
+targets it names are asked about the links below.
+
 Not supported: site-aware target ordering (Samba and Windows already order targets by site
 in their answer), referrals to a different port than the namespace's (a referral names a
-server, never a port), the DC-list (``\\domain``) request: a domain-based namespace is found
-by connecting to the domain's name, which DNS gives as its domain controllers.
+server, never a port), the DC-list (``\\domain`` alone) and domain-list requests: DNS
+gives the domain's controllers instead.
 """
 
 from __future__ import annotations
@@ -283,11 +288,16 @@ def _ask_for(
             return stale, None
     if link is not None and not getattr(link, "is_dfs", False):
         return None, link  # a plain share: the everyday case
+    asked = current
     if link is None:
+        # [MS-DFSC] 3.1.4.1: a server without the share (a domain controller for
+        # \\domain\root) is asked for the root referral, \domain\root alone; the root's
+        # targets are then asked about the links below.
+        asked = current[:2]
         touch()
         link = connector.open(current[0], "IPC$")
     try:
-        referral = ask(link, current)
+        referral = ask(link, asked)
     except BaseException:
         _drop(link)
         raise

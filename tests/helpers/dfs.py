@@ -6,6 +6,12 @@ Two file servers, on 127.0.0.2 and 127.0.0.3, serve one directory on disk (``dat
 ``share``: what DFS Replication gives two targets, for free. All three listen on one port,
 since a referral names a server and never a port. Any of them can be killed, paused and
 started again; ``data`` is the truth a test compares with.
+
+``start_domain()`` adds what a domain-based namespace looks like from a client: a server on
+127.0.0.4 (the domain's name, as DNS gives its controllers) that has no share ``corp`` but
+answers the root referral for ``\\127.0.0.4\corp`` with the root ``\\127.0.0.1\dfs``
+(Samba's ``msdfs proxy``: Samba's own AD DC hosts no domain-based roots besides SYSVOL and
+NETLOGON).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 from cscd.samba import EmbeddedSamba, _free_port
 
 TARGET_HOSTS = ("127.0.0.2", "127.0.0.3")
+DOMAIN_HOST = "127.0.0.4"
 
 
 class DfsNamespace:
@@ -33,9 +40,20 @@ class DfsNamespace:
         self.username = self.root.username
         self.password = self.root.password
 
+        self.domain: EmbeddedSamba | None = None
+        self._workdir = workdir
+
     @property
     def servers(self) -> list[EmbeddedSamba]:
-        return [self.root, *self.targets]
+        return [self.root, *self.targets, *([self.domain] if self.domain else [])]
+
+    def start_domain(self, name: str = "corp") -> str:
+        r"""Start the domain's server (see the module's text); returns ``\\127.0.0.4\NAME``."""
+        self.domain = EmbeddedSamba(self._workdir / "domain", host=DOMAIN_HOST, share=name, port=self.port,
+                                    password=self.root.password,
+                                    extra_options={"msdfs root": "yes", "msdfs proxy": "\\127.0.0.1\\dfs"})
+        self.domain.start()
+        return f"\\\\{DOMAIN_HOST}\\{name}"
 
     def add_link(self, name: str, *targets: str) -> str:
         r"""A link ``name`` in the root to ``targets`` (``host\share[\path]`` each); returns the
