@@ -119,12 +119,18 @@ class MeteredWatcher:
             await trio.sleep_forever()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._poll_roaming, name="network.roaming")
+            said = ""
             while True:
                 try:
                     await self._follow()
                 except (OSError, DBusErrorResponse, ValueError, KeyError, trio.BrokenResourceError,
                         trio.EndOfChannel) as exc:
-                    log.info("NetworkManager's metered state unavailable on the %s bus: %s", self.bus, exc)
+                    # Said once per reason: a desktop without NetworkManager would log it
+                    # every RETRY_S otherwise.
+                    reason = f"{type(exc).__name__}: {exc}"
+                    (log.info if reason != said else log.debug)(
+                        "NetworkManager's metered state unavailable on the %s bus: %s", self.bus, exc)
+                    said = reason
                 self._set_nm(0)
                 await trio.sleep(RETRY_S)
 

@@ -277,3 +277,39 @@ def test_a_clock_an_hour_off_is_one_clear_line_not_kinit(domain: EmbeddedDomain,
                                                      r"Kerberos allows.*set the time") as info:
         daemon.start()
     assert "kinit" not in str(info.value).splitlines()[-1]
+
+
+def test_a_session_that_expires_with_its_ticket_logs_on_again_with_the_new_one(
+        domain: EmbeddedDomain, folder, tmp_path: Path) -> None:
+    """Samba ends an SMB session when the ticket it was made with ends
+    (STATUS_NETWORK_SESSION_EXPIRED), as Windows servers do. A real short ticket (125 s, the
+    shortest this KDC gives a service ticket from) expires under a running mount; a new one
+    came in between (kinit, as SSSD does at unlock). The next call logs on again with it: the
+    folder never goes offline, nothing is "credentials expired", a change made after the
+    expiry goes up. This waits out the ticket: ~2 minutes."""
+    name, disk = folder
+    (disk / "note.txt").write_text("from the DC")
+    ccache = tmp_path / "ccache"
+    env = domain.kinit("alice", PASSWORD, ccache, lifetime="125s")
+    expires = time.monotonic() + 125
+    daemon = DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
+                           credentials=tmp_path / "never-read", port=domain.smb_port,
+                           extra={"credentials": "kerberos", "timings": FAST_TIMINGS},
+                           env={k: env[k] for k in ("KRB5_CONFIG", "KRB5CCNAME")})
+    with daemon:
+        daemon.start()
+        docs = daemon.mount / "Documents"
+        assert (docs / "note.txt").read_text() == "from the DC"
+        (docs / "before.txt").write_text("before")
+        eventually(lambda: (disk / "before.txt").exists(), 15, "the first change did not go up")
+        domain.kinit("alice", PASSWORD, ccache)  # a new ticket (10 h) into the same cache
+        time.sleep(max(0.0, expires - time.monotonic()) + 3)  # the first session's ticket is over
+        (docs / "after.txt").write_text("after the session expired")
+        eventually(lambda: (disk / "after.txt").exists()
+                   and (disk / "after.txt").read_text() == "after the session expired", 30,
+                   "the change made after the session expired did not go up")
+        log = daemon.log_text()
+        assert "[3001]" not in log, "a renewed ticket must not read as credentials expired"
+        assert "is now offline" not in log, log
+        assert "expired with its ticket; logging on again" in log, "no sign that the session expired"
+        assert log.count("NetworkManager's metered state unavailable") <= 1, "said every 30 s"

@@ -172,6 +172,10 @@ def _from_status(status: int, *, server: str, where: str) -> CscdError:
         return BadName(f"the name {where} is too long for the server")
     if status == STATUS_BAD_NETWORK_NAME:
         return NotFound(f"{server} has no share for {where}")
+    if status == STATUS_NETWORK_SESSION_EXPIRED:
+        # The ticket (or the server's session lifetime) ran out, as after 10 h on AD: the
+        # next connect logs on again with whatever the credential cache holds now.
+        return UpstreamUnavailable(f"the session with {server} expired with its ticket; logging on again")
     if status in LINK_LOST:
         return UpstreamUnavailable(
             f"the session with {server} ended (status 0x{status:08x}); reconnecting"
