@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import cases, churn, fleet, scale, stress
+from bench import at_rest, cases, churn, fleet, scale, stress
 from bench.cases import Case, Options
 from bench.fileio import GiB, KiB, MiB
 from bench.harness import REPO_ROOT, Env
@@ -46,6 +46,7 @@ CASES: list[Case] = [
     Case("hashing", "7. xxh3-128 hashing vs xxhsum", cases.run_hashing, needs_mounts=False),
     Case("upload-read", "extra: cached reads while a large upload runs", stress.run_upload_read,
          stress.prepare_upload_read),
+    Case("at-rest", "13. the encrypted cache against a plain one (device.encrypt_cache)", at_rest.run_at_rest),
     # After the data cases: cscd re-lists every recently used directory every 3 s for a minute, so
     # the 200+ directories walked here would load the daemon during the cases after it (see README).
     Case("metadata", "4. ls -lR / find over many files", cases.run_metadata, cases.prepare_metadata),
@@ -59,7 +60,8 @@ CASES: list[Case] = [
     Case("scale", "9. an index of many files: listing, stat, RSS, restart", scale.run_scale, scale.prepare_scale),
 ]
 ALIASES = {"hash": "hashing", "small-files": "small", "meta": "metadata", "loss": "server-loss",
-           "first": "first-read", "cached-read": "read", "index": "scale"}
+           "first": "first-read", "cached-read": "read", "index": "scale",
+           "encrypted-cache": "at-rest"}
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)

@@ -128,6 +128,19 @@ EXPLANATIONS: dict[EventId, tuple[str, str]] = {
         "The roaming profile did not go up (@REASON@). Local changes are kept and go up at the\n"
         "next upload or logoff.",
     ),
+    EventId.CACHE_ENCRYPTED: (
+        "The offline cache is encrypted at rest",
+        "The device policy (device.encrypt_cache) is in force: the cache's index and content are\n"
+        "encrypted by the kernel (@HOW@) with a key unlocked with the user's session. When cscd\n"
+        "stops, it takes the key back: the cache is unreadable until the next start.",
+    ),
+    EventId.CACHE_NOT_ENCRYPTED: (
+        "The cache cannot be encrypted: folders are served online only",
+        "The device policy requires an encrypted cache and @REASON@. cscd keeps nothing offline:\n"
+        "every folder is served from the server only, as with offline: false, until the cache\n"
+        "can be encrypted. Put the cache on ext4 with the encrypt feature (tune2fs -O encrypt),\n"
+        "or make the key available (device.cache_key), then restart cscd.",
+    ),
 }
 
 

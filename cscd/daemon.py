@@ -55,12 +55,14 @@ import pyfuse3
 import trio
 
 from cscd.cache.cache import Cache
+from cscd.cache.protection import CacheProtection, is_encrypted, protect
 from cscd.errors import AccessDenied, ConfigError, CscdError
 from cscd.events import EventId, emit
 from cscd.fs import CscdFs, mount_options
 from cscd.link import LinkMonitor, WorkingOfflineState
 from cscd.network import MeteredWatcher
 from cscd.operations import handlers, policy_in_force, systemd
+from cscd.policy.cache_key import KeyUnavailable, cache_key
 from cscd.policy.config import DaemonConfig, FolderConfig
 from cscd.policy.model import Policy
 from cscd.profile.from_policy import profile_service, profile_settings
@@ -255,6 +257,9 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
                               f"files in {base.policy_dir}")
         log.info("the policy redirects no folder for %s and %s names none: the mount stays empty",
                  policy.subject.user, base.path)
+    protection = await trio.to_thread.run_sync(_protect_cache, config)
+    if protection.online_only:
+        config = replace(config, folders=tuple(replace(f, offline=False) for f in config.folders))
     upstreams = build_upstreams(config)
     check_mountpoint(config.mount)
     links = {name: FolderLink() for name in upstreams}
@@ -282,6 +287,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
                   limit_bytes=policy_in_force.cache_limit_bytes(config),
                   uncached=[f.name.encode() for f in config.folders if not f.offline],
                   max_file_bytes=config.max_file_size_bytes)
+    cache.protection = protection
     _adopt_moved(cache, moved)
     keeper.attach(policies, monitor, cache)
     if profile is not None:
@@ -324,6 +330,25 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
             for up in (*upstreams.values(), *([profile.upstream] if profile else [])):
                 await up.close()
         cache.close()
+        protection.lock()
+
+
+def _protect_cache(config: DaemonConfig) -> CacheProtection:
+    """The cache encrypted at rest where the device policy asks for it (or where it already
+    is: a policy that stops asking does not decrypt what is there). Blocking."""
+    device = config.device
+    if not device.encrypt_cache and not is_encrypted(config.cache):
+        return CacheProtection()
+    try:
+        key, problem = cache_key(device.cache_key, config.cache), ""
+    except KeyUnavailable as exc:
+        key, problem = None, str(exc)
+    protection = protect(config.cache, key, problem)
+    if protection.online_only:
+        emit(EventId.CACHE_NOT_ENCRYPTED, reason=protection.reason)
+    else:
+        emit(EventId.CACHE_ENCRYPTED, how=protection.as_dict()["how"])
+    return protection
 
 
 async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,

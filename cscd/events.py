@@ -29,6 +29,8 @@ reuse one; add new ones in their group.
 | 6001 | PROFILE_UPLOAD_FINISHED  | INFO    | files, bytes, duration_s               |
 | 6002 | PROFILE_UPLOAD_SKIPPED   | INFO    | reason (slow link, server unavailable, metered) |
 | 6003 | PROFILE_UPLOAD_FAILED    | WARNING | reason                                 |
+| 7000 | CACHE_ENCRYPTED          | INFO    | how: the device policy's encryption at rest is in force |
+| 7001 | CACHE_NOT_ENCRYPTED      | WARNING | reason: the policy asks for it and it cannot be done; nothing is cached |
 
 ``emit(EventId.X, folder=..., **fields)`` renders the message, keeps the event in a bounded
 ring (``RING_SIZE``; the control socket serves it to ``cscd events``) and logs it through
@@ -94,6 +96,8 @@ class EventId(enum.IntEnum):
     PROFILE_UPLOAD_FINISHED = 6001
     PROFILE_UPLOAD_SKIPPED = 6002
     PROFILE_UPLOAD_FAILED = 6003
+    CACHE_ENCRYPTED = 7000
+    CACHE_NOT_ENCRYPTED = 7001
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,11 @@ EVENTS: dict[EventId, EventSpec] = {
         logging.INFO, "profile upload skipped: {reason}", "317300cd6ac35b5a816c25f534b02a78"),
     EventId.PROFILE_UPLOAD_FAILED: _spec(
         logging.WARNING, "profile upload failed: {reason}", "e1ba0006a1f5513c970d8ee3a0856b7d"),
+    EventId.CACHE_ENCRYPTED: _spec(
+        logging.INFO, "the cache is encrypted at rest ({how})", "a0d68e350d4651478b3aa2a66ae65af9"),
+    EventId.CACHE_NOT_ENCRYPTED: _spec(
+        logging.WARNING, "the device policy requires an encrypted cache and {reason}: no folder is "
+        "cached, all are served from the server only", "9a9116190ea656bc9ea6dc531178bba8"),
 }
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from cscd.samba import EmbeddedSamba
 from tests.helpers.dfs import DfsNamespace
+from tests.helpers.keyring import Keyring
 from tests.helpers.mount_env import MountEnv, unexpected_warnings
 from tests.helpers.ops import wait_control
 from tests.helpers.policy_env import PolicyEnv
@@ -89,6 +90,16 @@ def dfs_namespace(tmp_path: Path) -> Iterator[DfsNamespace]:
         ns.stop()
     if ns.panics():
         pytest.fail(f"smbd logged a PANIC: {', '.join(ns.panics())}")
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> Iterator[Keyring]:
+    """A real Secret Service (gnome-keyring) on a private bus, its login keyring unlocked."""
+    ring = Keyring(tmp_path / "keyring")
+    try:
+        yield ring
+    finally:
+        ring.close()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests.helpers.wait import wait_for
 
 def test_ids_are_grouped_and_each_has_a_fixed_message_id():
     groups = {1: "DAEMON_", 2: ("SYNC_", "UPLOAD_", "NOT_AVAILABLE"), 3: ("MODE_", "CREDENTIALS_"), 4: "CONFLICT_",
-              5: "POLICY_", 6: "PROFILE_"}
+              5: "POLICY_", 6: "PROFILE_", 7: ("CACHE_", "DEVICE_")}
     for event in EventId:
         assert event.name.startswith(groups[event // 1000]) or event.name == "RELOADED", event
     assert set(EVENTS) == set(EventId)

@@ -76,6 +76,8 @@ EFFECTS: dict[str, str | tuple[str, str]] = {
     "roaming_profile.redirections_xml": f"- roaming_profile: {{redirections_xml: '{XML}'}}",
     "roaming_profile.background_upload": "- roaming_profile: {background_upload: true}",
     "roaming_profile.kind": "- roaming_profile: {kind: mandatory}",
+    "device.encrypt_cache": "- device: {encrypt_cache: true}",
+    "device.cache_key": "- device: {cache_key: 'systemd:cscd-cache-key'}",
     "roaming_profile.background_upload.max_offset_min":
         "- roaming_profile: {background_upload: {interval_hours: 12, max_offset_min: 5}}",
 }

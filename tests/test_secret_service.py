@@ -7,8 +7,6 @@ a missing item is one line saying what to do.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,15 +15,6 @@ from tests.helpers.keyring import Keyring
 
 pytestmark = pytest.mark.skipif(shutil.which("gnome-keyring-daemon") is None or shutil.which("secret-tool") is None,
                                 reason="needs gnome-keyring and libsecret-tools")
-
-
-@pytest.fixture
-def keyring(tmp_path: Path) -> Iterator[Keyring]:
-    ring = Keyring(tmp_path / "keyring")
-    try:
-        yield ring
-    finally:
-        ring.close()
 
 
 def test_the_password_comes_from_the_keyring(mount_env, keyring: Keyring) -> None:

@@ -33,6 +33,7 @@ from cscd.cache.core import CacheCore
 from cscd.cache.hydration import Hydration
 from cscd.cache.listings import Listings, RemoteSource
 from cscd.cache.namespace import Namespace
+from cscd.cache.protection import CacheProtection
 from cscd.cache.residency import Residency
 from cscd.cache.syncside import SyncSide
 
@@ -53,6 +54,8 @@ class Cache:
         self.hydration = Hydration(self.core, source, self.residency, self.listings)
         self.sync = SyncSide(self.core, self.listings, self.residency, self.hydration, self.namespace)
         #: bytes the content store holds, as last measured by ``run``
+        #: how the cache is kept at rest (the daemon sets it; shown by ``cscd status``)
+        self.protection = CacheProtection()
         self.used_bytes = 0
 
     def close(self) -> None:

@@ -82,6 +82,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if c.get("disk"):
         print(f"cache disk: {progress.size(c['disk']['available_bytes'])} free of "
               f"{progress.size(c['disk']['total_bytes'])}")
+    protection = c.get("protection") or {}
+    if protection.get("state") == "encrypted":
+        print(f"cache protection: encrypted at rest ({protection['how']})")
+    elif protection.get("state") == "online only":
+        print(f"cache protection: none possible, so nothing is cached (online only): {protection['reason']}")
     for j in status.get("jobs") or []:
         print(f"running: {j['kind']} {j['target']}: " + (", ".join(progress.describe(j)) or j["phase"]))
     prof = status.get("profile")

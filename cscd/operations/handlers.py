@@ -214,6 +214,7 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         disk = cache.core.store.statvfs()
         answer.setdefault("cache", {})["disk"] = {"total_bytes": disk.f_blocks * disk.f_frsize,
                                                   "available_bytes": disk.f_bavail * disk.f_frsize}
+        answer["cache"]["protection"] = cache.protection.as_dict()
         answer["jobs"] = [j for j in jobs.listed() if not j["finished"]]
         answer.update(mount=str(config.mount), pid=os.getpid(), redirection=redirection.as_dict(),
                       is_primary_computer=keeper.policy.is_primary_computer(),

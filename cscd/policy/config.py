@@ -44,6 +44,7 @@ import yaml
 from cscd.errors import BadName, ConfigError
 from cscd.names import check_strict
 from cscd.policy.credentials import SECRET_SERVICE, load_password
+from cscd.policy.model import DevicePolicy
 from cscd.policy.unc import parse_unc
 from cscd.types import (
     KerberosLogon,
@@ -130,6 +131,8 @@ class DaemonConfig:
     #: where desktop notifications go (org.freedesktop.Notifications): "session" (default),
     #: "system", a D-Bus address, or None (none at all)
     notify_dbus: str | None = "session"
+    #: the device policy (cache encryption at rest): from policy files only, never cscd.yaml
+    device: DevicePolicy = DevicePolicy()
     #: where machine policy lives (``policy.yaml`` + ``policy.d/``); None: no machine policy
     policy_dir: Path | None = DEFAULT_POLICY_DIR
     #: the home directory whose known folders are redirected; None: ``$HOME``

@@ -47,6 +47,7 @@ from cscd.policy.model import (
     KNOWN_FOLDERS,
     BackgroundUpload,
     CredentialSource,
+    DevicePolicy,
     FolderPolicy,
     GroupTarget,
     OfflineFilesPolicy,
@@ -226,7 +227,9 @@ def effective_policy(policy_set: PolicySet, subject: Subject) -> Policy:
     if "credentials" in security:
         security["credentials"] = _credentials(won["security.credentials"], variables, subject)
     central = won.get("central_source")
+    device = {key.split(".", 1)[1]: s.value for key, s in won.items() if key.startswith("device.")}
     return Policy(
+        device=DevicePolicy(**device),
         roaming_profile=_roaming_profile(won, variables),
         subject=subject,
         folders=tuple(folders),
@@ -346,6 +349,7 @@ def policy_rows(policy: Policy) -> list[PolicyRow]:
         rows.append((f"offline_files.{key}", f"{value} bytes" if key == "max_file_size" else value))
     s = policy.security
     rows += [(f"security.{k}", getattr(s, k)) for k in s.__dataclass_fields__]
+    rows += [(f"device.{k}", getattr(policy.device, k)) for k in policy.device.__dataclass_fields__]
     computers = policy.primary_computers or "(any computer)"
     if policy.primary_computers == DIRECTORY:
         computers = (f"directory: {', '.join(policy.directory_hosts) or '(none listed)'}"
@@ -466,7 +470,7 @@ def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
     if "offline_files.per_path" in origins:
         content["offline_per_path"] = policy.offline_files.per_path
     return replace(config, folders=folders, offline=offline, security=security,
-                   credentials=credentials, **content)
+                   credentials=credentials, device=policy.device, **content)
 
 
 def _directory_hosts(won: dict[str, Setting], subject: Subject) -> dict[str, Any]:

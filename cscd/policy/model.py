@@ -165,6 +165,21 @@ class SecurityPolicy:
     dfs_servers: tuple[str, ...] = ()
 
 
+#: ``device.cache_key``: the desktop's keyring holds the cache's key (made there at first use)
+SECRET_SERVICE_KEY = "secret-service"
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePolicy:
+    """What the organisation asks of the machine that holds its files (Work Folders' device
+    policies): the cache encrypted at rest, with its key unlocked with the user's session."""
+
+    encrypt_cache: bool = False
+    #: where the key is kept: ``secret-service``, or ``systemd:NAME`` (a credential the unit
+    #: passes: ``LoadCredentialEncrypted=NAME:...``)
+    cache_key: str = SECRET_SERVICE_KEY
+
+
 #: ``roaming_profile.kind``: a normal roaming profile, a mandatory one, a super-mandatory one
 ROAMING_KIND, MANDATORY, SUPER_MANDATORY = "roaming", "mandatory", "super_mandatory"
 PROFILE_KINDS = (ROAMING_KIND, MANDATORY, SUPER_MANDATORY)
@@ -265,6 +280,7 @@ class Policy:
     directory_hosts: tuple[str, ...] | None = None
     central_source: UncTarget | None = None
     roaming_profile: RoamingProfilePolicy = RoamingProfilePolicy()
+    device: DevicePolicy = DevicePolicy()
     origins: tuple[tuple[str, Origin], ...] = ()
     files: tuple[Path, ...] = field(default=())
 

@@ -15,6 +15,7 @@ File shape: a list of blocks (or a single mapping, taken as one block). A block:
       primary_computers: [ws-alice, 5f2b…machine-id]
       central_source: '\\\\server\\netlogon\\cscd'
       roaming_profile: {target: '\\\\server\\profiles\\%USERNAME%', background_upload: {interval_hours: 12}}
+      device: {encrypt_cache: true, cache_key: secret-service}
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from cscd.policy.model import (
     PROFILE_KINDS,
     REDIRECTION,
     ROAMING,
+    SECRET_SERVICE_KEY,
     VARIABLES,
     BackgroundUpload,
     CacheSizeLimit,
@@ -47,7 +49,7 @@ from cscd.types import PathOverride
 
 TOP_KEYS = ("scope", "folders", "offline_files", "security", "primary_computers", "primary_computers_for",
             "central_source",
-            "roaming_profile")
+            "roaming_profile", "device")
 SCOPE_KEYS = ("users", "groups", "hosts")
 FOLDER_KEYS = ("target", "targets_by_group", "path", "enabled", "offline", "move_contents",
                "removal_action")
@@ -252,6 +254,18 @@ def credentials_source(loc: Located) -> str:
     return text
 
 
+def cache_key_source(loc: Located) -> str:
+    """``secret-service`` or ``systemd:NAME`` (a credential name as systemd allows it)."""
+    text = loc.as_str()
+    if text == SECRET_SERVICE_KEY:
+        return text
+    name = text.removeprefix("systemd:")
+    if not text.startswith("systemd:") or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,255}", name) or name in (".", ".."):
+        raise loc.error(f"{text!r}: expected '{SECRET_SERVICE_KEY}' or systemd:NAME, NAME as in "
+                        "LoadCredentialEncrypted=NAME:...")
+    return text
+
+
 def home_relative(loc: Located, text: str, *, what: str) -> str:
     """A ``/``-separated path below the home directory: not absolute, no ``.`` or ``..``."""
     parts = text.rstrip("/").split("/")
@@ -406,6 +420,10 @@ ROAMING_KEYS: Mapping[str, Reader] = {
     "redirections_xml": lambda loc: CENTRAL if loc.as_str() == CENTRAL else absolute_path(loc),
     "kind": lambda loc: loc.as_choice(PROFILE_KINDS),
 }
+DEVICE_KEYS: Mapping[str, Reader] = {
+    "encrypt_cache": Located.as_bool,
+    "cache_key": cache_key_source,
+}
 FOLDER_READERS: Mapping[str, Reader] = {
     "target": unc_template,
     "targets_by_group": group_targets,
@@ -424,6 +442,7 @@ ALL_KEYS: tuple[str, ...] = (
     "primary_computers", "primary_computers_for", "central_source",
     *(f"roaming_profile.{k}" for k in ROAMING_KEYS),
     "roaming_profile.background_upload", "roaming_profile.background_upload.max_offset_min",
+    *(f"device.{k}" for k in DEVICE_KEYS),
     *(f"scope.{k}" for k in SCOPE_KEYS),
 )
 
@@ -501,6 +520,8 @@ def parse_block(loc: Located, *, is_central: bool) -> Block:
             settings.append(Setting(name, primary_for(item), item.origin))
         elif name == "roaming_profile":
             settings += parse_roaming_profile(item)
+        elif name == "device":
+            settings += parse_section(item, DEVICE_KEYS)
         elif name == "central_source":
             if is_central:
                 raise item.error("the central policy cannot name another central source; "

@@ -1,0 +1,100 @@
+"""Case 13: what the encrypted cache costs (``device.encrypt_cache``, issue 21's "within 10%").
+
+Two more cscd daemons on the run's smbd, each with its cache on an ext4 image of its own made
+with the ``encrypt`` feature and loop-mounted (``tests/helpers/loop_disk.py``): one with the
+device policy on (fscrypt, the key a systemd credential), one without. Same folder content,
+same steps, one after the other in each repeat: a file written through the mount (until
+``close``, i.e. into the cache), the same file read back cold from the cache (page cache
+dropped) and 1,000 small files written. The ratio is encrypted against plain; ≥ 0.9 (writes,
+reads: higher is better) meets the goal. Root only (loop mounts, drop_caches).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.cases import Options, mbps
+from bench.fileio import KiB, MiB, drop_caches, make_bytes, read_file, write_file
+from bench.harness import Env
+from bench.report import CaseResult
+from tests.helpers.daemon import DaemonProcess
+from tests.helpers.loop_disk import LoopDisk
+
+KEY_NAME = "cscd-cache-key"
+POLICY = f"device:\n  encrypt_cache: true\n  cache_key: 'systemd:{KEY_NAME}'\n"
+SMALL_FILES = 1000
+
+
+def _daemon(env: Env, disk: LoopDisk, name: str, *, encrypted: bool) -> DaemonProcess:
+    assert env.samba is not None
+    workdir = env.workdir / f"at-rest-{name}"
+    workdir.mkdir()
+    (env.samba.share_dir / "bench" / f"at-rest-{name}").mkdir(parents=True, exist_ok=True)
+    daemon = DaemonProcess(workdir, name="cscd", folders={"Documents": env.samba.unc(f"bench\\at-rest-{name}")},
+                           credentials=env.samba.write_credentials_file(workdir / "credentials"),
+                           port=env.samba.port, cache=disk.mountpoint / "cache",
+                           extra={} if env.encryption else {"security": {"require_encryption": False}})
+    policy_dir = workdir / "cscd-policy"
+    policy_dir.mkdir()
+    if encrypted:
+        creds = workdir / "credentials.d"
+        creds.mkdir(mode=0o700)
+        (creds / KEY_NAME).write_bytes(secrets.token_bytes(64))
+        daemon.env["CREDENTIALS_DIRECTORY"] = str(creds)
+        (policy_dir / "policy.yaml").write_text(POLICY)
+    return daemon
+
+
+def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
+    size = min(o.size, 256 * MiB)  # the images are small; the cost per byte is what counts
+    data = make_bytes("at-rest", size)
+    small = make_bytes("at-rest-small", SMALL_FILES * 4 * KiB)
+    with ExitStack() as stack:
+        sides: dict[str, Path] = {}
+        for name, encrypted in (("plain", False), ("encrypted", True)):
+            disk = stack.enter_context(LoopDisk(env.workdir / f"at-rest-{name}-disk", encrypt=True,
+                                                size_mib=size // MiB * 2 + 256))
+            daemon = _daemon(env, disk, name, encrypted=encrypted)
+            stack.callback(daemon.close)
+            daemon.start()
+            stack.callback(daemon.stop)
+            sides[name] = daemon.mount / "Documents"
+            res.info[f"protection.{name}"] = daemon.run_cli("status").stdout.count("encrypted at rest")
+        for i in range(o.repeat):
+            for name, root in sides.items():
+                path = root / f"big-{i}.bin"
+                res.cell(f"write.{name}", "MB/s").sample(lambda path=path: mbps(size, write_file(path, data)))
+
+                def cold_read(path: Path = path) -> float:
+                    drop_caches()
+                    t, n = read_file(path)
+                    if n != size:
+                        raise RuntimeError(f"{path}: read {n} bytes, expected {size}")
+                    return mbps(n, t)
+
+                res.cell(f"read.{name}", "MB/s").sample(cold_read)
+                d = root / f"small-{i}"
+                d.mkdir()
+
+                def small_files(d: Path = d) -> float:
+                    view = memoryview(small)
+                    t0 = time.perf_counter()
+                    for k in range(SMALL_FILES):
+                        write_file(d / f"f{k:04d}", view[k * 4 * KiB:(k + 1) * 4 * KiB], fsync=False)
+                    return SMALL_FILES / (time.perf_counter() - t0)
+
+                res.cell(f"small.{name}", "files/s").sample(small_files)
+        assert env.samba is not None
+        for name in sides:
+            shutil.rmtree(env.samba.share_dir / "bench" / f"at-rest-{name}", ignore_errors=True)
+    what = f"{size // MiB} MiB"
+    res.row(f"write {what} into the cache (MB/s), encrypted cache", "write.encrypted", "write.plain",
+            "plain cache", higher_is_better=True)
+    res.row(f"cold read {what} from the cache (MB/s), encrypted cache", "read.encrypted", "read.plain",
+            "plain cache", higher_is_better=True)
+    res.row(f"write {SMALL_FILES:,} x 4 KiB (files/s), encrypted cache", "small.encrypted", "small.plain",
+            "plain cache", higher_is_better=True)

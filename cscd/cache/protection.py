@@ -1,0 +1,209 @@
+"""The cache at rest: encrypted with the kernel's fscrypt when the device policy asks for it.
+
+Owns the decision and the steps between "the policy says ``device.encrypt_cache``" and a cache
+whose index (names, sizes, server paths: LMDB's file) and content (every cached byte) are
+unreadable on the disk without the key:
+
+- the two directories that hold them, ``index/`` and ``content/``, each get a v2 fscrypt
+  policy with the key the caller brings (``cscd.policy.cache_key``); an empty one at once, one
+  that holds an older plain cache by a copy into an encrypted twin, a swap, and then the plain
+  files overwritten with zeros before they are deleted (so the freed blocks do not keep them);
+- at stop, ``lock()`` takes the key back from the kernel: after the last close, the files
+  read as ENOKEY and their names are garbled until the next start brings the key again;
+- where it cannot be done (a file system without encryption, no key), the answer is
+  ``ONLINE_ONLY`` with the reason: the daemon then caches no folder (Work Folders' "the device
+  does not comply": served from the server only) and says so in its status and an event.
+
+A cache that is encrypted but whose key cannot be had now is not "online only": its files are
+there and must not be touched, so ``protect`` raises ``CacheLocked`` (the daemon stops with
+that sentence). Blocking file work: call it from a thread. Not done: the rest of the cache
+directory (the policy copy, the control socket, ``working-offline.json``) stays plain; it
+names no file.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cscd.cache import fscrypt
+from cscd.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: what the cache keeps that must not be readable from the disk
+PROTECTED = ("index", "content")
+PLAIN, ENCRYPTED, ONLINE_ONLY = "plain", "encrypted", "online only"
+#: names of a migration's two sides, beside the directory (a crash leaves them for next time)
+_NEW, _OLD = ".encrypting", ".plain"
+_CHUNK = 1 << 20
+
+
+class CacheLocked(ConfigError):
+    """The cache is encrypted and its key cannot be had: nothing is served, nothing touched."""
+
+
+@dataclass
+class CacheProtection:
+    """How the cache is kept at rest, for the status and the daemon's stop."""
+
+    state: str = PLAIN
+    reason: str = ""
+    root: Path | None = None
+    identifier: bytes | None = None
+    #: the kernel's AES-XTS implementation at start (``/proc/crypto``)
+    driver: str = ""
+
+    @property
+    def online_only(self) -> bool:
+        return self.state == ONLINE_ONLY
+
+    def as_dict(self) -> dict[str, str]:
+        how = (f"fscrypt v2, AES-256-XTS contents, AES-256-CTS names; kernel cipher {self.driver or '?'}"
+               if self.state == ENCRYPTED else "")
+        return {"state": self.state, "reason": self.reason, "how": how}
+
+    def lock(self) -> None:
+        """Take the key back from the kernel (at stop): the cache is unreadable until next start."""
+        if self.root is None or self.identifier is None:
+            return
+        try:
+            fscrypt.remove_key(self.root, self.identifier)
+        except OSError as exc:
+            log.warning("the cache's key could not be taken back from the kernel: %s", exc)
+
+
+def protect(cache_dir: Path, key: bytes | None, key_problem: str = "") -> CacheProtection:
+    """Encrypt the cache at ``cache_dir`` with ``key`` (None: none could be had, ``key_problem``
+    says why). Returns how it is kept; raises ``CacheLocked`` for an encrypted cache without
+    its key, ``ConfigError`` for one encrypted with another key."""
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        existing = {name: _policy_of(cache_dir / name) for name in PROTECTED}
+        fscrypt.policy_key(cache_dir)  # does this file system encrypt at all?
+    except fscrypt.FscryptError as exc:
+        return CacheProtection(ONLINE_ONLY, f"the cache's file system cannot encrypt ({exc.strerror})")
+    if key is None:
+        if any(existing.values()):
+            raise CacheLocked(f"the cache at {cache_dir} is encrypted and its key cannot be had: "
+                              f"{key_problem}", exit_code=4)
+        return CacheProtection(ONLINE_ONLY, key_problem)
+    identifier = fscrypt.add_key(cache_dir, key)
+    for name in PROTECTED:
+        directory = cache_dir / name
+        have = existing[name]
+        if have == identifier:
+            continue
+        if have is not None:
+            raise ConfigError(f"{directory} is encrypted with another key ({have.hex()}) than the one "
+                              f"device.cache_key gives ({identifier.hex()}); was the key replaced? "
+                              "Restore it, or remove the cache (changes not yet uploaded are lost)")
+        _encrypt_dir(directory, identifier)
+    driver = fscrypt.contents_cipher_driver()
+    log.info("the cache at %s is encrypted (fscrypt, key %s, kernel cipher %s)", cache_dir, identifier.hex(),
+             driver or "not loaded yet")
+    if fscrypt.is_generic_driver(driver):
+        log.warning("the kernel encrypts the cache with its portable AES code (%s), not the CPU's AES "
+                    "instructions: cached reads and writes are several times slower; load the CPU's "
+                    "AES module (aesni_intel on x86) or use a kernel that has it", driver)
+    return CacheProtection(ENCRYPTED, "", cache_dir, identifier, driver)
+
+
+def is_encrypted(cache_dir: Path) -> bool:
+    """True if the cache's index is under an fscrypt key (whatever the policy says now)."""
+    try:
+        return _policy_of(cache_dir / PROTECTED[0]) is not None
+    except fscrypt.FscryptError:
+        return False
+
+
+def _policy_of(directory: Path) -> bytes | None:
+    return fscrypt.policy_key(directory) if directory.is_dir() else None
+
+
+def _encrypt_dir(directory: Path, identifier: bytes) -> None:
+    new, old = directory.with_name(directory.name + _NEW), directory.with_name(directory.name + _OLD)
+    if old.exists() and not directory.exists():
+        old.rename(directory)  # a crash between the two renames: start the copy again
+    if new.exists():
+        shutil.rmtree(new)  # an unfinished copy (encrypted, incomplete)
+    if not directory.exists() or not any(directory.iterdir()):
+        directory.mkdir(exist_ok=True, mode=0o700)
+        fscrypt.set_policy(directory, identifier)
+    else:
+        log.info("encrypting the cache's %s (a copy; the plain files are overwritten after)", directory.name)
+        new.mkdir(mode=0o700)
+        fscrypt.set_policy(new, identifier)
+        _copy_tree(directory, new)
+        directory.rename(old)
+        new.rename(directory)
+    if old.exists():
+        _scrub_tree(old)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    for entry in os.scandir(src):
+        target = dst / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            target.mkdir(mode=0o700)
+            _copy_tree(Path(entry.path), target)
+        elif entry.is_file(follow_symlinks=False):
+            _copy_sparse(Path(entry.path), target)
+
+
+def _data_segments(fd: int, size: int):
+    """(offset, length) of each stretch of data; holes (placeholders' unfetched parts) skipped."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return  # only a hole is left
+            raise
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end - start
+        offset = end
+
+
+def _copy_sparse(src: Path, dst: Path) -> None:
+    fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fin).st_size
+        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            for start, length in _data_segments(fin, size):
+                done = 0
+                while done < length:
+                    block = os.pread(fin, min(_CHUNK, length - done), start + done)
+                    if not block:
+                        break
+                    os.pwrite(fout, block, start + done)
+                    done += len(block)
+            os.ftruncate(fout, size)
+            os.fsync(fout)
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
+
+
+def _scrub_tree(root: Path) -> None:
+    """Overwrite every data block of every file under ``root`` with zeros, then delete it all."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                for start, length in list(_data_segments(fd, size)):
+                    for at in range(start, start + length, _CHUNK):
+                        os.pwrite(fd, bytes(min(_CHUNK, start + length - at)), at)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    shutil.rmtree(root)
