@@ -141,6 +141,16 @@ EXPLANATIONS: dict[EventId, tuple[str, str]] = {
         "can be encrypted. Put the cache on ext4 with the encrypt feature (tune2fs -O encrypt),\n"
         "or make the key available (device.cache_key), then restart cscd.",
     ),
+    EventId.DEVICE_NOT_COMPLIANT: (
+        "The session does not lock its screen as the device policy asks",
+        "device.require_screen_lock is on and @REASON@. Until the session complies the offline\n"
+        "cache is @OFFLINE@. Turn on the automatic screen lock (with a password) within the\n"
+        "policy's idle time; cscd checks again every 30 seconds.",
+    ),
+    EventId.DEVICE_COMPLIANT: (
+        "The session locks its screen as the device policy asks",
+        "device.require_screen_lock is met: @REASON@. The offline cache is used again.",
+    ),
 }
 
 

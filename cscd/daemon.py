@@ -62,6 +62,7 @@ from cscd.fs import CscdFs, mount_options
 from cscd.link import LinkMonitor, WorkingOfflineState
 from cscd.network import MeteredWatcher
 from cscd.operations import handlers, policy_in_force, systemd
+from cscd.operations.compliance import ComplianceWatch
 from cscd.policy.cache_key import KeyUnavailable, cache_key
 from cscd.policy.config import DaemonConfig, FolderConfig
 from cscd.policy.model import Policy
@@ -371,8 +372,10 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, 
             nursery.cancel_scope.cancel()  # unmounted from outside, or terminate()
 
         nursery.start_soon(fuse_main, name="fuse")
+        compliance = ComplianceWatch(config, cache.hydration)
+        await nursery.start(compliance.run, name="device.compliance")
         await handlers.start_operations(nursery, config, cache, monitor, engine, links, keeper, redirection,
-                                          profile)
+                                          profile, compliance)
         modes = systemd.modes_text(links)
         log.info("mounted %s (%s)", config.mount, modes)
         await systemd.wait_mount_answers(config.mount)

@@ -31,6 +31,8 @@ reuse one; add new ones in their group.
 | 6003 | PROFILE_UPLOAD_FAILED    | WARNING | reason                                 |
 | 7000 | CACHE_ENCRYPTED          | INFO    | how: the device policy's encryption at rest is in force |
 | 7001 | CACHE_NOT_ENCRYPTED      | WARNING | reason: the policy asks for it and it cannot be done; nothing is cached |
+| 7020 | DEVICE_NOT_COMPLIANT     | WARNING | reason, offline: the session does not lock its screen as the policy asks |
+| 7021 | DEVICE_COMPLIANT         | INFO    | reason: it does (again)                |
 
 ``emit(EventId.X, folder=..., **fields)`` renders the message, keeps the event in a bounded
 ring (``RING_SIZE``; the control socket serves it to ``cscd events``) and logs it through
@@ -98,6 +100,8 @@ class EventId(enum.IntEnum):
     PROFILE_UPLOAD_FAILED = 6003
     CACHE_ENCRYPTED = 7000
     CACHE_NOT_ENCRYPTED = 7001
+    DEVICE_NOT_COMPLIANT = 7020
+    DEVICE_COMPLIANT = 7021
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,12 @@ EVENTS: dict[EventId, EventSpec] = {
     EventId.CACHE_NOT_ENCRYPTED: _spec(
         logging.WARNING, "the device policy requires an encrypted cache and {reason}: no folder is "
         "cached, all are served from the server only", "9a9116190ea656bc9ea6dc531178bba8"),
+    EventId.DEVICE_NOT_COMPLIANT: _spec(
+        logging.WARNING, "the session does not comply with device.require_screen_lock: {reason}; the "
+        "offline cache is {offline}", "f58aeab8a9ea5fccb36f1db808d19143"),
+    EventId.DEVICE_COMPLIANT: _spec(
+        logging.INFO, "the session complies with device.require_screen_lock: {reason}",
+        "c870f446de485c77a703b55c127ebcaf"),
 }
 
 

@@ -23,6 +23,7 @@ The counters (the Work Folders set, and more):
 | ``link_rtt_seconds``, ``folder_online``, ``folder_connected`` | gauge | folder | link monitor, upstream |
 | ``last_sync_timestamp_seconds`` | gauge | folder | last push round that succeeded while online |
 | ``cache_used_bytes``, ``cache_limit_bytes`` | gauge | | content store (``cache_usage``) |
+| ``device_compliant`` | gauge | | 1/0: the screen-lock requirement met (only where the policy sets it) |
 | ``*_per_second`` | gauge | as the counter | two samples ``RATE_WINDOW_S`` apart (``cscd stats`` only) |
 
 Prometheus gets the counters and computes rates itself (``rate()``), so the text leaves the
@@ -156,6 +157,7 @@ class Collector:
                  upstreams: Mapping[str, HasStatistics], cache: CacheCounters,
                  targets: Mapping[str, str] | None = None,
                  cache_usage: Callable[[], tuple[int | None, int | None]] | None = None,
+                 device_compliance: Callable[[], float | None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.links = links
@@ -166,6 +168,7 @@ class Collector:
         self.clock = clock
         self.wall = wall
         self.cache_usage = cache_usage or (lambda: (None, None))
+        self.device_compliance = device_compliance or (lambda: None)
         self.last_sync: dict[str, float] = {}
         self._samples: deque[Sample] = deque()
         self._session: _Session | None = None
@@ -264,6 +267,7 @@ class Collector:
         used, limit = self.cache_usage()
         add("cache_used_bytes", "gauge", "", None if used is None else float(used))
         add("cache_limit_bytes", "gauge", "", None if limit is None else float(limit))
+        add("device_compliant", "gauge", "", self.device_compliance())
         families = [Family(name, kinds[name], _help(name), tuple(samples))
                     for name, samples in fams.items()]
         window = self._samples[-1].t - self._samples[0].t if len(self._samples) > 1 else 0.0
@@ -425,6 +429,7 @@ def _help(name: str) -> str:
         "last_sync_timestamp_seconds": "Unix time of the last successful sync while online.",
         "cache_used_bytes": "Disk space used by cached file content.",
         "cache_limit_bytes": "Size limit of the cached content (clean, unpinned content is evicted).",
+        "device_compliant": "1 while the session meets device.require_screen_lock, else 0 (only when required).",
     }.get(name, name.replace("_", " ") + ".")
 
 

@@ -49,6 +49,8 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "cache": LEAVES,
     "sync": frozenset({"upstream", "policy"}) | LEAVES,
     "network": LEAVES,
+    # is the screen locked when left alone? (device.require_screen_lock), over D-Bus
+    "screenlock": LEAVES,
     "link": frozenset({"upstream", "policy", "network"}) | LEAVES,
     "redirect": frozenset({"upstream", "policy"}) | LEAVES,
     "profile": frozenset({"sync", "upstream", "policy"}) | LEAVES,

@@ -52,6 +52,8 @@ class Hydration:
         self.source = source
         self.residency = residency
         self.listings = listings
+        #: why the cache serves nothing offline now (the device does not comply), or None
+        self.offline_refused: str | None = None
         #: ids of files whose download just completed; sync chunks them (news upward as data)
         self.hydrated_send, self.hydrated = trio.open_memory_channel[int](1_000)
         self._locks: dict[int, trio.Lock] = {}
@@ -161,6 +163,8 @@ class Hydration:
         within the source's deadline.
         """
         node = self.core.node(node_id)
+        if self.offline_refused is not None and node.id != ROOT_ID:
+            self._refuse_offline(node, fresh)
         folder = self.residency.uncached_folder_of(node)
         if folder is None:
             return node
@@ -173,6 +177,15 @@ class Hydration:
             await self.listings.refresh(node.id if node.is_dir else node.parent, 0.0 if now else FRESH_S)
             node = self.core.node(node_id)
         return node
+
+    def _refuse_offline(self, node: Node, fresh: bool) -> None:
+        """With the device out of compliance (``offline_refused``), a folder whose server does
+        not answer serves nothing from its cache (its own entry in the mount's root excepted,
+        as for a folder that is not cached)."""
+        folder = self.core.folder_of(node)[0]
+        if (node.parent != ROOT_ID or fresh) and not self.source.may_list(folder):
+            raise NotAvailableOffline(f"{folder.decode(errors='replace')} is offline and its cache is shut: "
+                                      f"{self.offline_refused}")
 
     def write_through_folder(self, node_id: int) -> bytes | None:
         """The uncached folder whose change to ``node_id`` must reach the server before the

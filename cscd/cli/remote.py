@@ -87,6 +87,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"cache protection: encrypted at rest ({protection['how']})")
     elif protection.get("state") == "online only":
         print(f"cache protection: none possible, so nothing is cached (online only): {protection['reason']}")
+    lock = (status.get("device") or {}).get("screen_lock") or {}
+    if lock.get("required"):
+        verdict = {True: "complies", False: "does NOT comply", None: "not checked yet"}[lock.get("compliant")]
+        shut = "; the offline cache is shut until it does" if lock.get("offline_refused") else ""
+        print(f"screen lock: the session {verdict} with device.require_screen_lock: {lock.get('reason')}{shut}")
     for j in status.get("jobs") or []:
         print(f"running: {j['kind']} {j['target']}: " + (", ".join(progress.describe(j)) or j["phase"]))
     prof = status.get("profile")

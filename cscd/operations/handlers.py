@@ -24,6 +24,7 @@ from cscd.errors import CscdError, NotFound
 from cscd.events import EventId, emit
 from cscd.link import LinkMonitor
 from cscd.operations import systemd
+from cscd.operations.compliance import ComplianceWatch
 from cscd.operations.desktop import DesktopNotifier, bus_address
 from cscd.operations.jobs import Job, JobTable
 from cscd.operations.policy_in_force import PolicyKeeper
@@ -127,13 +128,15 @@ async def wait_logon(profile: ProfileService | None, args: dict) -> dict[str, An
 
 async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: Cache, monitor: LinkMonitor,
                             engine: SyncEngine, links: dict[str, FolderLink], keeper: PolicyKeeper,
-                            redirection: RedirectionStatus, profile: ProfileService | None = None) -> None:
+                            redirection: RedirectionStatus, profile: ProfileService | None = None,
+                            compliance: ComplianceWatch | None = None) -> None:
     """Wire events, counters, systemd notifications and the control socket; start their tasks."""
     upstreams = {name: up for name, (up, _link) in monitor.folders.items()}
     collector = metrics.Collector(
         links=links, sync=engine, upstreams=upstreams, cache=cache.hydration, clock=trio.current_time,
         targets={n: up.description for n, up in upstreams.items()},
-        cache_usage=lambda: (cache.used_bytes, cache.residency.limit_bytes))
+        cache_usage=lambda: (cache.used_bytes, cache.residency.limit_bytes),
+        device_compliance=None if compliance is None else compliance.gauge)
 
     def on_transition(folder: str, old: Mode, new: Mode, reason: str) -> None:
         emit(EventId.MODE_CHANGED, folder=folder, mode=new.value, previous=old.value, reason=reason,
@@ -215,6 +218,8 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         answer.setdefault("cache", {})["disk"] = {"total_bytes": disk.f_blocks * disk.f_frsize,
                                                   "available_bytes": disk.f_bavail * disk.f_frsize}
         answer["cache"]["protection"] = cache.protection.as_dict()
+        if compliance is not None:
+            answer["device"] = {"screen_lock": compliance.as_dict()}
         answer["jobs"] = [j for j in jobs.listed() if not j["finished"]]
         answer.update(mount=str(config.mount), pid=os.getpid(), redirection=redirection.as_dict(),
                       is_primary_computer=keeper.policy.is_primary_computer(),

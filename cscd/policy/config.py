@@ -87,6 +87,7 @@ class Timings:
     revalidate_interval_s: float = 60.0  # one unwatched directory re-listed per interval
     roaming_poll_s: float = 30.0  # ModemManager asked whether a modem roams (cost-aware sync)
     space_interval_s: float = 60.0  # how often each share is asked its size and free space (df)
+    compliance_interval_s: float = 30.0  # how often the screen lock is checked (device.require_screen_lock)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,9 @@ class DaemonConfig:
     #: where desktop notifications go (org.freedesktop.Notifications): "session" (default),
     #: "system", a D-Bus address, or None (none at all)
     notify_dbus: str | None = "session"
+    #: where the desktop's settings portal answers (org.freedesktop.portal.Settings), for
+    #: ``device.require_screen_lock``: "session" (default), a D-Bus address, or None
+    settings_dbus: str | None = "session"
     #: the device policy (cache encryption at rest): from policy files only, never cscd.yaml
     device: DevicePolicy = DevicePolicy()
     #: where machine policy lives (``policy.yaml`` + ``policy.d/``); None: no machine policy
@@ -186,7 +190,8 @@ class DaemonConfig:
 
 
 _TOP_KEYS = {"mount", "cache", "credentials", "port", "folders", "security", "timings", "offline", "metered_file",
-             "metered_dbus", "directory_dbus", "logind_dbus", "notify_dbus", "cache_limit", "policy_dir", "home",
+             "metered_dbus", "directory_dbus", "logind_dbus", "notify_dbus", "settings_dbus", "cache_limit",
+             "policy_dir", "home",
              "exclude_patterns", "max_file_size", "directory_watches"}
 #: Timings that existed once and are accepted, with a warning, so an old file still starts.
 _RETIRED_TIMINGS = {"full_scan_interval_s": "directories are revalidated one per revalidate_interval_s now"}
@@ -421,6 +426,7 @@ def load_config(path: Path) -> DaemonConfig:
                         metered_dbus=metered_dbus,
                         directory_dbus=directory_dbus,
                         logind_dbus=logind_dbus, notify_dbus=_bus(doc, "notify_dbus", "session"),
+                        settings_dbus=_bus(doc, "settings_dbus", "session"),
                         cache_limit_bytes=limit_bytes,
                         cache_limit_fraction=limit_fraction,
                         policy_dir=policy_dir if policy_dir is not None else DEFAULT_POLICY_DIR,

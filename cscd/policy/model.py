@@ -178,6 +178,11 @@ class DevicePolicy:
     #: where the key is kept: ``secret-service``, or ``systemd:NAME`` (a credential the unit
     #: passes: ``LoadCredentialEncrypted=NAME:...``)
     cache_key: str = SECRET_SERVICE_KEY
+    #: the session must lock its screen, with a password, within ``screen_lock_max_idle_min``
+    require_screen_lock: bool = False
+    screen_lock_max_idle_min: int = 15
+    #: False: while the session does not comply, cached files are not served offline
+    offline_when_noncompliant: bool = True
 
 
 #: ``roaming_profile.kind``: a normal roaming profile, a mandatory one, a super-mandatory one

@@ -423,6 +423,9 @@ ROAMING_KEYS: Mapping[str, Reader] = {
 DEVICE_KEYS: Mapping[str, Reader] = {
     "encrypt_cache": Located.as_bool,
     "cache_key": cache_key_source,
+    "require_screen_lock": Located.as_bool,
+    "screen_lock_max_idle_min": lambda loc: loc.as_int(1, 24 * 60, "min"),
+    "offline_when_noncompliant": Located.as_bool,
 }
 FOLDER_READERS: Mapping[str, Reader] = {
     "target": unc_template,

@@ -34,6 +34,7 @@ FAST_TIMINGS = {
     "poll_max_s": 5,
     "revalidate_interval_s": 0.5,
     "roaming_poll_s": 0.5,
+    "compliance_interval_s": 0.5,
 }
 
 
