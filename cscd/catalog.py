@@ -141,6 +141,18 @@ EXPLANATIONS: dict[EventId, tuple[str, str]] = {
         "can be encrypted. Put the cache on ext4 with the encrypt feature (tune2fs -O encrypt),\n"
         "or make the key available (device.cache_key), then restart cscd.",
     ),
+    EventId.CACHE_WIPE_STARTED: (
+        "A folder is revoked by the device policy",
+        "device.wipe names @FOLDER@ for this user or machine: cscd serves nothing of it any more\n"
+        "(EACCES), uploads the changes waiting for its server (@PENDING@: @THEN@), then destroys its\n"
+        "cached copy. Nothing outside the redirected folder is touched.",
+    ),
+    EventId.CACHE_WIPED: (
+        "The cached copy of a revoked folder is destroyed",
+        "Every cached file of @FOLDER@ was overwritten with zeros and deleted (@FILES@ files,\n"
+        "@BYTES@ bytes) and its entries removed from the cache's index. @LOST@ changes that had\n"
+        "not reached the server were lost (device.wipe_when_unreachable: wipe).",
+    ),
     EventId.DEVICE_NOT_COMPLIANT: (
         "The session does not lock its screen as the device policy asks",
         "device.require_screen_lock is on and @REASON@. Until the session complies the offline\n"

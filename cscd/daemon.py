@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -63,9 +64,10 @@ from cscd.link import LinkMonitor, WorkingOfflineState
 from cscd.network import MeteredWatcher
 from cscd.operations import handlers, policy_in_force, systemd
 from cscd.operations.compliance import ComplianceWatch
+from cscd.operations.wipe import WipeKeeper
 from cscd.policy.cache_key import KeyUnavailable, cache_key
 from cscd.policy.config import DaemonConfig, FolderConfig
-from cscd.policy.model import Policy
+from cscd.policy.model import DevicePolicy, Policy
 from cscd.profile.from_policy import profile_service, profile_settings
 from cscd.profile.service import ProfileService
 from cscd.profile.session_end import SessionEndWatcher
@@ -374,8 +376,17 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, 
         nursery.start_soon(fuse_main, name="fuse")
         compliance = ComplianceWatch(config, cache.hydration)
         await nursery.start(compliance.run, name="device.compliance")
+        wipes = WipeKeeper(cache, engine, monitor, config.device)
+        await nursery.start(wipes.run, name="device.wipe")
+
+        def on_device(device: DevicePolicy) -> None:
+            compliance.device = device
+            wipes.apply(device)
+
+        keeper.on_device = on_device
+        nursery.start_soon(_refresh_policy, keeper, config.timings.policy_refresh_s, name="policy.refresh")
         await handlers.start_operations(nursery, config, cache, monitor, engine, links, keeper, redirection,
-                                          profile, compliance)
+                                          profile, compliance, wipes)
         modes = systemd.modes_text(links)
         log.info("mounted %s (%s)", config.mount, modes)
         await systemd.wait_mount_answers(config.mount)
@@ -387,6 +398,14 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, 
             nursery.start_soon(redirect_folders, plan, cache, redirection, name="redirect")
         if profile is not None:
             nursery.start_soon(_logon, profile, name="profile.logon")
+
+
+async def _refresh_policy(keeper: policy_in_force.PolicyKeeper, interval_s: float) -> None:
+    """Fetch the policy again every ``interval_s`` plus up to a third of it (Group Policy's 90
+    minutes and 0-30 of offset), so a revoked device hears of it without a restart."""
+    while True:
+        await trio.sleep(interval_s + random.uniform(0, interval_s / 3))
+        await keeper.reload("policy refresh")
 
 
 # ---------------------------------------------------------------- roaming profile

@@ -69,7 +69,8 @@ def marker(what: str) -> bytes:
 
 
 def unlock_for_the_check(env: MountEnv, key: bytes) -> None:
-    """The teardown checks the cache the daemon left; the daemon took its key back at stop."""
+    """The teardown checks the cache the daemon left (``disk`` comes before ``mount_env`` in
+    each test's arguments, so it is still mounted then); the daemon took its key back at stop."""
     fscrypt.add_key(env.daemon.cache, key)
 
 
@@ -86,7 +87,7 @@ def test_the_kernel_cipher_in_use_is_the_fastest_it_lists(tmp_path: Path) -> Non
     assert fscrypt.contents_cipher_driver(tmp_path / "absent") == ""
 
 
-def test_an_encrypted_cache_leaves_no_content_and_no_name_on_the_disk(mount_env, disk, tmp_path) -> None:
+def test_an_encrypted_cache_leaves_no_content_and_no_name_on_the_disk(disk, mount_env, tmp_path) -> None:
     creds, key = key_dir(tmp_path)
     env = encrypted_env(mount_env, disk, creds)
     from_server, written = marker("server-content") * 50, marker("written-here") * 50
@@ -134,7 +135,7 @@ def test_an_encrypted_cache_leaves_no_content_and_no_name_on_the_disk(mount_env,
     unlock_for_the_check(env, key)
 
 
-def test_a_plain_cache_is_encrypted_in_place_and_its_plain_blocks_overwritten(mount_env, disk, tmp_path) -> None:
+def test_a_plain_cache_is_encrypted_in_place_and_its_plain_blocks_overwritten(disk, mount_env, tmp_path) -> None:
     creds, key = key_dir(tmp_path)
     env = encrypted_env(mount_env, disk, creds, policy=False)
     before = marker("cached-before-the-policy") * 64
@@ -159,7 +160,7 @@ def test_a_plain_cache_is_encrypted_in_place_and_its_plain_blocks_overwritten(mo
     unlock_for_the_check(env, key)
 
 
-def test_without_its_key_an_encrypted_cache_is_not_opened_and_not_touched(mount_env, disk, tmp_path) -> None:
+def test_without_its_key_an_encrypted_cache_is_not_opened_and_not_touched(disk, mount_env, tmp_path) -> None:
     creds, key = key_dir(tmp_path)
     env = encrypted_env(mount_env, disk, creds)
     env.start_daemon()
@@ -202,7 +203,7 @@ def test_a_file_system_that_cannot_encrypt_leaves_the_folders_online_only(mount_
 
 @pytest.mark.skipif(shutil.which("gnome-keyring-daemon") is None, reason="needs gnome-keyring")
 def test_the_key_is_made_in_the_session_keyring_and_a_locked_keyring_keeps_the_cache_shut(
-        mount_env, disk, tmp_path, keyring) -> None:
+        disk, mount_env, tmp_path, keyring) -> None:
     env = encrypted_env(mount_env, disk, tmp_path, policy=False)
     (env.daemon.workdir / "cscd-policy" / "policy.yaml").write_text(
         "device:\n  encrypt_cache: true\n  cache_key: secret-service\n")

@@ -81,6 +81,8 @@ EFFECTS: dict[str, str | tuple[str, str]] = {
     "device.require_screen_lock": "- device: {require_screen_lock: true}",
     "device.screen_lock_max_idle_min": "- device: {screen_lock_max_idle_min: 5}",
     "device.offline_when_noncompliant": "- device: {offline_when_noncompliant: false}",
+    "device.wipe": "- device: {wipe: [Documents]}",
+    "device.wipe_when_unreachable": "- device: {wipe_when_unreachable: wipe}",
     "roaming_profile.background_upload.max_offset_min":
         "- roaming_profile: {background_upload: {interval_hours: 12, max_offset_min: 5}}",
 }

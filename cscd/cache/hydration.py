@@ -28,7 +28,7 @@ from cscd.cache.core import CacheCore
 from cscd.cache.listings import Listings, RemoteSource
 from cscd.cache.nodes import Flag, Node
 from cscd.cache.residency import Residency
-from cscd.errors import CorruptContent, CscdError, NotAvailableOffline, NotFound, Unsupported
+from cscd.errors import AccessDenied, CorruptContent, CscdError, NotAvailableOffline, NotFound, Unsupported
 from cscd.events import EventId, emit
 from cscd.types import ROOT_ID
 
@@ -54,6 +54,8 @@ class Hydration:
         self.listings = listings
         #: why the cache serves nothing offline now (the device does not comply), or None
         self.offline_refused: str | None = None
+        #: folders revoked by the device policy (``device.wipe``) → why: nothing of them is served
+        self.revoked: dict[bytes, str] = {}
         #: ids of files whose download just completed; sync chunks them (news upward as data)
         self.hydrated_send, self.hydrated = trio.open_memory_channel[int](1_000)
         self._locks: dict[int, trio.Lock] = {}
@@ -163,6 +165,10 @@ class Hydration:
         within the source's deadline.
         """
         node = self.core.node(node_id)
+        if self.revoked and node.id != ROOT_ID:
+            folder = self.core.folder_of(node)[0] if node.parent != ROOT_ID else node.name
+            if folder in self.revoked:
+                raise AccessDenied(f"{folder.decode(errors='replace')}: {self.revoked[folder]}")
         if self.offline_refused is not None and node.id != ROOT_ID:
             self._refuse_offline(node, fresh)
         folder = self.residency.uncached_folder_of(node)

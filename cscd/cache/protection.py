@@ -23,7 +23,6 @@ names no file.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cscd.cache import fscrypt
+from cscd.cache.store import data_segments, scrub_file
 from cscd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -155,28 +155,13 @@ def _copy_tree(src: Path, dst: Path) -> None:
             _copy_sparse(Path(entry.path), target)
 
 
-def _data_segments(fd: int, size: int):
-    """(offset, length) of each stretch of data; holes (placeholders' unfetched parts) skipped."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                return  # only a hole is left
-            raise
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        yield start, end - start
-        offset = end
-
-
 def _copy_sparse(src: Path, dst: Path) -> None:
     fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fin).st_size
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            for start, length in _data_segments(fin, size):
+            for start, length in data_segments(fin, size):
                 done = 0
                 while done < length:
                     block = os.pread(fin, min(_CHUNK, length - done), start + done)
@@ -196,14 +181,5 @@ def _scrub_tree(root: Path) -> None:
     """Overwrite every data block of every file under ``root`` with zeros, then delete it all."""
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            path = os.path.join(dirpath, name)
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                size = os.fstat(fd).st_size
-                for start, length in list(_data_segments(fd, size)):
-                    for at in range(start, start + length, _CHUNK):
-                        os.pwrite(fd, bytes(min(_CHUNK, start + length - at)), at)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            scrub_file(os.path.join(dirpath, name))
     shutil.rmtree(root)

@@ -24,6 +24,45 @@ from cscd.errors import CacheFull
 _SNAPSHOT_SEQ = itertools.count()
 
 
+_SCRUB_CHUNK = 1 << 20
+
+
+def data_segments(fd: int, size: int):
+    """(offset, length) of each stretch of data in a file; holes (a placeholder's unfetched
+    parts) are skipped."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return  # only a hole is left
+            raise
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end - start
+        offset = end
+
+
+def scrub_file(path: Path | str) -> int:
+    """Overwrite every data block of the file with zeros, sync, then delete it: freed blocks
+    must not keep what a wipe removes. Returns the bytes overwritten (0 if it is not there)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    done = 0
+    try:
+        size = os.fstat(fd).st_size
+        for start, length in list(data_segments(fd, size)):
+            for at in range(start, start + length, _SCRUB_CHUNK):
+                done += os.pwrite(fd, bytes(min(_SCRUB_CHUNK, start + length - at)), at)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    return done
+
+
 class ContentStore:
     """Sparse files named by node id, fanned out over 256 subdirectories."""
 
@@ -101,6 +140,10 @@ class ContentStore:
         except FileNotFoundError:
             fd = self.open(node_id, size)
             os.close(fd)
+
+    def scrub(self, node_id: int) -> int:
+        """Overwrite the node's content file with zeros and delete it (a wipe); bytes overwritten."""
+        return scrub_file(self.path(node_id))
 
     def remove(self, node_id: int) -> None:
         try:

@@ -92,6 +92,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         verdict = {True: "complies", False: "does NOT comply", None: "not checked yet"}[lock.get("compliant")]
         shut = "; the offline cache is shut until it does" if lock.get("offline_refused") else ""
         print(f"screen lock: the session {verdict} with device.require_screen_lock: {lock.get('reason')}{shut}")
+    for folder, state in ((status.get("device") or {}).get("wiped") or {}).items():
+        print(f"revoked: {folder} by the device policy (device.wipe): {state}")
     for j in status.get("jobs") or []:
         print(f"running: {j['kind']} {j['target']}: " + (", ".join(progress.describe(j)) or j["phase"]))
     prof = status.get("profile")

@@ -51,17 +51,18 @@ class ComplianceWatch:
         return float(self.verdict.compliant)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Check while the policy requires it (``device`` may change at a policy fetch)."""
         task_status.started()
-        if not self.required:
-            return
-        if self.system_bus is None or self.session_bus is None:
-            self._apply(screenlock.Verdict(False, "no D-Bus to ask (logind_dbus / settings_dbus: none)"))
-            return
-        check = functools.partial(screenlock.check, self.uid, system_bus=self.system_bus,
-                                  session_bus=self.session_bus,
-                                  max_idle_s=self.device.screen_lock_max_idle_min * 60)
         while True:
-            self._apply(await trio.to_thread.run_sync(check))
+            if not self.required:
+                self.verdict, self.hydration.offline_refused = None, None
+            elif self.system_bus is None or self.session_bus is None:
+                self._apply(screenlock.Verdict(False, "no D-Bus to ask (logind_dbus / settings_dbus: none)"))
+            else:
+                check = functools.partial(screenlock.check, self.uid, system_bus=self.system_bus,
+                                          session_bus=self.session_bus,
+                                          max_idle_s=self.device.screen_lock_max_idle_min * 60)
+                self._apply(await trio.to_thread.run_sync(check))
             await trio.sleep(self.interval_s)
 
     def _apply(self, verdict: screenlock.Verdict) -> None:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.lowlevel
@@ -33,6 +33,9 @@ from cscd.policy.model import ROAMING, Policy
 from cscd.profile.service import ProfileService
 from cscd.sync.engine import MANUAL_MODES, SyncEngine
 from cscd.types import FolderLink, Mode
+
+if TYPE_CHECKING:
+    from cscd.operations.wipe import WipeKeeper
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +132,7 @@ async def wait_logon(profile: ProfileService | None, args: dict) -> dict[str, An
 async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: Cache, monitor: LinkMonitor,
                             engine: SyncEngine, links: dict[str, FolderLink], keeper: PolicyKeeper,
                             redirection: RedirectionStatus, profile: ProfileService | None = None,
-                            compliance: ComplianceWatch | None = None) -> None:
+                            compliance: ComplianceWatch | None = None, wipes: WipeKeeper | None = None) -> None:
     """Wire events, counters, systemd notifications and the control socket; start their tasks."""
     upstreams = {name: up for name, (up, _link) in monitor.folders.items()}
     collector = metrics.Collector(
@@ -219,7 +222,8 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
                                                   "available_bytes": disk.f_bavail * disk.f_frsize}
         answer["cache"]["protection"] = cache.protection.as_dict()
         if compliance is not None:
-            answer["device"] = {"screen_lock": compliance.as_dict()}
+            answer["device"] = {"screen_lock": compliance.as_dict(),
+                                "wiped": {} if wipes is None else wipes.as_dict()}
         answer["jobs"] = [j for j in jobs.listed() if not j["finished"]]
         answer.update(mount=str(config.mount), pid=os.getpid(), redirection=redirection.as_dict(),
                       is_primary_computer=keeper.policy.is_primary_computer(),

@@ -30,7 +30,7 @@ from cscd.link import LinkMonitor
 from cscd.policy.central import MANIFEST, CentralPolicyRejected, copy_central_policy
 from cscd.policy.config import DaemonConfig
 from cscd.policy.machine import changed_keys, current_subject, daemon_config, load_policy, policy_rows
-from cscd.policy.model import Policy, Subject
+from cscd.policy.model import DevicePolicy, Policy, Subject
 from cscd.types import OfflinePolicy
 from cscd.upstream import open_upstream
 
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Roaming-profile keys that choose the server connection: applied at the next start.
 RESTART_ROAMING_KEYS = frozenset({"roaming_profile.target", "roaming_profile.enabled"})
+#: Device keys that decide how the cache is kept on disk: applied at the next start.
+RESTART_DEVICE_KEYS = frozenset({"device.encrypt_cache", "device.cache_key"})
 #: Offline Files keys that a policy may set but nothing enforces yet (shown, not applied).
 NOT_ENFORCED_KEYS: frozenset[str] = frozenset()
 #: Offline Files keys that take effect only at the next start.
@@ -137,6 +139,9 @@ class PolicyKeeper:
     def config(self) -> DaemonConfig:
         return effective_config(self.base, self.policy)
 
+    #: called with the device policy after every fetch (``operations.wipe``, ``compliance``)
+    on_device: Callable[[DevicePolicy], None] | None = None
+
     def attach(self, policies: dict[str, OfflinePolicy], monitor: LinkMonitor, cache: Cache) -> None:
         """Give the keeper the live objects a reload updates."""
         self.policies, self.monitor, self.cache = policies, monitor, cache
@@ -162,6 +167,10 @@ class PolicyKeeper:
         applied = [k for k in changed if k.startswith("offline_files.")
                    and k not in NOT_ENFORCED_KEYS | RESTART_OFFLINE_KEYS]
         roaming = [k for k in changed if k.startswith("roaming_profile.") and k not in RESTART_ROAMING_KEYS]
+        device = [k for k in changed if k.startswith("device.") and k not in RESTART_DEVICE_KEYS]
+        if self.on_device is not None:
+            self.on_device(after.device)  # a wipe or a compliance rule: at every fetch, changed or not
+            applied += device
         if roaming and self.profile is not None:
             self.profile(new)  # the profile's settings (schedule, include, patterns) change live
             applied += roaming

@@ -88,6 +88,7 @@ class Timings:
     roaming_poll_s: float = 30.0  # ModemManager asked whether a modem roams (cost-aware sync)
     space_interval_s: float = 60.0  # how often each share is asked its size and free space (df)
     compliance_interval_s: float = 30.0  # how often the screen lock is checked (device.require_screen_lock)
+    policy_refresh_s: float = 5400.0  # the policy fetched again (plus up to a third more): a wipe, a rule
 
 
 @dataclass(frozen=True)

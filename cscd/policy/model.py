@@ -167,6 +167,9 @@ class SecurityPolicy:
 
 #: ``device.cache_key``: the desktop's keyring holds the cache's key (made there at first use)
 SECRET_SERVICE_KEY = "secret-service"
+#: ``device.wipe: all``: every folder of the user on this machine; ``wipe_when_unreachable``
+WIPE_ALL = "all"
+WIPE_CHOICES = ("wait", "wipe")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,16 @@ class DevicePolicy:
     screen_lock_max_idle_min: int = 15
     #: False: while the session does not comply, cached files are not served offline
     offline_when_noncompliant: bool = True
+    #: selective wipe: ``"all"`` or the names of folders whose cached copy is destroyed
+    #: (after their changes are uploaded), and that are not served here any more
+    wipe: tuple[str, ...] | str = ()
+    #: a revoked folder with changes its server cannot take now: ``wait`` for the server, or
+    #: ``wipe`` at once (the changes are lost)
+    wipe_when_unreachable: str = "wait"
+
+    def wiped(self, folders: tuple[str, ...] | list[str]) -> list[str]:
+        """Of ``folders``, those the policy revokes."""
+        return list(folders) if self.wipe == WIPE_ALL else [f for f in folders if f in self.wipe]
 
 
 #: ``roaming_profile.kind``: a normal roaming profile, a mandatory one, a super-mandatory one

@@ -39,6 +39,8 @@ from cscd.policy.model import (
     ROAMING,
     SECRET_SERVICE_KEY,
     VARIABLES,
+    WIPE_ALL,
+    WIPE_CHOICES,
     BackgroundUpload,
     CacheSizeLimit,
     GroupTarget,
@@ -266,6 +268,20 @@ def cache_key_source(loc: Located) -> str:
     return text
 
 
+def wipe_folders(loc: Located) -> tuple[str, ...] | str:
+    """``all``, or a list of folder names."""
+    if not loc.is_list and loc.as_str() == WIPE_ALL:
+        return WIPE_ALL
+    names = []
+    for text, item in loc.as_str_list():
+        try:
+            check_strict(text.encode("utf-8"))
+        except BadName as exc:
+            raise item.error(f"{text!r} is not a folder name: {exc}") from None
+        names.append(text)
+    return tuple(names)
+
+
 def home_relative(loc: Located, text: str, *, what: str) -> str:
     """A ``/``-separated path below the home directory: not absolute, no ``.`` or ``..``."""
     parts = text.rstrip("/").split("/")
@@ -426,6 +442,8 @@ DEVICE_KEYS: Mapping[str, Reader] = {
     "require_screen_lock": Located.as_bool,
     "screen_lock_max_idle_min": lambda loc: loc.as_int(1, 24 * 60, "min"),
     "offline_when_noncompliant": Located.as_bool,
+    "wipe": wipe_folders,
+    "wipe_when_unreachable": lambda loc: loc.as_choice(WIPE_CHOICES),
 }
 FOLDER_READERS: Mapping[str, Reader] = {
     "target": unc_template,
