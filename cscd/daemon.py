@@ -342,6 +342,8 @@ def _protect_cache(config: DaemonConfig) -> CacheProtection:
     device = config.device
     if not device.encrypt_cache and not is_encrypted(config.cache):
         return CacheProtection()
+    # A plain cache is copied once into its encrypted twin: give systemd's start timeout room.
+    systemd.sd_notify(f"EXTEND_TIMEOUT_USEC={int(MOVE_EXTEND_S * 1e6)}\nSTATUS=encrypting the cache if needed")
     try:
         key, problem = cache_key(device.cache_key, config.cache), ""
     except KeyUnavailable as exc:

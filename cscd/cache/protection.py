@@ -92,7 +92,13 @@ def protect(cache_dir: Path, key: bytes | None, key_problem: str = "") -> CacheP
             raise CacheLocked(f"the cache at {cache_dir} is encrypted and its key cannot be had: "
                               f"{key_problem}", exit_code=4)
         return CacheProtection(ONLINE_ONLY, key_problem)
-    identifier = fscrypt.add_key(cache_dir, key)
+    try:
+        identifier = fscrypt.add_key(cache_dir, key)
+    except OSError as exc:
+        problem = f"the kernel did not take the cache's key ({exc.strerror or exc})"
+        if any(existing.values()):
+            raise CacheLocked(f"the cache at {cache_dir} is encrypted and {problem}", exit_code=4) from None
+        return CacheProtection(ONLINE_ONLY, problem)
     for name in PROTECTED:
         directory = cache_dir / name
         have = existing[name]
@@ -102,7 +108,15 @@ def protect(cache_dir: Path, key: bytes | None, key_problem: str = "") -> CacheP
             raise ConfigError(f"{directory} is encrypted with another key ({have.hex()}) than the one "
                               f"device.cache_key gives ({identifier.hex()}); was the key replaced? "
                               "Restore it, or remove the cache (changes not yet uploaded are lost)")
-        _encrypt_dir(directory, identifier)
+        try:
+            _encrypt_dir(directory, identifier)
+        except OSError as exc:
+            # The plain cache is as it was (the copy went to a twin, removed at the next try).
+            shutil.rmtree(directory.with_name(directory.name + _NEW), ignore_errors=True)
+            raise ConfigError(f"the cache's {name} could not be encrypted in place ({exc.strerror or exc}); "
+                              "it is unchanged and used by nothing until this is fixed (encrypting copies "
+                              "it once: the cache's disk needs as much free space as it holds)",
+                              exit_code=4) from None
     driver = fscrypt.contents_cipher_driver()
     log.info("the cache at %s is encrypted (fscrypt, key %s, kernel cipher %s)", cache_dir, identifier.hex(),
              driver or "not loaded yet")

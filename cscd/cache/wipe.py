@@ -72,6 +72,10 @@ async def wipe_folder(core: CacheCore, folder: bytes) -> WipeReport:
     gone = set(members) | {root}
     for start in range(0, len(members), BATCH):
         batch = members[start:start + BATCH]
+        # Content first, then the rows: a daemon killed in between leaves rows without
+        # content (the next start wipes the folder again), never content without rows.
+        for nid in batch:
+            report.bytes_overwritten += await trio.to_thread.run_sync(core.store.scrub, nid)
         with core.txn(write=True) as txn:
             for nid in batch:
                 node = nodes.find(ix, txn, nid)
@@ -85,8 +89,6 @@ async def wipe_folder(core: CacheCore, folder: bytes) -> WipeReport:
                 nodes.delete_record(ix, txn, node)
                 for table in (ix.lru, ix.conflicts):
                     txn.delete(u64(nid), db=table)
-        for nid in batch:
-            report.bytes_overwritten += await trio.to_thread.run_sync(core.store.scrub, nid)
     with core.txn(write=True) as txn:
         stale = [key for key in txn.cursor(db=ix.unrecorded).iternext(keys=True, values=False)
                  if from_u64(bytes(key[:8])) in gone]
