@@ -179,6 +179,12 @@ class CscdFs(pyfuse3.Operations):
         self._handles: dict[int, _Handle] = {}
         self._next_fh = 1
         self.bugs = 0
+        #: the kernel has sent INIT: before it nothing is cached there, and an invalidation
+        #: fails (ENOSYS, logged by pyfuse3 as an error)
+        self._kernel_ready = False
+
+    def init(self) -> None:
+        self._kernel_ready = True
 
     # ------------------------------------------------------------ attributes
 
@@ -494,7 +500,7 @@ class CscdFs(pyfuse3.Operations):
                     if item[1] in self._lookups:
                         await trio.to_thread.run_sync(pyfuse3.invalidate_inode, item[1], False)
                 elif item[0] == "entry":
-                    if item[1] in self._lookups or item[1] == ROOT_ID:
+                    if item[1] in self._lookups or (item[1] == ROOT_ID and self._kernel_ready):
                         pyfuse3.invalidate_entry_async(item[1], item[2], ignore_enoent=True)
             except (FileNotFoundError, OSError) as exc:
                 log.debug("invalidation of %r skipped: %s", item, exc)

@@ -65,6 +65,8 @@ def test_a_central_revocation_uploads_first_then_leaves_no_byte_of_the_folder(di
     env, pictures = two_folders(mount_env, disk, upload_delay_s=60)
     report, draft, photo = marker("server-report"), marker("draft-made-here"), marker("photo-kept")
     (env.server / "report.txt").write_bytes(report)
+    secret_name = f"merger-plans-{uuid.uuid4().hex}.txt"
+    (env.server / secret_name).write_text("x")
     (pictures / "photo.txt").write_bytes(photo)
     central = env.smbd.share_dir / env.user_dir / "central"
     central.mkdir()
@@ -72,6 +74,7 @@ def test_a_central_revocation_uploads_first_then_leaves_no_byte_of_the_folder(di
     env.start_daemon()
     assert (env.docs / "report.txt").read_bytes() == report
     assert (env.mount / "Pictures" / "photo.txt").read_bytes() == photo
+    assert secret_name in os.listdir(env.docs)  # the name is in the index now
     (env.docs / "draft.txt").write_bytes(draft)
     assert not (env.server / "draft.txt").exists(), "the change went up at once: the test proves nothing"
 
@@ -95,6 +98,12 @@ def test_a_central_revocation_uploads_first_then_leaves_no_byte_of_the_folder(di
     for needle in (report[:60], draft[:60]):
         assert not disk.raw_contains(needle), "the revoked folder's content is still on the disk"
     assert (env.server / "report.txt").read_bytes() == report, "the wipe touched the server"
+    # The index's freed pages: rewritten without them at the next start.
+    env.start_daemon()
+    env.daemon.stop()
+    assert "the cache index was rewritten without what a wipe removed" in env.daemon.log_text()
+    assert not disk.raw_contains(secret_name.encode()), "a name of the revoked folder is still in the index"
+    assert disk.raw_contains(b"photo.txt"), "the other folder's names are gone too: the scan proves nothing"
 
 
 def revoke_while_offline(mount_env, disk: LoopDisk, rule: str) -> tuple[MountEnv, bytes]:

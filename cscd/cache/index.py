@@ -98,6 +98,7 @@ from pathlib import Path
 
 import lmdb
 
+from cscd.cache.store import scrub_file
 from cscd.errors import ConfigError
 from cscd.types import ROOT_ID
 
@@ -137,11 +138,48 @@ def dirent_key(parent: int, child: int) -> bytes:
     return _U64.pack(parent) + _U64.pack(child)
 
 
+#: In the index directory: a wipe removed rows whose old pages may still hold names; the next
+#: open rewrites the file compacted and overwrites the old one (``compact_after_wipe``).
+COMPACT_MARKER = "compact-after-wipe"
+
+
+def compact_after_wipe(path: Path) -> bool:
+    """If a wipe asked for it: copy the index compacted (``mdb_env_copy2`` with
+    ``MDB_CP_COMPACT``: live pages only), overwrite the old file's blocks with zeros and put
+    the copy in its place. Before the daemon opens it; a crash in between leaves either file
+    whole (the rename is the switch). Returns True if it ran."""
+    marker = path / COMPACT_MARKER
+    if not marker.exists():
+        return False
+    fresh = path / "compacted"
+    fresh.mkdir(exist_ok=True, mode=0o700)
+    (fresh / "data.mdb").unlink(missing_ok=True)
+    env = lmdb.open(str(path), max_dbs=24, readonly=True, lock=False)
+    try:
+        env.copy(str(fresh), compact=True)
+    finally:
+        env.close()
+    old = path / "data.mdb.wiped"
+    os.rename(path / "data.mdb", old)
+    os.rename(fresh / "data.mdb", path / "data.mdb")
+    scrub_file(old)
+    fresh.rmdir()
+    marker.unlink()
+    return True
+
+
 class Index:
     """The opened LMDB environment and its named databases."""
 
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        try:
+            if compact_after_wipe(path):
+                log.info("the cache index was rewritten without what a wipe removed")
+        except (OSError, lmdb.Error) as exc:
+            log.warning("the cache index could not be compacted after a wipe (%s); names of the wiped "
+                        "folder may stay in its free space until LMDB reuses it", exc)
         try:
             self.env = lmdb.open(
                 str(path),

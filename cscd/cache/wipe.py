@@ -9,8 +9,9 @@ root keeps a consistent shape; ``Hydration.revoked`` refuses it.
 
 Nothing here decides whether the folder's changes went up first: ``operations.wipe`` does.
 Works in batches of ``BATCH`` nodes per write transaction with a checkpoint between, so the
-mount keeps answering while a large folder goes. Not done: LMDB keeps freed pages until it
-reuses them, so names of the folder may stay in the index file's free space until then.
+mount keeps answering while a large folder goes. LMDB keeps freed pages until it reuses
+them, so the folder's names stay in the index file's free space until the next start, which
+rewrites the index compacted and overwrites the old file (``index.compact_after_wipe``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import trio
 
 from cscd.cache import nodes
 from cscd.cache.core import CacheCore
-from cscd.cache.index import from_u64, u64
+from cscd.cache.index import COMPACT_MARKER, from_u64, u64
 from cscd.cache.nodes import Flag
 from cscd.errors import NotFound
 from cscd.types import ROOT_ID
@@ -99,6 +100,9 @@ async def wipe_folder(core: CacheCore, folder: bytes) -> WipeReport:
         txn.delete(u64(root), db=ix.dirty)
         txn.delete(u64(root), db=ix.listed)
         nodes.put(ix, txn, node)
+    # LMDB's freed pages still hold the rows until it reuses them: the next start rewrites the
+    # index compacted and overwrites the old file (``index.compact_after_wipe``).
+    (core.index.path / COMPACT_MARKER).touch()
     core.publish(("inode", root))
     core.publish(("entry", ROOT_ID, folder))
     return report

@@ -31,6 +31,7 @@ from cscd.link import LinkMonitor
 from cscd.operations.handlers import pending_by_folder
 from cscd.policy.model import DevicePolicy
 from cscd.sync.engine import MANUAL_MODES, SyncEngine
+from cscd.types import ROOT_ID
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class WipeKeeper:
                 continue
             self.state[name] = "waiting"
             self.cache.hydration.revoked[name.encode()] = "revoked by the device policy (device.wipe)"
-            self.cache.core.publish(("entry", 1, name.encode()))
+            self.cache.core.publish(("entry", ROOT_ID, name.encode()))
             self._nursery.start_soon(self._wipe, name, name=f"wipe:{name}")
             started.append(name)
         return started

@@ -134,6 +134,12 @@ class EmbeddedDomain:
             raise DomainError(f"kinit {principal} failed: {res.stderr.decode(errors='replace').strip()}")
         return env
 
+    def service_ticket(self, ccache: Path, service: str = "cifs/127.0.0.1") -> None:
+        """Get the service ticket now into ``ccache`` (kvno), so a later logon needs no KDC."""
+        res = subprocess.run(["kvno", service], capture_output=True, env=self.env(ccache), timeout=30, check=False)
+        if res.returncode != 0:
+            raise DomainError(f"kvno {service} failed: {res.stderr.decode(errors='replace').strip()}")
+
     def env(self, ccache: Path) -> dict[str, str]:
         return dict(os.environ, KRB5_CONFIG=str(self.krb5_conf), KRB5CCNAME=f"FILE:{ccache}")
 
