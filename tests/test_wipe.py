@@ -10,6 +10,7 @@ is taken away through the ``MountEnv``'s proxy for the two "unreachable" rules.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import uuid
 from pathlib import Path
@@ -92,6 +93,8 @@ def test_a_central_revocation_uploads_first_then_leaves_no_byte_of_the_folder(di
     log = env.daemon.log_text()
     assert "[7010]" in log and "[7011]" in log and "0 changes that had not reached the server are lost" in log
     assert "revoked: Documents" in env.daemon.run_cli("status").stdout
+    answer = cli_json(env.daemon, "online", code=2)
+    assert "revoked by the device policy" in json.dumps(answer), answer
     env.daemon.stop()
 
     assert disk.raw_contains(photo[:60]), "the other folder's cached copy is not on the disk: the scan proves nothing"

@@ -201,7 +201,13 @@ async def start_operations(nursery: trio.Nursery, config: DaemonConfig, cache: C
         return {"started": True, "folders": folders, "skipped": skipped}
 
     async def working_offline(args: dict, offline: bool) -> dict:
-        changed = monitor.set_working_offline(control.argument(args, "folder", str), offline)
+        folder = control.argument(args, "folder", str)
+        revoked = [n for n in ([folder] if folder else links) if n.encode() in cache.hydration.revoked]
+        if not offline and revoked:
+            raise control.ControlError("invalid_argument", f"{', '.join(revoked)}: revoked by the device policy "
+                                       "(device.wipe): it stays offline until cscd restarts under a policy that "
+                                       "no longer revokes it")
+        changed = monitor.set_working_offline(folder, offline)
         state = {n: links[n].mode.value for n in changed}
         return {"folders": state, "message": "; ".join(f"{n}: {m}" for n, m in state.items())}
 
