@@ -65,6 +65,15 @@ def folder(domain: EmbeddedDomain) -> tuple[str, Path]:
     return name, disk
 
 
+def ticket_daemon(domain: EmbeddedDomain, name: str, tmp_path: Path, ticket_env: dict[str, str], *,
+                  port: int | None = None, fast: bool = True) -> DaemonProcess:
+    """A daemon that logs on with the ticket in ``ticket_env``'s cache (no password anywhere)."""
+    return DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
+                         credentials=tmp_path / "never-read", port=port or domain.smb_port,
+                         extra={"credentials": "kerberos", **({"timings": FAST_TIMINGS} if fast else {})},
+                         env={k: ticket_env[k] for k in ("KRB5_CONFIG", "KRB5CCNAME")})
+
+
 def upstream(domain: EmbeddedDomain, name: str) -> SmbUpstream:
     return SmbUpstream(UncTarget(domain.host, domain.share, (name,)), KerberosLogon(),
                        port=domain.smb_port, timeout_s=10)
@@ -112,10 +121,7 @@ def test_the_daemon_mounts_with_the_ticket_and_no_password_file(domain: Embedded
     name, disk = folder
     (disk / "note.txt").write_text("from the DC")
     env = domain.kinit("alice", PASSWORD, tmp_path / "ccache")
-    daemon = DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
-                           credentials=tmp_path / "never-read", port=domain.smb_port,
-                           extra={"credentials": "kerberos"},
-                           env={k: env[k] for k in ("KRB5_CONFIG", "KRB5CCNAME")})
+    daemon = ticket_daemon(domain, name, tmp_path, env, fast=False)
     with daemon:
         daemon.start()
         docs = daemon.mount / "Documents"
@@ -159,10 +165,7 @@ def test_a_lost_ticket_is_credentials_expired_until_a_new_one_comes(domain: Embe
     ccache = tmp_path / "ccache"
     env = domain.kinit("alice", PASSWORD, ccache)
     with TcpProxy((domain.host, domain.smb_port)) as proxy:
-        daemon = DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
-                               credentials=tmp_path / "never-read", port=proxy.port,
-                               extra={"credentials": "kerberos", "timings": FAST_TIMINGS},
-                               env={k: env[k] for k in ("KRB5_CONFIG", "KRB5CCNAME")})
+        daemon = ticket_daemon(domain, name, tmp_path, env, port=proxy.port)
         with daemon:
             daemon.start()
             docs = daemon.mount / "Documents"
@@ -310,10 +313,7 @@ def test_a_session_that_expires_with_its_ticket_logs_on_again_with_the_new_one(
     if expires - time.monotonic() < 20:  # the module took longer than the ticket lives
         ccache, expires = short_ticket(domain, tmp_path / "ccache")
     env = domain.env(ccache)
-    daemon = DaemonProcess(tmp_path / "client", folders={"Documents": domain.unc(name)},
-                           credentials=tmp_path / "never-read", port=domain.smb_port,
-                           extra={"credentials": "kerberos", "timings": FAST_TIMINGS},
-                           env={k: env[k] for k in ("KRB5_CONFIG", "KRB5CCNAME")})
+    daemon = ticket_daemon(domain, name, tmp_path, env)
     with daemon:
         daemon.start()
         docs = daemon.mount / "Documents"
