@@ -21,6 +21,7 @@ from pathlib import Path
 
 import trio
 
+from cscd.cache import fscrypt
 from cscd.control import ControlClient, ControlError, socket_candidates
 from cscd.errors import CscdError
 from cscd.policy.config import DaemonConfig, load_config
@@ -171,6 +172,30 @@ def check_cache(config: DaemonConfig) -> Check:
                                                                          if free < LOW_FREE_BYTES else ""))
 
 
+def check_cache_encryption(config: DaemonConfig) -> Check | None:
+    """Where the device policy asks for an encrypted cache: can it be done here? (None: not asked.)"""
+    device = config.device
+    if not device.encrypt_cache:
+        return None
+    name = "cache encryption"
+    probe = next((p for p in (config.cache, *config.cache.parents) if p.exists()), Path("/"))
+    try:
+        fscrypt.policy_key(probe)
+    except OSError as exc:
+        return Check(FAIL, name, f"the policy requires it and {probe}'s file system cannot ({exc.strerror}): "
+                                 "every folder will be served online only")
+    if device.cache_key.startswith("systemd:"):
+        key = Path(os.environ.get("CREDENTIALS_DIRECTORY", "/nonexistent")) / device.cache_key.removeprefix("systemd:")
+        if not key.is_file() or key.stat().st_size != fscrypt.KEY_BYTES:
+            return Check(FAIL, name, f"device.cache_key {device.cache_key}: no {fscrypt.KEY_BYTES}-byte credential "
+                                     "here ($CREDENTIALS_DIRECTORY); the daemon's unit must pass it")
+    driver = fscrypt.contents_cipher_driver()
+    if fscrypt.is_generic_driver(driver):
+        return Check(WARN, name, f"possible, but the kernel's AES is its portable code ({driver}): cached reads "
+                                 "and writes will be several times slower")
+    return Check(OK, name, f"possible on {probe}'s file system (kernel cipher {driver or 'loaded at first use'})")
+
+
 def check_daemon(config: DaemonConfig) -> Check:
     try:
         with ControlClient(socket_candidates(config.path, config.cache), timeout_s=5.0) as client:
@@ -193,5 +218,8 @@ async def run_checks(config_path: Path) -> list[Check]:
     out.append(check_credentials(config))
     out += await check_servers(config)
     out.append(check_cache(config))
+    encryption = check_cache_encryption(config)
+    if encryption is not None:
+        out.append(encryption)
     out.append(check_daemon(config))
     return out

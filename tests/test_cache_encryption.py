@@ -22,6 +22,7 @@ import pytest
 
 from cscd.cache import fscrypt
 from cscd.cache.store import ContentStore
+from tests.helpers.daemon import run_cscd
 from tests.helpers.loop_disk import LoopDisk
 from tests.helpers.mount_env import MountEnv
 from tests.helpers.ops import cli_json
@@ -105,6 +106,10 @@ def test_an_encrypted_cache_leaves_no_content_and_no_name_on_the_disk(disk, moun
     assert "[7000]" in env.daemon.log_text()
     human = env.daemon.run_cli("status").stdout
     assert "cache protection: encrypted at rest (fscrypt v2" in human, human
+    doctor = run_cscd("doctor", "--config", str(env.daemon.config_path), timeout_s=60,
+                      env_extra={"CREDENTIALS_DIRECTORY": str(creds)})
+    line = next(x for x in doctor.stdout.splitlines() if "cache encryption" in x)
+    assert "FAIL" not in line and ("possible" in line), doctor.stdout
     env.daemon.stop()
 
     # Locked: the names are garbled and the content is out of reach.
@@ -198,6 +203,9 @@ def test_a_file_system_that_cannot_encrypt_leaves_the_folders_online_only(mount_
         assert (env.server / "written.txt").read_bytes() == secret, "not written through at close"
         node_id = os.stat(path).st_ino
         assert not ContentStore(env.daemon.cache / "content").exists(node_id), "the content stayed in the cache"
+        doctor = run_cscd("doctor", "--config", str(env.daemon.config_path), timeout_s=60)
+        line = next(x for x in doctor.stdout.splitlines() if "cache encryption" in x)
+        assert "FAIL" in line and "cannot" in line and "online only" in line, doctor.stdout
         env.close()
 
 

@@ -64,7 +64,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     # the man page and completions, from the parser the cli hands in
     "manual": frozenset(),
     # cscd doctor: what the daemon would read and connect to, checked without it
-    "doctor": frozenset({"policy", "upstream", "control", "operations"}) | LEAVES,
+    "doctor": frozenset({"policy", "upstream", "control", "operations", "cache"}) | LEAVES,
     "cli": frozenset({"daemon", "control", "policy", "samba", "progress", "doctor", "manual"}) | LEAVES,
     ROOT: frozenset(),
     "__main__": frozenset({"cli"}),
