@@ -62,7 +62,12 @@ class ComplianceWatch:
                 check = functools.partial(screenlock.check, self.uid, system_bus=self.system_bus,
                                           session_bus=self.session_bus,
                                           max_idle_s=self.device.screen_lock_max_idle_min * 60)
-                self._apply(await trio.to_thread.run_sync(check))
+                try:
+                    verdict = await trio.to_thread.run_sync(check)
+                except Exception as exc:  # noqa: BLE001 - an odd answer on a bus must not end the daemon
+                    log.warning("the screen-lock check failed: %s", exc, exc_info=True)
+                    verdict = screenlock.Verdict(False, f"the check failed ({type(exc).__name__}: {exc})")
+                self._apply(verdict)
             await trio.sleep(self.interval_s)
 
     def _apply(self, verdict: screenlock.Verdict) -> None:

@@ -88,7 +88,13 @@ class WipeKeeper:
              else "are lost: the server cannot be reached (device.wipe_when_unreachable: wipe)")
         lost = await self._upload_first(name)
         self.monitor.set_working_offline(name, True)  # no watch or listing brings names back
-        report = await wipe_folder(self.cache.core, name.encode())
+        try:
+            report = await wipe_folder(self.cache.core, name.encode())
+        except OSError as exc:
+            # The folder stays refused; the next start (or fetch after it) tries again.
+            log.error("%s: revoked, but its cached copy could not be destroyed: %s", name, exc)
+            self.state[name] = f"failed: {exc.strerror or exc}"
+            return
         self.state[name] = "wiped"
         emit(EventId.CACHE_WIPED, folder=name, files=report.files, bytes=report.bytes_overwritten, lost=lost)
 
