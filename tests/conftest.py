@@ -7,7 +7,10 @@ a PANIC. ``mount_env`` is the one fixture that gives a test a mounted daemon, an
 test on anything unexpected in the daemon's log (``log_allows``); ``penv`` is one built on it
 with a policy directory and a home (``tests/helpers/policy_env.py``); ``mode_env`` runs a
 module's tests once per mode (cached, uncached, offline) on one daemon per mode.
-Also registers the ``churn`` mark and the ``--soak`` option of ``tests/test_churn.py``.
+Also registers the ``churn`` mark and the ``--soak`` option of ``tests/test_churn.py``, and
+``overlaps_the_run(fixture)``: a test that mostly waits (a real ticket running out) has its
+session fixture set up with the run's first test, plays in a thread beside the others, and
+runs last to judge what it recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tests.helpers.keyring import Keyring
 from tests.helpers.mount_env import MountEnv, unexpected_warnings
 from tests.helpers.ops import wait_control
 from tests.helpers.policy_env import PolicyEnv
+from tests.helpers.ticket_expiry import TicketExpiryScenario
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,6 +42,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "log_allows(*patterns): daemon log lines at WARNING or worse that this test "
         "expects (regular expressions searched in each line); any other fails it (``mount_env``)")
+    config.addinivalue_line(
+        "markers", "overlaps_the_run(fixture): set the session fixture up with the run's first test; "
+        "the test itself runs last")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    late = [item for item in items if item.get_closest_marker("overlaps_the_run")]
+    early = [item for item in items if not item.get_closest_marker("overlaps_the_run")]
+    if not late or not early:
+        return
+    for item in late:
+        fixture = item.get_closest_marker("overlaps_the_run").args[0]
+        if fixture not in early[0].fixturenames:
+            early[0].fixturenames.append(fixture)
+    items[:] = early + late
+
+
+@pytest.fixture(scope="session")
+def ticket_expiry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TicketExpiryScenario]:
+    """``tests/helpers/ticket_expiry.py``, started now and played in a thread."""
+    scenario = TicketExpiryScenario(tmp_path_factory.mktemp("ticket-expiry")).start()
+    yield scenario
+    scenario.cancel()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -24,13 +24,8 @@ from tests.helpers.ad_dc import EmbeddedDomain
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.mount_env import FAST_TIMINGS
 from tests.helpers.proxy import TcpProxy
+from tests.helpers.ticket_expiry import PASSWORD, TicketExpiryScenario
 from tests.helpers.wait import eventually
-
-PASSWORD = "Al1ce-Pass.word"
-
-
-#: the shortest ticket this KDC issues a service ticket from (it refuses with 2 minutes left)
-SHORT_TICKET_S = 125
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +34,9 @@ def domain(tmp_path_factory) -> EmbeddedDomain:
     dc.start()
     try:
         dc.add_user("alice", PASSWORD)
-        # The expiry test's short ticket starts running now, so the module's other tests
-        # pass while it runs out (the test waits only for what is left).
-        dc.early_ticket = short_ticket(dc, tmp_path_factory.mktemp("short-ticket") / "ccache")
         yield dc
     finally:
         dc.remove()
-
-
-def short_ticket(dc: EmbeddedDomain, ccache: Path) -> tuple[Path, float]:
-    """A ``SHORT_TICKET_S`` ticket and its cifs service ticket in ``ccache``; (ccache, its end
-    on the monotonic clock)."""
-    dc.kinit("alice", PASSWORD, ccache, lifetime=f"{SHORT_TICKET_S}s")
-    expires = time.monotonic() + SHORT_TICKET_S
-    dc.service_ticket(ccache)
-    return ccache, expires
 
 
 @pytest.fixture
@@ -298,36 +281,18 @@ def test_a_clock_an_hour_off_is_one_clear_line_not_kinit(domain: EmbeddedDomain,
     assert "kinit" not in str(info.value).splitlines()[-1]
 
 
+@pytest.mark.overlaps_the_run("ticket_expiry")
 def test_a_session_that_expires_with_its_ticket_logs_on_again_with_the_new_one(
-        domain: EmbeddedDomain, folder, tmp_path: Path) -> None:
+        ticket_expiry: TicketExpiryScenario) -> None:
     """Samba ends an SMB session when the ticket it was made with ends
     (STATUS_NETWORK_SESSION_EXPIRED), as Windows servers do. A real short ticket (125 s, the
-    shortest this KDC gives a service ticket from; taken when the module's domain started)
-    expires under a running mount; a new one came in between (kinit, as SSSD does at
-    unlock). The next call logs on again with it: the folder never goes offline, nothing is
-    "credentials expired", a change made after the expiry goes up. This waits out what is
-    left of the ticket."""
-    name, disk = folder
-    (disk / "note.txt").write_text("from the DC")
-    ccache, expires = domain.early_ticket
-    if expires - time.monotonic() < 20:  # the module took longer than the ticket lives
-        ccache, expires = short_ticket(domain, tmp_path / "ccache")
-    env = domain.env(ccache)
-    daemon = ticket_daemon(domain, name, tmp_path, env)
-    with daemon:
-        daemon.start()
-        docs = daemon.mount / "Documents"
-        assert (docs / "note.txt").read_text() == "from the DC"
-        (docs / "before.txt").write_text("before")
-        eventually(lambda: (disk / "before.txt").exists(), 15, "the first change did not go up")
-        domain.kinit("alice", PASSWORD, ccache)  # a new ticket (10 h) into the same cache
-        time.sleep(max(0.0, expires - time.monotonic()) + 3)  # the first session's ticket is over
-        (docs / "after.txt").write_text("after the session expired")
-        eventually(lambda: (disk / "after.txt").exists()
-                   and (disk / "after.txt").read_text() == "after the session expired", 30,
-                   "the change made after the session expired did not go up")
-        log = daemon.log_text()
-        assert "[3001]" not in log, "a renewed ticket must not read as credentials expired"
-        assert "is now offline" not in log, log
-        assert "expired with its ticket; logging on again" in log, "no sign that the session expired"
-        assert log.count("NetworkManager's metered state unavailable") <= 1, "said every 30 s"
+    shortest this KDC gives a service ticket from) expires under a running mount; a new one
+    came in between (kinit, as SSSD does at unlock). The next call logs on again with it: the
+    folder never goes offline, nothing is "credentials expired", a change made after the
+    expiry goes up (``tests/helpers/ticket_expiry.py`` plays it beside the rest of the run,
+    with a domain controller of its own; this test runs last and judges it)."""
+    log = ticket_expiry.result()
+    assert "[3001]" not in log, "a renewed ticket must not read as credentials expired"
+    assert "is now offline" not in log, log
+    assert "expired with its ticket; logging on again" in log, "no sign that the session expired"
+    assert log.count("NetworkManager's metered state unavailable") <= 1, "said every 30 s"
