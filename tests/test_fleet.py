@@ -31,7 +31,7 @@ from tests.helpers.wait import wait_for
 #: The defaults of an idle client, shortened 24-fold (``Timings``: 60 s each).
 SCALED = {"probe_interval_s": 1, "idle_probe_s": 2.5, "revalidate_interval_s": 2.5, "scan_interval_s": 3,
           "poll_max_s": 300}
-WINDOW_S = 10.0
+WINDOW_S = 7.5
 
 
 def change_tracking(env: MountEnv) -> dict:
