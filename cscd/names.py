@@ -43,6 +43,7 @@ FROM_SERVER = {v: k for k, v in {**TO_SERVER, **TRAILING_TO_SERVER}.items()}
 _TO_SERVER_TABLE = str.maketrans(TO_SERVER)
 _FROM_SERVER_TABLE = str.maketrans(FROM_SERVER)
 _CONTROL_RE = re.compile(r"[\x00-\x1f]")
+_NEEDS_MAPPING_RE = re.compile(r'[\\:*?"<>|]|[ .]$')
 
 
 def check_name(name: bytes) -> str:
@@ -68,13 +69,18 @@ def check_name(name: bytes) -> str:
 def server_name(name: bytes) -> str:
     """The server form of a local name: checked, then mapped (``\\ : * ? " < > |`` anywhere,
     a trailing space or dot) into U+F020-U+F029."""
-    text = check_name(name).translate(_TO_SERVER_TABLE)
+    text = check_name(name)
+    if _NEEDS_MAPPING_RE.search(text) is None:
+        return text
+    text = text.translate(_TO_SERVER_TABLE)
     stem = text.rstrip(" .")
     return stem + "".join(TRAILING_TO_SERVER[c] for c in text[len(stem):])
 
 
 def local_name(text: str) -> bytes:
     """The local form of a server name (the reverse of ``server_name``), as UTF-8 bytes."""
+    if text.isascii():  # the mapped characters are not: most names skip the translation
+        return text.encode("ascii")
     return text.translate(_FROM_SERVER_TABLE).encode("utf-8", "surrogatepass")
 
 
