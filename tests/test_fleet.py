@@ -164,6 +164,35 @@ def test_without_notifications_polling_backs_off(quiet_smbd: EmbeddedSamba, moun
     wait_for(lambda: "late.txt" in os.listdir(env.docs / "sub"), 3, "polling did not find the change")
 
 
+def test_a_first_listing_comes_after_its_watch_and_is_the_only_one(mount_env, smbd: EmbeddedSamba) -> None:
+    """A directory listed for the first time gets its own watch before the listing, so the
+    watch needs no re-listing of its own: 2,000 entries go over the wire once (they went
+    twice, the second time while the first listing was still being served). The watch that
+    came first still sees another client's write in place."""
+    env = mount_env(start=False, timings=SCALED)
+    (env.server / "big").mkdir()
+    for i in range(2000):
+        (env.server / "big" / f"f{i:04d}.txt").write_text(f"entry {i}")
+    env.start_daemon()
+    wait_for(lambda: change_tracking(env)["mode"] == "notify", 10, "the folder is not watched")
+    wait_for(lambda: frames_over(env, 1.0) == 0, 30, "the client does not settle to silence")
+    before = dirs_scanned(env)
+    assert len(os.listdir(env.docs / "big")) == 2000
+    assert change_tracking(env)["directory_watches"] == 1, "the watch is not up when the listing ends"
+    wait_for(lambda: frames_over(env, 1.5) == 0, 30, "the client does not settle to silence")
+    assert dirs_scanned(env) == before, "the directory was listed again after its first listing"
+
+    smbclient.register_session(smbd.host, username=smbd.username, password=smbd.password, port=smbd.port)
+    try:
+        unc = rf"\\{smbd.host}\{smbd.share}\{env.user_dir}\Documents\big\f0007.txt"
+        with smbclient.open_file(unc, mode="r+b", port=smbd.port) as f:
+            f.write(b"ENTRY")
+    finally:
+        smbclient.reset_connection_cache()
+    wait_for(lambda: (env.docs / "big" / "f0007.txt").read_text() == "ENTRY 7", 3,
+             "another client's write in the listed directory was not seen")
+
+
 def _spread(delays: list[float], start: float, width: float) -> list[int]:
     bins = [0] * 10
     for d in delays:

@@ -51,6 +51,10 @@ class RemoteSource(Protocol):
     async def list_dir(self, folder: bytes, path: bytes) -> list[RemoteEntry]:
         """One enumeration of a server directory, within the source's deadline."""
 
+    async def before_first_listing(self, folder: bytes, dir_id: int) -> None:
+        """Set up, before a directory's first listing, what must see the server's changes
+        from then on (its change notification); bounded in time, never raises."""
+
 
 class Listings:
     """Directories listed on the server when first needed, and listings merged in."""
@@ -117,6 +121,7 @@ class Listings:
                     f"{folder.decode(errors='replace')}/{path.decode(errors='replace')} was never "
                     "listed and the server is not reachable in this mode"
                 )
+            await self.source.before_first_listing(folder, dir_id)
             for _ in range(LIST_ATTEMPTS):
                 started = self.started()
                 t0 = trio.current_time()

@@ -11,7 +11,10 @@ cost the server ~2,700 requests a minute (issue 16).
 
 Each watch is a task of its own; a change in its directory, or a lost track of changes, asks
 for a rescan of that one directory (``on_change``), and so does arming it, since what
-happened between the directory's last listing and the watch is unknown. A watch that fails
+happened between the directory's last listing and the watch is unknown — except where the
+watch comes first: a directory's first listing waits (``arm_before_listing``, up to
+``ARM_BEFORE_LISTING_S``) for its watch, so that listing sees everything before the watch
+and needs no second one (a 100,000-entry directory used to be listed twice at once). A watch that fails
 to open is tried again after ``RETRY_S``; one that ends (the directory was deleted, or the
 upstream closed it to rename a folder above it) is opened again at the next tick under the
 directory's current name. Runs only while the folder's tree watch is up (``active``):
@@ -43,6 +46,9 @@ REARM_GAP_S = 0.05
 RETRY_S = 60.0
 #: ... and one not on the server (yet) this long.
 NOT_FOUND_RETRY_S = 5.0
+#: Longest a directory's first listing waits for its watch to be armed (one round trip);
+#: on a server slower than that it is listed at once and listed again when the watch is up.
+ARM_BEFORE_LISTING_S = 0.5
 
 
 class DirectoryWatches:
@@ -65,6 +71,9 @@ class DirectoryWatches:
         #: directories whose watch is armed right now
         self.armed: set[int] = set()
         self.opened = 0
+        #: directory → its first listing, waiting for the watch to be armed
+        self._listing_follows: dict[int, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
 
     def _follow_use(self) -> None:
         """Take in the uses since the last tick, oldest first. Only uses newer than any seen
@@ -104,8 +113,27 @@ class DirectoryWatches:
                 out.append(dir_id)
         return out
 
+    async def arm_before_listing(self, dir_id: int) -> None:
+        """Before a directory's first listing: open its watch now rather than at the next
+        tick, and wait (``ARM_BEFORE_LISTING_S`` at most) until it is armed. Returns at once
+        where no watch would be opened (folder not watched, directory watches off, a watch
+        already there or recently failed)."""
+        if (not self.active() or self.limit <= 0 or self._nursery is None or dir_id in self._tasks
+                or trio.current_time() < self._failed.get(dir_id, 0.0)):
+            return
+        self._follow_use()  # takes in this use: the directory is the most recently used
+        if dir_id not in self.wanted():
+            return
+        armed = self._listing_follows[dir_id] = trio.Event()
+        self._tasks[dir_id] = trio.CancelScope()
+        self._nursery.start_soon(self._watch_one, dir_id, self._tasks[dir_id])
+        with trio.move_on_after(ARM_BEFORE_LISTING_S):
+            await armed.wait()
+        self._listing_follows.pop(dir_id, None)  # too slow: arming will ask for a rescan
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             while True:
                 if not self.active() or self.limit <= 0:
                     for scope in self._tasks.values():
@@ -131,7 +159,11 @@ class DirectoryWatches:
                     self.armed.add(dir_id)
                     self.opened += 1
                     self._failed.pop(dir_id, None)
-                    self.on_change(dir_id)  # what changed before the watch is unknown
+                    follows = self._listing_follows.pop(dir_id, None)
+                    if follows is not None:
+                        follows.set()  # the first listing starts now and sees what came before
+                    else:
+                        self.on_change(dir_id)  # what changed before the watch is unknown
                     async for _batch in changes:
                         self.on_change(dir_id)
                         await trio.sleep(REARM_GAP_S)
@@ -141,6 +173,9 @@ class DirectoryWatches:
             log.debug("no watch on directory %s of %s: %s", dir_id, self.folder, exc)
             self._failed[dir_id] = trio.current_time() + RETRY_S
         finally:
+            follows = self._listing_follows.pop(dir_id, None)
+            if follows is not None:
+                follows.set()  # no watch after all: the listing need not wait
             self.armed.discard(dir_id)
             if self._tasks.get(dir_id) is scope:
                 del self._tasks[dir_id]

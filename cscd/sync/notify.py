@@ -98,6 +98,13 @@ class Notifier:
         lost = self._lost_at.get(folder)
         return "notify" if lost is None or trio.current_time() - lost < WATCH_GRACE_S else "polling"
 
+    async def arm_before_listing(self, folder: str, dir_id: int) -> None:
+        """A directory of ``folder`` is about to be listed for the first time: arm its own
+        watch first (``DirectoryWatches.arm_before_listing``)."""
+        watches = self.directories.get(folder)
+        if watches is not None:
+            await watches.arm_before_listing(dir_id)
+
     def watched_dirs(self, folder: str) -> set[int]:
         """The directories of ``folder`` with a watch of their own armed right now."""
         return self.directories[folder].armed

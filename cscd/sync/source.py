@@ -15,7 +15,7 @@ runs the sync pusher on that one node now, under the source's mode rules.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -46,6 +46,9 @@ class FolderSource:
         self.on_link_error = on_link_error
         self.matcher = matcher or ExclusionMatcher()
         self.bytes_fetched = 0
+        #: arms a directory's watch before its first listing (``Notifier.arm_before_listing``;
+        #: wired by the daemon once sync's engine exists)
+        self.arm_watch: Callable[[str, int], Awaitable[None]] | None = None
 
     def may_list(self, folder: bytes) -> bool:
         """Listing a never-listed directory costs little: allowed whenever the server is
@@ -97,6 +100,10 @@ class FolderSource:
     async def list_dir(self, folder: bytes, path: bytes) -> list[RemoteEntry]:
         entries = await self._call(folder, self.upstreams[folder.decode()].list_dir, path)
         return visible(entries, self.matcher)
+
+    async def before_first_listing(self, folder: bytes, dir_id: int) -> None:
+        if self.arm_watch is not None:
+            await self.arm_watch(folder.decode(), dir_id)
 
 
 class WriteThroughPusher:

@@ -40,6 +40,9 @@ class NoServer:
     async def list_dir(self, folder: bytes, path: bytes) -> list:
         raise OSError("no server")
 
+    async def before_first_listing(self, folder: bytes, dir_id: int) -> None:
+        pass
+
 
 def main(cache_dir: Path) -> None:
     cache = Cache(cache_dir, [FOLDER], NoServer())
