@@ -25,7 +25,12 @@ PASSWORD = "Al1ce-Pass.word"
 SHORT_TICKET_S = 125
 
 #: the whole scenario: domain start, the ticket's life, the checks; the test waits this long
-SCENARIO_TIMEOUT_S = 300
+SCENARIO_TIMEOUT_S = 420
+#: How long the change made after the expiry may take to go up. Generous: the scenario runs
+#: beside the rest of the suite, and on a loaded machine the DC's tree connect after the new
+#: logon has answered STATUS_INTERNAL_ERROR for ~30 s (winbindd slow to map the user); cscd
+#: retries, and the wait costs the suite nothing.
+AFTER_EXPIRY_S = 120
 
 
 def short_ticket(dc: EmbeddedDomain, ccache: Path) -> tuple[Path, float]:
@@ -104,7 +109,7 @@ class TicketExpiryScenario:
                 self.step = "writing after the session expired"
                 (docs / "after.txt").write_text("after the session expired")
                 eventually(lambda: (disk / "after.txt").exists()
-                           and (disk / "after.txt").read_text() == "after the session expired", 45,
+                           and (disk / "after.txt").read_text() == "after the session expired", AFTER_EXPIRY_S,
                            "the change made after the session expired did not go up")
                 self.step = "done"
                 return daemon.log_text()
