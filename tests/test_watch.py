@@ -151,6 +151,26 @@ async def test_a_watched_folder_deleted_on_the_server_ends_the_watch(smbd: Embed
         await other.close()
 
 
+async def test_a_watch_on_a_missing_directory_is_not_found_and_costs_nothing(smbd: EmbeddedSamba, folder) -> None:
+    """The CHANGE_NOTIFY goes in one compound behind its CREATE; when the CREATE fails the
+    notify fails with it, and its reply is collected: two hundred refused watches later the
+    connection still has its credits and lists as before."""
+    name, disk = folder
+    (disk / "here").mkdir()
+    up = smb_upstream(smbd, name)
+    try:
+        await up.connect()
+        for _ in range(200):
+            with pytest.raises(NotFound):
+                async with up.watch(b"not-here", tree=False):
+                    pass
+        assert [e.name for e in await up.list_dir(b"")] == [b"here"]
+        async with up.watch(b"here", tree=False):
+            assert [e.name for e in await up.list_dir(b"here")] == []
+    finally:
+        await up.close()
+
+
 async def test_a_rename_waits_for_watches_being_opened_below_it(smbd: EmbeddedSamba, folder) -> None:
     """Watches opened and closed over and over below a folder (the directory watches re-armed
     after a reconnect) while it is renamed: the rename still goes through."""

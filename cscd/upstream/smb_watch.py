@@ -72,11 +72,14 @@ def open_watch(
     create = w.create_req(
         spath, access=w.FILE_LIST_DIRECTORY | w.FILE_READ_ATTRIBUTES, options=w.FILE_DIRECTORY_FILE
     )
-    (reply,) = link.wait_all(link.send([create], call), call)
+    # One round trip: the CHANGE_NOTIFY rides in a related compound behind the CREATE (a
+    # directory's first listing waits for its watch, ``dirwatch.arm_before_listing``).
+    create_req, req = link.send([create, f.notify_req(w.RELATED_FILE_ID, tree=tree)], call, related=True)
+    (reply,) = link.wait_all([create_req], call)
     if isinstance(reply, BaseException):
+        link.drain([req], call)  # failed with the CREATE it depends on
         raise reply
     file_id, _ = w.parse_create(reply)
-    (req,) = link.send([f.notify_req(file_id, tree=tree)], call)
     event = req.response_event  # type: ignore[attr-defined]
     if event.wait(ARM_WAIT_S):
         with req.response_event_lock:  # type: ignore[attr-defined]
