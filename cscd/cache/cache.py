@@ -59,6 +59,7 @@ class Cache:
         self.used_bytes = 0
 
     def close(self) -> None:
+        self.residency.flush_touches()
         self.core.close()
 
     def pin(self, node_id: int, pinned: bool) -> None:
@@ -72,6 +73,7 @@ class Cache:
         tick = 0
         while True:
             await trio.sleep(1.0)
+            self.residency.flush_touches()
             await trio.to_thread.run_sync(self.core.index.sync)
             tick += 1
             if tick % 5 == 0:

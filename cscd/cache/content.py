@@ -155,6 +155,10 @@ class Content:
         if self.core.is_open(node_id):
             return
         ix = self.core.index
+        with self.core.txn() as txn:  # a read first: the write below is for tombstones only
+            node = nodes.find(ix, txn, node_id)
+            if node is None or not node.is_deleted:
+                return
         with self.core.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None or Flag.TOMBSTONE not in node.flags:

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 _U64 = struct.Struct(">Q")
 
 
+#: Opens noted in memory before they are written to the ``lru`` table in one transaction.
+TOUCH_BATCH = 512
+
+
 class Residency:
     def __init__(self, cache: CacheCore, limit_bytes: int | None, *, uncached: Iterable[bytes] = (),
                  max_file_bytes: int | None = None) -> None:
@@ -54,6 +58,8 @@ class Residency:
         self.max_file_bytes = max_file_bytes
         self.evicted_files = 0
         self.evicted_bytes = 0
+        #: node id → when it was last opened, not written to the ``lru`` table yet
+        self._touched: dict[int, int] = {}
 
     # ------------------------------------------------------------ not cached
 
@@ -132,8 +138,23 @@ class Residency:
     # ------------------------------------------------------------ LRU
 
     def touch(self, node_id: int) -> None:
+        """Note an open for the eviction order. Kept in memory and written in batches
+        (``flush_touches``): a write transaction per open was one of five per small file
+        written, and a crash losing the last few only reorders eviction a little."""
+        self._touched[node_id] = time.time_ns()
+        if len(self._touched) >= TOUCH_BATCH:
+            self.flush_touches()
+
+    def flush_touches(self) -> None:
+        """Write the opens noted since the last flush (eviction reads them; the cache's
+        once-a-second flush and its close write them too)."""
+        if not self._touched:
+            return
+        touched, self._touched = self._touched, {}
+        lru = self.cache.index.lru
         with self.cache.txn(write=True) as txn:
-            txn.put(u64(node_id), u64(time.time_ns()), db=self.cache.index.lru)
+            for node_id, at in touched.items():
+                txn.put(u64(node_id), u64(at), db=lru)
 
     # ------------------------------------------------------------ pins
 
@@ -253,6 +274,7 @@ class Residency:
         """Free least recently used clean content until under the limit; returns bytes freed."""
         if self.limit_bytes is None or used <= self.limit_bytes:
             return 0
+        self.flush_touches()
         with self.cache.txn() as txn:
             order = sorted((from_u64(v), from_u64(k)) for k, v in txn.cursor(db=self.cache.index.lru))
         freed = 0
