@@ -121,9 +121,9 @@ class DirectoryWatches:
         if (not self.active() or self.limit <= 0 or self._nursery is None or dir_id in self._tasks
                 or trio.current_time() < self._failed.get(dir_id, 0.0)):
             return
-        self._follow_use()  # takes in this use: the directory is the most recently used
-        if dir_id not in self.wanted():
-            return
+        self._follow_use()  # takes in this use: the directory is now the most recently used
+        if not self._used or next(reversed(self._used)) != dir_id:
+            return  # not one of this folder's directories (its top has the tree watch)
         armed = self._listing_follows[dir_id] = trio.Event()
         self._tasks[dir_id] = trio.CancelScope()
         self._nursery.start_soon(self._watch_one, dir_id, self._tasks[dir_id])
