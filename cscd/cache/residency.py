@@ -241,7 +241,10 @@ class Residency:
             return None
         with cache.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
-            if (node is None or node.is_dir or node.is_symlink or not node.has_base
+            if node is None:
+                txn.delete(u64(node_id), db=ix.lru)  # an open noted before its node went
+                return None
+            if (node.is_dir or node.is_symlink or not node.has_base
                     or nodes.dirty_reasons(ix, txn, node_id)
                     or self.is_pinned(txn, node) or not cache.store.exists(node_id)):
                 return None

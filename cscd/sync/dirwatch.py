@@ -132,24 +132,31 @@ class DirectoryWatches:
         self._listing_follows.pop(dir_id, None)  # too slow: arming will ask for a rescan
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            while True:
-                if not self.active() or self.limit <= 0:
-                    for scope in self._tasks.values():
-                        scope.cancel()
-                else:
-                    self._follow_use()
-                    wanted = set(self.wanted())
-                    for dir_id, scope in list(self._tasks.items()):
-                        if dir_id not in wanted:
-                            scope.cancel()  # least recently used: its handle is closed
-                    now = trio.current_time()
-                    for dir_id in wanted:
-                        if dir_id not in self._tasks and now >= self._failed.get(dir_id, 0.0):
-                            self._tasks[dir_id] = trio.CancelScope()
-                            nursery.start_soon(self._watch_one, dir_id, self._tasks[dir_id])
-                await trio.sleep(TICK_S)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._keep_watches(nursery)
+        finally:
+            self._nursery = None  # closed: a first listing no longer waits for a watch
+
+    async def _keep_watches(self, nursery: trio.Nursery) -> None:
+        """Each tick: the most recently used directories watched, the rest closed."""
+        while True:
+            if not self.active() or self.limit <= 0:
+                for scope in self._tasks.values():
+                    scope.cancel()
+            else:
+                self._follow_use()
+                wanted = set(self.wanted())
+                for dir_id, scope in list(self._tasks.items()):
+                    if dir_id not in wanted:
+                        scope.cancel()  # least recently used: its handle is closed
+                now = trio.current_time()
+                for dir_id in wanted:
+                    if dir_id not in self._tasks and now >= self._failed.get(dir_id, 0.0):
+                        self._tasks[dir_id] = trio.CancelScope()
+                        nursery.start_soon(self._watch_one, dir_id, self._tasks[dir_id])
+            await trio.sleep(TICK_S)
 
     async def _watch_one(self, dir_id: int, scope: trio.CancelScope) -> None:
         try:
