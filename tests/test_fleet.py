@@ -44,6 +44,17 @@ def frames_over(env: MountEnv, seconds: float) -> int:
     return env.proxy.frames_to_server
 
 
+def another_client_writes(smbd: EmbeddedSamba, env: MountEnv, path: str, data: bytes) -> None:
+    """Overwrite the start of ``Documents\\path`` in place from another SMB client."""
+    smbclient.register_session(smbd.host, username=smbd.username, password=smbd.password, port=smbd.port)
+    try:
+        unc = rf"\\{smbd.host}\{smbd.share}\{env.user_dir}\Documents\{path}"
+        with smbclient.open_file(unc, mode="r+b", port=smbd.port) as f:
+            f.write(data)
+    finally:
+        smbclient.reset_connection_cache()
+
+
 @pytest.fixture
 def fifty_dirs(mount_env) -> MountEnv:
     env = mount_env(start=False, timings=SCALED)
@@ -70,13 +81,7 @@ def test_an_idle_client_that_used_fifty_directories_is_almost_silent(fifty_dirs:
           f"({frames * 60 / WINDOW_S * SCALED['revalidate_interval_s'] / 60:.1f} a minute at the defaults)")
 
     # Idle does not mean blind: another client's write in place shows up within 2 s.
-    smbclient.register_session(smbd.host, username=smbd.username, password=smbd.password, port=smbd.port)
-    try:
-        unc = rf"\\{smbd.host}\{smbd.share}\{env.user_dir}\Documents\d17\notes.txt"
-        with smbclient.open_file(unc, mode="r+b", port=smbd.port) as f:
-            f.write(b"NOTE")
-    finally:
-        smbclient.reset_connection_cache()
+    another_client_writes(smbd, env, r"d17\notes.txt", b"NOTE")
     t0 = time.monotonic()
     wait_for(lambda: (env.docs / "d17" / "notes.txt").read_text() == "NOTE 17", 2,
              "another client's write was not seen within 2 s", interval_s=0.02)
@@ -182,13 +187,7 @@ def test_a_first_listing_comes_after_its_watch_and_is_the_only_one(mount_env, sm
     wait_for(lambda: frames_over(env, 1.5) == 0, 30, "the client does not settle to silence")
     assert dirs_scanned(env) == before, "the directory was listed again after its first listing"
 
-    smbclient.register_session(smbd.host, username=smbd.username, password=smbd.password, port=smbd.port)
-    try:
-        unc = rf"\\{smbd.host}\{smbd.share}\{env.user_dir}\Documents\big\f0007.txt"
-        with smbclient.open_file(unc, mode="r+b", port=smbd.port) as f:
-            f.write(b"ENTRY")
-    finally:
-        smbclient.reset_connection_cache()
+    another_client_writes(smbd, env, r"big\f0007.txt", b"ENTRY")
     wait_for(lambda: (env.docs / "big" / "f0007.txt").read_text() == "ENTRY 7", 3,
              "another client's write in the listed directory was not seen")
 
