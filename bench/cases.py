@@ -230,13 +230,27 @@ def run_write(env: Env, o: Options, res: CaseResult, _state: None) -> None:
 # ====================================================================== 3. first read of an uncached file
 
 
-def prepare_first_read(env: Env, o: Options) -> list[str]:
-    digests = []
-    for i in range(o.repeat):
-        src = env.server_dir("cscd") / "first-read" / f"r{i}.bin"
-        digests.append(make_file(src, f"first-read-{i}", o.size))
-        _link_into(src, env.server_dir("rclone") / "first-read" / f"r{i}.bin")
-    return digests
+#: The first read again over a link with this round trip (the proxies delay each direction by
+#: half), with a file of at most ``SLOW_LINK_BYTES``: where read-ahead, not CPU, decides.
+SLOW_LINK_RTT_S = 0.040
+SLOW_LINK_BYTES = 128 * MiB
+
+
+def _slow_size(o: Options) -> int:
+    return min(o.size, SLOW_LINK_BYTES)
+
+
+def prepare_first_read(env: Env, o: Options) -> list[tuple[str, int, str]]:
+    """(relative path, size, digest) of each file to read once: ``repeat`` on the plain link,
+    then ``repeat`` on the slow one."""
+    files = []
+    for prefix, size in (("r", o.size), ("slow", _slow_size(o))):
+        for i in range(o.repeat):
+            rel = f"first-read/{prefix}{i}.bin"
+            src = env.server_dir("cscd") / rel
+            files.append((rel, size, make_file(src, f"first-read-{prefix}-{i}", size)))
+            _link_into(src, env.server_dir("rclone") / rel)
+    return files
 
 
 def _smbprotocol_read(env: Env, rel: str) -> tuple[float, int, str]:
@@ -255,21 +269,20 @@ def _smbprotocol_read(env: Env, rel: str) -> tuple[float, int, str]:
     return float(out["seconds"]), int(out["bytes"]), str(out["digest"])
 
 
-def run_first_read(env: Env, o: Options, res: CaseResult, digests: list[str]) -> None:
-    for i, digest in enumerate(digests):
-        rel = f"first-read/r{i}.bin"
-
-        def ref(rel: str = rel, digest: str = digest) -> float:
+def _first_reads(env: Env, res: CaseResult, files: list[tuple[str, int, str]], tag: str) -> None:
+    """Read each file once with the smbprotocol reference and once through each mount."""
+    for rel, size, digest in files:
+        def ref(rel: str = rel, size: int = size, digest: str = digest) -> float:
             _need_cold()
             drop_caches()
             seconds, n, got = _smbprotocol_read(env, rel)
-            if n != o.size or got != digest:
+            if n != size or got != digest:
                 raise RuntimeError(f"smbprotocol read {n} bytes with a wrong digest")
             return mbps(n, seconds)
 
-        res.cell("read.smbprotocol", "MB/s").sample(ref)
+        res.cell(f"{tag}.smbprotocol", "MB/s").sample(ref)
         for name in CLIENTS:
-            def client(name: str = name, rel: str = rel, digest: str = digest) -> float:
+            def client(name: str = name, rel: str = rel, size: int = size, digest: str = digest) -> float:
                 side = env.side(name)
                 p = side.root / rel
                 os.stat(p)  # not timed: the directory listing
@@ -278,20 +291,38 @@ def run_first_read(env: Env, o: Options, res: CaseResult, digests: list[str]) ->
                 side.proxy.reset_counters()
                 h = xxhash.xxh3_128()
                 t, n = read_file(p, hasher=h)
-                if n != o.size or h.hexdigest() != digest:
-                    raise RuntimeError(f"{name}: read {n} bytes of {o.size} with digest {h.hexdigest()}")
+                if n != size or h.hexdigest() != digest:
+                    raise RuntimeError(f"{name}: read {n} bytes of {size} with digest {h.hexdigest()}")
                 _settle(0.1)
-                res.cell(f"wire_per_byte.{name}", "B/B").add(side.proxy.bytes_to_client / o.size)
+                if tag == "read":
+                    res.cell(f"wire_per_byte.{name}", "B/B").add(side.proxy.bytes_to_client / size)
                 return mbps(n, t)
 
-            res.cell(f"read.{name}", "MB/s").sample(client)
+            res.cell(f"{tag}.{name}", "MB/s").sample(client)
+
+
+def run_first_read(env: Env, o: Options, res: CaseResult, files: list[tuple[str, int, str]]) -> None:
+    plain = [f for f in files if "/r" in f[0]]
+    _first_reads(env, res, plain, "read")
     label = f"first read of a {o.size // MiB} MiB server file"
     res.row(label, "read.cscd", "read.smbprotocol", "smbprotocol", higher_is_better=True)
     res.row(label, "read.cscd", "read.rclone", "rclone", higher_is_better=True)
     res.row("bytes from the server per byte read", "wire_per_byte.cscd", "wire_per_byte.rclone", "rclone",
             higher_is_better=False)
+    proxies = [env.proxies["ref"], *(env.side(name).proxy for name in CLIENTS)]
+    for proxy in proxies:
+        proxy.delay_s = SLOW_LINK_RTT_S / 2
+    try:
+        _first_reads(env, res, [f for f in files if "/slow" in f[0]], "slow")
+    finally:
+        for proxy in proxies:
+            proxy.delay_s = 0.0
+    label = f"first read of a {_slow_size(o) // MiB} MiB file over a {SLOW_LINK_RTT_S * 1000:.0f} ms round trip"
+    res.row(label, "slow.cscd", "slow.smbprotocol", "smbprotocol", higher_is_better=True)
+    res.row(label, "slow.cscd", "slow.rclone", "rclone", higher_is_better=True)
     res.note("smbprotocol = cscd.upstream.smb.SmbUpstream alone in a process of its own, sequential 8 MiB reads "
-             "(8 x 1 MiB requests in flight), connect not timed; all three hash what they read (xxh3)")
+             "(8 x 1 MiB requests in flight), connect not timed; all three hash what they read (xxh3); "
+             f"the round trip is the loopback proxies' delay ({SLOW_LINK_RTT_S / 2 * 1000:.0f} ms each way)")
 
 
 # ====================================================================== 4. metadata

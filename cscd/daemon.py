@@ -89,6 +89,7 @@ from cscd.sync.exclusions import ExclusionMatcher
 from cscd.sync.source import FolderSource, WriteThroughPusher
 from cscd.types import FolderLink, Mode, ServerSettings, UncTarget
 from cscd.upstream import open_upstream
+from cscd.upstream.foreground import CLOCK_FILE, ForegroundClock
 from cscd.upstream.base import RemoteEntry, Upstream
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,12 @@ def check_mountpoint(path: Path) -> None:
 
 
 def build_upstreams(config: DaemonConfig) -> dict[str, Upstream]:
-    """One upstream per folder. The credentials file is read only if a folder is on SMB."""
+    """One upstream per folder. The credentials file is read only if a folder is on SMB.
+    Uploads in worker processes make way for the mount's requests (``ForegroundClock``)."""
     if any(isinstance(f.target, UncTarget) for f in config.folders):
         settings = config.server_settings()
+        if settings.offload:
+            settings = replace(settings, foreground_clock=str(config.cache / CLOCK_FILE))
     else:
         settings = ServerSettings(None, timeout_s=config.timings.request_timeout_s)
     return {f.name: open_upstream(f.target, settings) for f in config.folders}
@@ -271,6 +275,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
     metered = MeteredWatcher(bus=config.metered_dbus, file=config.metered_file,
                              roaming_poll_s=config.timings.roaming_poll_s)
     config.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    foreground = ForegroundClock.create(config.cache)
     monitor = LinkMonitor(
         {n: (upstreams[n], links[n]) for n in upstreams},
         probe_interval_s=config.timings.probe_interval_s,
@@ -323,7 +328,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
         )
         source.arm_watch = engine.notifier.arm_before_listing
         ops = CscdFs(cache, write_through=WriteThroughPusher(source, engine.pusher), sync_view=engine.pusher,
-                     share_space=engine.space.tightest)
+                     share_space=engine.space.tightest, foreground=foreground)
         pyfuse3.init(ops, str(config.mount), mount_options())
         try:
             await _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,

@@ -85,6 +85,8 @@ def _errno_boundary(fn):
 
     @functools.wraps(fn)
     async def wrapper(self, *args):
+        if self.foreground is not None:
+            self.foreground.stamp()
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -114,6 +116,13 @@ class _Handle:
         self.write = write  # opened for writing
         self.wrote = False
         self.unpushed = False  # written since the last write-through (uncached folders)
+
+
+class RequestClock(Protocol):
+    """Told of every request the mount serves (``upstream.foreground.ForegroundClock``:
+    uploads in worker processes make way while requests come in)."""
+
+    def stamp(self) -> None: ...
 
 
 class WriteThrough(Protocol):
@@ -167,9 +176,12 @@ class CscdFs(pyfuse3.Operations):
 
     def __init__(self, cache: Cache, write_through: WriteThrough | None = None,
                  sync_view: SyncView | None = None,
-                 share_space: Callable[[], ShareSpaceLike | None] | None = None) -> None:
+                 share_space: Callable[[], ShareSpaceLike | None] | None = None,
+                 foreground: RequestClock | None = None) -> None:
         super().__init__()
         self.cache = cache
+        #: stamped at every request: uploads in worker processes make way while it moves
+        self.foreground = foreground
         self.write_through = write_through
         self.sync_view = sync_view
         self.share_space = share_space

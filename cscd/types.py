@@ -128,6 +128,8 @@ class ServerSettings:
     timeout_s: float = 10.0
     offload: bool = False
     credentials_origin: str = "credentials"
+    #: the daemon's ``ForegroundClock`` file: offloaded uploads make way for the mount
+    foreground_clock: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

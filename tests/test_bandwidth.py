@@ -1,12 +1,19 @@
-"""The upload cap: a token bucket (pure) and SmbUpstream uploads held to it on a real smbd."""
+"""The upload cap: a token bucket (pure) and SmbUpstream uploads held to it on a real smbd,
+whole and resumable; and uploads that make way for the mount's requests (ForegroundClock)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+
+import pytest
 
 from cscd.policy.unc import parse_unc
 from cscd.types import Credentials, OfflinePolicy
+from cscd.upstream.base import Extent
+from cscd.upstream.foreground import QUIET_S, YIELD_MAX_S, ForegroundClock
 from cscd.upstream.ratelimit import RateLimit
 from cscd.upstream.smb import SmbUpstream
 
@@ -35,7 +42,10 @@ def test_policy_caps():
     assert OfflinePolicy(upload_cap_kibps=256, slow_link_upload_kibps=0).upload_rate(slow=False) == 256 * 1024
 
 
-async def test_capped_upload_takes_at_least_size_over_rate(smbd, tmp_path):
+@pytest.mark.parametrize("how", ["whole", "resumable"])
+async def test_capped_upload_takes_at_least_size_over_rate(smbd, tmp_path, how):
+    # "resumable" is how sync sends a file of 16 MiB and more (push.RESUME_MIN_BYTES): a
+    # delta upload whose plan is all writes. It ignored the cap until 2026-12-06.
     (smbd.share_dir / "cap").mkdir(exist_ok=True)
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(6 * MiB))
@@ -46,7 +56,11 @@ async def test_capped_upload_takes_at_least_size_over_rate(smbd, tmp_path):
         fd = os.open(src, os.O_RDONLY)
         t0 = time.monotonic()
         try:
-            entry = await up.upload(b"capped.bin", fd, 6 * MiB, time.time_ns())
+            if how == "whole":
+                entry = await up.upload(b"capped.bin", fd, 6 * MiB, time.time_ns())
+            else:
+                entry = await up.upload_delta(b"capped.bin", fd, 6 * MiB, time.time_ns(),
+                                              plan=[Extent(0, 6 * MiB)], expected=None, resume_token="t")
         finally:
             os.close(fd)
         took = time.monotonic() - t0
@@ -64,3 +78,46 @@ async def test_capped_upload_takes_at_least_size_over_rate(smbd, tmp_path):
         assert time.monotonic() - t0 < took
     finally:
         await up.close()
+
+
+#: the FUSE loop's side: stamps the clock every millisecond until its stdin closes
+STAMPER = """
+import select, sys
+from pathlib import Path
+from cscd.upstream.foreground import ForegroundClock
+clock = ForegroundClock.create(Path(sys.argv[1]))
+clock.stamp()
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0.001)[0]:
+    clock.stamp()
+"""
+
+
+def test_a_worker_makes_way_while_the_mount_serves_and_never_waits_long(tmp_path):
+    # The daemon's side stamps in another process, as the FUSE loop does at each request;
+    # this process reads the clock as an upload worker does, through its RateLimit.
+    stamper = subprocess.Popen(
+        [sys.executable, "-c", STAMPER, str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    slept: list[float] = []
+    bucket = RateLimit(None, sleep=slept.append)
+    try:
+        assert stamper.stdout.readline().strip() == "ready"
+        bucket.foreground = ForegroundClock.follow(str(tmp_path / "foreground.clock"))
+        assert bucket.foreground is not None
+        waits = []
+        for _ in range(5):  # the stamper may miss a millisecond on a loaded machine: 5 tries
+            slept.clear()
+            bucket.take(MiB)
+            waits.append(sum(slept))
+            time.sleep(0.005)
+        assert max(waits) > 0, "a busy mount was not seen"
+        assert max(waits) <= YIELD_MAX_S + 1e-9, waits
+    finally:
+        stamper.stdin.close()
+        stamper.wait(10)
+    time.sleep(QUIET_S * 2)
+    slept.clear()
+    bucket.take(MiB)
+    assert slept == [], "waited for a mount that is quiet"
+    assert ForegroundClock.follow(str(tmp_path / "missing")) is None

@@ -79,6 +79,40 @@ def test_first_bytes_of_large_file_fetch_only_a_small_part(cscd_env):
     assert cscd_env.proxy.bytes_to_client - first < 64 * 1024, "second read went to the server"
 
 
+def _settled(counter, quiet_s: float = 0.6) -> int:
+    """The counter's value once it has not moved for ``quiet_s`` (nothing more in flight)."""
+    last = [counter(), time.monotonic()]
+
+    def still() -> bool:
+        now = counter()
+        if now != last[0]:
+            last[:] = [now, time.monotonic()]
+        return time.monotonic() - last[1] >= quiet_s
+
+    eventually(still, 20, "transfer never settled")
+    return last[0]
+
+
+def test_a_sequential_reader_is_read_ahead_by_several_windows_and_no_further(cscd_env):
+    # Windows of 8 MiB, four at a time in the background (cscd.cache.hydration): a reader
+    # that stops at 24 MiB leaves more than one window fetched beyond it (one fetch at a time
+    # stops at 32 MiB) but never the whole file. The rest then comes over a link with a
+    # round trip, several windows at once, and every byte must be the server's.
+    expect = write_random(cscd_env.server / "seq.bin", 128 * MiB)
+    cscd_env.proxy.reset_counters()
+    with open(cscd_env.docs / "seq.bin", "rb", buffering=0) as f:
+        for _ in range(24):
+            assert len(f.read(MiB)) == MiB
+        fetched = _settled(lambda: cscd_env.proxy.bytes_to_client)
+        assert 40 * MiB <= fetched <= 72 * MiB, f"{fetched / MiB:.1f} MiB fetched for 24 MiB read"
+        cscd_env.proxy.delay_s = 0.005
+        h = hashlib.sha256((cscd_env.server / "seq.bin").read_bytes()[: 24 * MiB])
+        while chunk := f.read(MiB):
+            h.update(chunk)
+    assert h.hexdigest() == expect
+    assert cscd_env.proxy.bytes_to_client < 130 * MiB, "bytes were fetched twice"
+
+
 def test_read_in_the_middle_then_whole_file_is_correct(cscd_env):
     expect = write_random(cscd_env.server / "r.bin", 5 * MiB + 123)
     with open(cscd_env.docs / "r.bin", "rb") as f:

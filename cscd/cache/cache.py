@@ -68,15 +68,21 @@ class Cache:
         self.core.mark_changed()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Flush the index to disk every second; keep the content within its size limit."""
-        task_status.started()
-        tick = 0
-        while True:
-            await trio.sleep(1.0)
-            self.residency.flush_touches()
-            await trio.to_thread.run_sync(self.core.index.sync)
-            tick += 1
-            if tick % 5 == 0:
-                self.used_bytes = await trio.to_thread.run_sync(self.residency.used_bytes)
-                if self.residency.limit_bytes is not None and self.used_bytes > self.residency.limit_bytes:
-                    self.used_bytes -= self.residency.evict(self.used_bytes)
+        """Flush the index to disk every second; keep the content within its size limit; host the
+        background read-ahead of sequential readers."""
+        async with trio.open_nursery() as nursery:
+            self.hydration.background = nursery
+            task_status.started()
+            try:
+                tick = 0
+                while True:
+                    await trio.sleep(1.0)
+                    self.residency.flush_touches()
+                    await trio.to_thread.run_sync(self.core.index.sync)
+                    tick += 1
+                    if tick % 5 == 0:
+                        self.used_bytes = await trio.to_thread.run_sync(self.residency.used_bytes)
+                        if self.residency.limit_bytes is not None and self.used_bytes > self.residency.limit_bytes:
+                            self.used_bytes -= self.residency.evict(self.used_bytes)
+            finally:
+                self.hydration.background = None

@@ -2,8 +2,11 @@
 
 Owns on-demand hydration: which blocks a read needs (aligned to ``BLOCK_BYTES``, with a
 read-ahead window that doubles while a reader stays sequential), one fetch at a time per
-file, and writing fetched bytes only into holes (never over local writes made meanwhile)
-and only if the file's base did not change during the fetch. The network is reached only
+file for readers, a background read-ahead of several windows at once ahead of a sequential
+reader (each window a pipelined read of its own, so a link with a long round trip stays
+full: bench/ "first read over a 40 ms round trip"), and writing fetched bytes only into holes
+(never over local writes made meanwhile) and only if the file's base did not change during
+the fetch. The network is reached only
 through the cache's ``RemoteSource``, which applies the folder's mode and deadline.
 
 Also the traffic of content this machine does not keep (``residency.py`` decides what that
@@ -17,6 +20,7 @@ are the server's —, and ``write_through_folder`` names the changes that must r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -38,10 +42,26 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 1 << 20
 #: A sequential reader gets up to this much read ahead per fetch.
 READAHEAD_BYTES = 8 << 20
+#: Read-ahead fetches of ``READAHEAD_BYTES`` in flight at once, per sequential reader and in
+#: all: each is a pipelined read of its own, so a link with a long round trip carries several
+#: windows at a time instead of one (at 40 ms, one window at a time is 41 MB/s).
+READAHEAD_WINDOWS = 4
+#: … and in all, so that half of a connection's threads (``SmbUpstream``: 8) stay free for
+#: listings and other readers' first fetches
+READAHEAD_WINDOWS_IN_ALL = 4
 #: In a folder that is not cached, a directory is re-listed on lookup and readdir when its
 #: last listing is older than this (the kernel's own entry timeout is 1 s); ``open`` always
 #: re-lists, so a read sees the server's current version.
 FRESH_S = 1.0
+
+
+@dataclasses.dataclass(eq=False)
+class _Flight:
+    """A background read-ahead of ``[lo, hi)`` of one file; ``done`` is set when it ends."""
+
+    lo: int
+    hi: int
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
 
 
 class Hydration:
@@ -60,6 +80,12 @@ class Hydration:
         self.hydrated_send, self.hydrated = trio.open_memory_channel[int](1_000)
         self._locks: dict[int, trio.Lock] = {}
         self._readahead: dict[int, tuple[int, int]] = {}
+        #: where background read-ahead runs (``Cache.run`` sets it); None: a reader's fetches
+        #: are its own, one window at a time
+        self.background: trio.Nursery | None = None
+        #: background read-aheads in flight, per file
+        self._flights: dict[int, list[_Flight]] = {}
+        self._flights_in_all = 0
         #: files whose "not available offline" (event 2020) was told since they were last fetched
         self._told_unavailable: set[int] = set()
         self.hits = 0
@@ -81,7 +107,58 @@ class Hydration:
             return await self._read_through(node, offset, end)
         else:
             await self.hydrate(node_id, offset, end)
+            self._read_ahead(node, end)
         return os.pread(fd, end - offset, offset)
+
+    def _read_ahead(self, node: Node, end: int) -> None:
+        """Keep up to ``READAHEAD_WINDOWS`` windows fetching ahead of a sequential reader, in the
+        background: the reader then finds its next bytes here or in flight, and never waits
+        for a window to be asked for after it has read the last one."""
+        last_end, window = self._readahead.get(node.id, (-1, 0))
+        if self.background is None or window < READAHEAD_BYTES:
+            return  # not (yet) a sequential reader: its own fetches grow the window first
+        flights = self._flights.setdefault(node.id, [])
+        ahead = READAHEAD_WINDOWS * READAHEAD_BYTES
+        while (last_end < node.size and last_end - end < ahead and len(flights) < READAHEAD_WINDOWS
+               and self._flights_in_all < READAHEAD_WINDOWS_IN_ALL):
+            flight = _Flight(last_end, min(node.size, last_end + READAHEAD_BYTES))
+            flights.append(flight)
+            self._flights_in_all += 1
+            self.background.start_soon(self._fetch_ahead, node.id, flight)
+            last_end = flight.hi
+        self._readahead[node.id] = (last_end, window)
+        if not flights:
+            del self._flights[node.id]
+
+    async def _fetch_ahead(self, node_id: int, flight: _Flight) -> None:
+        """One read-ahead window: best effort; a reader fetches for itself what this misses.
+        Runs beside the file's other fetches (they cover other bytes, and ``_fill`` only fills
+        holes), not under its lock."""
+        try:
+            node = self.core.node(node_id)
+            with self.core.txn() as txn:
+                need = ranges.missing(self.core.present(txn, node), flight.lo, min(flight.hi, node.size))
+            folder, path = self.core.remote_path(node)
+            if need and self.source.may_fetch(folder):
+                await self._fetch(node, folder, path, need[0][0] // BLOCK_BYTES * BLOCK_BYTES, flight.hi)
+        except (CscdError, OSError) as exc:
+            log.debug("read-ahead of node %d [%d, %d) dropped: %s", node_id, flight.lo, flight.hi, exc)
+        except Exception:  # a bug here must not end the daemon: the reader fetches for itself
+            log.exception("read-ahead of node %d [%d, %d) failed", node_id, flight.lo, flight.hi)
+        finally:
+            self._flights_in_all -= 1
+            flights = self._flights.get(node_id, [])
+            if flight in flights:
+                flights.remove(flight)
+                if not flights:
+                    del self._flights[node_id]
+            flight.done.set()
+
+    async def _wait_for_flights(self, node_id: int, start: int, end: int) -> None:
+        """Wait for the read-aheads in flight that cover ``[start, end)`` (not fetching it twice)."""
+        for flight in list(self._flights.get(node_id, ())):
+            if flight.lo < end and start < flight.hi:
+                await flight.done.wait()
 
     # ------------------------------------------------------------ symbolic links
 
@@ -229,6 +306,7 @@ class Hydration:
             self.hits += 1
             return
         self.misses += 1
+        await self._wait_for_flights(node_id, need[0][0], need[-1][1])
         lock = self._locks.setdefault(node_id, trio.Lock())
         async with lock:
             node = self.core.node(node_id)
@@ -254,7 +332,8 @@ class Hydration:
             await self._fetch(node, folder, path, lo, hi)
 
     async def _fetch(self, node: Node, folder: bytes, path: bytes, lo: int, hi: int) -> None:
-        """Fetch ``[lo, hi)`` into the holes it covers (the caller holds the file's lock)."""
+        """Fetch ``[lo, hi)`` into the holes it covers (the caller holds the file's lock, or is
+        a read-ahead of bytes nobody else fetches)."""
         pos = lo
         while pos < hi:
             n = min(hi - pos, READAHEAD_BYTES)

@@ -12,6 +12,10 @@ holds the GIL for most of a transfer, and cached reads through the mount fell to
 their speed during a large upload (bench/ case "upload-read": 118 vs 584 MB/s). In another
 process it costs the daemon nothing but the pipe.
 
+A worker process does not take the CPU and the disk from the mount either: its uploads make
+way while the mount serves requests (``foreground.ForegroundClock``, named in the job's
+settings), and it runs ``WORKER_NICENESS`` lower than the daemon.
+
 Each worker process keeps its own connection per target (reconnecting when it needs to) and
 runs one ``trio.run`` per job. A job names the content by ``/proc/<daemon pid>/fd/<n>`` of
 the daemon's open snapshot, so file data never crosses the pipe and a deleted file stays
@@ -35,6 +39,7 @@ from cscd.errors import UpstreamTimeout, UpstreamUnavailable
 from cscd.types import ServerSettings, UncTarget
 from cscd.upstream import open_upstream
 from cscd.upstream.base import UpstreamStatistics
+from cscd.upstream.foreground import ForegroundClock
 from cscd.upstream.smb import SmbUpstream
 
 #: Transfers at least this large go to a worker process one by one; smaller uploads go there
@@ -76,8 +81,10 @@ def _client(target: UncTarget, settings: ServerSettings) -> SmbUpstream:
     client = _CLIENTS.get(key)
     if client is None:
         # The one factory, asked for the in-process kind (this *is* the worker).
-        client = open_upstream(target, dataclasses.replace(settings, offload=False))
+        client = open_upstream(target, dataclasses.replace(settings, offload=False, foreground_clock=None))
         assert isinstance(client, SmbUpstream)
+        if settings.foreground_clock:
+            client.upload_rate.foreground = ForegroundClock.follow(settings.foreground_clock)
         _CLIENTS[key] = client
     return client
 

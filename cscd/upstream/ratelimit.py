@@ -1,4 +1,5 @@
-"""A bandwidth cap for uploads: a token bucket that blocking writers wait on.
+"""A bandwidth cap for uploads: a token bucket that blocking writers wait on; and, in a
+worker process, making way for the mount's requests (``foreground.ForegroundClock``).
 
 Owns nothing but the arithmetic and the waiting. Used from the threads (or worker processes)
 that send SMB writes, never from the trio thread. The cap can change while a transfer runs
@@ -10,6 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+
+from cscd.upstream.foreground import ForegroundClock
 
 
 class RateLimit:
@@ -24,6 +27,8 @@ class RateLimit:
         self._tokens = 0.0
         self._stamp = clock()
         self.set(bytes_per_s)
+        #: the daemon's clock of requests served, in a worker process (None: never wait for it)
+        self.foreground: ForegroundClock | None = None
 
     @property
     def bytes_per_s(self) -> float | None:
@@ -48,7 +53,10 @@ class RateLimit:
 
     def take(self, nbytes: int, on_wait: Callable[[], None] | None = None) -> None:
         """Block until ``nbytes`` may go (in slices, calling ``on_wait`` after each, so a
-        progress-based deadline does not mistake the pause for a hung server)."""
+        progress-based deadline does not mistake the pause for a hung server): first making
+        way for the mount, then within the cap."""
+        if self.foreground is not None:
+            self.foreground.make_way(on_wait, self._sleep)
         delay = self.delay_for(nbytes)
         while delay > 0:
             step = min(delay, 0.5)

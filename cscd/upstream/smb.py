@@ -101,7 +101,7 @@ class SmbUpstream:
         port: int = 445,
         security: SmbSecurity = SmbSecurity(),  # noqa: B008 - frozen dataclass
         timeout_s: float = 10.0,
-        max_threads: int = 4,
+        max_threads: int = 8,
         referrals: dfs.ReferralCache | None = None,
     ) -> None:
         if timeout_s <= 0:

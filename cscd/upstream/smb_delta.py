@@ -119,6 +119,8 @@ def _transfer(
                     break
                 call.check()
                 if op.copies is None:
+                    if link.rate_limit is not None:  # the cap, and making way for the mount
+                        link.rate_limit.take(op.length, call.touch)
                     msg = w.write_req(file_id, op.offset, _pread_exact(fd, op.length, op.offset))
                 else:
                     assert key is not None
