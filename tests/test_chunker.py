@@ -121,3 +121,13 @@ def test_same_chunks() -> None:
     assert chunker.same_chunks(a, [tuple(c) for c in a])
     assert not chunker.same_chunks(a, a[:1])
     assert not chunker.same_chunks(a, [a[0], Chunk(3, 4, b"z" * 16)])
+
+
+def test_a_paused_chunking_pauses_after_every_chunk_and_finds_the_same_chunks(tmp_path: Path,
+                                                                              base_bytes: bytes) -> None:
+    # sync.hashing passes ForegroundClock.make_way as the pause in its worker processes
+    path = write(tmp_path / "f.bin", base_bytes)
+    pauses = []
+    paused = chunker.chunk_segment(path, 0, None, pause=lambda: pauses.append(1))
+    assert paused == chunker.chunk_file(path)
+    assert len(pauses) == len(paused) > 1

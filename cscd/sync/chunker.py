@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -61,8 +61,10 @@ class Chunk(NamedTuple):
     digest: bytes
 
 
-def chunk_buffer(data: bytes | bytearray | memoryview | mmap.mmap, base: int = 0) -> list[Chunk]:
-    """Chunk a buffer; offsets are ``base`` plus the position in ``data``. Copies nothing."""
+def chunk_buffer(data: bytes | bytearray | memoryview | mmap.mmap, base: int = 0,
+                 pause: Callable[[], object] | None = None) -> list[Chunk]:
+    """Chunk a buffer; offsets are ``base`` plus the position in ``data``. Copies nothing.
+    ``pause`` is called after each chunk (a worker makes way for the mount there)."""
     view = memoryview(data)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
@@ -76,11 +78,15 @@ def chunk_buffer(data: bytes | bytearray | memoryview | mmap.mmap, base: int = 0
     for c in fastcdc_cy(view, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK):
         off, length = c.offset, c.length
         out.append(Chunk(base + off, length, digest(view[off : off + length])))
+        if pause is not None:
+            pause()
     return out
 
 
-def chunk_segment(path: str | os.PathLike[str], start: int, end: int | None = None) -> list[Chunk]:
-    """Chunk bytes ``[start, end)`` of a file as if the file began at ``start``.
+def chunk_segment(path: str | os.PathLike[str], start: int, end: int | None = None,
+                  pause: Callable[[], object] | None = None) -> list[Chunk]:
+    """Chunk bytes ``[start, end)`` of a file as if the file began at ``start`` (``pause``:
+    as for ``chunk_buffer``).
 
     ``end=None`` (or past the end of the file) means to the end of the file. The last chunk
     ends at ``end`` whether or not that is a content-defined cut.
@@ -98,7 +104,7 @@ def chunk_segment(path: str | os.PathLike[str], start: int, end: int | None = No
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm:
             view = memoryview(mm)
             try:
-                return chunk_buffer(view[start:end], start)
+                return chunk_buffer(view[start:end], start, pause)
             finally:
                 view.release()
     finally:

@@ -118,11 +118,11 @@ class SyncEngine:
                  poll_max_s: float = 300.0, revalidate_interval_s: float = 60.0,
                  space_interval_s: float = SPACE_INTERVAL_S, directory_watches: int = 256,
                  policies: dict[str, OfflinePolicy] | None = None,
-                 matcher: ExclusionMatcher | None = None) -> None:
+                 matcher: ExclusionMatcher | None = None, foreground_clock: str | None = None) -> None:
         self.local = local
         self.links = links
         self.policies = policies or {}
-        self.hasher = Hasher()
+        self.hasher = Hasher(foreground_clock=foreground_clock)
         self.pusher = Pusher(local, upstreams, links, on_link_error, hasher=self.hasher, policies=self.policies,
                              matcher=matcher)
         self.scanner = Scanner(local, upstreams, links, on_link_error, matcher=matcher)

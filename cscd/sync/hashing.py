@@ -28,6 +28,7 @@ import trio_parallel
 from cscd.sync import chunker
 from cscd.sync.chunker import MIN_CHUNK, Chunk
 from cscd.sync.local import LocalSide
+from cscd.upstream.foreground import followed
 from cscd.upstream.offload import run_in_background
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,20 @@ log = logging.getLogger(__name__)
 PARALLEL_MIN = 64 << 20
 
 
+def _chunk_in_worker(clock_path: str | None, path: str, start: int, end: int) -> list[Chunk]:
+    """In a worker process: ``chunker.chunk_segment``, pausing while the mount is busy."""
+    clock = followed(clock_path) if clock_path else None
+    return run_in_background(chunker.chunk_segment, path, start, end, clock.make_way if clock else None)
+
+
 class Hasher:
     """Chunks local content files; at most one job per core at a time."""
 
-    def __init__(self, *, workers: int | None = None) -> None:
+    def __init__(self, *, workers: int | None = None, foreground_clock: str | None = None) -> None:
         self.workers = max(1, workers or len(os.sched_getaffinity(0)))
+        #: the daemon's ``ForegroundClock`` file: a worker pauses between chunks while the
+        #: mount serves requests (None: never)
+        self.foreground_clock = foreground_clock
         self._limiter = trio.CapacityLimiter(self.workers)
         self.files_chunked = 0
         self.bytes_chunked = 0
@@ -56,7 +66,7 @@ class Hasher:
             return chunker.hash_file_inline(path, size)
         splits = chunker.split_points(size, self.workers, min_part=PARALLEL_MIN)
         if not splits:
-            return await self._run(chunker.chunk_segment, str(path), 0, size)
+            return await self._run(str(path), 0, size)
         bounds = [0, *splits, size]
         parts: list[list[Chunk]] = [[] for _ in splits] + [[]]
 
@@ -65,9 +75,7 @@ class Hasher:
         async def one(i: int) -> None:
             end = bounds[i + 1] + (chunker.SEGMENT_OVERLAP if i + 1 < len(bounds) - 1 else 0)
             try:
-                parts[i] = await self._run(
-                    chunker.chunk_segment, str(path), bounds[i], min(end, size)
-                )
+                parts[i] = await self._run(str(path), bounds[i], min(end, size))
             except Exception as exc:  # noqa: BLE001 - re-raised below, unwrapped
                 errors.append(exc)
 
@@ -82,15 +90,16 @@ class Hasher:
             if joined is None:
                 # No shared cut within the overlap (rare): chunk on from the last real cut.
                 restart = merged[-1].offset
-                rest = await self._run(chunker.chunk_segment, str(path), restart, size)
+                rest = await self._run(str(path), restart, size)
                 return [*merged[:-1], *rest]
             merged = joined
         return merged
 
-    async def _run(self, fn, *args) -> list[Chunk]:  # noqa: ANN001 - a chunker function
-        # at the workers' lower priority: chunking must not take the CPU from cached reads
-        return await trio_parallel.run_sync(run_in_background, fn, *args, kill_on_cancel=True,
-                                            limiter=self._limiter)
+    async def _run(self, path: str, start: int, end: int) -> list[Chunk]:
+        # at the workers' lower priority, making way for the mount: chunking must not take
+        # the CPU from cached reads
+        return await trio_parallel.run_sync(_chunk_in_worker, self.foreground_clock, path, start, end,
+                                            kill_on_cancel=True, limiter=self._limiter)
 
     async def run_after_hydration(self, local: LocalSide) -> None:
         """Record the chunk map of every file whose download completes (task ``sync.chunk``)."""

@@ -4,9 +4,10 @@ between the daemon and its worker processes.
 Owns ``ForegroundClock``: an 8-byte file in the daemon's private cache directory, mapped
 into memory. ``fs`` stamps ``CLOCK_MONOTONIC`` into it at every FUSE request (at most once a
 millisecond; a stamp is one store into the mapping). A worker process sending a large upload
-reads it before each 1 MiB write (``RateLimit.take``) and, while a request came within
-``QUIET_S``, waits, at most ``YIELD_MAX_S`` per write, so an upload always moves: at worst
-1 MiB per 50 ms plus its send time while someone reads or writes without a pause.
+reads it before each 1 MiB write (``RateLimit.take``), and a worker chunking a file after
+each chunk (``sync.hashing``); while a request came within ``QUIET_S`` it waits, at most
+``YIELD_MAX_S`` each time, so the work always moves: at worst 1 MiB per 50 ms plus its own
+time while someone reads or writes without a pause.
 
 Why: the worker processes keep smbprotocol's GIL away from the FUSE loop, but not the CPU and
 the disk. On a two-core machine an upload's encryption, its reads of the file and the
@@ -36,6 +37,7 @@ YIELD_MAX_S = 0.050
 
 _STAMP = struct.Struct("<q")
 _GRAIN_NS = 1_000_000
+_FOLLOWED: dict[str, ForegroundClock | None] = {}
 
 
 class ForegroundClock:
@@ -95,3 +97,10 @@ class ForegroundClock:
 
     def close(self) -> None:
         self._map.close()
+
+
+def followed(path: str) -> ForegroundClock | None:
+    """This worker process's view of the clock at ``path``, opened once."""
+    if path not in _FOLLOWED:
+        _FOLLOWED[path] = ForegroundClock.follow(path)
+    return _FOLLOWED[path]

@@ -39,7 +39,7 @@ from cscd.errors import UpstreamTimeout, UpstreamUnavailable
 from cscd.types import ServerSettings, UncTarget
 from cscd.upstream import open_upstream
 from cscd.upstream.base import UpstreamStatistics
-from cscd.upstream.foreground import ForegroundClock
+from cscd.upstream.foreground import followed
 from cscd.upstream.smb import SmbUpstream
 
 #: Transfers at least this large go to a worker process one by one; smaller uploads go there
@@ -84,7 +84,7 @@ def _client(target: UncTarget, settings: ServerSettings) -> SmbUpstream:
         client = open_upstream(target, dataclasses.replace(settings, offload=False, foreground_clock=None))
         assert isinstance(client, SmbUpstream)
         if settings.foreground_clock:
-            client.upload_rate.foreground = ForegroundClock.follow(settings.foreground_clock)
+            client.upload_rate.foreground = followed(settings.foreground_clock)
         _CLIENTS[key] = client
     return client
 
