@@ -325,7 +325,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
             on_link_error=monitor.report_failure,
             policies=policies,
             matcher=matcher,
-            foreground_clock=str(foreground.path),
+            foreground=foreground,
         )
         source.arm_watch = engine.notifier.arm_before_listing
         ops = CscdFs(cache, write_through=WriteThroughPusher(source, engine.pusher), sync_view=engine.pusher,

@@ -13,7 +13,7 @@ import pytest
 from cscd.policy.unc import parse_unc
 from cscd.types import Credentials, OfflinePolicy
 from cscd.upstream.base import Extent
-from cscd.upstream.foreground import QUIET_S, YIELD_MAX_S, ForegroundClock
+from cscd.upstream.foreground import QUIET_S, YIELD_MAX_S, ForegroundClock, wait_for_a_pause
 from cscd.upstream.ratelimit import RateLimit
 from cscd.upstream.smb import SmbUpstream
 
@@ -121,3 +121,17 @@ def test_a_worker_makes_way_while_the_mount_serves_and_never_waits_long(tmp_path
     bucket.take(MiB)
     assert slept == [], "waited for a mount that is quiet"
     assert ForegroundClock.follow(str(tmp_path / "missing")) is None
+
+
+class _AlwaysBusy:
+    """A mount that never pauses."""
+
+    def busy_for(self) -> float:
+        return QUIET_S
+
+
+async def test_a_push_round_waits_for_a_pause_of_the_mount_but_not_forever(tmp_path, autojump_clock):
+    quiet = ForegroundClock.create(tmp_path)  # never stamped: the mount is idle
+    assert await wait_for_a_pause(quiet, 2.0) == 0
+    waited = await wait_for_a_pause(_AlwaysBusy(), 2.0)
+    assert waited == pytest.approx(2.0, abs=1e-6)

@@ -122,6 +122,32 @@ def test_read_in_the_middle_then_whole_file_is_correct(cscd_env):
     assert sha(cscd_env.docs / "r.bin") == expect
 
 
+def test_a_change_reaches_the_server_while_the_mount_never_pauses(cscd_env):
+    # Push rounds wait for a pause in the mount's requests (2 s at most) and worker uploads
+    # make way for them (50 ms per MiB at most): neither may starve. getxattr of the state
+    # attribute reaches the daemon every time (the kernel keeps no xattrs).
+    data = os.urandom(3 * MiB)  # above the small-file batches: the worker's pipelined write
+    stop = threading.Event()
+    requests = [0]
+
+    def busy() -> None:
+        while not stop.is_set():
+            os.getxattr(cscd_env.docs, "user.cscd.state")
+            requests[0] += 1
+
+    worker = threading.Thread(target=busy, daemon=True)
+    worker.start()
+    try:
+        (cscd_env.docs / "busy.bin").write_bytes(data)
+        eventually(lambda: (cscd_env.server / "busy.bin").exists()
+                   and (cscd_env.server / "busy.bin").read_bytes() == data, 20,
+                   "busy.bin never reached the server while the mount was busy")
+    finally:
+        stop.set()
+        worker.join(5)
+    assert requests[0] > 100, "the mount was not kept busy"
+
+
 # ------------------------------------------------------------------ writing
 
 

@@ -41,6 +41,7 @@ from cscd.sync.scan import Scanner
 from cscd.sync.space import SPACE_INTERVAL_S, SpaceWatch
 from cscd.types import FolderLink, Mode, OfflinePolicy
 from cscd.upstream.base import Upstream
+from cscd.upstream.foreground import ForegroundClock, wait_for_a_pause
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class Progress(Protocol):
 
 BACKGROUND_MODES = (Mode.SLOW_LINK, Mode.ALWAYS_OFFLINE)
 MANUAL_MODES = (Mode.ONLINE, Mode.SLOW_LINK, Mode.ALWAYS_OFFLINE, Mode.METERED)
+#: the longest a push round waits for a pause in the mount's requests
+PUSH_YIELD_MAX_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -118,11 +121,13 @@ class SyncEngine:
                  poll_max_s: float = 300.0, revalidate_interval_s: float = 60.0,
                  space_interval_s: float = SPACE_INTERVAL_S, directory_watches: int = 256,
                  policies: dict[str, OfflinePolicy] | None = None,
-                 matcher: ExclusionMatcher | None = None, foreground_clock: str | None = None) -> None:
+                 matcher: ExclusionMatcher | None = None, foreground: ForegroundClock | None = None) -> None:
         self.local = local
         self.links = links
         self.policies = policies or {}
-        self.hasher = Hasher(foreground_clock=foreground_clock)
+        #: the mount's request clock: a push round waits for a pause in the user's requests
+        self.foreground = foreground
+        self.hasher = Hasher(foreground_clock=str(foreground.path) if foreground else None)
         self.pusher = Pusher(local, upstreams, links, on_link_error, hasher=self.hasher, policies=self.policies,
                              matcher=matcher)
         self.scanner = Scanner(local, upstreams, links, on_link_error, matcher=matcher)
@@ -186,6 +191,7 @@ class SyncEngine:
             with trio.move_on_after(1.0):
                 await self.local.wait_dirty()
                 await trio.sleep(self.upload_delay_s)
+            await self._after_a_pause_of_the_mount()
             now = trio.current_time()
             allowed = set()
             for name, link in self.links.items():
@@ -195,6 +201,13 @@ class SyncEngine:
                     await self._background_session(name, now)
             if allowed:
                 await self._push(allowed)
+
+    async def _after_a_pause_of_the_mount(self) -> None:
+        """Let a burst of the user's requests pass before a push round, ``PUSH_YIELD_MAX_S`` at
+        most: a round's bookkeeping runs in the FUSE loop's thread (1,000 small files were
+        written at ~560 files/s with sync beside them, ~930 without; bench "small")."""
+        if self.foreground is not None:
+            await wait_for_a_pause(self.foreground, PUSH_YIELD_MAX_S)
 
     async def _background_session(self, folder: str, now: float) -> None:
         self._schedule_background(folder, now)

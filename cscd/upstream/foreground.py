@@ -7,7 +7,9 @@ millisecond; a stamp is one store into the mapping). A worker process sending a 
 reads it before each 1 MiB write (``RateLimit.take``), and a worker chunking a file after
 each chunk (``sync.hashing``); while a request came within ``QUIET_S`` it waits, at most
 ``YIELD_MAX_S`` each time, so the work always moves: at worst 1 MiB per 50 ms plus its own
-time while someone reads or writes without a pause.
+time while someone reads or writes without a pause. In the daemon itself, a push round of
+sync waits for a pause of ``QUIET_S`` too (``wait_for_a_pause``, 2 s at most): its
+bookkeeping shares the FUSE loop's thread.
 
 Why: the worker processes keep smbprotocol's GIL away from the FUSE loop, but not the CPU and
 the disk. On a two-core machine an upload's encryption, its reads of the file and the
@@ -25,6 +27,8 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import trio
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +108,14 @@ def followed(path: str) -> ForegroundClock | None:
     if path not in _FOLLOWED:
         _FOLLOWED[path] = ForegroundClock.follow(path)
     return _FOLLOWED[path]
+
+
+async def wait_for_a_pause(clock: ForegroundClock, longest_s: float) -> float:
+    """In the daemon: wait until the mount has had no request for ``QUIET_S``, ``longest_s``
+    at most (sync's push rounds, which run in the FUSE loop's process); returns the seconds
+    waited."""
+    start = trio.current_time()
+    deadline = start + longest_s
+    while (busy := clock.busy_for()) > 0 and trio.current_time() < deadline:
+        await trio.sleep(min(busy, deadline - trio.current_time()))
+    return trio.current_time() - start
