@@ -15,6 +15,7 @@ from cscd.types import Credentials, OfflinePolicy
 from cscd.upstream.base import Extent
 from cscd.upstream.foreground import QUIET_S, YIELD_MAX_S, ForegroundClock, wait_for_a_pause
 from cscd.upstream.ratelimit import RateLimit
+from tests.helpers.wait import eventually
 from cscd.upstream.smb import SmbUpstream
 
 MiB = 1 << 20
@@ -105,18 +106,21 @@ def test_a_worker_makes_way_while_the_mount_serves_and_never_waits_long(tmp_path
         assert stamper.stdout.readline().strip() == "ready"
         bucket.foreground = ForegroundClock.follow(str(tmp_path / "foreground.clock"))
         assert bucket.foreground is not None
-        waits = []
-        for _ in range(5):  # the stamper may miss a millisecond on a loaded machine: 5 tries
+        waits: list[float] = []
+
+        def one_write_waits() -> bool:
             slept.clear()
             bucket.take(MiB)
             waits.append(sum(slept))
-            time.sleep(0.005)
-        assert max(waits) > 0, "a busy mount was not seen"
+            return waits[-1] > 0
+
+        # the stamper may miss a millisecond on a loaded machine: try until a write waits
+        eventually(one_write_waits, 10, "a busy mount was not seen")
         assert max(waits) <= YIELD_MAX_S + 1e-9, waits
     finally:
         stamper.stdin.close()
         stamper.wait(10)
-    time.sleep(QUIET_S * 2)
+    eventually(lambda: bucket.foreground.busy_for() == 0, 10, "the mount never went quiet")
     slept.clear()
     bucket.take(MiB)
     assert slept == [], "waited for a mount that is quiet"
