@@ -74,6 +74,26 @@ def test_content_is_not_kept_after_the_last_close(env):
     assert status["folders"]["Documents"]["pending_changes"] == 0
 
 
+def test_a_sequential_reader_leaves_no_read_ahead_behind_after_close(env):
+    # A cached folder reads a sequential reader ahead in the background; here nothing may
+    # land in the cache after the last close, read-ahead included.
+    (env.server / "long.bin").write_bytes(os.urandom(64 << 20))
+    path = env.docs / "long.bin"
+    with open(path, "rb", buffering=0) as f:
+        for _ in range(24):
+            assert len(f.read(1 << 20)) == 1 << 20
+    last = [env.proxy.bytes_to_client, 0]
+
+    def settled() -> bool:  # no transfer for 10 polls in a row: no read-ahead in flight
+        now = env.proxy.bytes_to_client
+        last[1] = last[1] + 1 if now == last[0] else 0
+        last[0] = now
+        return last[1] >= 10
+
+    eventually(settled, 20, "transfers never settled")
+    assert not stored(env, path), "read-ahead landed in the cache after the last close"
+
+
 def test_fsync_puts_the_write_on_the_server(env):
     fd = os.open(env.docs / "f.txt", os.O_CREAT | os.O_WRONLY, 0o644)
     try:

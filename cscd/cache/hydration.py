@@ -117,6 +117,8 @@ class Hydration:
         last_end, window = self._readahead.get(node.id, (-1, 0))
         if self.background is None or window < READAHEAD_BYTES:
             return  # not (yet) a sequential reader: its own fetches grow the window first
+        if not self.residency.keeps_content(node):
+            return  # a folder not cached drops content at the last close: none may land after
         flights = self._flights.setdefault(node.id, [])
         ahead = READAHEAD_WINDOWS * READAHEAD_BYTES
         while (last_end < node.size and last_end - end < ahead and len(flights) < READAHEAD_WINDOWS
