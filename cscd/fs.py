@@ -63,9 +63,9 @@ log = logging.getLogger(__name__)
 #: (seconds). Every change that does not come through the kernel (another client's, merged
 #: from a listing or a change notification; a conflict copy; an eviction) is pushed to it as an
 #: explicit invalidation (``serve_invalidations``), so this bounds only what a missed one
-#: would cost. Was 1 s: a second `ls -lR` of 10,100 entries asked the daemon for all of them
-#: again (3.3× the local disk); 0 would make `ls -lR` 60× slower. NFS keeps attributes up to
-#: 60 s without any invalidation.
+#: would cost. Was 1 s: `stat` of 2,000 known paths 2 s after the last took 112–175 ms (every
+#: one a lookup in the daemon), now 6 ms; 0 would make `ls -lR` 60× slower. NFS keeps
+#: attributes up to 60 s without any invalidation.
 ENTRY_TIMEOUT_S = 30.0
 ATTR_TIMEOUT_S = 30.0
 #: ``statfs`` units when it shows a share's space
