@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.helpers.wait import eventually
+from tests.helpers.wait import eventually, settled
 
 MiB = 1 << 20
 
@@ -79,20 +79,6 @@ def test_first_bytes_of_large_file_fetch_only_a_small_part(cscd_env):
     assert cscd_env.proxy.bytes_to_client - first < 64 * 1024, "second read went to the server"
 
 
-def _settled(counter, quiet_s: float = 0.6) -> int:
-    """The counter's value once it has not moved for ``quiet_s`` (nothing more in flight)."""
-    last = [counter(), time.monotonic()]
-
-    def still() -> bool:
-        now = counter()
-        if now != last[0]:
-            last[:] = [now, time.monotonic()]
-        return time.monotonic() - last[1] >= quiet_s
-
-    eventually(still, 20, "transfer never settled")
-    return last[0]
-
-
 def test_a_sequential_reader_is_read_ahead_by_several_windows_and_no_further(cscd_env):
     # Windows of 8 MiB, four at a time in the background (cscd.cache.hydration): a reader
     # that stops at 24 MiB leaves more than one window fetched beyond it (one fetch at a time
@@ -103,7 +89,7 @@ def test_a_sequential_reader_is_read_ahead_by_several_windows_and_no_further(csc
     with open(cscd_env.docs / "seq.bin", "rb", buffering=0) as f:
         for _ in range(24):
             assert len(f.read(MiB)) == MiB
-        fetched = _settled(lambda: cscd_env.proxy.bytes_to_client)
+        fetched = settled(lambda: cscd_env.proxy.bytes_to_client, 20, "transfers never settled", 0.6)
         assert 40 * MiB <= fetched <= 72 * MiB, f"{fetched / MiB:.1f} MiB fetched for 24 MiB read"
         cscd_env.proxy.delay_s = 0.005
         h = hashlib.sha256((cscd_env.server / "seq.bin").read_bytes()[: 24 * MiB])

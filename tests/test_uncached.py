@@ -16,7 +16,7 @@ import pytest
 from cscd.cache.store import ContentStore
 from tests.helpers.mount_env import MountEnv
 from tests.helpers.ops import cli_json
-from tests.helpers.wait import eventually
+from tests.helpers.wait import eventually, settled
 
 # The server goes away in most tests here: the daemon says so, at WARNING.
 
@@ -82,15 +82,7 @@ def test_a_sequential_reader_leaves_no_read_ahead_behind_after_close(env):
     with open(path, "rb", buffering=0) as f:
         for _ in range(24):
             assert len(f.read(1 << 20)) == 1 << 20
-    last = [env.proxy.bytes_to_client, 0]
-
-    def settled() -> bool:  # no transfer for 10 polls in a row: no read-ahead in flight
-        now = env.proxy.bytes_to_client
-        last[1] = last[1] + 1 if now == last[0] else 0
-        last[0] = now
-        return last[1] >= 10
-
-    eventually(settled, 20, "transfers never settled")
+    settled(lambda: env.proxy.bytes_to_client, 20, "transfers never settled")  # no read-ahead in flight
     assert not stored(env, path), "read-ahead landed in the cache after the last close"
 
 

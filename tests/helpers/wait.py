@@ -66,6 +66,21 @@ def wait_for(
         time.sleep(min(interval_s, remaining))
 
 
+def settled(counter: Callable[[], int], timeout_s: float, message: str, quiet_s: float = 0.5) -> int:
+    """``counter``'s value once it has not moved for ``quiet_s`` (e.g. a proxy's byte count:
+    nothing more in flight)."""
+    last = [counter(), time.monotonic()]
+
+    def still() -> bool:
+        now = counter()
+        if now != last[0]:
+            last[:] = [now, time.monotonic()]
+        return time.monotonic() - last[1] >= quiet_s
+
+    wait_for(still, timeout_s, message)
+    return last[0]
+
+
 async def wait_for_async(
     predicate: Callable[[], T | Awaitable[T]],
     timeout_s: float,
