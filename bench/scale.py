@@ -133,6 +133,19 @@ def _count(path: Path) -> int:
         return sum(1 for _ in it)
 
 
+def _count_until_first(path: Path) -> tuple[int, float]:
+    """``_count``, and the seconds until ``os.scandir`` gave the first entry."""
+    t0 = time.perf_counter()
+    first = 0.0
+    n = 0
+    with os.scandir(path) as it:
+        for _ in it:
+            if not n:
+                first = time.perf_counter() - t0
+            n += 1
+    return n, first
+
+
 def _proc_status(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM (peak), RssAnon and RssFile (mapped files: LMDB's pages) of ``pid`` in bytes."""
     out = {}
@@ -315,7 +328,11 @@ def run_scale(env: Env, o: Options, res: CaseResult, state: dict[str, Any]) -> N
             _need_cold()
             drop_caches()
         t0 = time.perf_counter()
-        n = len(os.listdir(path)) if kind == "warm" else _count(path)
+        if kind == "warm":
+            n = len(os.listdir(path))
+        else:
+            n, first = _count_until_first(path)
+            res.cell(f"first_entry.{name}", "s").add(first)
         dt = time.perf_counter() - t0
         if n != expected:
             raise RuntimeError(f"{name}: {path} has {n} entries, expected {expected}")
@@ -446,6 +463,9 @@ def run_scale(env: Env, o: Options, res: CaseResult, state: dict[str, Any]) -> N
                         ("index", f"first listing of all {n_files:,} files in {DIRS} directories (s)")):
         res.row(label, f"{kind}.cscd", f"{kind}.local", "local disk", higher_is_better=False)
         res.row(label, f"{kind}.cscd", f"{kind}.rclone", "rclone", higher_is_better=False)
+    label = f"first listing of a {big}: until the first entry (s)"
+    res.row(label, "first_entry.cscd", "first_entry.local", "local disk", higher_is_better=False)
+    res.row(label, "first_entry.cscd", "first_entry.rclone", "rclone", higher_is_better=False)
     label = f"lstat of a random file of a listed directory, median of {STAT_SAMPLE:,} (µs)"
     res.row(label, "stat.cscd", "stat.local", "local disk", higher_is_better=False)
     res.row(label, "stat.cscd", "stat.rclone", "rclone", higher_is_better=False)

@@ -318,6 +318,92 @@ def test_large_directory_lists_completely(cscd_env):
     assert set(names) == {f"f{i:06d}" for i in range(n)}
 
 
+class _DirReader:
+    """``os.scandir`` of one directory in a thread: what it saw, and when the first came."""
+
+    def __init__(self, path) -> None:
+        self.names: list[str] = []
+        self.first = threading.Event()
+        self.done = threading.Event()
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._read, args=(path,), daemon=True)
+        self._thread.start()
+
+    def _read(self, path) -> None:
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    self.names.append(entry.name)
+                    self.first.set()
+        except OSError as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+def _first_listing_hung_midway(cscd_env, n: int) -> tuple[set[str], _DirReader]:
+    """A directory of ``n`` files listed for the first time, the link hung once about half
+    of the listing crossed it (the daemon asks for each 1 MiB batch after the last came)."""
+    expected = {f"f{i:06d}" for i in range(n)}
+    big = cscd_env.server / "many"
+    big.mkdir()
+    for name in expected:
+        (big / name).touch()
+    cscd_env.proxy.delay_to_client_s = 0.05  # each batch a round trip: half-way is seen
+    cscd_env.proxy.reset_counters()
+    reader = _DirReader(cscd_env.docs / "many")
+    # ~96 bytes an entry, sent twice: a first try in one compound of 2 MiB, then in batches.
+    eventually(lambda: cscd_env.proxy.bytes_to_client >= 2 * MiB + n * 96 // 2 or reader.done.is_set(),
+               30, "the listing never got half-way")
+    cscd_env.proxy.hang()
+    return expected, reader
+
+
+def test_a_large_directory_shows_its_first_entries_while_the_rest_is_on_its_way(cscd_env):
+    # A first listing of an empty directory is added batch by batch (cscd.cache.listings):
+    # with the link hung half-way, what came is shown at once. Listed whole, the reader
+    # would see nothing until the last batch (here: an error once the request timed out).
+    expected, reader = _first_listing_hung_midway(cscd_env, 60_000)
+    try:
+        assert not reader.done.is_set(), "the listing ended before the link hung"
+        assert reader.first.wait(20), f"no entry shown while the rest was on its way: {reader.error!r}"
+        assert cscd_env.proxy.is_hung
+        assert not reader.done.is_set()
+    finally:
+        cscd_env.proxy.unhang()
+        cscd_env.proxy.delay_to_client_s = 0
+    assert reader.done.wait(60) and reader.error is None, reader.error
+    assert len(reader.names) == len(expected) and set(reader.names) == expected
+    assert sorted(os.listdir(cscd_env.docs / "many")) == sorted(expected)
+
+
+@pytest.mark.log_allows(r"is now offline: the connection .* was closed")
+def test_a_first_listing_cut_off_midway_loses_and_doubles_nothing(cscd_env):
+    # The connection reset while the first batches are already in the index: the listing
+    # is not retried where it broke (it would hand the same batches on again); the next
+    # one lists the directory whole and merges it into what came.
+    expected, reader = _first_listing_hung_midway(cscd_env, 60_000)
+    try:
+        assert reader.first.wait(20), f"no entry shown while the rest was on its way: {reader.error!r}"
+        cscd_env.proxy.reset()
+    finally:
+        cscd_env.proxy.unhang()
+        cscd_env.proxy.delay_to_client_s = 0
+    assert reader.done.wait(60)
+    if reader.error is None:  # it went on with a whole listing at once
+        assert len(reader.names) == len(expected) and set(reader.names) == expected
+
+    def listed_once() -> bool:
+        try:
+            names = os.listdir(cscd_env.docs / "many")
+        except OSError:
+            return False  # the link monitor may call the server gone for a moment
+        return len(names) == len(expected) and set(names) == expected
+
+    eventually(listed_once, 60, "the directory never listed every name exactly once")
+    assert cscd_env.daemon.is_running()
+
+
 # ------------------------------------------------------------------ renameat2
 
 RENAME_NOREPLACE = 1

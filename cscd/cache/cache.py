@@ -72,6 +72,7 @@ class Cache:
         background read-ahead of sequential readers."""
         async with trio.open_nursery() as nursery:
             self.hydration.background = nursery
+            self.listings.background = nursery
             task_status.started()
             try:
                 tick = 0
@@ -86,3 +87,4 @@ class Cache:
                             self.used_bytes -= self.residency.evict(self.used_bytes)
             finally:
                 self.hydration.background = None
+                self.listings.background = None

@@ -6,19 +6,29 @@ listing from undoing sync's own change: ``record_synced`` and its kin ``stamp`` 
 directories they changed on the server, and a listing that started before such a stamp is
 dropped (the next one is fresh).
 
+The first listing of an empty directory is added batch by batch as the server sends it, in
+a task of ``background`` (``ensure_listing``): ``readdir`` shows the first entries while the
+rest is on its way (100,000 entries: the first after one batch, not after all and their
+merge). Lookups still wait for the whole listing, since a name not there yet may come.
+
 The network is reached only through the ``RemoteSource`` the daemon passes in (sync
 implements it; this package never imports sync), and only as the folder's mode allows.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
+import xxhash
 
 from cscd.cache import nodes
 from cscd.cache.core import CacheCore
 from cscd.cache.index import u64
+from cscd.cache import merge
 from cscd.cache.merge import listing_digest, merge_listing
 from cscd.cache.nodes import Flag
 from cscd.errors import NotAvailableOffline, NotDir, NotFound
@@ -27,6 +37,19 @@ from cscd.types import RemoteEntry
 #: A listing that keeps meeting sync's own changes is retried this often before giving up
 #: for now (the directory stays unlisted; the next lookup tries again).
 LIST_ATTEMPTS = 5
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _FirstListing:
+    """A first listing being added batch by batch: readers of the directory wait on ``grew``."""
+
+    grew: trio.Event = field(default_factory=trio.Event)
+
+    def grow(self) -> None:
+        self.grew.set()
+        self.grew = trio.Event()
 
 
 class RemoteSource(Protocol):
@@ -51,9 +74,17 @@ class RemoteSource(Protocol):
     async def list_dir(self, folder: bytes, path: bytes) -> list[RemoteEntry]:
         """One enumeration of a server directory, within the source's deadline."""
 
+    async def list_dir_in_pages(self, folder: bytes, path: bytes,
+                                on_page: Callable[[list[RemoteEntry]], Awaitable[None]]) -> None:
+        """``list_dir`` handed to ``on_page`` batch by batch as it arrives (a big folder)."""
+
     async def before_first_listing(self, folder: bytes, dir_id: int) -> None:
         """Set up, before a directory's first listing, what must see the server's changes
         from then on (its change notification); bounded in time, never raises."""
+
+
+class _Stale(Exception):
+    """Sync changed the directory on the server while its first listing came in."""
 
 
 class Listings:
@@ -67,6 +98,10 @@ class Listings:
         self._dir_stamp: dict[int, int] = {}
         #: directory id → trio time of its last ``refresh``
         self._refreshed_at: dict[int, float] = {}
+        #: where first listings run batch by batch (``Cache.run`` sets it); None: whole
+        self.background: trio.Nursery | None = None
+        #: directory id → its first listing, while batches are still coming in
+        self._first: dict[int, _FirstListing] = {}
 
     def started(self) -> int:
         """Call before asking the server for a listing; pass the result to ``merge``."""
@@ -102,6 +137,88 @@ class Listings:
         merge_listing(self.core, dir_id, entries, digest, keep_complete=keep)
         return True
 
+    def growing(self, dir_id: int) -> bool:
+        """Whether a first listing of the directory is still adding batches."""
+        return dir_id in self._first
+
+    async def wait_to_grow(self, dir_id: int) -> None:
+        """Until the directory's first listing adds a batch or ends (at once if none runs)."""
+        first = self._first.get(dir_id)
+        if first is not None:
+            await first.grew.wait()
+
+    async def ensure_listing(self, dir_id: int) -> None:
+        """Like ``ensure_listed``, but return once the first listing of an empty directory is
+        under way: its children then arrive batch by batch (``growing``, ``wait_to_grow``),
+        and a reader shows the first ones while the server still sends the rest (``readdir``;
+        a lookup must see them all and calls ``ensure_listed``)."""
+        if dir_id in self._first:
+            self.core.recent_dirs[dir_id] = trio.current_time()
+            return
+        node = self.core.node(dir_id)
+        if self.background is None or not node.is_dir or Flag.LISTED in node.flags:
+            await self.ensure_listed(dir_id)
+            return
+        self.core.recent_dirs[dir_id] = trio.current_time()
+        if not await self.background.start(self._list_first_in_batches, dir_id):
+            await self.ensure_listed(dir_id)
+
+    async def _list_first_in_batches(self, dir_id: int, *,
+                                     task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED) -> None:
+        """The first listing of an empty directory, each batch added as it arrives.
+
+        Reports (``task_status``) False without listing when the directory is not empty or
+        was listed meanwhile; errors before the listing starts (offline) go to the caller.
+        After that nothing is raised: a listing that fails or meets sync's own change leaves
+        the directory unlisted with the batches added so far, and the next ``ensure_listed``
+        lists it whole and merges (nothing is lost: every added entry is the server's).
+        """
+        core = self.core
+        async with self._locks.setdefault(dir_id, trio.Lock()):
+            node = core.node(dir_id)
+            if Flag.LISTED in node.flags or not merge.is_empty(core, dir_id):
+                task_status.started(False)
+                return
+            folder, path = core.remote_path(node)
+            self._check_may_list(folder, path)
+            await self.source.before_first_listing(folder, dir_id)
+            first = self._first[dir_id] = _FirstListing()
+            task_status.started(True)
+            started, t0 = self.started(), trio.current_time()
+            digest = xxhash.xxh3_128()
+            dir_mtimes: dict[bytes, int] = {}
+
+            async def add(entries: list[RemoteEntry]) -> None:
+                if self._dir_stamp.get(dir_id, 0) > started:
+                    raise _Stale
+                merge.fill(core, dir_id, entries)
+                digest.update(merge.digest_input(entries))
+                dir_mtimes.update((e.name, e.mtime_ns) for e in entries if e.is_dir)
+                first.grow()
+
+            try:
+                await self.source.list_dir_in_pages(folder, path, add)
+                if self._dir_stamp.get(dir_id, 0) > started:
+                    raise _Stale
+                merge.mark_listed(core, dir_id, digest.digest())
+                t1 = trio.current_time()
+                core.listing_cost[dir_id] = (t1, t1 - t0)
+                core.child_mtimes[dir_id] = dir_mtimes
+            except _Stale:
+                log.debug("first listing of %s met sync's own change; listed again whole", dir_id)
+            except Exception as exc:  # noqa: BLE001 - the next ensure_listed lists it whole
+                log.debug("first listing of %s broke off: %s", dir_id, exc)
+            finally:
+                del self._first[dir_id]
+                first.grow()
+
+    def _check_may_list(self, folder: bytes, path: bytes) -> None:
+        if not self.source.may_list(folder):
+            raise NotAvailableOffline(
+                f"{folder.decode(errors='replace')}/{path.decode(errors='replace')} was never "
+                "listed and the server is not reachable in this mode"
+            )
+
     async def ensure_listed(self, dir_id: int) -> None:
         """Make sure a directory's children are known, listing it on the server if needed."""
         core = self.core
@@ -116,11 +233,7 @@ class Listings:
             if Flag.LISTED in node.flags:
                 return
             folder, path = core.remote_path(node)
-            if not self.source.may_list(folder):
-                raise NotAvailableOffline(
-                    f"{folder.decode(errors='replace')}/{path.decode(errors='replace')} was never "
-                    "listed and the server is not reachable in this mode"
-                )
+            self._check_may_list(folder, path)
             await self.source.before_first_listing(folder, dir_id)
             for _ in range(LIST_ATTEMPTS):
                 started = self.started()

@@ -6,7 +6,8 @@ the *agreed* server names (``bases``), so local changes not yet uploaded are lef
 a clean node follows the server (its content is dropped if the version changed), a dirty
 one keeps its local state. New server names become placeholders; agreed names gone from
 the server vanish locally if their subtree is clean, else lose their base and are uploaded
-again as new — nothing local is lost. One write transaction per listing; no network here.
+again as new — nothing local is lost. One write transaction per listing, or per batch for
+the first listing of an empty directory (``fill``, ``mark_listed``); no network here.
 
 It works through the cache's public transaction helpers (``txn``, ``publish``, ``is_open``);
 nothing outside ``cscd.cache`` calls it directly.
@@ -38,9 +39,14 @@ _NEW_EMPTY_FILE = Flag.HAS_BASE | Flag.HYDRATED
 
 def listing_digest(entries: list[RemoteEntry]) -> bytes:
     """XXH3-128 of everything a merge looks at in a listing (names, kinds, sizes, times, ids)."""
-    return xxhash.xxh3_128_digest(b"".join(
-        b"%s\0%d\0%d\0%d\0%d\0%s\n" % (e.name, e.is_dir, e.size, e.mtime_ns, e.file_id,
-                                       b"%r" % (e.eas,) if e.eas else b"") for e in entries))
+    return xxhash.xxh3_128_digest(digest_input(entries))
+
+
+def digest_input(entries: list[RemoteEntry]) -> bytes:
+    """What ``listing_digest`` hashes, for one batch: fed batch by batch to an
+    ``xxhash.xxh3_128`` it gives the same digest as the whole listing at once."""
+    return b"".join(b"%s\0%d\0%d\0%d\0%d\0%s\n" % (e.name, e.is_dir, e.size, e.mtime_ns, e.file_id,
+                                                   b"%r" % (e.eas,) if e.eas else b"") for e in entries)
 
 
 def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], digest: bytes = b"", *,
@@ -59,16 +65,44 @@ def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], dig
     now = time.time_ns()
     with cache.txn(write=True) as txn:
         parent = nodes.get(ix, txn, dir_id)
-        if (nodes.has_children(ix, txn, dir_id) or next(nodes.iter_base_children(ix, txn, dir_id), None)
-                or unrecorded.any_under(ix, txn, dir_id)):
-            _match(cache, txn, dir_id, entries, now, keep_complete)
-        else:
+        if _is_empty(ix, txn, dir_id):
             _fill(cache, txn, parent, entries, now)
-        parent = nodes.get(ix, txn, dir_id)
-        parent.flags |= Flag.LISTED
-        nodes.put(ix, txn, parent)
-        if dir_id != ROOT_ID and Flag.TOMBSTONE not in parent.flags:
-            txn.put(u64(dir_id), digest, db=ix.listed)
+        else:
+            _match(cache, txn, dir_id, entries, now, keep_complete)
+        _mark_listed(ix, txn, dir_id, digest)
+
+
+def is_empty(cache: CacheCore, dir_id: int) -> bool:
+    """Whether a directory has no children, no agreed names and no upload of ours under way:
+    its listing can then be added batch by batch (``fill``), every entry being new."""
+    with cache.txn() as txn:
+        return _is_empty(cache.index, txn, dir_id)
+
+
+def fill(cache: CacheCore, dir_id: int, entries: list[RemoteEntry]) -> None:
+    """One batch of the first listing of a directory that ``is_empty`` said was empty, or
+    that only earlier batches of the same listing filled: added as new, not yet listed."""
+    with cache.txn(write=True) as txn:
+        _fill(cache, txn, nodes.get(cache.index, txn, dir_id), entries, time.time_ns())
+
+
+def mark_listed(cache: CacheCore, dir_id: int, digest: bytes) -> None:
+    """The last of ``fill``: the directory's children are all known now."""
+    with cache.txn(write=True) as txn:
+        _mark_listed(cache.index, txn, dir_id, digest)
+
+
+def _is_empty(ix, txn, dir_id: int) -> bool:
+    return not (nodes.has_children(ix, txn, dir_id) or next(nodes.iter_base_children(ix, txn, dir_id), None)
+                or unrecorded.any_under(ix, txn, dir_id))
+
+
+def _mark_listed(ix, txn, dir_id: int, digest: bytes) -> None:
+    parent = nodes.get(ix, txn, dir_id)
+    parent.flags |= Flag.LISTED
+    nodes.put(ix, txn, parent)
+    if dir_id != ROOT_ID and Flag.TOMBSTONE not in parent.flags:
+        txn.put(u64(dir_id), digest, db=ix.listed)
 
 def _match(cache: CacheCore, txn, dir_id: int, entries: list[RemoteEntry], now: int, keep_complete: bool) -> None:
     """Merge into a directory that has children or agreed names: ``reconcile.decide`` for

@@ -113,16 +113,30 @@ class Namespace:
     async def readdir(self, dir_id: int, after_id: int) -> list[tuple[bytes, int, bytes]]:
         """Children after ``after_id`` (the readdir offset), in stable id order, as
         ``(name, id, packed record)``: unpacked (``Node.unpack``) only by a caller that has
-        not seen that exact record before (``fs`` keeps the attributes it built from it)."""
-        await self.listings.ensure_listed(dir_id)
+        not seen that exact record before (``fs`` keeps the attributes it built from it).
+
+        A directory's first listing is shown as it comes in: a batch is returned as soon
+        as there is one, and an empty batch only once all are in. Children added later
+        have higher ids, so the offsets stay valid across batches."""
+        listings = self.listings
+        await listings.ensure_listing(dir_id)
         ix = self.core.index
-        out = []
-        with self.core.txn() as txn:
-            for cid, name in nodes.iter_children(ix, txn, dir_id, after_id):
-                out.append((name, cid, nodes.get_packed(ix, txn, cid)))
-                if len(out) >= 512:
-                    break
-        return out
+        whole = False
+        while True:
+            out = []
+            with self.core.txn() as txn:
+                for cid, name in nodes.iter_children(ix, txn, dir_id, after_id):
+                    out.append((name, cid, nodes.get_packed(ix, txn, cid)))
+                    if len(out) >= 512:
+                        break
+            if out or not listings.growing(dir_id):
+                if not out and not whole and Flag.LISTED not in self.core.node(dir_id).flags:
+                    # A first listing that broke off: list it whole (or say why not).
+                    await listings.ensure_listed(dir_id)
+                    whole = True
+                    continue
+                return out
+            await listings.wait_to_grow(dir_id)
 
     def _new_node(self, txn, parent: Node, name: bytes, is_dir: bool, mode: int) -> Node:
         ix = self.core.index

@@ -101,6 +101,15 @@ class FolderSource:
         entries = await self._call(folder, self.upstreams[folder.decode()].list_dir, path)
         return visible(entries, self.matcher)
 
+    async def list_dir_in_pages(self, folder: bytes, path: bytes,
+                                on_page: Callable[[list[RemoteEntry]], Awaitable[None]]) -> None:
+        async def visible_page(entries: list[RemoteEntry]) -> None:
+            shown = visible(entries, self.matcher)
+            if shown:
+                await on_page(shown)
+
+        await self._call(folder, self.upstreams[folder.decode()].list_dir_in_pages, path, visible_page)
+
     async def before_first_listing(self, folder: bytes, dir_id: int) -> None:
         if self.arm_watch is not None:
             await self.arm_watch(folder.decode(), dir_id)

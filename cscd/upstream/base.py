@@ -20,7 +20,7 @@ network call has a timeout of its own (a thread cannot be cancelled).
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -148,6 +148,11 @@ class Upstream(Protocol):
 
     async def list_dir(self, path: bytes) -> list[RemoteEntry]:
         """All entries of a directory in one enumeration (no ``.``/``..``, no cscd temporaries)."""
+
+    async def list_dir_in_pages(self, path: bytes,
+                                on_page: Callable[[list[RemoteEntry]], Awaitable[None]]) -> None:
+        """``list_dir`` handed on in batches as they arrive (``on_page`` is awaited for each);
+        after an error, the batches already handed on were part of the listing."""
 
     async def read(self, path: bytes, offset: int, length: int, *, timeout_s: float | None = None) -> bytes:
         """Read up to ``length`` bytes at ``offset``; shorter only at end of file."""

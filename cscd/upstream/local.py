@@ -29,7 +29,7 @@ import secrets
 import stat as stat_mod
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -230,6 +230,11 @@ class LocalUpstream:
         p = self._abs(path)
         st = await self._run(p, os.stat, p)
         return self._entry(path.rsplit(b"/", 1)[-1], st)
+
+    async def list_dir_in_pages(self, path: bytes,
+                                on_page: Callable[[list[RemoteEntry]], Awaitable[None]]) -> None:
+        """One batch: a local directory lists fast enough whole."""
+        await on_page(await self.list_dir(path))
 
     async def list_dir(self, path: bytes) -> list[RemoteEntry]:
         p = self._abs(path)

@@ -45,12 +45,12 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 import trio
 
-from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout
+from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout, UpstreamUnavailable
 from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name, local_name, server_name
 from cscd.types import KerberosLogon, Logon, SmbSecurity, UncTarget
 from cscd.upstream import dfs, smb_delta, smb_move
@@ -402,18 +402,81 @@ class SmbUpstream:
         cscd could not create or open again (for example ``aux.c`` on Samba) is logged and
         left out rather than shown as a file that fails on every access.
         """
+        out: list[RemoteEntry] = []
+
+        async def keep(entries: list[RemoteEntry]) -> None:
+            out.extend(entries)
+
+        await self.list_dir_in_pages(path, keep)
+        return out
+
+    async def list_dir_in_pages(self, path: bytes,
+                                on_page: Callable[[list[RemoteEntry]], Awaitable[None]]) -> None:
+        """``list_dir``, each batch of a large folder handed to ``on_page`` as it arrives.
+
+        The server prepares the next batch while ``on_page`` works on this one (a first
+        listing of 100,000 entries is shown while it is still coming in). A connection lost
+        midway is not retried here (what was handed on would come again): the caller sees
+        the error with part of the folder handed on.
+        """
         spath, where = self._spath(path)
         small = spath not in self._big_dirs
-        raw, fitted = await self._run(where, functools.partial(ops.list_dir, small=small), spath,
-                                      idempotent=True)
+        known: tuple[()] | None = () if await self._eas_supported(where) else None
+        send, receive = trio.open_memory_channel[list[DirEntry]](math.inf)
+        handed = 0
+
+        def page(raw: list[DirEntry]) -> None:  # in the listing's thread
+            nonlocal handed
+            handed += 1
+            try:
+                trio.from_thread.run_sync(send.send_nowait, raw)
+            except (trio.ClosedResourceError, trio.RunFinishedError):
+                raise Abandoned from None  # the caller went away
+
+        def listing(link: SmbLink, call: Call, spath: str) -> tuple[list[DirEntry], bool]:
+            if handed:
+                raise UpstreamUnavailable(f"{where}: the connection was lost in the middle of a listing")
+            return ops.list_dir(link, call, spath, small=small, page=page)
+
+        failed: BaseException | None = None
+
+        async def consume() -> None:
+            nonlocal failed
+            try:
+                async for raw in receive:
+                    entries = await self._entries_of(where, spath, raw, known)
+                    if entries:
+                        await on_page(entries)
+            except Exception as exc:  # noqa: BLE001 - re-raised after the nursery
+                failed = exc
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            try:
+                raw, fitted = await self._run(where, listing, spath, idempotent=True)
+                send.send_nowait(raw)
+            except Exception as exc:  # noqa: BLE001 - re-raised after the nursery
+                failed = failed or exc
+                nursery.cancel_scope.cancel()
+            finally:
+                send.close()
+        if failed is not None:
+            raise failed
         if fitted:
             self._big_dirs.discard(spath)
         else:
             if len(self._big_dirs) > BIG_DIRS_MAX:
                 self._big_dirs.clear()
             self._big_dirs.add(spath)
-        # On a share without EAs every entry's EAs stay unknown (None): a listing resets nothing.
-        known: tuple[()] | None = () if await self._eas_supported(where) else None
+
+    async def _entries_of(self, where: str, spath: str, raw: list[DirEntry],
+                          known: tuple[()] | None) -> list[RemoteEntry]:
+        """The listing's entries cscd shows, from one batch of the server's (see ``list_dir``).
+
+        ``known``: ``()`` on a share with EAs, where an entry whose listing says it has none
+        has none; None without EAs, where every entry's EAs stay unknown and reset nothing.
+        """
         out = []
         with_eas: list[tuple[int, str, DirEntry]] = []  # (index in out, server path, entry)
         stale_before = time.time_ns() - int(STALE_TEMP_S * 1e9)

@@ -89,7 +89,8 @@ def echo(link: SmbLink, call: Call) -> None:
 
 
 def list_dir(
-    link: SmbLink, call: Call, spath: str, *, small: bool = True
+    link: SmbLink, call: Call, spath: str, *, small: bool = True,
+    page: Callable[[list[DirEntry]], None] | None = None,
 ) -> tuple[list[DirEntry], bool]:
     """Every entry of a folder (including ``.``/``..``); returns (entries, fitted).
 
@@ -99,6 +100,9 @@ def list_dir(
     then ``fitted`` is True. Otherwise, or without ``small``, the folder is read in batches
     until NO_MORE_FILES (``fitted`` says whether one batch held it all): 3 frames at least,
     which an idle client's slow revalidation cannot afford (issue 16) and a big folder needs.
+    ``page``: each batch of that second way is handed to it as soon as it is parsed, not
+    kept (the caller merges it while the server works on the next; returned entries are
+    then only a one-frame listing's).
     """
     max_out = min(w.MAX_IO, int(link.conn.max_transact_size or 65536))  # type: ignore[union-attr]
     create = w.create_req(
@@ -147,7 +151,10 @@ def list_dir(
             # Ask for the next batch before parsing this one: the server works on it meanwhile
             # (100,000 entries: 2.1 s before, parsing ~1 s of it).
             (req,) = link.send([w.query_dir_req(file_id, restart=False, max_output=max_out)], call)
-            entries.extend(w.parse_dir(reply))
+            if page is None:
+                entries.extend(w.parse_dir(reply))
+            else:
+                page(w.parse_dir(reply))
             try:
                 reply = link.wait(req, call)
             except SMBResponseException as exc:

@@ -40,6 +40,9 @@ class NoServer:
     async def list_dir(self, folder: bytes, path: bytes) -> list:
         raise OSError("no server")
 
+    async def list_dir_in_pages(self, folder: bytes, path: bytes, on_page) -> None:
+        raise OSError("no server")
+
     async def before_first_listing(self, folder: bytes, dir_id: int) -> None:
         pass
 
