@@ -89,8 +89,8 @@ from cscd.sync.exclusions import ExclusionMatcher
 from cscd.sync.source import FolderSource, WriteThroughPusher
 from cscd.types import FolderLink, Mode, ServerSettings, UncTarget
 from cscd.upstream import open_upstream
-from cscd.upstream.foreground import CLOCK_FILE, ForegroundClock
 from cscd.upstream.base import RemoteEntry, Upstream
+from cscd.upstream.foreground import CLOCK_FILE, ForegroundClock
 
 log = logging.getLogger(__name__)
 

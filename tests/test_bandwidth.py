@@ -15,8 +15,8 @@ from cscd.types import Credentials, OfflinePolicy
 from cscd.upstream.base import Extent
 from cscd.upstream.foreground import QUIET_S, YIELD_MAX_S, ForegroundClock, wait_for_a_pause
 from cscd.upstream.ratelimit import RateLimit
-from tests.helpers.wait import eventually
 from cscd.upstream.smb import SmbUpstream
+from tests.helpers.wait import eventually
 
 MiB = 1 << 20
 

@@ -25,10 +25,9 @@ from typing import Protocol
 import trio
 import xxhash
 
-from cscd.cache import nodes
+from cscd.cache import merge, nodes
 from cscd.cache.core import CacheCore
 from cscd.cache.index import u64
-from cscd.cache import merge
 from cscd.cache.merge import listing_digest, merge_listing
 from cscd.cache.nodes import Flag
 from cscd.errors import NotAvailableOffline, NotDir, NotFound

@@ -3,7 +3,8 @@ r"""``SmbUpstream``: the ``Upstream`` protocol over SMB 3 with smbprotocol's low
 Owns the one SMB connection of a folder target (``\\server\share\path``): connecting and
 reconnecting, the per-connection thread limiter, deadlines, path validation and error
 translation. The request sequences live in ``smb_ops``, the wire plumbing in ``smb_wire``,
-the NTSTATUS table in ``smb_errors``. Never touches LMDB or the cache.
+the NTSTATUS table in ``smb_errors``, what a listing shows in ``smb_listing``, an upload's
+steps around its transfer in ``smb_upload``. Never touches LMDB or the cache.
 
 Threads and deadlines: every call runs in ``trio.to_thread.run_sync(..., limiter=...)`` with
 one ``CapacityLimiter`` per connection. Two deadlines guard each call:
@@ -31,43 +32,39 @@ that stops answering is passed over for the next one in the referral, so a recon
 failover. Not supported: multichannel, durable handles. Signing is always
 required (``SmbSecurity.require_signing=False`` is ignored: Samba refuses the tree connect of
 SMB 3.1.1 without it, FACTS.md); encryption follows ``SmbSecurity.require_encryption``.
-The conditional upload checks the target and renames in two steps; another client writing
-in between those two round trips (~1 ms) is not detected.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import hashlib
 import logging
 import math
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 import trio
 
-from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout, UpstreamUnavailable
-from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name, local_name, server_name
+from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout
+from cscd.names import server_name
 from cscd.types import KerberosLogon, Logon, SmbSecurity, UncTarget
-from cscd.upstream import dfs, smb_delta, smb_move
+from cscd.upstream import dfs, smb_delta, smb_move, smb_upload
 from cscd.upstream import smb_ops as ops
-from cscd.upstream.base import Conflict, Extent, LinkActivity, RemoteEntry, UpstreamStatistics, check_plan
+from cscd.upstream.base import Extent, LinkActivity, RemoteEntry, UpstreamStatistics, check_plan
 from cscd.upstream.ratelimit import RateLimit
 from cscd.upstream.smb_connect import LinkOpener
 from cscd.upstream.smb_errors import (
     LINK_LOST,
-    STATUS_OBJECT_NAME_COLLISION,
     Abandoned,
     breaks_link,
     status_of,
     translate,
 )
+from cscd.upstream.smb_listing import SmbListings
+from cscd.upstream.smb_upload import entry_of
 from cscd.upstream.smb_watch import SmbWatch, open_watch
-from cscd.upstream.smb_wire import Attrs, Call, DirEntry, SmbLink, Stats
+from cscd.upstream.smb_wire import Attrs, Call, SmbLink, Stats
 from cscd.xattrs import ServerEas, canonical
 
 log = logging.getLogger(__name__)
@@ -76,14 +73,6 @@ T = TypeVar("T")
 
 #: How much later than the in-thread deadline the trio-side watchdog gives up.
 GRACE_S = 1.5
-#: Upload temporaries older than this (by change time) found in a listing are deleted.
-STALE_TEMP_S = 3600.0
-#: files whose EAs are remembered between listings before the memory starts over
-EAS_SEEN_MAX = 100_000
-#: Folders whose listing did not fit one buffer, remembered so the next listing goes straight
-#: to batches (``smb_ops.list_dir``); forgotten wholesale past this many.
-BIG_DIRS_MAX = 10_000
-_NOT_FOUND_STATUSES = (0xC0000034, 0xC000003A)
 
 
 class SmbUpstream:
@@ -127,10 +116,6 @@ class SmbUpstream:
         self._leftovers: set[str] = set()
         self._copy_state = smb_delta.CopyState()
         self._trees: dict[str, tuple[SmbLink, object]] = {}  # other shares on this session
-        #: (server path, file id, change time, EA size) → EAs: a file's EAs are read again
-        #: only when its change time or EA size moved (setting an EA moves the change time)
-        self._eas_seen: dict[tuple[str, int, int, int], ServerEas] = {}
-        self._big_dirs: set[str] = set()
         self._watches: set[SmbWatch] = set()
         # A rename and the opening of watches exclude each other (many opens or many renames
         # at once are fine): a watch opened below a folder while it is renamed would make
@@ -138,7 +123,7 @@ class SmbUpstream:
         self._watch_gate = trio.Condition()
         self._opening_watches = 0
         self._renaming = 0
-        self._eas_support: bool | None = None  # asked once (FileFsAttributeInformation)
+        self._listings = SmbListings(self._run, self.description, lambda: self._spath(b"")[0], self._leftovers)
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
         self._opener = LinkOpener(credentials, port=port, security=security, stats=self._stats,
@@ -368,10 +353,6 @@ class SmbUpstream:
     def _leaf(path: bytes) -> bytes:
         return path.rsplit(b"/", 1)[-1]
 
-    @staticmethod
-    def _entry(name: bytes, attrs: Attrs, file_id: int) -> RemoteEntry:
-        return RemoteEntry(name, attrs.is_dir, attrs.size, attrs.mtime_ns, attrs.ctime_ns, file_id)
-
     # -- the protocol ---------------------------------------------------------------------------
 
     async def probe(self, *, light: bool = False) -> float:
@@ -392,16 +373,11 @@ class SmbUpstream:
     async def stat(self, path: bytes) -> RemoteEntry:
         spath, where = self._spath(path)
         attrs, fid = await self._run(where, ops.stat, spath, idempotent=True)
-        return self._entry(self._leaf(path), attrs, fid)
+        return entry_of(self._leaf(path), attrs, fid)
 
     async def list_dir(self, path: bytes) -> list[RemoteEntry]:
-        """All entries of a folder from one enumeration (ids, sizes, times; no content read).
-
-        Skips ``.``/``..`` and upload temporaries (remembering those older than an hour for
-        the next upload to delete), and names that ``check_name`` refuses — a server name
-        cscd could not create or open again (for example ``aux.c`` on Samba) is logged and
-        left out rather than shown as a file that fails on every access.
-        """
+        """All entries of a folder from one enumeration (ids, sizes, times; no content read);
+        what is left out and why: ``smb_listing``."""
         out: list[RemoteEntry] = []
 
         async def keep(entries: list[RemoteEntry]) -> None:
@@ -412,128 +388,10 @@ class SmbUpstream:
 
     async def list_dir_in_pages(self, path: bytes,
                                 on_page: Callable[[list[RemoteEntry]], Awaitable[None]]) -> None:
-        """``list_dir``, each batch of a large folder handed to ``on_page`` as it arrives.
-
-        The server prepares the next batch while ``on_page`` works on this one (a first
-        listing of 100,000 entries is shown while it is still coming in). A connection lost
-        midway is not retried here (what was handed on would come again): the caller sees
-        the error with part of the folder handed on.
-        """
+        """``list_dir``, each batch of a large folder handed to ``on_page`` as it arrives
+        (``SmbListings.in_pages``)."""
         spath, where = self._spath(path)
-        small = spath not in self._big_dirs
-        known: tuple[()] | None = () if await self._eas_supported(where) else None
-        send, receive = trio.open_memory_channel[list[DirEntry]](math.inf)
-        handed = 0
-
-        def page(raw: list[DirEntry]) -> None:  # in the listing's thread
-            nonlocal handed
-            handed += 1
-            try:
-                trio.from_thread.run_sync(send.send_nowait, raw)
-            except (trio.ClosedResourceError, trio.RunFinishedError):
-                raise Abandoned from None  # the caller went away
-
-        def listing(link: SmbLink, call: Call, spath: str) -> tuple[list[DirEntry], bool]:
-            if handed:
-                raise UpstreamUnavailable(f"{where}: the connection was lost in the middle of a listing")
-            return ops.list_dir(link, call, spath, small=small, page=page)
-
-        failed: BaseException | None = None
-
-        async def consume() -> None:
-            nonlocal failed
-            try:
-                async for raw in receive:
-                    entries = await self._entries_of(where, spath, raw, known)
-                    if entries:
-                        await on_page(entries)
-            except Exception as exc:  # noqa: BLE001 - re-raised after the nursery
-                failed = exc
-                nursery.cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume)
-            try:
-                raw, fitted = await self._run(where, listing, spath, idempotent=True)
-                send.send_nowait(raw)
-            except Exception as exc:  # noqa: BLE001 - re-raised after the nursery
-                failed = failed or exc
-                nursery.cancel_scope.cancel()
-            finally:
-                send.close()
-        if failed is not None:
-            raise failed
-        if fitted:
-            self._big_dirs.discard(spath)
-        else:
-            if len(self._big_dirs) > BIG_DIRS_MAX:
-                self._big_dirs.clear()
-            self._big_dirs.add(spath)
-
-    async def _entries_of(self, where: str, spath: str, raw: list[DirEntry],
-                          known: tuple[()] | None) -> list[RemoteEntry]:
-        """The listing's entries cscd shows, from one batch of the server's (see ``list_dir``).
-
-        ``known``: ``()`` on a share with EAs, where an entry whose listing says it has none
-        has none; None without EAs, where every entry's EAs stay unknown and reset nothing.
-        """
-        out = []
-        with_eas: list[tuple[int, str, DirEntry]] = []  # (index in out, server path, entry)
-        stale_before = time.time_ns() - int(STALE_TEMP_S * 1e9)
-        for e in raw:
-            if e.name in (".", ".."):
-                continue
-            if is_internal_name(e.name):
-                # Another client's upload in progress keeps its temporary's times fresh.
-                if 0 < max(e.mtime_ns, e.ctime_ns) < stale_before:
-                    self._leftovers.add(f"{spath}\\{e.name}" if spath else e.name)
-                continue
-            try:
-                name = local_name(e.name)
-                check_name(name)
-            except (UnicodeEncodeError, BadName) as exc:
-                log.warning("skipping %s\\%r: not a usable local name (%s)", where, e.name, exc)
-                continue
-            if e.ea_size and known is not None:
-                with_eas.append((len(out), f"{spath}\\{e.name}" if spath else e.name, e))
-            out.append(RemoteEntry(name, e.is_dir, e.size, e.mtime_ns, e.ctime_ns, e.file_id, known))
-        if with_eas:
-            await self._attach_eas(where, with_eas, out)
-        return out
-
-    async def _attach_eas(self, where: str, with_eas: list[tuple[int, str, DirEntry]],
-                          out: list[RemoteEntry]) -> None:
-        """Attach the EAs (mode, user attributes: ``cscd.xattrs``) of the entries whose listing
-        says they have some; only those not read before at the same change time."""
-        wanted: list[tuple[int, tuple[str, int, int, int]]] = []
-        for i, spath, r in with_eas:
-            key = (spath, r.file_id, r.ctime_ns, r.ea_size)
-            seen = self._eas_seen.get(key)
-            if seen is None:
-                wanted.append((i, key))
-            else:
-                out[i] = dataclasses.replace(out[i], eas=seen)
-        if not wanted:
-            return
-        found = await self._run(where, ops.eas_of_many, [k[0] for _, k in wanted], idempotent=True)
-        if len(self._eas_seen) > EAS_SEEN_MAX:
-            self._eas_seen.clear()
-        for (i, key), eas in zip(wanted, found, strict=True):
-            if eas is None:
-                out[i] = dataclasses.replace(out[i], eas=None)  # unknown: nothing is reset
-                continue
-            value = canonical(dict(eas))
-            self._eas_seen[key] = value
-            out[i] = dataclasses.replace(out[i], eas=value)
-
-    async def _eas_supported(self, where: str) -> bool:
-        if self._eas_support is None:
-            spath, _ = self._spath(b"")
-            self._eas_support = await self._run(where, ops.supports_eas, spath, idempotent=True)
-            if not self._eas_support:
-                log.warning("%s stores no extended attributes (Samba: 'ea support = no'): modes and "
-                            "user.* attributes set here stay on this machine", self.description)
-        return self._eas_support
+        await self._listings.in_pages(spath, where, on_page)
 
     async def get_eas(self, path: bytes) -> ServerEas:
         spath, where = self._spath(path)
@@ -542,7 +400,7 @@ class SmbUpstream:
     async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes]) -> None:
         """Make ``eas`` the whole EA set of ``path`` (the ones it lacks are removed)."""
         spath, where = self._spath(path)
-        if await self._eas_supported(where):
+        if await self._listings.eas_supported(where):
             await self._run(where, ops.set_eas, spath, {n: v for n, v in eas.items() if v}, idempotent=True)
 
     async def space(self) -> tuple[int, int]:
@@ -609,29 +467,14 @@ class SmbUpstream:
         if not path:
             raise BadName("cannot upload over the target folder itself")
         spath, where = self._spath(path)
-        temp_spath = self._temp_spath(spath, resume_token)
         name = self._leaf(path)
-        verify = self._verifier(spath, where, name, expected, replace)
-
-        # A new small file (nothing to compare with, nothing to replace): one round trip.
-        one_trip = send is ops.upload and expected is None and not replace and size <= ops.SMALL_UPLOAD_BYTES
-
-        def work(link: SmbLink, call: Call) -> tuple[Attrs, int]:
-            self._delete_leftovers(link, call)
-            try:
-                if one_trip:
-                    return ops.upload_new_small(link, call, temp_spath=temp_spath, target_spath=spath, fd=fd,
-                                                size=size, mtime_ns=mtime_ns, leftovers=self._leftovers)
-                return send(link, call, temp_spath=temp_spath, target_spath=spath, fd=fd, size=size,
-                            mtime_ns=mtime_ns, replace=replace or expected is not None, verify=verify,
-                            leftovers=self._leftovers)
-            except Exception as exc:
-                if status_of(exc) == STATUS_OBJECT_NAME_COLLISION:
-                    raise Conflict(f"{where} was created on the server in the meantime") from exc
-                raise
+        work = functools.partial(
+            smb_upload.conditional_upload, spath=spath, where=where, temp=smb_upload.temp_spath(spath, resume_token),
+            fd=fd, size=size, mtime_ns=mtime_ns, expected=expected, replace=replace, send=send,
+            verify=smb_upload.verifier(spath, where, name, expected, replace), leftovers=self._leftovers)
 
         attrs, fid = await self._run(where, work)
-        return self._entry(name, attrs, fid)
+        return entry_of(name, attrs, fid)
 
     @contextlib.asynccontextmanager
     async def watch(self, path: bytes, *, tree: bool = True) -> AsyncIterator[SmbWatch]:
@@ -686,59 +529,12 @@ class SmbUpstream:
         if below:
             log.debug("closed %d watches below %s before renaming or deleting it", len(below), spath)
 
-    def _temp_spath(self, spath: str, resume_token: str | None) -> str:
-        """A fresh upload temporary beside ``spath``, or the one named by ``resume_token``."""
-        parent = spath.rsplit("\\", 1)[0] if "\\" in spath else ""
-        if resume_token is None:
-            temp = UPLOAD_TEMP_PREFIX + secrets.token_hex(8)
-        else:
-            digest = hashlib.blake2b(resume_token.encode(), digest_size=8).hexdigest()
-            temp = f"{UPLOAD_TEMP_PREFIX}r{digest}"
-        return f"{parent}\\{temp}" if parent else temp
-
-    def _verifier(
-        self, spath: str, where: str, name: bytes, expected: RemoteEntry | None, replace: bool
-    ) -> Callable[[SmbLink, Call], None]:
-        """The check that runs right before a rename: is the target still ``expected``?"""
-
-        def verify(link: SmbLink, call: Call) -> None:
-            try:
-                attrs, fid = ops.stat(link, call, spath)
-                current: RemoteEntry | None = self._entry(name, attrs, fid)
-            except Exception as exc:  # noqa: BLE001 - only "missing" is an answer here
-                if status_of(exc) not in _NOT_FOUND_STATUSES:
-                    raise
-                current = None
-            if expected is not None:
-                if not expected.same_version(current):
-                    state = "was deleted" if current is None else "changed"
-                    raise Conflict(
-                        f"{where} {state} on the server since the version this change is based on"
-                    )
-            elif not replace and current is not None:
-                raise Conflict(f"{where} was created on the server in the meantime")
-
-        return verify
-
-    def _delete_leftovers(self, link: SmbLink, call: Call) -> None:
-        """Delete upload temporaries of earlier failed uploads (runs in the worker thread)."""
-        while self._leftovers:
-            temp = self._leftovers.pop()
-            try:
-                ops.delete(link, call, temp, is_dir=False)
-                log.info("deleted upload temporary %s left by an earlier upload", temp)
-            except Exception as exc:  # noqa: BLE001 - best effort
-                if status_of(exc) is None:
-                    self._leftovers.add(temp)
-                    raise
-                log.debug("upload temporary %s: %s", temp, exc)
-
     async def mkdir(self, path: bytes) -> RemoteEntry:
         if not path:
             raise BadName("the target folder itself cannot be created again")
         spath, where = self._spath(path)
         attrs, fid = await self._run(where, ops.mkdir, spath)
-        return self._entry(self._leaf(path), attrs, fid)
+        return entry_of(self._leaf(path), attrs, fid)
 
     async def delete(self, path: bytes, *, is_dir: bool) -> None:
         if not path:
@@ -765,7 +561,7 @@ class SmbUpstream:
                 old_spath,
                 new_spath,
             )
-        return self._entry(self._leaf(new), attrs, fid)
+        return entry_of(self._leaf(new), attrs, fid)
 
     @contextlib.asynccontextmanager
     async def _no_watches_below(self, spath: str) -> AsyncIterator[None]:
@@ -788,7 +584,7 @@ class SmbUpstream:
     async def set_mtime(self, path: bytes, mtime_ns: int) -> RemoteEntry:
         spath, where = self._spath(path)
         attrs, fid = await self._run(where, ops.set_mtime, spath, mtime_ns)
-        return self._entry(self._leaf(path), attrs, fid)
+        return entry_of(self._leaf(path), attrs, fid)
 
     # -- moving the target folder (issue 6) ---------------------------------------------------
 
@@ -814,7 +610,7 @@ class SmbUpstream:
         spath, where = self._spath(b"")
         attrs, fid = await self._run(f"{where} → {to.description}", smb_move.rename_folder, spath,
                                      tuple(to.serving.path))
-        return self._entry(b"", attrs, fid)
+        return entry_of(b"", attrs, fid)
 
     async def copy_to(self, path: bytes, to: object) -> RemoteEntry:
         """Copy the file ``path`` to the same path below ``to``'s target with a server-side copy
@@ -838,7 +634,7 @@ class SmbUpstream:
             return smb_move.copy_file(link, call, spath, tree, dst_spath, entry.size, entry.mtime_ns)
 
         attrs, fid = await self._run(f"{where} → {to.description}", work)
-        return self._entry(self._leaf(path), attrs, fid)
+        return entry_of(self._leaf(path), attrs, fid)
 
     async def remove_target(self) -> None:
         """Delete the target folder itself once it is empty (``NotEmpty`` otherwise)."""
