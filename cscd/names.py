@@ -118,3 +118,9 @@ def check_server_name(server: str) -> str:
     if not all(_HOST_LABEL.match(label) for label in labels):
         raise BadName(f"{server!r} is not a valid host name (letters, digits, '-' and '.' only)")
     return server
+
+
+def join_path(parent: bytes, name: bytes) -> bytes:
+    """A path below a folder target, ``/``-separated as the upstreams take it (``b""`` is the
+    target itself)."""
+    return parent + b"/" + name if parent else name

@@ -45,7 +45,7 @@ def test_policy_caps():
 
 @pytest.mark.parametrize("how", ["whole", "resumable"])
 async def test_capped_upload_takes_at_least_size_over_rate(smbd, tmp_path, how):
-    # "resumable" is how sync sends a file of 16 MiB and more (push.RESUME_MIN_BYTES): a
+    # "resumable" is how sync sends a file of 16 MiB and more (upload.RESUME_MIN_BYTES): a
     # delta upload whose plan is all writes. It ignored the cap until 2026-12-06.
     (smbd.share_dir / "cap").mkdir(exist_ok=True)
     src = tmp_path / "src.bin"

@@ -16,15 +16,12 @@ import stat as stat_mod
 from pathlib import Path
 
 from cscd.errors import NotFound
+from cscd.names import join_path
 from cscd.profile.merge import LocalEntry
 from cscd.profile.scope import ProfileScope
 from cscd.profile.work import open_work
 from cscd.types import RemoteEntry
 from cscd.upstream.base import Upstream
-
-
-def _join(parent: bytes, name: bytes) -> bytes:
-    return parent + b"/" + name if parent else name
 
 
 def walk_local(home: Path, scope: ProfileScope) -> tuple[dict[bytes, LocalEntry], list[str]]:
@@ -71,7 +68,7 @@ def walk_local(home: Path, scope: ProfileScope) -> tuple[dict[bytes, LocalEntry]
         folders = []
         with it:
             for de in it:
-                child = _join(path, de.name)
+                child = join_path(path, de.name)
                 try:
                     st = de.stat(follow_symlinks=False)
                 except FileNotFoundError:
@@ -128,7 +125,7 @@ async def walk_remote(upstream: Upstream, scope: ProfileScope, *,
             except NotFound:
                 return
             for entry in entries:
-                child = _join(path, entry.name)
+                child = join_path(path, entry.name)
                 if consider(child, entry):
                     work.start(visit, child, name="profile.list")
 
