@@ -51,6 +51,7 @@ from cscd.names import server_name
 from cscd.types import KerberosLogon, Logon, SmbSecurity, UncTarget
 from cscd.upstream import dfs, smb_delta, smb_move, smb_upload
 from cscd.upstream import smb_ops as ops
+from cscd.upstream import smb_transfer as transfer
 from cscd.upstream.base import Extent, LinkActivity, RemoteEntry, UpstreamStatistics, check_plan
 from cscd.upstream.ratelimit import RateLimit
 from cscd.upstream.smb_connect import LinkOpener
@@ -62,9 +63,10 @@ from cscd.upstream.smb_errors import (
     translate,
 )
 from cscd.upstream.smb_listing import SmbListings
+from cscd.upstream.smb_messages import Attrs
 from cscd.upstream.smb_upload import entry_of
 from cscd.upstream.smb_watch import SmbWatch, open_watch
-from cscd.upstream.smb_wire import Attrs, Call, SmbLink, Stats
+from cscd.upstream.smb_wire import Call, SmbLink, Stats
 from cscd.xattrs import ServerEas, canonical
 
 log = logging.getLogger(__name__)
@@ -414,7 +416,7 @@ class SmbUpstream:
             raise ValueError("offset and length must not be negative")
         spath, where = self._spath(path)
         return await self._run(
-            where, ops.read, spath, offset, length, timeout_s=timeout_s, idempotent=True
+            where, transfer.read, spath, offset, length, timeout_s=timeout_s, idempotent=True
         )
 
     async def upload(
@@ -433,7 +435,7 @@ class SmbUpstream:
         ``replace=False``, if it exists). A cancelled or failed upload deletes its temporary
         when the link allows; otherwise a later upload (or listing) finds and deletes it.
         """
-        return await self._conditional_upload(path, fd, size, mtime_ns, None, expected, replace, ops.upload)
+        return await self._conditional_upload(path, fd, size, mtime_ns, None, expected, replace, transfer.upload)
 
     async def upload_delta(
         self,

@@ -31,18 +31,13 @@ from smbprotocol.file_info import FileInformationClass
 
 from cscd.errors import UpstreamError
 from cscd.upstream import smb_fsctl as f
-from cscd.upstream import smb_wire as w
+from cscd.upstream import smb_messages as m
 from cscd.upstream.base import Extent
 from cscd.upstream.smb_errors import Abandoned, WireTimeout, status_of
-from cscd.upstream.smb_ops import (
-    PIPELINE_DEPTH,
-    _close_quietly,
-    _count_write,
-    _discard_temp,
-    _pread_exact,
-    _raise_first,
-)
-from cscd.upstream.smb_wire import Attrs, Call, SmbLink
+from cscd.upstream.smb_messages import Attrs
+from cscd.upstream.smb_ops import close_quietly, raise_first
+from cscd.upstream.smb_transfer import PIPELINE_DEPTH, count_write, discard_temp, pread_exact
+from cscd.upstream.smb_wire import Call, SmbLink
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +116,7 @@ def _transfer(
                 if op.copies is None:
                     if link.rate_limit is not None:  # the cap, and making way for the mount
                         link.rate_limit.take(op.length, call.touch)
-                    msg = w.write_req(file_id, op.offset, _pread_exact(fd, op.length, op.offset))
+                    msg = m.write_req(file_id, op.offset, pread_exact(fd, op.length, op.offset))
                 else:
                     assert key is not None
                     msg = f.copychunk_req(file_id, key, op.copies)
@@ -138,7 +133,7 @@ def _transfer(
                     raise CopyRefused(op.offset) from exc
                 raise
             if op.copies is None:
-                _count_write(link, reply, op.length)
+                count_write(link, reply, op.length)
             else:
                 total = f.parse_copychunk(reply)
                 link.stats.add(copied=total)
@@ -169,7 +164,7 @@ def upload_delta(
     ``target_spath``; returns the new attributes and file id. See the module docstring."""
     conn = link.conn
     assert conn is not None
-    io_size = min(w.MAX_IO, int(conn.max_write_size))
+    io_size = min(m.MAX_IO, int(conn.max_write_size))
     copying = copy_state.enabled and any(e.source is not None for e in extents)
     src_fid: bytes | None = None
     key: bytes | None = None
@@ -180,17 +175,17 @@ def upload_delta(
             copy_state.enabled = copying = False
     try:
         access = (
-            w.FILE_WRITE_DATA
-            | w.FILE_READ_ATTRIBUTES
-            | w.FILE_WRITE_ATTRIBUTES
-            | w.DELETE
-            | w.SYNCHRONIZE
+            m.FILE_WRITE_DATA
+            | m.FILE_READ_ATTRIBUTES
+            | m.FILE_WRITE_ATTRIBUTES
+            | m.DELETE
+            | m.SYNCHRONIZE
         )
-        create = w.create_req(
+        create = m.create_req(
             temp_spath,
             access=access,
-            disposition=f.FILE_OPEN_IF if resume else w.FILE_CREATE,
-            options=w.FILE_NON_DIRECTORY_FILE,
+            disposition=f.FILE_OPEN_IF if resume else m.FILE_CREATE,
+            options=m.FILE_NON_DIRECTORY_FILE,
         )
         try:
             (reply,) = link.wait_all(link.send([create], call), call)
@@ -198,8 +193,8 @@ def upload_delta(
             if not resume:
                 leftovers.add(temp_spath)  # it may have been created; a later upload deletes it
             raise
-        _raise_first([reply])
-        temp_fid, temp_attrs = w.parse_create(reply)
+        raise_first([reply])
+        temp_fid, temp_attrs = m.parse_create(reply)
         start = min(size, max(0, temp_attrs.size - RESUME_WINDOW)) if resume else 0
         if start:
             log.info("resuming the upload of %s at %d of %d bytes", target_spath, start, size)
@@ -221,7 +216,7 @@ def upload_delta(
                         verify(link, call)
                     raise
             if src_fid is not None:
-                _close_quietly(link, call, src_fid)
+                close_quietly(link, call, src_fid)
                 src_fid = None
             call.check()
             verify(link, call)
@@ -229,23 +224,12 @@ def upload_delta(
             replies = link.wait_all(
                 link.send(
                     [
-                        w.set_info_req(
+                        m.set_info_req(
                             temp_fid,
                             FileInformationClass.FILE_END_OF_FILE_INFORMATION,
                             f.eof_info(size),
                         ),
-                        w.set_info_req(
-                            temp_fid,
-                            FileInformationClass.FILE_BASIC_INFORMATION,
-                            w.basic_info(mtime_ns=mtime_ns),
-                        ),
-                        w.set_info_req(
-                            temp_fid,
-                            FileInformationClass.FILE_RENAME_INFORMATION,
-                            w.rename_info(target_spath, replace=replace),
-                        ),
-                        w.query_id_req(temp_fid),
-                        w.close_req(temp_fid, postquery=True),
+                        *m.rename_into_place_reqs(temp_fid, target_spath, mtime_ns=mtime_ns, replace=replace),
                     ],
                     call,
                 ),
@@ -253,35 +237,35 @@ def upload_delta(
             )
             renamed = not isinstance(replies[2], BaseException)
             closed = not isinstance(replies[4], BaseException)
-            _raise_first(replies)
-            attrs = w.parse_close(replies[4])
+            raise_first(replies)
+            attrs = m.parse_close(replies[4])
             assert attrs is not None
-            return attrs, w.parse_file_id(replies[3])
+            return attrs, m.parse_file_id(replies[3])
         except BaseException as exc:
             if not renamed:
                 _after_failure(link, call, exc, temp_fid, temp_spath, resume, closed, leftovers)
             raise
     finally:
         if src_fid is not None:
-            _close_quietly(link, Call(call.timeout_s), src_fid)
+            close_quietly(link, Call(call.timeout_s), src_fid)
 
 
 def _open_source(link: SmbLink, call: Call, spath: str) -> tuple[bytes | None, bytes | None]:
     """Open the base for reading and get its resume key; (None, None) if copies are refused."""
-    create = w.create_req(
-        spath, access=w.FILE_READ_DATA | w.FILE_READ_ATTRIBUTES, options=w.FILE_NON_DIRECTORY_FILE
+    create = m.create_req(
+        spath, access=m.FILE_READ_DATA | m.FILE_READ_ATTRIBUTES, options=m.FILE_NON_DIRECTORY_FILE
     )
     replies = link.wait_all(
-        link.send([create, f.resume_key_req(w.RELATED_FILE_ID)], call, related=True), call
+        link.send([create, f.resume_key_req(m.RELATED_FILE_ID)], call, related=True), call
     )
-    _raise_first(replies[:1])
-    file_id, _ = w.parse_create(replies[0])
+    raise_first(replies[:1])
+    file_id, _ = m.parse_create(replies[0])
     if isinstance(replies[1], BaseException):
         if status_of(replies[1]) in _REFUSED:
             log.info("%s gives no resume key; sending the data instead", link.host)
-            _close_quietly(link, call, file_id)
+            close_quietly(link, call, file_id)
             return None, None
-        _close_quietly(link, call, file_id)
+        close_quietly(link, call, file_id)
         raise replies[1]
     return file_id, f.parse_resume_key(replies[1])
 
@@ -300,8 +284,8 @@ def _after_failure(
     interrupted = isinstance(exc, (Abandoned, WireTimeout)) or not link.alive
     if resume and interrupted:
         if link.alive and not closed:
-            _close_quietly(link, Call(call.timeout_s), file_id)
+            close_quietly(link, Call(call.timeout_s), file_id)
         log.info("upload temporary %s kept for resuming", temp_spath)
         return
-    if not _discard_temp(link, call, file_id, temp_spath, closed=closed) and not resume:
+    if not discard_temp(link, call, file_id, temp_spath, closed=closed) and not resume:
         leftovers.add(temp_spath)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from smbprotocol.change_notify import SMB2ChangeNotifyRequest
 from smbprotocol.ioctl import SMB2IOCTLRequest
 
-from cscd.upstream.smb_wire import body
+from cscd.upstream.smb_messages import body
 
 FSCTL_SRV_REQUEST_RESUME_KEY = 0x00140078
 FSCTL_SRV_COPYCHUNK_WRITE = 0x001480F2

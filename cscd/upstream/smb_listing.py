@@ -28,7 +28,8 @@ from cscd.names import check_name, is_internal_name, local_name
 from cscd.types import RemoteEntry
 from cscd.upstream import smb_ops as ops
 from cscd.upstream.smb_errors import Abandoned
-from cscd.upstream.smb_wire import Call, DirEntry, SmbLink
+from cscd.upstream.smb_messages import DirEntry
+from cscd.upstream.smb_wire import Call, SmbLink
 from cscd.xattrs import ServerEas, canonical
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,12 @@ from smbprotocol.tree import TreeConnect
 from cscd.errors import Exists, Unsupported, UpstreamError
 from cscd.names import UPLOAD_TEMP_PREFIX
 from cscd.upstream import smb_fsctl as f
+from cscd.upstream import smb_messages as m
 from cscd.upstream import smb_ops as ops
-from cscd.upstream import smb_wire as w
 from cscd.upstream.smb_delta import _open_source
 from cscd.upstream.smb_errors import WireTimeout, status_of
-from cscd.upstream.smb_wire import Attrs, Call, SmbLink
+from cscd.upstream.smb_messages import Attrs
+from cscd.upstream.smb_wire import Call, SmbLink
 
 _NOT_FOUND = (0xC0000034, 0xC000003A)
 _COLLISION = 0xC0000035
@@ -58,10 +59,10 @@ def connect_tree(link: SmbLink, call: Call, share_unc: str) -> TreeConnect:
 def make_dirs(link: SmbLink, call: Call, components: tuple[str, ...], tree: TreeConnect | None) -> None:
     """Create every missing folder of ``components`` (from the share root), like ``mkdir -p``."""
     for n in range(1, len(components) + 1):
-        create = w.create_req("\\".join(components[:n]), access=w.FILE_READ_ATTRIBUTES,
-                              disposition=f.FILE_OPEN_IF, options=w.FILE_DIRECTORY_FILE)
-        replies = link.wait_all(link.send([create, w.close_req(ops.R)], call, related=True, tree=tree), call)
-        ops._raise_first(replies)
+        create = m.create_req("\\".join(components[:n]), access=m.FILE_READ_ATTRIBUTES,
+                              disposition=f.FILE_OPEN_IF, options=m.FILE_DIRECTORY_FILE)
+        replies = link.wait_all(link.send([create, m.close_req(ops.R)], call, related=True, tree=tree), call)
+        ops.raise_first(replies)
 
 
 def _is_empty_dir(link: SmbLink, call: Call, spath: str) -> bool | None:
@@ -106,11 +107,11 @@ def copy_file(link: SmbLink, call: Call, src_spath: str, tree: TreeConnect | Non
     temp = UPLOAD_TEMP_PREFIX + secrets.token_hex(8)
     temp_spath = f"{parent}\\{temp}" if parent else temp
     try:
-        access = w.FILE_WRITE_DATA | w.FILE_READ_ATTRIBUTES | w.FILE_WRITE_ATTRIBUTES | w.DELETE | w.SYNCHRONIZE
-        (reply,) = link.wait_all(link.send([w.create_req(temp_spath, access=access, disposition=w.FILE_CREATE,
-                                                         options=w.FILE_NON_DIRECTORY_FILE)], call, tree=tree), call)
-        ops._raise_first([reply])
-        temp_fid, _ = w.parse_create(reply)
+        access = m.FILE_WRITE_DATA | m.FILE_READ_ATTRIBUTES | m.FILE_WRITE_ATTRIBUTES | m.DELETE | m.SYNCHRONIZE
+        (reply,) = link.wait_all(link.send([m.create_req(temp_spath, access=access, disposition=m.FILE_CREATE,
+                                                         options=m.FILE_NON_DIRECTORY_FILE)], call, tree=tree), call)
+        ops.raise_first([reply])
+        temp_fid, _ = m.parse_create(reply)
         done = False
         try:
             written = 0
@@ -125,25 +126,25 @@ def copy_file(link: SmbLink, call: Call, src_spath: str, tree: TreeConnect | Non
             if written != size:
                 raise UpstreamError(f"the server copied {written} of {size} bytes of {src_spath}")
             replies = link.wait_all(link.send([
-                w.set_info_req(temp_fid, FileInformationClass.FILE_BASIC_INFORMATION, w.basic_info(mtime_ns=mtime_ns)),
-                w.set_info_req(temp_fid, FileInformationClass.FILE_RENAME_INFORMATION,
-                               w.rename_info(dst_spath, replace=False)),
-                w.query_id_req(temp_fid),
-                w.close_req(temp_fid, postquery=True),
+                m.set_info_req(temp_fid, FileInformationClass.FILE_BASIC_INFORMATION, m.basic_info(mtime_ns=mtime_ns)),
+                m.set_info_req(temp_fid, FileInformationClass.FILE_RENAME_INFORMATION,
+                               m.rename_info(dst_spath, replace=False)),
+                m.query_id_req(temp_fid),
+                m.close_req(temp_fid, postquery=True),
             ], call, tree=tree), call)
             done = not isinstance(replies[1], BaseException)
             if status_of(replies[1]) == _COLLISION:
                 raise Exists(f"{dst_spath} was created on the server during the move")
-            ops._raise_first(replies)
-            attrs = w.parse_close(replies[3])
+            ops.raise_first(replies)
+            attrs = m.parse_close(replies[3])
             assert attrs is not None
-            return attrs, w.parse_file_id(replies[2])
+            return attrs, m.parse_file_id(replies[2])
         except BaseException:
             if not done:
                 _discard(link, call, temp_fid, tree)
             raise
     finally:
-        ops._close_quietly(link, call, src_fid)
+        ops.close_quietly(link, call, src_fid)
 
 
 def _discard(link: SmbLink, call: Call, file_id: bytes, tree: TreeConnect | None) -> None:
@@ -152,8 +153,8 @@ def _discard(link: SmbLink, call: Call, file_id: bytes, tree: TreeConnect | None
         return
     try:
         link.wait_all(link.send([
-            w.set_info_req(file_id, FileInformationClass.FILE_DISPOSITION_INFORMATION, w.disposition_info()),
-            w.close_req(file_id),
+            m.set_info_req(file_id, FileInformationClass.FILE_DISPOSITION_INFORMATION, m.disposition_info()),
+            m.close_req(file_id),
         ], Call(call.timeout_s), tree=tree), Call(call.timeout_s))
     except Exception:  # noqa: BLE001, S110 - the copy's own error is what matters
         pass

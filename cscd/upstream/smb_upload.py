@@ -1,7 +1,7 @@
 r"""Conditional uploads over SMB: a temporary beside the target, a check, a rename.
 
 Owns the steps an upload takes in its worker thread that are not requests of their own
-(``smb_ops.upload`` and ``smb_delta.upload_delta`` send the bytes): the temporary's name
+(``smb_transfer.upload`` and ``smb_delta.upload_delta`` send the bytes): the temporary's name
 (fresh, or derived from a resume token so an interrupted transfer finds it again), the check
 right before the rename that the target is still the version the change is based on
 (``Conflict`` otherwise), and deleting upload temporaries that earlier failed uploads or
@@ -20,15 +20,17 @@ from collections.abc import Callable
 from cscd.names import UPLOAD_TEMP_PREFIX
 from cscd.types import RemoteEntry
 from cscd.upstream import smb_ops as ops
+from cscd.upstream import smb_transfer as transfer
 from cscd.upstream.base import Conflict
 from cscd.upstream.smb_errors import STATUS_OBJECT_NAME_COLLISION, status_of
-from cscd.upstream.smb_wire import Attrs, Call, SmbLink
+from cscd.upstream.smb_messages import Attrs
+from cscd.upstream.smb_wire import Call, SmbLink
 
 log = logging.getLogger(__name__)
 
 _NOT_FOUND_STATUSES = (0xC0000034, 0xC000003A)
 
-#: what fills the temporary: ``ops.upload`` or a ``smb_delta.upload_delta`` partial
+#: what fills the temporary: ``smb_transfer.upload`` or a ``smb_delta.upload_delta`` partial
 Send = Callable[..., tuple[Attrs, int]]
 
 
@@ -91,12 +93,12 @@ def conditional_upload(link: SmbLink, call: Call, *, spath: str, where: str, tem
                        verify: Callable[[SmbLink, Call], None], leftovers: set[str]) -> tuple[Attrs, int]:
     """One upload in its worker thread: leftovers first, then the temporary filled, checked
     and renamed over ``spath``; a new small file with nothing to compare with or replace
-    takes one round trip (``ops.upload_new_small``)."""
+    takes one round trip (``transfer.upload_new_small``)."""
     delete_leftovers(link, call, leftovers)
-    one_trip = send is ops.upload and expected is None and not replace and size <= ops.SMALL_UPLOAD_BYTES
+    one_trip = send is transfer.upload and expected is None and not replace and size <= transfer.SMALL_UPLOAD_BYTES
     try:
         if one_trip:
-            return ops.upload_new_small(link, call, temp_spath=temp, target_spath=spath, fd=fd,
+            return transfer.upload_new_small(link, call, temp_spath=temp, target_spath=spath, fd=fd,
                                         size=size, mtime_ns=mtime_ns, leftovers=leftovers)
         return send(link, call, temp_spath=temp, target_spath=spath, fd=fd, size=size,
                     mtime_ns=mtime_ns, replace=replace or expected is not None, verify=verify,

@@ -39,7 +39,7 @@ from smbprotocol.exceptions import SMBConnectionClosed, SMBResponseException
 from cscd.errors import CscdError, Unsupported
 from cscd.names import is_internal_name, local_name
 from cscd.upstream import smb_fsctl as f
-from cscd.upstream import smb_wire as w
+from cscd.upstream import smb_messages as m
 from cscd.upstream.base import Change, ChangeAction
 from cscd.upstream.smb_errors import status_of, translate
 from cscd.upstream.smb_wire import Call, SmbLink
@@ -69,24 +69,24 @@ def open_watch(
     armed before the caller looks at the folder. Returns (link, handle, pending request);
     raises ``Unsupported`` if the server refuses at once.
     """
-    create = w.create_req(
-        spath, access=w.FILE_LIST_DIRECTORY | w.FILE_READ_ATTRIBUTES, options=w.FILE_DIRECTORY_FILE
+    create = m.create_req(
+        spath, access=m.FILE_LIST_DIRECTORY | m.FILE_READ_ATTRIBUTES, options=m.FILE_DIRECTORY_FILE
     )
     # One round trip: the CHANGE_NOTIFY rides in a related compound behind the CREATE (a
     # directory's first listing waits for its watch, ``dirwatch.arm_before_listing``).
-    create_req, req = link.send([create, f.notify_req(w.RELATED_FILE_ID, tree=tree)], call, related=True)
+    create_req, req = link.send([create, f.notify_req(m.RELATED_FILE_ID, tree=tree)], call, related=True)
     (reply,) = link.wait_all([create_req], call)
     if isinstance(reply, BaseException):
         link.drain([req], call)  # failed with the CREATE it depends on
         raise reply
-    file_id, _ = w.parse_create(reply)
+    file_id, _ = m.parse_create(reply)
     event = req.response_event  # type: ignore[attr-defined]
     if event.wait(ARM_WAIT_S):
         with req.response_event_lock:  # type: ignore[attr-defined]
             status = _status(req)
         if status in _UNSUPPORTED:
             link.drain([req], call)
-            (close,) = link.send([w.close_req(file_id)], call)
+            (close,) = link.send([m.close_req(file_id)], call)
             link.drain([close], call)
             raise Unsupported(f"{link.host} does not send change notifications")
     return link, file_id, req
@@ -265,7 +265,7 @@ class SmbWatch:
             link, file_id, request = self._link, self._file_id, self._request
 
             def close(_live: SmbLink, call: Call) -> None:
-                (req,) = link.send([w.close_req(file_id)], call)
+                (req,) = link.send([m.close_req(file_id)], call)
                 link.wait(req, call)
                 if request is not None:
                     link.drain([request], call)
