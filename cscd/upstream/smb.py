@@ -65,7 +65,7 @@ from cscd.upstream.smb_errors import (
 from cscd.upstream.smb_listing import SmbListings
 from cscd.upstream.smb_messages import Attrs
 from cscd.upstream.smb_upload import entry_of
-from cscd.upstream.smb_watch import SmbWatch, open_watch
+from cscd.upstream.smb_watch import SmbWatch, SmbWatches, open_watch
 from cscd.upstream.smb_wire import Call, SmbLink, Stats
 from cscd.xattrs import ServerEas, canonical
 
@@ -118,13 +118,7 @@ class SmbUpstream:
         self._leftovers: set[str] = set()
         self._copy_state = smb_delta.CopyState()
         self._trees: dict[str, tuple[SmbLink, object]] = {}  # other shares on this session
-        self._watches: set[SmbWatch] = set()
-        # A rename and the opening of watches exclude each other (many opens or many renames
-        # at once are fine): a watch opened below a folder while it is renamed would make
-        # Samba refuse the rename, or report changes under the folder's old name.
-        self._watch_gate = trio.Condition()
-        self._opening_watches = 0
-        self._renaming = 0
+        self._watches = SmbWatches()
         self._listings = SmbListings(self._run, self.description, lambda: self._spath(b"")[0], self._leftovers)
         #: the upload bandwidth cap; ``set_upload_rate`` changes it, even mid-transfer
         self.upload_rate = RateLimit(None)
@@ -488,48 +482,16 @@ class SmbUpstream:
         folder above it (the iterator then stops).
         """
         spath, where = self._spath(path)
-        async with self._watch_gate:
-            while self._renaming:
-                await self._watch_gate.wait()
-            self._opening_watches += 1
-        try:
+
+        async def open_one() -> SmbWatch:
             link, file_id, request = await self._run(
                 where, functools.partial(open_watch, tree=tree), spath, idempotent=True
             )
-            watcher = SmbWatch(
-                link,
-                file_id,
-                request,
-                tree=tree,
-                spath=spath,
-                where=where,
-                server=self._server,
-                timeout_s=self._timeout_s,
-                run=self._run,
-            )
-            self._watches.add(watcher)  # before the gate opens: a rename must find it
-        finally:
-            with trio.CancelScope(shield=True):
-                async with self._watch_gate:
-                    self._opening_watches -= 1
-                    self._watch_gate.notify_all()
-        try:
-            yield watcher
-        finally:
-            self._watches.discard(watcher)
-            await watcher.aclose()
+            return SmbWatch(link, file_id, request, tree=tree, spath=spath, where=where, server=self._server,
+                            timeout_s=self._timeout_s, run=self._run)
 
-    async def _release_watches_below(self, spath: str) -> None:
-        """Close this connection's watches on ``spath`` and folders below it: Samba refuses to
-        rename a folder that has a handle open below it from the same connection
-        (ACCESS_DENIED; other clients' handles do not count, ``strict rename = no``), and a
-        watch on the folder itself would go on reporting under its old name. Their owners open
-        them again."""
-        below = [wt for wt in self._watches if wt.spath == spath or wt.spath.startswith(spath + "\\")]
-        for wt in below:
-            await wt.release()
-        if below:
-            log.debug("closed %d watches below %s before renaming or deleting it", len(below), spath)
+        async with self._watches.opened(open_one) as watcher:
+            yield watcher
 
     async def mkdir(self, path: bytes) -> RemoteEntry:
         if not path:
@@ -548,7 +510,7 @@ class SmbUpstream:
         # Our own watch on the folder would keep its delete pending (DELETE_PENDING: it stays
         # in its parent's listings until that handle closes, and came back here as a new
         # folder from such a listing, rsync --delete of a renamed folder showed).
-        async with self._no_watches_below(spath):
+        async with self._watches.none_below(spath):
             await self._run(where, functools.partial(ops.delete, is_dir=True), spath)
 
     async def rename(self, old: bytes, new: bytes, *, replace: bool = False) -> RemoteEntry:
@@ -556,7 +518,7 @@ class SmbUpstream:
             raise BadName("the target folder itself cannot be renamed")
         old_spath, where = self._spath(old)
         new_spath, new_where = self._spath(new)
-        async with self._no_watches_below(old_spath):
+        async with self._watches.none_below(old_spath):
             attrs, fid = await self._run(
                 f"{where} → {new_where}",
                 functools.partial(ops.rename, replace=replace),
@@ -564,24 +526,6 @@ class SmbUpstream:
                 new_spath,
             )
         return entry_of(self._leaf(new), attrs, fid)
-
-    @contextlib.asynccontextmanager
-    async def _no_watches_below(self, spath: str) -> AsyncIterator[None]:
-        """While a folder is renamed or deleted: this connection's watches on it and below it
-        closed (``_release_watches_below``), and none opened until it is done."""
-        async with self._watch_gate:
-            self._renaming += 1
-        try:
-            async with self._watch_gate:
-                while self._opening_watches:
-                    await self._watch_gate.wait()
-            await self._release_watches_below(spath)
-            yield
-        finally:
-            with trio.CancelScope(shield=True):
-                async with self._watch_gate:
-                    self._renaming -= 1
-                    self._watch_gate.notify_all()
 
     async def set_mtime(self, path: bytes, mtime_ns: int) -> RemoteEntry:
         spath, where = self._spath(path)

@@ -23,14 +23,16 @@ Sending the re-armed request and closing the handle are ordinary deadline-bound 
 A watch is ended from outside with ``release()`` (the upstream does it before renaming a
 folder above it: Samba refuses to rename a folder with an open handle below it from the
 same connection, ``strict rename = no``). A folder deleted on the server ends its watch
-(STATUS_DELETE_PENDING) the same way: the iterator stops.
+(STATUS_DELETE_PENDING) the same way: the iterator stops. ``SmbWatches`` keeps one
+connection's watches and that order between opening them and renaming.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import trio
@@ -277,3 +279,66 @@ class SmbWatch:
                     log.debug("closing the watch on %s: %s", self._where, exc)
         finally:
             self._closed.set()
+
+
+class SmbWatches:
+    """One connection's open watches, and the gate between opening them and renaming.
+
+    A rename (or delete) of a folder and the opening of watches exclude each other (many
+    opens or many renames at once are fine): a watch opened below a folder while it is
+    renamed would make Samba refuse the rename, or report changes under the folder's old
+    name. Before the rename, this connection's watches on the folder and below it are
+    closed: Samba refuses to rename a folder that has a handle open below it from the same
+    connection (ACCESS_DENIED; other clients' handles do not count, ``strict rename = no``),
+    and a watch on the folder itself would go on reporting under its old name. Their owners
+    open them again.
+    """
+
+    def __init__(self) -> None:
+        self._open: set[SmbWatch] = set()
+        self._gate = trio.Condition()
+        self._opening = 0
+        self._renaming = 0
+
+    @contextlib.asynccontextmanager
+    async def opened(self, open_one: Callable[[], Awaitable[SmbWatch]]) -> AsyncIterator[SmbWatch]:
+        """A watch ``open_one`` opens once no rename runs, closed on exit (also cancelled)."""
+        async with self._gate:
+            while self._renaming:
+                await self._gate.wait()
+            self._opening += 1
+        try:
+            watcher = await open_one()
+            self._open.add(watcher)  # before the gate opens: a rename must find it
+        finally:
+            with trio.CancelScope(shield=True):
+                async with self._gate:
+                    self._opening -= 1
+                    self._gate.notify_all()
+        try:
+            yield watcher
+        finally:
+            self._open.discard(watcher)
+            await watcher.aclose()
+
+    @contextlib.asynccontextmanager
+    async def none_below(self, spath: str) -> AsyncIterator[None]:
+        """While a folder is renamed or deleted: the watches on it and below it closed, and
+        none opened until it is done."""
+        async with self._gate:
+            self._renaming += 1
+        try:
+            async with self._gate:
+                while self._opening:
+                    await self._gate.wait()
+            below = [wt for wt in self._open if wt.spath == spath or wt.spath.startswith(spath + "\\")]
+            for wt in below:
+                await wt.release()
+            if below:
+                log.debug("closed %d watches below %s before renaming or deleting it", len(below), spath)
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                async with self._gate:
+                    self._renaming -= 1
+                    self._gate.notify_all()
