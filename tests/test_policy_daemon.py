@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,25 @@ def test_reload_applies_a_new_slow_link_threshold_live(penv):
     wait_for(lambda: mode() == "slow_link", 15, "the new threshold was not applied")
     rows = {r["key"]: r for r in penv.cli("policy", "show")["rows"]}
     assert rows["offline_files.slow_link_ms"]["value"] == "20"
+
+
+def test_the_upload_cap_of_the_policy_holds_uploads_to_its_rate(penv):
+    # offline_files.upload_cap_kibps: the push sets it on the folder's upstream each round,
+    # and the worker processes that send the file pace every MiB by it.
+    path = penv.write_policy("- offline_files: {upload_cap_kibps: 1024}\n")
+    penv.start()
+    data = os.urandom(4 << 20)
+    on_server = penv.server_dir() / "capped.bin"
+    t0 = time.monotonic()
+    (penv.mount / "Documents" / "capped.bin").write_bytes(data)
+    wait_for(lambda: on_server.exists() and on_server.read_bytes() == data, 60, "capped.bin never arrived")
+    took = time.monotonic() - t0
+    # a second's worth at once, then 1 MiB/s: 4 MiB take at least 3 s (uncapped: well under 1 s)
+    assert took >= 2.8, f"4 MiB under a 1,024 KiB/s cap arrived after {took:.2f} s"
+    path.write_text("- offline_files: {upload_cap_kibps: 0}\n")
+    assert "offline_files.upload_cap_kibps" in penv.cli("reload")["applied"]
+    rows = {r["key"]: r for r in penv.cli("policy", "show")["rows"]}
+    assert rows["offline_files.upload_cap_kibps"]["value"] == "0"
 
 
 def test_per_path_latency_of_1_ms_makes_the_folders_under_it_always_offline(penv):

@@ -51,6 +51,8 @@ EFFECTS: dict[str, str | tuple[str, str]] = {
     "offline_files.fetch_uncached_on_slow_link": "- offline_files: {fetch_uncached_on_slow_link: false}",
     "offline_files.cost_aware_sync": "- offline_files: {cost_aware_sync: false}",
     "offline_files.sync_on_metered": "- offline_files: {sync_on_metered: true}",
+    "offline_files.upload_cap_kibps": "- offline_files: {upload_cap_kibps: 2048}",
+    "offline_files.slow_link_upload_kibps": "- offline_files: {slow_link_upload_kibps: 0}",
     "offline_files.notifications": "- offline_files: {notifications: false}",
     "offline_files.cache_size_limit": "- offline_files: {cache_size_limit: 2 GiB}",
     "offline_files.exclude_patterns": "- offline_files: {exclude_patterns: ['*.bak']}",

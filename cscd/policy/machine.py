@@ -417,6 +417,8 @@ def offline_policy(policy: Policy) -> OfflinePolicy:
         fetch_uncached_on_slow_link=o.fetch_uncached_on_slow_link,
         cost_aware_sync=o.cost_aware_sync,
         sync_on_metered=o.sync_on_metered,
+        upload_cap_kibps=float(o.upload_cap_kibps),
+        slow_link_upload_kibps=float(o.slow_link_upload_kibps),
         notifications=o.notifications,
     )
 
@@ -450,6 +452,7 @@ def daemon_config(config: DaemonConfig, policy: Policy) -> DaemonConfig:
                     "always_offline": "always_offline",
                     "fetch_uncached_on_slow_link": "fetch_uncached_on_slow_link",
                     "cost_aware_sync": "cost_aware_sync", "sync_on_metered": "sync_on_metered",
+                    "upload_cap_kibps": "upload_cap_kibps", "slow_link_upload_kibps": "slow_link_upload_kibps",
                     "notifications": "notifications"}
     offline = replace(config.offline, **{
         f: getattr(converted, f) for k, f in offline_keys.items() if f"offline_files.{k}" in origins

@@ -146,6 +146,9 @@ class OfflineFilesPolicy:
     fetch_uncached_on_slow_link: bool = True
     cost_aware_sync: bool = True
     sync_on_metered: bool = False
+    #: upload caps, KiB/s (0: none): in every mode, and on a slow link (trickle, keep it usable)
+    upload_cap_kibps: int = 0
+    slow_link_upload_kibps: int = 1024
     cache_size_limit: CacheSizeLimit = CacheSizeLimit()
     exclude_patterns: tuple[str, ...] = ("*.tmp", "~$*", ".~lock.*#")
     max_file_size_bytes: int = 10 * GB

@@ -58,6 +58,7 @@ FOLDER_KEYS = ("target", "targets_by_group", "path", "enabled", "offline", "move
 
 MS_MAX = 60_000
 MIN_MAX = 7 * 24 * 60
+KIBPS_MAX = 10_000_000  # 10 GB/s: beyond any link
 MAX_PATTERNS = 256
 MiB = 1 << 20
 #: A cache limit given in bytes must be at least this; less is a typo (``10`` meant ``10%``).
@@ -413,6 +414,8 @@ OFFLINE_KEYS: Mapping[str, Reader] = {
     "fetch_uncached_on_slow_link": Located.as_bool,
     "cost_aware_sync": Located.as_bool,
     "sync_on_metered": Located.as_bool,
+    "upload_cap_kibps": lambda loc: loc.as_int(0, KIBPS_MAX, "KiB/s"),
+    "slow_link_upload_kibps": lambda loc: loc.as_int(0, KIBPS_MAX, "KiB/s"),
     "cache_size_limit": cache_limit,
     "exclude_patterns": patterns,
     "max_file_size": lambda loc: size_bytes(loc, 1, MAX_FILE_BYTES),
