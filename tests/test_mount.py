@@ -349,7 +349,7 @@ def _first_listing_hung_midway(cscd_env, n: int) -> tuple[set[str], _DirReader]:
     big.mkdir()
     for name in expected:
         (big / name).touch()
-    cscd_env.proxy.delay_to_client_s = 0.05  # each batch a round trip: half-way is seen
+    cscd_env.proxy.delay_to_client_s = 0.1  # each batch a round trip: half-way is seen in time
     cscd_env.proxy.reset_counters()
     reader = _DirReader(cscd_env.docs / "many")
     # ~96 bytes an entry, sent twice: a first try in one compound of 2 MiB, then in batches.
