@@ -28,7 +28,7 @@ import xxhash
 from cscd.cache import merge, nodes
 from cscd.cache.core import CacheCore
 from cscd.cache.index import u64
-from cscd.cache.merge import listing_digest, merge_listing
+from cscd.cache.merge import merge_listing
 from cscd.cache.nodes import Flag
 from cscd.errors import NotAvailableOffline, NotDir, NotFound
 from cscd.types import RemoteEntry
@@ -112,20 +112,30 @@ class Listings:
         for dir_id in dir_ids:
             self._dir_stamp[dir_id] = self._generation
 
-    def merge(self, dir_id: int, entries: list[RemoteEntry], started: int | None = None) -> bool:
+    async def merge(self, dir_id: int, entries: list[RemoteEntry], started: int | None = None) -> bool:
         """Bring a directory's children in line with one server enumeration (see ``merge``).
 
         ``started`` (from ``started()``): if sync changed this directory on the server while
-        the listing was on its way, the listing may predate that change and is dropped;
-        returns whether it was applied.
+        the listing was on its way, the listing may predate that change and is dropped (also
+        half-way through a big merge); returns whether it was applied. One merge of a
+        directory at a time: it holds the directory's lock, as listing it does.
         """
-        if started is not None and self._dir_stamp.get(dir_id, 0) > started:
+        async with self._locks.setdefault(dir_id, trio.Lock()):
+            return await self._merge(dir_id, entries, started)
+
+    async def _merge(self, dir_id: int, entries: list[RemoteEntry], started: int | None = None) -> bool:
+        """``merge`` under the directory's lock, which the caller holds."""
+
+        def still_current() -> bool:
+            return started is None or self._dir_stamp.get(dir_id, 0) <= started
+
+        if not still_current():
             return False
         # An unchanged listing of a directory sync has not touched since changes nothing: skip
         # the write transaction (a rescan of 100,000 entries costs ~2 s on the trio thread).
         # The digest is kept in ``listed`` (cleared whenever an agreed name under the directory
         # changes, see ``nodes.forget_listing``), so this holds across restarts too.
-        digest = listing_digest(entries)
+        digest = await merge.digest_of(entries)
         with self.core.txn() as txn:
             if txn.get(u64(dir_id), db=self.core.index.listed) == digest:
                 return True
@@ -133,8 +143,8 @@ class Listings:
             keep = self.source.serves_cached(self.core.folder_of(self.core.node(dir_id))[0])
         except NotFound:
             keep = False  # the root, or a directory gone meanwhile
-        merge_listing(self.core, dir_id, entries, digest, keep_complete=keep)
-        return True
+        return await merge_listing(self.core, dir_id, entries, digest, keep_complete=keep,
+                                   still_current=still_current)
 
     def growing(self, dir_id: int) -> bool:
         """Whether a first listing of the directory is still adding batches."""
@@ -238,7 +248,7 @@ class Listings:
                 started = self.started()
                 t0 = trio.current_time()
                 entries = await self.source.list_dir(folder, path)
-                if self.merge(dir_id, entries, started):
+                if await self._merge(dir_id, entries, started):
                     t1 = trio.current_time()
                     core.listing_cost[dir_id] = (t1, t1 - t0)
                     core.child_mtimes[dir_id] = {e.name: e.mtime_ns for e in entries if e.is_dir}
@@ -259,7 +269,7 @@ class Listings:
             folder, path = self.core.remote_path(node)
             started = self.started()
             entries = await self.source.list_dir(folder, path)
-            if self.merge(dir_id, entries, started):
+            if await self._merge(dir_id, entries, started):
                 self.core.child_mtimes[dir_id] = {e.name: e.mtime_ns for e in entries if e.is_dir}
             self._refreshed_at[dir_id] = started_at
 

@@ -6,8 +6,9 @@ the *agreed* server names (``bases``), so local changes not yet uploaded are lef
 a clean node follows the server (its content is dropped if the version changed), a dirty
 one keeps its local state. New server names become placeholders; agreed names gone from
 the server vanish locally if their subtree is clean, else lose their base and are uploaded
-again as new — nothing local is lost. One write transaction per listing, or per batch for
-the first listing of an empty directory (``fill``, ``mark_listed``); no network here.
+again as new — nothing local is lost. One write transaction per ``STEP`` entries, so the
+mount answers in between, and per batch for the first listing of an empty directory as it
+arrives (``fill``, ``mark_listed``); no network here.
 
 It works through the cache's public transaction helpers (``txn``, ``publish``, ``is_open``);
 nothing outside ``cscd.cache`` calls it directly.
@@ -15,10 +16,13 @@ nothing outside ``cscd.cache`` calls it directly.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import trio
 import xxhash
 
 from cscd.cache import attrs, newer, nodes, unrecorded
@@ -33,43 +37,98 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: entries merged in one write transaction, between two checkpoints (~10-20 ms of the loop)
+STEP = 1000
 _NEW_ENTRY = Flag.HAS_BASE
 _NEW_EMPTY_FILE = Flag.HAS_BASE | Flag.HYDRATED
 
 
-def listing_digest(entries: list[RemoteEntry]) -> bytes:
-    """XXH3-128 of everything a merge looks at in a listing (names, kinds, sizes, times, ids)."""
-    return xxhash.xxh3_128_digest(digest_input(entries))
-
-
 def digest_input(entries: list[RemoteEntry]) -> bytes:
-    """What ``listing_digest`` hashes, for one batch: fed batch by batch to an
-    ``xxhash.xxh3_128`` it gives the same digest as the whole listing at once."""
+    """What a listing's digest hashes for a batch of it (names, kinds, sizes, times, ids, EAs):
+    fed batch by batch to an ``xxhash.xxh3_128``, the digest of the whole listing (``digest_of``)."""
     return b"".join(b"%s\0%d\0%d\0%d\0%d\0%s\n" % (e.name, e.is_dir, e.size, e.mtime_ns, e.file_id,
                                                    b"%r" % (e.eas,) if e.eas else b"") for e in entries)
 
 
-def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], digest: bytes = b"", *,
-                  keep_complete: bool = False) -> None:
+async def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry], digest: bytes = b"", *,
+                        keep_complete: bool = False, still_current: Callable[[], bool] = lambda: True) -> bool:
     """Bring a directory's children in line with one server enumeration.
 
     Matches the listing against the *agreed* server names (``bases``), so local changes
     not yet uploaded are left for sync: a clean node follows the server (its content is
     dropped if the version changed), a dirty one keeps its local state. New server names
     become placeholders; agreed names gone from the server vanish locally if clean.
-    ``digest`` (``listing_digest`` of ``entries``) is stored in ``listed`` with the result.
+    ``digest`` (``digest_of`` the entries) is stored in ``listed`` with the result.
     ``keep_complete``: the folder serves cached files without asking the server, so a
     complete copy is not emptied for a newer version; it is noted (``newer``) for sync.
+
+    In steps of ``STEP`` entries, one write transaction each, with a checkpoint between: the
+    mount answers while a big directory is merged (100,000 entries at once held every request
+    for ~0.9 s). Each entry is decided against the node's state in its own step. Before each
+    step ``still_current()`` is asked; once it is false (sync changed the directory on the
+    server meanwhile), the rest is not applied and False is returned: the directory keeps its
+    last digest, and the next listing merges again. The caller keeps other merges of the same
+    directory out meanwhile (``Listings`` holds its lock).
     """
     ix = cache.index
     now = time.time_ns()
+    with cache.txn() as txn:
+        empty = _is_empty(ix, txn, dir_id)
+    if empty:
+        for step in _steps(entries):
+            if not still_current():
+                return False
+            fill(cache, dir_id, step)
+            await trio.lowlevel.checkpoint()
+    else:
+        seen: set[bytes] = set()
+        for step in _steps(entries):
+            if not still_current():
+                return False
+            with cache.txn(write=True) as txn:
+                _match(cache, txn, dir_id, step, now, keep_complete)
+            seen.update(e.name for e in step)
+            await trio.lowlevel.checkpoint()
+        gone = await _agreed_names_not_in(cache, dir_id, seen)
+        for step in _steps(gone):
+            if not still_current():
+                return False
+            with cache.txn(write=True) as txn:
+                _forget_gone(cache, txn, dir_id, step)
+            await trio.lowlevel.checkpoint()
     with cache.txn(write=True) as txn:
-        parent = nodes.get(ix, txn, dir_id)
-        if _is_empty(ix, txn, dir_id):
-            _fill(cache, txn, parent, entries, now)
-        else:
-            _match(cache, txn, dir_id, entries, now, keep_complete)
         _mark_listed(ix, txn, dir_id, digest)
+    return True
+
+
+def _steps(items: list, step: int = STEP) -> Iterator[list]:
+    for i in range(0, len(items), step):
+        yield items[i:i + step]
+
+
+async def digest_of(entries: list[RemoteEntry]) -> bytes:
+    """XXH3-128 of everything a merge looks at in a listing, with checkpoints: the mount
+    answers while a big listing is hashed."""
+    digest = xxhash.xxh3_128()
+    for step in _steps(entries, 10 * STEP):
+        digest.update(digest_input(step))
+        await trio.lowlevel.checkpoint()
+    return digest.digest()
+
+
+async def _agreed_names_not_in(cache: CacheCore, dir_id: int, seen: set[bytes]) -> list[tuple[bytes, int]]:
+    """``(name, id)`` of the directory's agreed names that are not in ``seen``, read in
+    steps of ``10 * STEP`` with checkpoints between."""
+    out: list[tuple[bytes, int]] = []
+    after: bytes | None = None
+    while True:
+        with cache.txn() as txn:
+            step = list(itertools.islice(nodes.iter_base_children(cache.index, txn, dir_id, after), 10 * STEP))
+        if not step:
+            return out
+        out.extend((name, bid) for name, bid in step if name not in seen)
+        after = step[-1][0]
+        await trio.lowlevel.checkpoint()
 
 
 def is_empty(cache: CacheCore, dir_id: int) -> bool:
@@ -105,13 +164,12 @@ def _mark_listed(ix, txn, dir_id: int, digest: bytes) -> None:
         txn.put(u64(dir_id), digest, db=ix.listed)
 
 def _match(cache: CacheCore, txn, dir_id: int, entries: list[RemoteEntry], now: int, keep_complete: bool) -> None:
-    """Merge into a directory that has children or agreed names: ``reconcile.decide`` for
-    every entry and every agreed name the listing no longer shows. Only the server-side
-    actions are carried out here; the others (push, delete there, conflict) are the push's."""
+    """Merge entries into a directory that has children or agreed names: ``reconcile.decide``
+    for each (``_forget_gone`` does the agreed names the listing no longer shows). Only the
+    server-side actions are carried out here; the others (push, delete there, conflict) are
+    the push's."""
     ix = cache.index
-    seen: set[bytes] = set()
     for entry in entries:
-        seen.add(entry.name)
         bid = nodes.base_lookup_id(ix, txn, dir_id, entry.name)
         if bid is not None:
             node = nodes.get(ix, txn, bid)
@@ -135,8 +193,15 @@ def _match(cache: CacheCore, txn, dir_id: int, entries: list[RemoteEntry], now: 
             log.debug("listing of %s: %r is new on the server", dir_id, entry.name)
             _add_placeholder(ix, txn, dir_id, ix.allocate_id(txn), entry, now)
             cache.publish(("entry", dir_id, entry.name))
-    for name, bid in list(nodes.iter_base_children(ix, txn, dir_id)):
-        if name in seen:
+
+
+def _forget_gone(cache: CacheCore, txn, dir_id: int, gone: list[tuple[bytes, int]]) -> None:
+    """Agreed names of the directory that the listing no longer shows: a clean subtree goes,
+    local changes are kept as new. A name whose agreed node changed since the listing's
+    entries were merged (an earlier step) is left to the next listing."""
+    ix = cache.index
+    for name, bid in gone:
+        if nodes.base_lookup_id(ix, txn, dir_id, name) != bid:
             continue
         node = nodes.get(ix, txn, bid)
         local = Local(exists=not node.is_deleted, changed=not _subtree_clean(cache, txn, node), is_dir=node.is_dir)

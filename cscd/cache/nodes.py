@@ -304,16 +304,20 @@ def iter_children(ix: Index, txn: lmdb.Transaction, parent: int, after_id: int =
         yield from_u64(key[8:16]), bytes(name)
 
 
-def iter_base_children(ix: Index, txn: lmdb.Transaction, base_parent: int):
-    """Yield ``(base_name, id)`` of everything whose agreed server location is under ``base_parent``."""
+def iter_base_children(ix: Index, txn: lmdb.Transaction, base_parent: int, after: bytes | None = None):
+    """Yield ``(base_name, id)`` of everything whose agreed server location is under
+    ``base_parent``, in name order; with ``after``, only the names that sort after it."""
     prefix = u64(base_parent)
     cur = txn.cursor(db=ix.bases)
-    if not cur.set_range(prefix):
+    if not cur.set_range(prefix if after is None else prefix + after):
         return
     for key, value in cur:
         if key[:8] != prefix:
             return
-        yield bytes(key[8:]), from_u64(value)
+        name = bytes(key[8:])
+        if name == after:
+            continue
+        yield name, from_u64(value)
 
 
 def has_children(ix: Index, txn: lmdb.Transaction, parent: int) -> bool:

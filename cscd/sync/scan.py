@@ -50,7 +50,7 @@ class Scanner:
         folder, path = self.local.remote_path(node)
         started = self.local.listing_started()
         entries = visible(await self.upstreams[folder.decode()].list_dir(path), self.matcher)
-        applied = self.local.merge_listing(dir_id, entries, started)
+        applied = await self.local.merge_listing(dir_id, entries, started)
         self.dirs_scanned += 1
         t1 = trio.current_time()
         self.local.listing_cost[dir_id] = (t1, t1 - t0)

@@ -41,6 +41,8 @@ EAS_SEEN_MAX = 100_000
 #: Folders whose listing did not fit one buffer, remembered so the next listing goes straight
 #: to batches (``smb_ops.list_dir``); forgotten wholesale past this many.
 BIG_DIRS_MAX = 10_000
+#: entries of a batch turned into ``RemoteEntry`` between two checkpoints
+CHECKPOINT_EVERY = 2000
 
 #: ``SmbUpstream._run``: ``fn(link, call, *args)`` in a worker thread on a live link
 Run = Callable[..., Awaitable[Any]]
@@ -140,7 +142,9 @@ class SmbListings:
         out = []
         with_eas: list[tuple[int, str, DirEntry]] = []  # (index in out, server path, entry)
         stale_before = time.time_ns() - int(STALE_TEMP_S * 1e9)
-        for e in raw:
+        for i, e in enumerate(raw):
+            if not i % CHECKPOINT_EVERY:
+                await trio.lowlevel.checkpoint()  # the mount answers while a batch is read
             if e.name in (".", ".."):
                 continue
             if is_internal_name(e.name):
