@@ -254,3 +254,33 @@ async def test_a_big_listing_is_merged_in_steps_the_loop_runs_between(cache, tmp
         names = {name for _, name in nodes.iter_children(cache.core.index, txn, folder)}
     assert names == {e.name for e in second}
     assert _problems(cache, tmp_path) == []
+
+
+async def test_a_merge_cut_short_does_not_let_the_old_listing_be_skipped(cache, tmp_path):
+    """A merge that stops half-way (sync changed the directory, or a crash) has applied part
+    of the new listing: the digest of the last full listing no longer describes the directory,
+    so that same listing coming back is merged again rather than skipped as unchanged. Here an
+    empty directory (its digest: the empty listing) gets 3,000 new names, cut after the first
+    1,000, and then the server is empty again."""
+    from cscd.cache.merge import STEP, digest_of, merge_listing
+
+    folder = _folder(cache)
+    await cache.listings.merge(folder, [])
+    new = [_file(b"f%06d" % i, i + 1) for i in range(3 * STEP)]
+    asked = 0
+
+    def current_once() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked == 1  # sync's change lands after the first step
+
+    assert not await merge_listing(cache.core, folder, new, await digest_of(new), still_current=current_once)
+    assert len(_children(cache, folder)) == STEP, "the cut-short merge was meant to apply one step"
+    assert await cache.listings.merge(folder, [])
+    assert _children(cache, folder) == []
+    assert _problems(cache, tmp_path) == []
+
+
+def _children(cache: Cache, dir_id: int) -> list[int]:
+    with cache.core.txn() as txn:
+        return [cid for cid, _ in nodes.iter_children(cache.core.index, txn, dir_id)]

@@ -72,8 +72,11 @@ async def merge_listing(cache: CacheCore, dir_id: int, entries: list[RemoteEntry
     """
     ix = cache.index
     now = time.time_ns()
-    with cache.txn() as txn:
+    with cache.txn(write=True) as txn:
         empty = _is_empty(ix, txn, dir_id)
+        # Until the last step, the last digest no longer describes the directory: a merge cut
+        # short (a crash, sync's change) must not let the same old listing be skipped later.
+        nodes.forget_listing(ix, txn, dir_id)
     if empty:
         for step in _steps(entries):
             if not still_current():
