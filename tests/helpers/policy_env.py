@@ -112,9 +112,18 @@ def fill(folder: Path, files: dict[str, bytes]) -> dict[str, str]:
 
 
 def tree(folder: Path) -> dict[str, str]:
-    """Every regular file under ``folder`` (symlinks skipped) → its sha256, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
+    """Every regular file under ``folder`` (symlinks skipped) → its sha256, by relative path.
+
+    A file gone between the walk and its read is left out: on a server directory an upload's
+    temporary is renamed over its target at any moment (a poll then simply looks again)."""
+    out = {}
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            try:
+                out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+            except FileNotFoundError:
+                continue
+    return out
 
 
 def documents_policy(env: PolicyEnv, *, removal_action: str = "leave", extra: str = "") -> str:
