@@ -37,6 +37,7 @@ from bench.fileio import (
     digest_bytes,
     drop_caches,
     file_digest,
+    gnu_ls,
     make_bytes,
     make_file,
     read_file,
@@ -368,11 +369,16 @@ def run_metadata(env: Env, o: Options, res: CaseResult, entries: int) -> None:
             res.cell(f"cold.{name}", "s").sample(lambda root=root: walk(root(), walk_lstat, True))
             res.cell(f"warm.{name}", "s").sample(lambda root=root: walk(root(), walk_lstat, False))
             res.cell(f"find.{name}", "s").sample(lambda root=root: walk(root(), walk_names, False))
+            res.cell(f"gnu_ls.{name}", "s").sample(lambda root=root: walk(root(), gnu_ls, False))
     what = f"{entries:,} entries in 100 dirs"
     for kind, label in (("cold", f"ls -lR, first listing, {what} (s)"), ("warm", f"ls -lR again, {what} (s)"),
-                        ("find", f"find (names only) again, {what} (s)")):
+                        ("find", f"find (names only) again, {what} (s)"),
+                        ("gnu_ls", f"GNU ls -lR again (with its getxattr calls), {what} (s)")):
         res.row(label, f"{kind}.cscd", f"{kind}.local", "local disk", higher_is_better=False)
         res.row(label, f"{kind}.cscd", f"{kind}.rclone", "rclone", higher_is_better=False)
+    res.note("ls -lR = os.walk + lstat of every entry in Python; GNU ls -lR = /bin/ls -lR itself, which "
+             "also asks each entry for its SELinux label and POSIX ACL unless the file system said once "
+             "that it keeps neither")
     # cscd re-lists every directory used in the last 5 minutes every 3 s: what that costs now.
     res.info["idle_after_walks"] = env.idle_cost()
     for name in ("local", *CLIENTS):

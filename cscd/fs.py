@@ -19,7 +19,7 @@ kernel follows them, cscd never does.
 
 Not supported, by design (documented in the README): hard links (EPERM), special files
 (EPERM), ``RENAME_EXCHANGE`` (EINVAL), ownership changes (ignored: every file belongs to the
-mounting user), extended attributes (ENOTSUP / ENOATTR), atime updates.
+mounting user), extended attributes outside ``user.*`` (ENOTSUP), atime updates.
 """
 
 from __future__ import annotations
@@ -481,10 +481,14 @@ class CscdFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        # The kernel asks for security.capability before every write: answer it without a
-        # transaction. Only user.* attributes exist here (``cscd.xattrs``).
+        # Only user.* attributes exist here (``cscd.xattrs``), and the other namespaces are
+        # answered ENOTSUP without a transaction, as ``setxattr`` answers them. Not ENODATA:
+        # GNU ls asks for security.selinux and system.posix_acl_* on every entry of ``ls -l``
+        # and stops asking on a device that said ENOTSUP once, so a warm ``ls -lR`` of 10,100
+        # entries makes 2 round trips here instead of 30,000 (1.65 s against 0.06 s on ext4).
+        # The kernel's security.capability before a write takes the same answer.
         if not name.startswith(b"user."):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
         if name in STATE_XATTRS:
             state = filestate.describe(self.cache.core, inode, self.sync_view)
             return state.state.encode() if name == STATE_XATTR else b"1" if state.pinned else b"0"

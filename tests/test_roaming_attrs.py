@@ -124,6 +124,32 @@ def test_attributes_the_server_cannot_hold_are_refused(mount_env, name, code):
     assert os.listxattr(f) == []
 
 
+def test_other_namespaces_read_as_not_supported_so_ls_stops_asking(mount_env):
+    """``security.*``, ``system.*`` and ``trusted.*`` do not exist here, and reading one says so.
+
+    GNU ``ls -l`` asks every entry for its SELinux label and its POSIX ACL, and stops asking on
+    a device that answered ENOTSUP once. Answered "no such attribute", a warm ``ls -lR`` of
+    10,100 entries made 30,000 round trips to the daemon (1.65 s against 0.06 s on ext4).
+    """
+    env = mount_env()
+    for d in range(3):
+        (env.docs / f"d{d}").mkdir()
+        for f in range(50):
+            (env.docs / f"d{d}" / f"f{f}").write_bytes(b"x")
+    for path in (env.docs / "d0", env.docs / "d0" / "f0"):
+        for name in ("security.selinux", "system.posix_acl_access", "trusted.overlay"):
+            with pytest.raises(OSError) as info:
+                os.getxattr(path, name)
+            assert info.value.errno == errno.ENOTSUP, name
+    trace = env.workdir / "ls.strace"
+    listing = subprocess.run(["strace", "-f", "-e", "trace=getxattr,lgetxattr", "-o", str(trace),
+                              "ls", "-lR", str(env.docs)], capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert sum(1 for line in listing.stdout.splitlines() if line.startswith(("-", "d"))) == 153
+    calls = [line for line in trace.read_text().splitlines() if "getxattr(" in line]
+    assert len(calls) <= 4, calls[:10]
+
+
 def test_xattr_calls_answer_as_on_a_local_file_system(mount_env):
     env = mount_env()
     f = env.docs / "f"
