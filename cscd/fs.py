@@ -416,7 +416,7 @@ class CscdFs(pyfuse3.Operations):
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         await self.cache.hydration.guard(parent_inode)
         node = self.cache.namespace.create(parent_inode, name, mode & ~ctx.umask)
-        fd = self.cache.content.open(node.id, truncate=False, write=True)
+        fd = self.cache.content.open(node.id, truncate=False, write=True, node=node)
         fh = self._new_handle(node.id, fd, write=True)
         self._handles[fh].unpushed = True  # even an empty new file goes to the server at close
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node)), self._entry(node)
@@ -428,7 +428,7 @@ class CscdFs(pyfuse3.Operations):
         truncate = bool(flags & os.O_TRUNC)
         if truncate and write:
             self.cache.residency.check_size(inode, 0)
-        fd = self.cache.content.open(inode, truncate=truncate, write=write)
+        fd = self.cache.content.open(inode, truncate=truncate, write=write, node=node)
         fh = self._new_handle(inode, fd, write=write)
         self._handles[fh].unpushed = truncate and bool(node.size)
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node))
@@ -476,8 +476,9 @@ class CscdFs(pyfuse3.Operations):
     @_errno_boundary
     async def release(self, fh: FileHandleT) -> None:
         h = self._handles.pop(fh)
-        self.cache.content.release(h.node_id, h.fd, write=h.write, wrote=h.wrote)
-        self.cache.residency.after_close(h.node_id)
+        last = self.cache.content.release(h.node_id, h.fd, write=h.write, wrote=h.wrote)
+        if last is not None:
+            self.cache.residency.after_close(last)
 
     @_errno_boundary
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:

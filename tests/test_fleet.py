@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import random
+import subprocess
 import time
 
 import pytest
@@ -102,6 +103,32 @@ def test_more_used_directories_than_watches_stays_quiet(mount_env) -> None:
     wait_for(lambda: frames_over(env, 2.0) <= 1, 30, "the client does not settle")
     frames = frames_over(env, WINDOW_S)
     assert frames <= WINDOW_S / SCALED["revalidate_interval_s"] + 1, f"{frames} frames in {WINDOW_S:g} s"
+    assert change_tracking(env)["directory_watches"] == 8
+
+
+def test_walking_more_directories_than_watches_again_and_again_stays_quiet(mount_env) -> None:
+    """``du`` or ``grep -r`` over 40 directories in a loop, with eight watches: the watches
+    stay where they are instead of following the walk. Each tick used to close the eight,
+    open eight others and list each of those (about 30 requests a second while walking; the
+    walk itself, all cached, needs none)."""
+    env = mount_env(start=False, timings=SCALED, extra={"directory_watches": 8})
+    for i in range(40):
+        (env.server / f"d{i:02d}").mkdir()
+        (env.server / f"d{i:02d}" / "notes.txt").write_text(f"note {i}")
+    env.start_daemon()
+    walk = ["grep", "-r", "nothing-matches-this", str(env.docs)]
+    assert subprocess.run(walk, capture_output=True).returncode == 1  # read all, found nothing
+    wait_for(lambda: change_tracking(env)["directory_watches"] == 8, 20, "eight directories are not watched")
+    wait_for(lambda: frames_over(env, 2.0) <= 1, 30, "the client does not settle")
+    env.proxy.reset_counters()
+    walks = 0
+    until = time.monotonic() + WINDOW_S
+    while time.monotonic() < until:
+        assert subprocess.run(walk, capture_output=True).returncode == 1
+        walks += 1
+    frames = env.proxy.frames_to_server
+    assert walks >= 10, f"only {walks} walks in {WINDOW_S:g} s"
+    assert frames <= WINDOW_S / SCALED["revalidate_interval_s"] + 1, f"{frames} frames in {WINDOW_S:g} s, {walks} walks"
     assert change_tracking(env)["directory_watches"] == 8
 
 

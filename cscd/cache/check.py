@@ -24,8 +24,7 @@ def check_cache(cache_dir: Path) -> list[str]:
     """All problems found in the cache at ``cache_dir`` (an empty list means consistent)."""
     problems: list[str] = []
     env = lmdb.open(str(cache_dir / "index"), max_dbs=16, readonly=True, lock=False)
-    store = ContentStore.__new__(ContentStore)
-    store.root = cache_dir / "content"
+    store = ContentStore(cache_dir / "content", create=False)
     try:
         dbs = {name: env.open_db(name.encode()) for name in
                ("nodes", "children", "dirents", "bases", "dirty", "ranges", "meta")}

@@ -94,14 +94,16 @@ class Content:
             self.core.cut_content(node.id, size)
         node.size = size
 
-    def open(self, node_id: int, *, truncate: bool, write: bool) -> int:
-        """Open the node's content file; returns a local fd. Counts handles for ``forget``."""
-        node = self.core.node(node_id)
+    def open(self, node_id: int, *, truncate: bool, write: bool, node: Node | None = None) -> int:
+        """Open the node's content file; returns a local fd. Counts handles for ``forget``.
+        ``node``: its record as the caller just read it (one read less on every open)."""
+        if node is None:
+            node = self.core.node(node_id)
         if node.is_dir:
             raise IsDir(f"{node.name!r} is a directory")
         if truncate and node.size:
             node = self.setattr(node_id, size=0)
-        fd = self.core.store.open(node_id, None if self.core.store.exists(node_id) else node.size)
+        fd = self.core.store.open_or_make(node_id, node.size)
         self.residency.touch(node_id)
         self.core.opened(node_id, write=write)
         return fd
@@ -138,31 +140,35 @@ class Content:
         await trio.to_thread.run_sync(os.fsync, fd)
         await trio.to_thread.run_sync(self.core.index.sync)
 
-    def release(self, node_id: int, fd: int, *, write: bool, wrote: bool) -> None:
+    def release(self, node_id: int, fd: int, *, write: bool, wrote: bool) -> Node | None:
         """A handle closed (``write``: opened for writing; ``wrote``: it wrote). Sync is woken
-        for a writer's close; a file deleted while open loses its content at the last one."""
+        for a writer's close; a file deleted while open loses its content at the last one.
+        Returns the node's record if that was its last handle and it is still in the
+        namespace (what ``Residency.after_close`` decides on), else None."""
         os.close(fd)
         self.core.closed(node_id, write=write)
         if write or wrote:
             self.core.mark_changed()
-        self._purge_if_unused(node_id)
+        return self._purge_if_unused(node_id)
 
     def forget(self, node_id: int) -> None:
         """The kernel dropped its last reference: free a tombstone's content."""
         self._purge_if_unused(node_id)
 
-    def _purge_if_unused(self, node_id: int) -> None:
+    def _purge_if_unused(self, node_id: int) -> Node | None:
+        """Free a tombstone nothing holds open; returns the record of a live node nothing
+        holds open."""
         if self.core.is_open(node_id):
-            return
+            return None
         ix = self.core.index
         with self.core.txn() as txn:  # a read first: the write below is for tombstones only
             node = nodes.find(ix, txn, node_id)
             if node is None or not node.is_deleted:
-                return
+                return node
         with self.core.txn(write=True) as txn:
             node = nodes.find(ix, txn, node_id)
             if node is None or Flag.TOMBSTONE not in node.flags:
-                return
+                return node
             if node.has_base and nodes.dirty_reasons(ix, txn, node_id):
                 self.core.discard_content(node_id)  # record stays for the pending server delete
                 return

@@ -98,16 +98,11 @@ class Residency:
         emit(EventId.SYNC_FILE_TOO_LARGE, folder=folder, path=path, size=size, limit=limit)
         raise TooLarge(f"{folder}/{path}: {size} bytes is more than offline_files.max_file_size ({limit} bytes)")
 
-    def after_close(self, node_id: int) -> None:
-        """The last handle may have closed: drop content this machine must not keep."""
-        if self.cache.is_open(node_id):
-            return
-        try:
-            node = self.cache.node(node_id)
-        except NotFound:
-            return  # a tombstone purged at its last close
+    def after_close(self, node: Node) -> None:
+        """The node's last handle closed (``Content.release`` says so and passes its record):
+        drop content this machine must not keep."""
         if not self.keeps_content(node):
-            self._dehydrate(node_id)
+            self._dehydrate(node.id)
 
     def discard_change(self, node_id: int) -> None:
         """A write-through failed: forget the local content change instead of queueing it.

@@ -66,22 +66,38 @@ def scrub_file(path: Path | str) -> int:
 class ContentStore:
     """Sparse files named by node id, fanned out over 256 subdirectories."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        """``create=False``: only look (``cscd.cache.check`` on a cache it must not change)."""
         self.root = root
+        self._root = os.fspath(root)  # ``path_of`` is on every open: no pathlib there
+        if not create:
+            return
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for i in range(256):
             (root / f"{i:02x}").mkdir(exist_ok=True, mode=0o700)
         (root / "newer").mkdir(exist_ok=True, mode=0o700)  # see ``cscd.cache.newer``
 
     def path(self, node_id: int) -> Path:
-        return self.root / f"{node_id & 0xFF:02x}" / f"{node_id:016x}"
+        return Path(self.path_of(node_id))
+
+    def path_of(self, node_id: int) -> str:
+        return f"{self._root}/{node_id & 0xFF:02x}/{node_id:016x}"
 
     def open(self, node_id: int, size: int | None = None) -> int:
         """Open (creating if needed) the content file read-write; set its length if given."""
-        fd = os.open(self.path(node_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path_of(node_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if size is not None and os.fstat(fd).st_size != size:
             os.ftruncate(fd, size)
         return fd
+
+    def open_or_make(self, node_id: int, size: int) -> int:
+        """Open the content file read-write; one that is not there yet is made ``size`` long
+        (a placeholder's holes). One system call when the file is there, as on every open
+        of a cached file."""
+        try:
+            return os.open(self.path_of(node_id), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return self.open(node_id, size)
 
     def snapshot(self, node_id: int, size: int) -> int:
         """A private read-write copy of the first ``size`` bytes of the node's content; returns
@@ -90,7 +106,7 @@ class ContentStore:
         Raises ``FileNotFoundError`` if the node has no content file, ``CacheFull`` if the
         cache's disk cannot hold the copy (the caller may then read the live file instead).
         """
-        src = os.open(self.path(node_id), os.O_RDONLY | os.O_CLOEXEC)
+        src = os.open(self.path_of(node_id), os.O_RDONLY | os.O_CLOEXEC)
         try:
             dst = self._unnamed_file()
             try:
@@ -129,10 +145,10 @@ class ContentStore:
 
     def open_readonly(self, node_id: int) -> int:
         """The live content file, read-only (``FileNotFoundError`` if it has none)."""
-        return os.open(self.path(node_id), os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(self.path_of(node_id), os.O_RDONLY | os.O_CLOEXEC)
 
     def exists(self, node_id: int) -> bool:
-        return self.path(node_id).exists()
+        return os.path.exists(self.path_of(node_id))
 
     def truncate(self, node_id: int, size: int) -> None:
         try:

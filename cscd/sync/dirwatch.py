@@ -46,6 +46,12 @@ REARM_GAP_S = 0.05
 RETRY_S = 60.0
 #: ... and one not on the server (yet) this long.
 NOT_FOUND_RETRY_S = 5.0
+#: A watch stays open at least this long before a more recently used directory may take its
+#: place. A walk over more directories than there are watches (``du`` or ``grep -r`` of a big
+#: tree, again and again) otherwise closed and opened watches every tick, each opening
+#: costing a listing of its directory: the directories that find no free watch wait, and are
+#: left to the slow revalidation meanwhile, as any directory beyond the limit is.
+KEEP_OPEN_S = 60.0
 #: Longest a directory's first listing waits for its watch to be armed (one round trip);
 #: on a server slower than that it is listed at once and listed again when the watch is up.
 ARM_BEFORE_LISTING_S = 0.5
@@ -67,6 +73,7 @@ class DirectoryWatches:
         self._horizon = -math.inf  # the newest use taken in so far
         self._member: dict[int, bool] = {}  # directory id → in this folder (not its top)?
         self._tasks: dict[int, trio.CancelScope] = {}
+        self._opened_at: dict[int, float] = {}  # directory → when its watch task started
         self._failed: dict[int, float] = {}
         #: directories whose watch is armed right now
         self.armed: set[int] = set()
@@ -124,9 +131,10 @@ class DirectoryWatches:
         self._follow_use()  # takes in this use: the directory is now the most recently used
         if not self._used or next(reversed(self._used)) != dir_id:
             return  # not one of this folder's directories (its top has the tree watch)
+        if self._open_watches() >= self.limit and not self._close_least_recently_used():
+            return  # every watch is young: this directory waits for one, as at a tick
         armed = self._listing_follows[dir_id] = trio.Event()
-        self._tasks[dir_id] = trio.CancelScope()
-        self._nursery.start_soon(self._watch_one, dir_id, self._tasks[dir_id])
+        self._start(self._nursery, dir_id)
         with trio.move_on_after(ARM_BEFORE_LISTING_S):
             await armed.wait()
         self._listing_follows.pop(dir_id, None)  # too slow: arming will ask for a rescan
@@ -140,23 +148,51 @@ class DirectoryWatches:
             self._nursery = None  # closed: a first listing no longer waits for a watch
 
     async def _keep_watches(self, nursery: trio.Nursery) -> None:
-        """Each tick: the most recently used directories watched, the rest closed."""
+        """Each tick: the most recently used directories watched, the rest closed — except
+        that a watch younger than ``KEEP_OPEN_S`` keeps its place, and a newcomer then waits
+        for a free one."""
         while True:
             if not self.active() or self.limit <= 0:
                 for scope in self._tasks.values():
                     scope.cancel()
             else:
                 self._follow_use()
-                wanted = set(self.wanted())
-                for dir_id, scope in list(self._tasks.items()):
-                    if dir_id not in wanted:
-                        scope.cancel()  # least recently used: its handle is closed
+                wanted = self.wanted()  # the most recently used first
+                keep = set(wanted)
                 now = trio.current_time()
+                for dir_id, scope in list(self._tasks.items()):
+                    if dir_id not in keep and (not self._young(dir_id, now) or not self.local.exists(dir_id)):
+                        scope.cancel()  # least recently used: its handle is closed
+                room = self.limit - self._open_watches()
                 for dir_id in wanted:
+                    if room <= 0:
+                        break
                     if dir_id not in self._tasks and now >= self._failed.get(dir_id, 0.0):
-                        self._tasks[dir_id] = trio.CancelScope()
-                        nursery.start_soon(self._watch_one, dir_id, self._tasks[dir_id])
+                        self._start(nursery, dir_id)
+                        room -= 1
             await trio.sleep(TICK_S)
+
+    def _start(self, nursery: trio.Nursery, dir_id: int) -> None:
+        scope = self._tasks[dir_id] = trio.CancelScope()
+        self._opened_at[dir_id] = trio.current_time()
+        nursery.start_soon(self._watch_one, dir_id, scope)
+
+    def _young(self, dir_id: int, now: float) -> bool:
+        return now - self._opened_at.get(dir_id, -math.inf) < KEEP_OPEN_S
+
+    def _open_watches(self) -> int:
+        """Watch tasks not told to close (a closing one leaves ``_tasks`` once its handle is)."""
+        return sum(1 for scope in self._tasks.values() if not scope.cancel_called)
+
+    def _close_least_recently_used(self) -> bool:
+        """Close the least recently used watch that is not young; False if there is none."""
+        now = trio.current_time()
+        order = {dir_id: i for i, dir_id in enumerate(self._used)}  # dropped from history: first
+        old = [d for d, scope in self._tasks.items() if not scope.cancel_called and not self._young(d, now)]
+        if not old:
+            return False
+        self._tasks[min(old, key=lambda d: order.get(d, -1))].cancel()
+        return True
 
     async def _watch_one(self, dir_id: int, scope: trio.CancelScope) -> None:
         try:
@@ -186,3 +222,4 @@ class DirectoryWatches:
             self.armed.discard(dir_id)
             if self._tasks.get(dir_id) is scope:
                 del self._tasks[dir_id]
+                del self._opened_at[dir_id]
