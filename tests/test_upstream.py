@@ -355,6 +355,34 @@ async def test_a_new_small_file_goes_up_in_one_round_trip(smbd: EmbeddedSamba, t
             await up.close()
 
 
+async def test_the_mode_of_a_file_just_uploaded_goes_up_in_one_more_round_trip(smbd: EmbeddedSamba,
+                                                                                 tmp_path: Path) -> None:
+    """The EAs of a file an upload has just made are written without reading its (empty) set
+    first: one compound, not two. Where the file may hold EAs already, they are read, and the
+    ones not wanted are removed."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    disk = smbd.share_dir / name
+    disk.mkdir()
+    with TcpProxy((smbd.host, smbd.port)) as proxy:
+        up = smb_upstream(smbd, name)
+        up.port = proxy.port
+        try:
+            await up.connect()
+            await up.upload(b"run.sh", local_file(tmp_path, b"#!/bin/sh\n"), 10, 1_500_000_000_000_000_000)
+            await up.set_eas(b"run.sh", {b"probe": b"1"})  # the share's EA support is known from here on
+            proxy.reset_counters()
+            await up.set_eas(b"run.sh", {b"cscd.mode": b"0755"}, fresh=True)
+            assert proxy.frames_to_server == 1
+            assert os.getxattr(disk / "run.sh", "user.cscd.mode") == b"0755"
+            proxy.reset_counters()
+            await up.set_eas(b"run.sh", {b"cscd.mode": b"0700"})
+            assert proxy.frames_to_server == 2
+            assert [n for n in os.listxattr(disk / "run.sh") if n.startswith("user.")] == ["user.cscd.mode"]
+            assert os.getxattr(disk / "run.sh", "user.cscd.mode") == b"0700"
+        finally:
+            await up.close()
+
+
 async def test_cancelled_upload_never_lands(target: Target, tmp_path: Path) -> None:
     src = sparse_file(tmp_path / "sparse", 512 * MiB, b"head")
     fd = os.open(src, os.O_RDONLY)

@@ -462,7 +462,7 @@ class Pusher:
         refused = None
         replaced = [] if node.has_base else self._replaced(node, parent, target)
         if reasons & CONTENT or not node.has_base:
-            entry, chunks = await self.uploads.upload(node, parent_path, target, up, replaced)
+            entry, chunks, fresh = await self.uploads.upload(node, parent_path, target, up, replaced)
             if not local.exists(node.id):
                 # A new file deleted here while it uploaded: no record is left to delete the
                 # server copy next round, so take it back now (if it is still ours).
@@ -472,7 +472,7 @@ class Pusher:
             if reasons & ATTRS or local.server_eas(node.id):
                 # A new version is a new server file (a temporary renamed over): the EAs the
                 # old one had are gone with it.
-                refused = await self._put_eas(node, target, up)
+                refused = await self._put_eas(node, target, up, fresh=fresh)
         else:
             if reasons & META:
                 entry = await up.set_mtime(target, node.mtime_ns)
@@ -481,12 +481,12 @@ class Pusher:
         self._record(node, version, parent.id, entry, reasons, refused, chunks=chunks)
         self._settle_replaced(replaced)
 
-    async def _put_eas(self, node, target: bytes, up: Upstream) -> CscdError | None:
+    async def _put_eas(self, node, target: bytes, up: Upstream, *, fresh: bool = False) -> CscdError | None:
         """Write the node's mode and attributes as the EAs of ``target``; a refusal (a server
         file system with no room for them: ext4 keeps about 4 KiB of xattrs per file) is
         returned, not raised, so the content's upload is still recorded."""
         try:
-            await up.set_eas(target, self.local.server_eas(node.id))
+            await up.set_eas(target, self.local.server_eas(node.id), fresh=fresh)
         except (UpstreamUnavailable, UpstreamTimeout, NotFound, SourceChanged):
             raise
         except CscdError as exc:

@@ -51,8 +51,10 @@ class ContentUploads:
         self.on_server_differs = on_server_differs
 
     async def upload(self, node, parent_path: bytes, target: bytes,
-                     up: Upstream, replaced: list | None = None) -> tuple[RemoteEntry, list[Chunk] | None]:
-        """Upload a file's content; returns the new server entry and the content's chunks.
+                     up: Upstream, replaced: list | None = None
+                     ) -> tuple[RemoteEntry, list[Chunk] | None, bool]:
+        """Upload a file's content; returns the new server entry, the content's chunks, and
+        whether the entry is a new server file of this upload's making (it has no EAs yet).
 
         Reads a snapshot of the content (``LocalSide.content_snapshot``), never the live file:
         a write, truncation, rename or delete while the upload runs cannot tear it, and the
@@ -75,19 +77,20 @@ class ContentUploads:
                 return await self._upload_while_chunking(node, parent_path, target, up, snap, replaced)
             chunks = await self._chunks(node, snap)
             if chunks is not None and same_chunks(base, chunks):
-                entry = await self._send(node, parent_path, target, up, snap, None, times_only=True)
+                entry, _ = await self._send(node, parent_path, target, up, snap, None, times_only=True)
                 self.counters.times_only += 1
-                return entry, chunks
+                return entry, chunks, False
             plan = self._delta_plan(snap, base, chunks)
-            return await self._send(node, parent_path, target, up, snap, plan), chunks
+            entry, fresh = await self._send(node, parent_path, target, up, snap, plan)
+            return entry, chunks, fresh
         finally:
             snap.close()
 
     async def _upload_while_chunking(self, node, parent_path: bytes, target: bytes, up: Upstream,
                                      snap: ContentSnapshot, replaced: list | None = None
-                                     ) -> tuple[RemoteEntry, list[Chunk] | None]:
+                                     ) -> tuple[RemoteEntry, list[Chunk] | None, bool]:
         chunks: list[list[Chunk] | None] = [None]
-        sent: list[RemoteEntry] = []
+        sent: list[tuple[RemoteEntry, bool]] = []
         failed: list[Exception] = []
 
         async def chunk() -> None:
@@ -106,12 +109,13 @@ class ContentUploads:
             nursery.start_soon(send, name="sync.upload")
         if failed:
             raise failed[0]
-        return sent[0], chunks[0]
+        return sent[0][0], chunks[0], sent[0][1]
 
     async def _send(self, node, parent_path: bytes, target: bytes, up: Upstream, snap: ContentSnapshot,
                     plan: DeltaPlan | None, *, times_only: bool = False,
-                    replaced: list | None = None) -> RemoteEntry:
+                    replaced: list | None = None) -> tuple[RemoteEntry, bool]:
         """Put the snapshot on the server (or only its time); a conflict keeps both versions.
+        The bool: the entry is a new file this upload made under ``target`` (``upload``).
 
         ``replaced``: the tombstones of the synced files this new one was renamed over
         (``_replaced``); the server version of one of them is the one the upload may replace."""
@@ -121,7 +125,7 @@ class ContentUploads:
         earlier = self.local.record_sending(node.id, node.parent, node.name, Ours(snap.size, snap.mtime_ns))
         try:
             if times_only and expected is not None:
-                return await self._times_only(target, snap.mtime_ns, expected, up)
+                return await self._times_only(target, snap.mtime_ns, expected, up), False
             if plan is None:
                 entry = await up.upload(target, snap.fd, snap.size, snap.mtime_ns,
                                         expected=expected, replace=may_replace)
@@ -141,7 +145,7 @@ class ContentUploads:
                       target, node.id, snap.size, snap.mtime_ns, current, expected, earlier, action.value)
             if action is Action.ADOPT:
                 log.info("%r is already on the server (an earlier upload); recording it", target)
-                return current
+                return current, False
             if (any(decide(expected, here, current, ours=e) is Action.ADOPT for e in earlier)
                     or current is not None and any(r.matches_base(current) for r in replaced)):
                 # An earlier upload of ours that was never recorded (the daemon was killed, or
@@ -152,7 +156,7 @@ class ContentUploads:
                 entry = await up.upload(target, snap.fd, snap.size, snap.mtime_ns, expected=current, replace=True)
                 self.counters.files_uploaded += 1
                 self.counters.bytes_uploaded += snap.size
-                return entry
+                return entry, False
             if action is not Action.CONFLICT:
                 # The server moved between the check and now (back to the base, or the file
                 # went away): no second writer is proven, so look again next round.
@@ -170,9 +174,12 @@ class ContentUploads:
             self.on_server_differs(node.parent)  # the server's version comes down under the name
             log.warning("conflict: %r changed on the server and here; the local version is "
                         "kept as %r", target, name)
+            self.counters.files_uploaded += 1
+            self.counters.bytes_uploaded += snap.size
+            return entry, False
         self.counters.files_uploaded += 1
         self.counters.bytes_uploaded += snap.size
-        return entry
+        return entry, True
 
     async def _chunks(self, node, snap: ContentSnapshot) -> list[Chunk] | None:
         """The chunks of the snapshot, or None if they cannot be computed (then the upload is

@@ -231,8 +231,10 @@ class Upstream(Protocol):
     async def get_eas(self, path: bytes) -> tuple[tuple[bytes, bytes], ...]:
         """The sorted (name, value) extended attributes of ``path`` (``cscd.xattrs``)."""
 
-    async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes]) -> None:
-        """Make ``eas`` the whole EA set of ``path``: the ones it has and ``eas`` lacks go."""
+    async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes], *, fresh: bool = False) -> None:
+        """Make ``eas`` the whole EA set of ``path``: the ones it has and ``eas`` lacks go.
+        ``fresh``: ``path`` is a file this client's upload has just made, so it has no EAs
+        yet and the current set need not be read first."""
 
     def statistics(self) -> UpstreamStatistics:
         """Counters since creation; cheap, never blocks."""

@@ -267,7 +267,7 @@ class LocalUpstream:
         p = self._abs(path)
         return await self._run(p, lambda: _eas_of(str(p)))
 
-    async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes]) -> None:
+    async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes], *, fresh: bool = False) -> None:
         """The folder's own files carry the EAs as ``user.`` xattrs, as Samba stores them."""
         p = self._abs(path)
 

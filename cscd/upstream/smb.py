@@ -393,11 +393,14 @@ class SmbUpstream:
         spath, where = self._spath(path)
         return canonical(dict(await self._run(where, ops.get_eas, spath, idempotent=True)))
 
-    async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes]) -> None:
+    async def set_eas(self, path: bytes, eas: Mapping[bytes, bytes], *, fresh: bool = False) -> None:
         """Make ``eas`` the whole EA set of ``path`` (the ones it lacks are removed)."""
+        eas = {n: v for n, v in eas.items() if v}
+        if fresh and not eas:
+            return  # a new file has none
         spath, where = self._spath(path)
         if await self._listings.eas_supported(where):
-            await self._run(where, ops.set_eas, spath, {n: v for n, v in eas.items() if v}, idempotent=True)
+            await self._run(where, ops.set_eas, spath, eas, fresh, idempotent=True)
 
     async def space(self) -> tuple[int, int]:
         spath, where = self._spath(b"")

@@ -276,10 +276,12 @@ def eas_of_many(link: SmbLink, call: Call, spaths: Sequence[str], batch: int = 3
     return out
 
 
-def set_eas(link: SmbLink, call: Call, spath: str, eas: Mapping[bytes, bytes]) -> None:
+def set_eas(link: SmbLink, call: Call, spath: str, eas: Mapping[bytes, bytes], fresh: bool = False) -> None:
     """Make ``eas`` the whole EA set of ``spath``: the ones it has and ``eas`` lacks are
-    removed (an empty value), in one SET_INFO after reading the current set."""
-    current = {name.lower(): name for name, _ in get_eas(link, call, spath)}
+    removed (an empty value), in one SET_INFO after reading the current set — not read for a
+    ``fresh`` file, which has none (one round trip instead of two, for each upload of a file
+    whose mode is not the default)."""
+    current = {} if fresh else {name.lower(): name for name, _ in get_eas(link, call, spath)}
     wanted = {name.lower() for name in eas}
     change = dict(eas)
     for low, name in current.items():
