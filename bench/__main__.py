@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import at_rest, cases, churn, fleet, scale, stress
+from bench import at_rest, cases, churn, fleet, programs, scale, stress
 from bench.cases import Case, Options
 from bench.fileio import GiB, KiB, MiB
 from bench.harness import REPO_ROOT, Env
@@ -50,6 +50,8 @@ CASES: list[Case] = [
     # After the data cases: cscd re-lists every recently used directory every 3 s for a minute, so
     # the 200+ directories walked here would load the daemon during the cases after it (see README).
     Case("metadata", "4. ls -lR / find over many files", cases.run_metadata, cases.prepare_metadata),
+    Case("programs", "14. git, grep, du, find, tar, md5sum on a cached tree", programs.run_programs,
+         programs.prepare_programs),
     Case("churn", "10. fio and stress-ng jobs through the mount (ops/s)", churn.run_churn),
     # Last: it kills smbd, and a client that does not recover would spoil the cases after it.
     Case("server-loss", "8. smbd killed: stalls on cached data, recovery", stress.run_server_loss,
