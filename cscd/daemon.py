@@ -45,7 +45,6 @@ copy), so nothing is lost but the partial copy must be deleted by hand.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import os
 import random
@@ -56,6 +55,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from cscd import garbage
 from cscd.cache.cache import Cache
 from cscd.cache.protection import CacheProtection, is_encrypted, protect
 from cscd.errors import AccessDenied, ConfigError, CscdError
@@ -364,20 +364,6 @@ def _protect_cache(config: DaemonConfig) -> CacheProtection:
     return protection
 
 
-#: Allocations between two young-generation collections (CPython's default is 700). Listing
-#: a large directory makes a few objects per entry, nearly all short-lived; at the default the
-#: collector ran every few hundred entries, 4% of a 100,000-entry first listing.
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def _settle_garbage_collector() -> None:
-    """Once serving: what start-up built lives as long as the daemon, so full collections
-    need not walk it again (``gc.freeze``), and young collections run less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
 async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,
                  profile) -> None:
     redirection = handlers.RedirectionStatus()
@@ -416,7 +402,8 @@ async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, 
         await systemd.wait_mount_answers(config.mount)
         systemd.sd_notify(f"READY=1\nSTATUS={modes}")
         emit(EventId.DAEMON_READY, mount=str(config.mount), modes=modes)
-        _settle_garbage_collector()
+        garbage.settle()
+        nursery.start_soon(garbage.collect_in_pauses, ops.foreground, name="gc.full")
         if on_ready is not None:
             on_ready()
         if plan is not None:

@@ -66,7 +66,9 @@ UPLOADS_IN_FLIGHT = 4
 #: bandwidth: the offloading upstream sends them to its workers in batches of this many
 SMALL_UPLOADS_IN_FLIGHT = 32
 SMALL_FILE_BYTES = 1 << 20
-
+#: Upload tasks started between two checkpoints of a push round (the mount's requests get
+#: their turn between).
+START_STEP = 256
 
 
 class Pusher:
@@ -234,9 +236,11 @@ class Pusher:
             if phase == CHANGE and not node.is_dir and _is_moved(node):
                 await one(node, reasons, folder, rename_only=True)
         async with trio.open_nursery() as nursery:
-            for phase, _depth, node, reasons, folder in todo:
+            for k, (phase, _depth, node, reasons, folder) in enumerate(todo):
                 if phase == CHANGE and not node.is_dir:
                     nursery.start_soon(limited, node, reasons, folder, name="sync.upload")
+                    if k % START_STEP == START_STEP - 1:
+                        await trio.lowlevel.checkpoint()  # 1,500 starts held the mount 18 ms
                 elif phase == CHANGE:
                     await one(node, reasons, folder)
         for phase, _depth, node, reasons, folder in todo:
