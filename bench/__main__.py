@@ -52,6 +52,8 @@ CASES: list[Case] = [
     Case("metadata", "4. ls -lR / find over many files", cases.run_metadata, cases.prepare_metadata),
     Case("programs", "14. git, grep, du, find, tar, md5sum on a cached tree", programs.run_programs,
          programs.prepare_programs),
+    Case("program-writes", "15. tar x, cp -a, git clone, rm -rf, until on the server", programs.run_program_writes,
+         programs.prepare_programs),
     Case("churn", "10. fio and stress-ng jobs through the mount (ops/s)", churn.run_churn),
     # Last: it kills smbd, and a client that does not recover would spoil the cases after it.
     Case("server-loss", "8. smbd killed: stalls on cached data, recovery", stress.run_server_loss,

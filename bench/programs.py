@@ -1,4 +1,4 @@
-"""Case 14: programs nobody here wrote, on a cached tree (git, grep, du, find, tar, md5sum).
+"""Cases 14 and 15: programs nobody here wrote, reading a cached tree and writing new ones.
 
 The other cases time our own loops; a real program asks the file system for more, or other,
 things (GNU ``ls -l`` asked every entry for its SELinux label and ACLs until the eighth run).
@@ -8,15 +8,23 @@ program runs once on each side before it is timed, so what is timed is the cache
 and its output must equal the local run's (``git status`` must find a clean tree). Git is told
 ``core.fileMode false`` on every side: file modes do not travel through SMB, and neither mount
 shows the server disk's executable bits.
+
+Case 15 (``program-writes``) writes with the same programs, one after the other as a user
+would, without waiting for sync between them: ``tar x`` of that tree, ``cp -a`` of it, ``git
+clone`` of it, ``rm -rf`` of the copy. Then the time until the server's tree is the local
+disk's (names and sizes), and the number of conflict copies, which must be zero: there is one
+writer.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+from bench.fileio import wait_for
 from bench.harness import REPO_ROOT, Env
 from bench.report import CaseResult
 
@@ -35,6 +43,8 @@ PROGRAMS: dict[str, str] = {
 
 
 def _clone(dest: Path) -> None:
+    if dest.exists():
+        return  # both cases prepare the same tree
     dest.parent.mkdir(parents=True, exist_ok=True)
     if (REPO_ROOT / ".git").exists():
         subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO_ROOT), str(dest)], check=True, timeout=300)
@@ -89,3 +99,81 @@ def run_programs(env: Env, o: object, res: CaseResult, entries: int) -> None:
                 higher_is_better=False)
     res.note("a git clone of this repository on each side; each program run once untimed, its output "
              "checked against the local disk's, then timed")
+
+
+# ------------------------------------------------------------------ 15. writes
+
+#: label → command, run in a fresh directory on each side; {src} is the clone, {tar} its tarball
+WRITES: dict[str, str] = {
+    "tar x": "tar xf {tar}",
+    "cp -a": "cp -a {src} cp",
+    "git clone": "git clone -q {src} gc",
+    "rm -rf": "rm -rf cp",
+}
+#: how the local version of a conflicting file is named (``cscd.sync.conflicts``)
+CONFLICT_MARK = " (conflict "
+
+
+def _tree(root: Path) -> dict[str, int]:
+    """Relative path → size (-1 for a directory) of everything under ``root``; upload
+    temporaries left out, and entries that vanish during the walk."""
+    out: dict[str, int] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            if name.startswith(".cscd-upload"):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            out[os.path.relpath(path, root)] = -1 if name in dirnames else st.st_size
+    return out
+
+
+def run_program_writes(env: Env, o: object, res: CaseResult, entries: int) -> None:
+    src = env.local / TREE
+    tar = env.workdir / "programs.tar"
+    subprocess.run(["tar", "cf", str(tar), "-C", str(src.parent), TREE], check=True, timeout=300)
+    for i in range(o.repeat):  # type: ignore[attr-defined]
+        where: dict[str, Path] = {"local": env.local / f"writes-{i}"}
+        for name in CLIENTS:
+            try:
+                where[name] = env.side(name).root / f"writes-{i}"
+            except RuntimeError as exc:
+                res.cell(f"tar x.{name}", "s").fail(exc)
+        for side, root in where.items():
+            root.mkdir()
+            for label, cmd in WRITES.items():
+                cell = res.cell(f"{label}.{side}", "s")
+                try:
+                    cell.add(_run(cmd.format(src=src, tar=tar), root)[0])
+                except Exception as exc:  # noqa: BLE001 - the next command still runs
+                    cell.fail(exc)
+        reference = _tree(where["local"])
+        for name in CLIENTS:
+            if name not in where:
+                continue
+            server = env.server_dir(name) / f"writes-{i}"
+            cell = res.cell(f"on_server.{name}", "s")
+            t0 = time.perf_counter()
+            try:
+                wait_for(lambda server=server, reference=reference: _tree(server) == reference, 600,
+                         f"{name}: the server's tree")
+                cell.add(time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001 - reported in the cell
+                cell.fail(exc)
+            conflicts = [p for p in _tree(where[name]) if CONFLICT_MARK in os.path.basename(p)]
+            res.info[f"conflict_copies.{name}.{i}"] = len(conflicts)
+            if conflicts:
+                res.cell(f"conflicts.{name}", "copies").fail(f"{len(conflicts)} conflict copies from one writer: "
+                                                               f"{conflicts[:5]}")
+    for label in WRITES:
+        res.row(f"{label}, {entries:,} entries (s)", f"{label}.cscd", f"{label}.local", "local disk",
+                higher_is_better=False)
+        res.row(f"{label}, {entries:,} entries (s)", f"{label}.cscd", f"{label}.rclone", "rclone",
+                higher_is_better=False)
+    res.row("after the last command, until the server's tree is the local one (s)", "on_server.cscd",
+            "on_server.rclone", "rclone", higher_is_better=False)
+    res.note("tar x, cp -a, git clone and rm -rf one after the other in a fresh directory, no wait between; "
+             "then until the server has every name with its size; info.conflict_copies must be 0")

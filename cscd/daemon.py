@@ -55,7 +55,6 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from cscd import garbage
 from cscd.cache.cache import Cache
 from cscd.cache.protection import CacheProtection, is_encrypted, protect
 from cscd.errors import AccessDenied, ConfigError, CscdError
@@ -63,7 +62,7 @@ from cscd.events import EventId, emit
 from cscd.fs import CscdFs, mount_options
 from cscd.link import LinkMonitor, WorkingOfflineState
 from cscd.network import MeteredWatcher
-from cscd.operations import handlers, policy_in_force, systemd
+from cscd.operations import garbage, handlers, policy_in_force, systemd
 from cscd.operations.compliance import ComplianceWatch
 from cscd.operations.wipe import WipeKeeper
 from cscd.policy.cache_key import KeyUnavailable, cache_key

@@ -1,4 +1,4 @@
-"""The daemon's full garbage collections wait for a pause of the mount (``cscd.garbage``).
+"""The daemon's full garbage collections wait for a pause of the mount (``cscd.operations.garbage``).
 
 A real ``ForegroundClock`` (the mapped file the FUSE handlers stamp), stamped every 10 ms as a
 busy mount would; the full collections are seen through ``gc.callbacks``. The task's intervals
@@ -13,7 +13,7 @@ import time
 import pytest
 import trio
 
-from cscd import garbage
+from cscd.operations import garbage
 from cscd.upstream.foreground import ForegroundClock
 
 

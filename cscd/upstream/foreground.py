@@ -86,7 +86,7 @@ class ForegroundClock:
         return max(0.0, QUIET_S - (time.monotonic_ns() - last) / 1e9)
 
     def idle_for(self) -> float:
-        """Seconds since the mount's last request (``cscd.garbage`` waits for a long one)."""
+        """Seconds since the mount's last request (``cscd.operations.garbage`` waits for a long one)."""
         return (time.monotonic_ns() - _STAMP.unpack_from(self._map, 0)[0]) / 1e9
 
     def make_way(self, on_wait: Callable[[], None] | None = None,
