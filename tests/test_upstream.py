@@ -8,6 +8,7 @@ No mocks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -326,10 +327,10 @@ async def test_upload_replaces_and_respects_expected_version(
     assert no_temporaries(target.disk)
 
 
-async def test_a_new_small_file_goes_up_in_one_round_trip(smbd: EmbeddedSamba, tmp_path: Path) -> None:
-    """CREATE of the temporary, WRITE, write time, rename without replacing, id, CLOSE: one
-    compound, one frame on the wire (issue 18: three round trips before). A name taken
-    meanwhile is still a conflict that leaves the server's file and no temporary."""
+@contextlib.asynccontextmanager
+async def _counted_upstream(smbd: EmbeddedSamba):
+    """An SmbUpstream on a fresh directory of the share, connected through a proxy that counts
+    its frames; yields (upstream, proxy, the directory on the server's disk)."""
     name = f"t-{uuid.uuid4().hex[:12]}"
     disk = smbd.share_dir / name
     disk.mkdir()
@@ -338,21 +339,29 @@ async def test_a_new_small_file_goes_up_in_one_round_trip(smbd: EmbeddedSamba, t
         up.port = proxy.port
         try:
             await up.connect()
-            proxy.reset_counters()
-            entry = await up.upload(b"note.txt", local_file(tmp_path, b"x" * 4096), 4096, 1_500_000_000_000_000_000,
-                                    replace=False)
-            assert proxy.frames_to_server == 1
-            assert (disk / "note.txt").read_bytes() == b"x" * 4096
-            assert entry.size == 4096 and entry.mtime_ns == 1_500_000_000_000_000_000 and entry.file_id
-            assert entry == await up.stat(b"note.txt")
-            (disk / "taken.txt").write_bytes(b"the server's")
-            with pytest.raises(Conflict):
-                await up.upload(b"taken.txt", local_file(tmp_path, b"mine", "src2"), 4, 1_000_000_000_000,
-                                replace=False)
-            assert (disk / "taken.txt").read_bytes() == b"the server's"
-            assert no_temporaries(disk)
+            yield up, proxy, disk
         finally:
             await up.close()
+
+
+async def test_a_new_small_file_goes_up_in_one_round_trip(smbd: EmbeddedSamba, tmp_path: Path) -> None:
+    """CREATE of the temporary, WRITE, write time, rename without replacing, id, CLOSE: one
+    compound, one frame on the wire (issue 18: three round trips before). A name taken
+    meanwhile is still a conflict that leaves the server's file and no temporary."""
+    async with _counted_upstream(smbd) as (up, proxy, disk):
+        proxy.reset_counters()
+        entry = await up.upload(b"note.txt", local_file(tmp_path, b"x" * 4096), 4096, 1_500_000_000_000_000_000,
+                                replace=False)
+        assert proxy.frames_to_server == 1
+        assert (disk / "note.txt").read_bytes() == b"x" * 4096
+        assert entry.size == 4096 and entry.mtime_ns == 1_500_000_000_000_000_000 and entry.file_id
+        assert entry == await up.stat(b"note.txt")
+        (disk / "taken.txt").write_bytes(b"the server's")
+        with pytest.raises(Conflict):
+            await up.upload(b"taken.txt", local_file(tmp_path, b"mine", "src2"), 4, 1_000_000_000_000,
+                            replace=False)
+        assert (disk / "taken.txt").read_bytes() == b"the server's"
+        assert no_temporaries(disk)
 
 
 async def test_the_mode_of_a_file_just_uploaded_goes_up_in_one_more_round_trip(smbd: EmbeddedSamba,
@@ -360,27 +369,18 @@ async def test_the_mode_of_a_file_just_uploaded_goes_up_in_one_more_round_trip(s
     """The EAs of a file an upload has just made are written without reading its (empty) set
     first: one compound, not two. Where the file may hold EAs already, they are read, and the
     ones not wanted are removed."""
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    disk = smbd.share_dir / name
-    disk.mkdir()
-    with TcpProxy((smbd.host, smbd.port)) as proxy:
-        up = smb_upstream(smbd, name)
-        up.port = proxy.port
-        try:
-            await up.connect()
-            await up.upload(b"run.sh", local_file(tmp_path, b"#!/bin/sh\n"), 10, 1_500_000_000_000_000_000)
-            await up.set_eas(b"run.sh", {b"probe": b"1"})  # the share's EA support is known from here on
-            proxy.reset_counters()
-            await up.set_eas(b"run.sh", {b"cscd.mode": b"0755"}, fresh=True)
-            assert proxy.frames_to_server == 1
-            assert os.getxattr(disk / "run.sh", "user.cscd.mode") == b"0755"
-            proxy.reset_counters()
-            await up.set_eas(b"run.sh", {b"cscd.mode": b"0700"})
-            assert proxy.frames_to_server == 2
-            assert [n for n in os.listxattr(disk / "run.sh") if n.startswith("user.")] == ["user.cscd.mode"]
-            assert os.getxattr(disk / "run.sh", "user.cscd.mode") == b"0700"
-        finally:
-            await up.close()
+    async with _counted_upstream(smbd) as (up, proxy, disk):
+        await up.upload(b"run.sh", local_file(tmp_path, b"#!/bin/sh\n"), 10, 1_500_000_000_000_000_000)
+        await up.set_eas(b"run.sh", {b"probe": b"1"})  # the share's EA support is known from here on
+        proxy.reset_counters()
+        await up.set_eas(b"run.sh", {b"cscd.mode": b"0755"}, fresh=True)
+        assert proxy.frames_to_server == 1
+        assert os.getxattr(disk / "run.sh", "user.cscd.mode") == b"0755"
+        proxy.reset_counters()
+        await up.set_eas(b"run.sh", {b"cscd.mode": b"0700"})
+        assert proxy.frames_to_server == 2
+        assert [n for n in os.listxattr(disk / "run.sh") if n.startswith("user.")] == ["user.cscd.mode"]
+        assert os.getxattr(disk / "run.sh", "user.cscd.mode") == b"0700"
 
 
 async def test_cancelled_upload_never_lands(target: Target, tmp_path: Path) -> None:
