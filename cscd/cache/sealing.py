@@ -1,0 +1,274 @@
+"""The cache encrypted by cscd itself: AES-GCM content files and sealed index names and values.
+
+fscrypt (``cscd.cache.fscrypt``) is the first choice: the kernel encrypts below every read and
+write. It needs a file system with encryption turned on, which Debian's default ext4, btrfs,
+xfs and tmpfs are not, and it is only as fast as the kernel's AES (a kernel without AES-NI
+drivers runs it at an eighth of a plain cache's speed). ``Sealer`` is the other way: cscd
+encrypts with OpenSSL's AES-GCM and AES-SIV (``cryptography``), which use the CPU's AES
+instructions whatever the kernel has.
+
+A content file is sealed in blocks, so that a read or write of a few bytes in a large file
+costs one block, not the file:
+
+- a 32-byte header: ``MAGIC`` and a random 16-byte file id (the header is written with the
+  first byte of content; a file of 0 bytes on the disk is an empty file);
+- then block *i* of ``BLOCK`` plaintext bytes in slot *i* of ``SLOT`` bytes: a random 12-byte
+  nonce, the ciphertext and the 16-byte GCM tag. Only the last block is shorter. The file id
+  and *i* are the authenticated data, so a block cannot be moved to another place or file;
+- a slot whose nonce is all zeros is a hole (``ftruncate`` made it, or a placeholder's
+  unfetched part) and reads as zeros, as a hole in a plain file does.
+
+The physical size says the logical one (``logical_size``), so a sealed file needs no other
+record. ``copy_file_range`` of a sealed file is a sealed file with the same id and key: the
+snapshots uploads read stay copies in the kernel.
+
+Names in the index are keys of LMDB tables, looked up by equality: they are sealed with AES-SIV,
+which is deterministic (the same name under the same directory is the same bytes) and still
+authenticated; the directory's id is its associated data, so equal names in two directories
+do not look alike. Values are sealed with AES-GCM and a random nonce.
+
+What this does not hide: sizes of files (to a block), the shape of the tree (ids and how
+many entries), and when things changed. A block's nonce is random (96 bits): one key is good
+for 2^32 block writes, about 256 TiB written into the cache, before the birthday bound
+matters; ``Sealer`` takes a new content key with every new cache.
+
+Blocking local I/O on file descriptors; callers use it where they used ``os.pread`` and
+``os.pwrite``, on the same threads. Reads and writes of one file are not atomic against each
+other across threads (a read may see a block half written and fail its tag): the cache reads
+and writes a live file only on the trio thread.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from cscd.errors import CorruptContent
+
+MAGIC = b"cscdSL01"
+HEADER = 32
+BLOCK = 64 << 10
+NONCE = 12
+TAG = 16
+OVERHEAD = NONCE + TAG
+SLOT = BLOCK + OVERHEAD
+_ZERO_NONCE = bytes(NONCE)
+_BLOCK_AAD = struct.Struct(">16sQ")
+#: the key ``Sealer`` is made from: what ``cscd.policy.cache_key`` keeps
+KEY_BYTES = 64
+
+
+def logical_size(physical: int) -> int:
+    """Plaintext bytes of a sealed file ``physical`` bytes long."""
+    if physical <= HEADER:
+        return 0
+    full, rest = divmod(physical - HEADER, SLOT)
+    return full * BLOCK + max(rest - OVERHEAD, 0)
+
+
+def physical_size(logical: int) -> int:
+    """Bytes on the disk of a sealed file of ``logical`` plaintext bytes (with its header)."""
+    full, rest = divmod(logical, BLOCK)
+    return HEADER + full * SLOT + (rest + OVERHEAD if rest else 0)
+
+
+def _slot_offset(index: int) -> int:
+    return HEADER + index * SLOT
+
+
+class Sealer:
+    """The cache's keys, and sealed reads and writes of content files and index entries."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"a cache key has {KEY_BYTES} bytes, not {len(key)}")
+        content, names, values = (
+            HKDF(algorithm=hashes.SHA256(), length=n, salt=None, info=info).derive(key)
+            for n, info in ((32, b"cscd content"), (64, b"cscd names"), (32, b"cscd values")))
+        self._content = AESGCM(content)
+        self._names = AESSIV(names)
+        self._values = AESGCM(values)
+
+    # ------------------------------------------------------------------ index entries
+
+    def seal_name(self, context: bytes, name: bytes) -> bytes:
+        """``name`` sealed deterministically; ``context`` (the directory's key prefix) binds it."""
+        return self._names.encrypt(name, [context])
+
+    def open_name(self, context: bytes, sealed: bytes) -> bytes:
+        try:
+            return self._names.decrypt(sealed, [context])
+        except InvalidTag:
+            raise CorruptContent("a name in the cache's index does not open with the cache's key") from None
+
+    def seal_value(self, value: bytes) -> bytes:
+        nonce = os.urandom(NONCE)
+        return nonce + self._values.encrypt(nonce, value, None)
+
+    def open_value(self, sealed: bytes) -> bytes:
+        try:
+            return self._values.decrypt(sealed[:NONCE], sealed[NONCE:], None)
+        except InvalidTag:
+            raise CorruptContent("an entry of the cache's index does not open with the cache's key") from None
+
+    # ------------------------------------------------------------------ content files
+
+    def size(self, fd: int) -> int:
+        return logical_size(os.fstat(fd).st_size)
+
+    def _file_id(self, fd: int, *, make: bool) -> bytes | None:
+        """The file's id from its header; a file without one (nothing written yet) gets one
+        if ``make``, else None (all of it reads as zeros)."""
+        head = os.pread(fd, HEADER, 0)
+        if len(head) == HEADER and head[:8] == MAGIC:
+            return head[8:24]
+        if head.strip(b"\0"):
+            raise CorruptContent("a content file of the cache is not sealed with cscd's format")
+        if not make:
+            return None
+        file_id = os.urandom(16)
+        _write_all(fd, MAGIC + file_id + bytes(HEADER - 24), 0)
+        return file_id
+
+    def _open_block(self, file_id: bytes, index: int, slot: bytes | memoryview) -> bytes:
+        if len(slot) <= OVERHEAD:
+            return b""
+        if slot[:NONCE] == _ZERO_NONCE:
+            return bytes(len(slot) - OVERHEAD)
+        try:
+            return self._content.decrypt(bytes(slot[:NONCE]), slot[NONCE:],
+                                         _BLOCK_AAD.pack(file_id, index))
+        except InvalidTag:
+            raise CorruptContent(f"block {index} of a cached file does not open with the cache's key "
+                                 "(changed on the disk)") from None
+
+    def _seal_block(self, file_id: bytes, index: int, plain: bytes | memoryview) -> bytes:
+        nonce = os.urandom(NONCE)
+        while nonce == _ZERO_NONCE:
+            nonce = os.urandom(NONCE)
+        return nonce + self._content.encrypt(nonce, plain, _BLOCK_AAD.pack(file_id, index))
+
+    def _read_blocks(self, fd: int, file_id: bytes | None, first: int, last: int, size: int) -> list[bytes]:
+        """Plaintext of blocks ``first..last`` (inclusive) of a file of ``size`` bytes."""
+        lo = _slot_offset(first)
+        hi = min(_slot_offset(last + 1), physical_size(size))
+        raw = _read_all(fd, hi - lo, lo) if file_id is not None else b""
+        view = memoryview(raw)
+        out = []
+        for i in range(first, last + 1):
+            want = min(BLOCK, size - i * BLOCK)
+            slot = view[(i - first) * SLOT:(i - first) * SLOT + want + OVERHEAD]
+            plain = self._open_block(file_id, i, slot) if file_id is not None and len(slot) else b""
+            out.append(plain.ljust(want, b"\0") if len(plain) < want else plain)
+        return out
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        """Like ``os.pread``: up to ``length`` bytes at ``offset``, fewer at the end."""
+        size = self.size(fd)
+        end = min(offset + length, size)
+        if offset >= end:
+            return b""
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        blocks = self._read_blocks(fd, self._file_id(fd, make=False), first, last, size)
+        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        base = first * BLOCK
+        return data[offset - base:end - base]
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        """Like ``os.pwrite``: all of ``data`` at ``offset``; a gap before it reads as zeros."""
+        n = len(data)
+        if not n:
+            return 0
+        size = self.size(fd)
+        if offset > size:
+            self.truncate(fd, offset)
+            size = offset
+        file_id = self._file_id(fd, make=True)
+        end = offset + n
+        new_size = max(size, end)
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        # Only the first and the last block can hold bytes this write keeps.
+        old: dict[int, bytes] = {}
+        for i in {first, last}:
+            start = i * BLOCK
+            covered = offset <= start and end >= min(start + BLOCK, new_size)
+            if not covered and start < size:
+                old[i] = self._read_blocks(fd, file_id, i, i, size)[0]
+        # The block that ended the file, if this write leaves it partial and short: the slot's
+        # tag moves when it grows, so it is sealed again at its new length.
+        sealed = []
+        view = memoryview(data)
+        for i in range(first, last + 1):
+            start = i * BLOCK
+            length = min(BLOCK, new_size - start)
+            lo, hi = max(offset, start), min(end, start + length)
+            if lo == start and hi == start + length:
+                plain = view[lo - offset:hi - offset]
+            else:
+                block = bytearray(old.get(i, b"").ljust(length, b"\0")[:length])
+                block[lo - start:hi - start] = view[lo - offset:hi - offset]
+                plain = block
+            sealed.append(self._seal_block(file_id, i, plain))
+        _write_all(fd, b"".join(sealed) if len(sealed) > 1 else sealed[0], _slot_offset(first))
+        return n
+
+    def truncate(self, fd: int, size: int) -> None:
+        """Like ``os.ftruncate``: cut, or extend with zeros (holes where the file had none).
+
+        The block that is cut into, or that ended the file and grows, is sealed again at its
+        new length before the file's length changes: a crash in between leaves a longer file
+        whose blocks all open (growing) or that one block unreadable (cutting)."""
+        old = self.size(fd)
+        if size == old:
+            return
+        file_id = self._file_id(fd, make=size > 0)
+        if file_id is None:
+            os.ftruncate(fd, 0)
+            return
+        index = min(size, old) // BLOCK
+        keep = min(size, old) - index * BLOCK
+        new_length = min(BLOCK, size - index * BLOCK)
+        if keep and new_length != min(BLOCK, old - index * BLOCK):
+            slot = _read_all(fd, min(BLOCK, old - index * BLOCK) + OVERHEAD, _slot_offset(index))
+            if slot[:NONCE] != _ZERO_NONCE:  # holes stay holes
+                plain = self._open_block(file_id, index, slot)[:keep].ljust(new_length, b"\0")
+                _write_all(fd, self._seal_block(file_id, index, plain), _slot_offset(index))
+        os.ftruncate(fd, physical_size(size))
+
+    def copy_plain(self, src: int, dst: int, size: int, *, chunk: int = 16 * BLOCK) -> None:
+        """Seal the first ``size`` bytes of the plain file ``src`` into the empty ``dst``."""
+        done = 0
+        while done < size:
+            data = os.pread(src, min(chunk, size - done), done)
+            if not data:
+                break
+            self.pwrite(dst, data, done)
+            done += len(data)
+        self.truncate(dst, size)
+
+
+def _read_all(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
