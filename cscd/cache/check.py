@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lmdb
 
+from cscd.cache import sealing
 from cscd.cache.index import from_u32, from_u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.cache.ranges import covers, unpack
@@ -84,6 +85,9 @@ def check_cache(cache_dir: Path) -> list[str]:
                 path = store.path(nid)
                 try:
                     size = os.stat(path).st_size
+                    with open(path, "rb") as head:
+                        if head.read(len(sealing.MAGIC)) == sealing.MAGIC:
+                            size = sealing.logical_size(size)
                 except FileNotFoundError:
                     problems.append(f"node {nid} ({node.name!r}): hydrated but no content file")
                     continue

@@ -116,7 +116,7 @@ class Content:
             if offset > node.size:
                 # The hole must read as zeros: cut what a write the daemon was killed in left
                 # past the end (its bytes reached the file, its size never the index).
-                os.ftruncate(fd, node.size)
+                self.core.store.set_length(fd, node.size)
             n = self.core.store.pwrite(fd, data, offset)
             end = offset + n
             if not node.is_hydrated:

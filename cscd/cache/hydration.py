@@ -108,7 +108,7 @@ class Hydration:
         else:
             await self.hydrate(node_id, offset, end)
             self._read_ahead(node, end)
-        return os.pread(fd, end - offset, offset)
+        return self.core.store.read(fd, end - offset, offset)
 
     def _read_ahead(self, node: Node, end: int) -> None:
         """Keep up to ``READAHEAD_WINDOWS`` windows fetching ahead of a sequential reader, in the
@@ -220,7 +220,7 @@ class Hydration:
     def _content(self, node_id: int, length: int) -> bytes:
         fd = self.core.store.open_readonly(node_id)
         try:
-            return os.pread(fd, length, 0)
+            return self.core.store.read(fd, length, 0)
         finally:
             os.close(fd)
 

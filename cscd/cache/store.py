@@ -10,6 +10,11 @@ Snapshots are what uploads read: an unnamed copy (``O_TMPFILE``) of a content fi
 of the node after the snapshot cannot tear an upload, and the copy vanishes with its last
 descriptor, so a crash leaves nothing behind. Another process reads it through
 ``/proc/<daemon pid>/fd/<n>``, which opens the same file even though it has no name.
+
+A sealed cache (``cscd.cache.sealing``: encrypted by cscd, where the file system has no
+fscrypt) keeps every content file sealed; ``read``, ``pwrite`` and ``set_length`` are then the
+sealer's, and a snapshot is a plaintext copy in memory (``memfd``), never on the disk, so the
+upload workers and the chunker read plain bytes as they do from a plain cache's snapshot.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import itertools
 import os
 from pathlib import Path
 
+from cscd.cache.sealing import Sealer
 from cscd.errors import CacheFull
 
 _SNAPSHOT_SEQ = itertools.count()
@@ -66,10 +72,17 @@ def scrub_file(path: Path | str) -> int:
 class ContentStore:
     """Sparse files named by node id, fanned out over 256 subdirectories."""
 
-    def __init__(self, root: Path, *, create: bool = True) -> None:
-        """``create=False``: only look (``cscd.cache.check`` on a cache it must not change)."""
+    def __init__(self, root: Path, *, create: bool = True, sealer: Sealer | None = None) -> None:
+        """``create=False``: only look (``cscd.cache.check`` on a cache it must not change).
+        ``sealer``: the cache is sealed (every content file is ``sealing``'s format)."""
         self.root = root
         self._root = os.fspath(root)  # ``path_of`` is on every open: no pathlib there
+        self.sealer = sealer
+        #: ``os.pread`` of a content file's bytes (bound once: it is on every read)
+        self.read = os.pread if sealer is None else sealer.pread
+        self._pwrite = os.pwrite if sealer is None else sealer.pwrite
+        #: ``os.ftruncate`` of a content file
+        self.set_length = os.ftruncate if sealer is None else sealer.truncate
         if not create:
             return
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -86,9 +99,17 @@ class ContentStore:
     def open(self, node_id: int, size: int | None = None) -> int:
         """Open (creating if needed) the content file read-write; set its length if given."""
         fd = os.open(self.path_of(node_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if size is not None and os.fstat(fd).st_size != size:
-            os.ftruncate(fd, size)
+        if size is not None and self.length(fd) != size:
+            try:
+                self.set_length(fd, size)
+            except BaseException:
+                os.close(fd)
+                raise
         return fd
+
+    def length(self, fd: int) -> int:
+        """The content's length (a sealed file is longer on the disk)."""
+        return os.fstat(fd).st_size if self.sealer is None else self.sealer.size(fd)
 
     def open_or_make(self, node_id: int, size: int) -> int:
         """Open the content file read-write; one that is not there yet is made ``size`` long
@@ -104,9 +125,15 @@ class ContentStore:
         its fd (the caller closes it). Copies in the kernel; the caller decides the thread.
 
         Raises ``FileNotFoundError`` if the node has no content file, ``CacheFull`` if the
-        cache's disk cannot hold the copy (the caller may then read the live file instead).
+        cache's disk cannot hold the copy (the caller may then read the live file instead,
+        unless the cache is sealed).
         """
         src = os.open(self.path_of(node_id), os.O_RDONLY | os.O_CLOEXEC)
+        if self.sealer is not None:
+            try:
+                return self._plain_copy_in_memory(src, size)
+            finally:
+                os.close(src)
         try:
             dst = self._unnamed_file()
             try:
@@ -127,6 +154,24 @@ class ContentStore:
         finally:
             os.close(src)
 
+    def _plain_copy_in_memory(self, src: int, size: int) -> int:
+        """The first ``size`` bytes of the sealed ``src``, opened, in an unnamed memory file."""
+        assert self.sealer is not None
+        dst = os.memfd_create("cscd-snapshot", os.MFD_CLOEXEC)
+        try:
+            done = 0
+            while done < size:
+                data = self.sealer.pread(src, min(_SCRUB_CHUNK, size - done), done)
+                if not data:
+                    break  # shorter than the index says: the rest is zeros
+                done += os.pwrite(dst, data, done)
+            if done < size:
+                os.ftruncate(dst, size)
+        except BaseException:
+            os.close(dst)
+            raise
+        return dst
+
     def _unnamed_file(self) -> int:
         try:
             return os.open(self.root, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
@@ -144,18 +189,22 @@ class ContentStore:
         return self._unnamed_file()
 
     def open_readonly(self, node_id: int) -> int:
-        """The live content file, read-only (``FileNotFoundError`` if it has none)."""
+        """The live content file, read-only (``FileNotFoundError`` if it has none); read it
+        with ``read``: sealed, its bytes on the disk are not the content."""
         return os.open(self.path_of(node_id), os.O_RDONLY | os.O_CLOEXEC)
 
     def exists(self, node_id: int) -> bool:
         return os.path.exists(self.path_of(node_id))
 
     def truncate(self, node_id: int, size: int) -> None:
-        try:
-            os.truncate(self.path(node_id), size)
-        except FileNotFoundError:
-            fd = self.open(node_id, size)
-            os.close(fd)
+        if self.sealer is None:
+            try:
+                os.truncate(self.path_of(node_id), size)
+                return
+            except FileNotFoundError:
+                pass
+        fd = self.open(node_id, size)
+        os.close(fd)
 
     def scrub(self, node_id: int) -> int:
         """Overwrite the node's content file with zeros and delete it (a wipe); bytes overwritten."""
@@ -173,10 +222,9 @@ class ContentStore:
         except FileNotFoundError:
             return 0
 
-    @staticmethod
-    def pwrite(fd: int, data: bytes, offset: int) -> int:
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
         try:
-            return os.pwrite(fd, data, offset)
+            return self._pwrite(fd, data, offset)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise CacheFull("the cache's filesystem is full; free space or raise its size") from None

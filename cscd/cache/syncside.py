@@ -9,6 +9,7 @@ transaction per logical change, no await inside one).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Mapping
@@ -266,8 +267,13 @@ class SyncSide:
         return out
 
     def newer_fetch_path(self, node_id: int) -> Path:
-        """Where sync writes a newer version it fetches, before ``swap_in``."""
+        """Where sync writes a newer version it fetches, before ``swap_in``; with
+        ``write_content``: a sealed cache's file there must be sealed."""
         return newer.fetched_path(self.core.store.root, node_id)
+
+    def write_content(self, fd: int, data: bytes, offset: int) -> int:
+        """``os.pwrite`` into a content file (sealed where the cache is); ``CacheFull``."""
+        return self.core.store.pwrite(fd, data, offset)
 
     def forget_newer(self, node_id: int) -> None:
         """The server no longer holds a newer version (it went back, or the file went)."""
@@ -347,7 +353,10 @@ class SyncSide:
             return found
 
     def content_path(self, node_id: int) -> Path:
-        """Where the node's content lives on local disk (for hashing in another process)."""
+        """Where the node's content lives on local disk (for hashing in another process).
+        ``OSError`` in a sealed cache: its files are not the content (an upload's snapshot is)."""
+        if self.core.store.sealer is not None:
+            raise OSError(errno.EOPNOTSUPP, "a sealed cache's content files are hashed through their snapshots")
         return self.core.store.path(node_id)
 
     def adopt_moved_bases(self, folder: bytes, entries: Mapping[bytes, RemoteEntry]) -> int:
@@ -399,6 +408,8 @@ class SyncSide:
                 return self.core.store.snapshot_empty()
             raise NotFound(f"the content of {node.name!r} vanished (deleted meanwhile)") from None
         except CacheFull:
+            if self.core.store.sealer is not None:
+                raise  # its live file is sealed: the upload waits for room
             log.info("no room for a copy of %r to upload; uploading from the live file", node.name)
             try:
                 return self.core.store.open_readonly(node.id)

@@ -85,7 +85,7 @@ class Refresher:
         if not current.same_version(noted):
             return False  # changed again: the next listing notes the newest
         fetched = self.local.newer_fetch_path(node.id)
-        await self._fetch(up, path, noted.size, fetched)
+        await self._fetch(up, path, noted.size, fetched, self.local.write_content)
         try:
             after = await up.stat(path)
         except NotFound:
@@ -99,7 +99,9 @@ class Refresher:
         return True
 
     @staticmethod
-    async def _fetch(up: Upstream, path: bytes, size: int, fetched) -> None:
+    async def _fetch(up: Upstream, path: bytes, size: int, fetched, write: Callable[[int, bytes, int], int]) -> None:
+        """The server's ``path`` into the file ``fetched``, written with ``write`` (the cache's
+        ``pwrite``: sealed where the cache is); ``CacheFull`` when the disk is full."""
         fd = os.open(fetched, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             done = 0
@@ -108,7 +110,9 @@ class Refresher:
                 if not data:
                     raise NotFound(f"{path!r} ended at {done} of {size} bytes while it was fetched")
                 try:
-                    os.pwrite(fd, data, done)
+                    write(fd, data, done)
+                except CacheFull:
+                    raise
                 except OSError as exc:
                     raise CacheFull(f"the cache's filesystem cannot hold it: {exc.strerror}") from None
                 done += len(data)
