@@ -294,7 +294,7 @@ async def _run(base: DaemonConfig, on_ready, signals) -> None:
     cache = Cache(config.cache, [n.encode() for n in upstreams], source,
                   limit_bytes=policy_in_force.cache_limit_bytes(config),
                   uncached=[f.name.encode() for f in config.folders if not f.offline],
-                  max_file_bytes=config.max_file_size_bytes)
+                  max_file_bytes=config.max_file_size_bytes, sealer=protection.sealer)
     cache.protection = protection
     _adopt_moved(cache, moved)
     keeper.attach(policies, monitor, cache)

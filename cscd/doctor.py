@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from cscd.cache import fscrypt
+from cscd.cache import fscrypt, sealed_cache
 from cscd.control import ControlClient, ControlError, socket_candidates
 from cscd.errors import CscdError
 from cscd.policy.config import DaemonConfig, load_config
@@ -179,16 +179,19 @@ def check_cache_encryption(config: DaemonConfig) -> Check | None:
         return None
     name = "cache encryption"
     probe = next((p for p in (config.cache, *config.cache.parents) if p.exists()), Path("/"))
-    try:
-        fscrypt.policy_key(probe)
-    except OSError as exc:
-        return Check(FAIL, name, f"the policy requires it and {probe}'s file system cannot ({exc.strerror}): "
-                                 "every folder will be served online only")
     if device.cache_key.startswith("systemd:"):
         key = Path(os.environ.get("CREDENTIALS_DIRECTORY", "/nonexistent")) / device.cache_key.removeprefix("systemd:")
         if not key.is_file() or key.stat().st_size != fscrypt.KEY_BYTES:
             return Check(FAIL, name, f"device.cache_key {device.cache_key}: no {fscrypt.KEY_BYTES}-byte credential "
-                                     "here ($CREDENTIALS_DIRECTORY); the daemon's unit must pass it")
+                                     "here ($CREDENTIALS_DIRECTORY); the daemon's unit must pass it: every folder "
+                                     "will be served online only")
+    if sealed_cache.is_sealed(config.cache):
+        return Check(OK, name, "the cache is sealed by cscd (AES-GCM through OpenSSL)")
+    try:
+        fscrypt.policy_key(probe)
+    except OSError as exc:
+        return Check(OK, name, f"{probe}'s file system cannot encrypt ({exc.strerror}): cscd seals the cache "
+                               "itself (AES-GCM through OpenSSL)")
     driver = fscrypt.contents_cipher_driver()
     if fscrypt.is_generic_driver(driver):
         return Check(WARN, name, f"possible, but the kernel's AES is its portable code ({driver}): cached reads "

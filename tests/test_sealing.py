@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from cscd.cache import sealing
+from cscd.cache.sealed_cache import seal_file
 from cscd.cache.sealing import BLOCK, HEADER, OVERHEAD, SLOT, Sealer
 from cscd.errors import CorruptContent
 
@@ -99,15 +100,21 @@ def test_a_kernel_copy_is_a_sealed_file_that_opens(tmp_path, sealed_fd):
         os.close(copy)
 
 
-def test_a_plain_file_is_sealed_by_a_copy(tmp_path):
+def test_a_plain_file_is_sealed_by_a_copy_that_keeps_its_holes(tmp_path):
+    """A plain cache sealed in place: a placeholder's unfetched parts take no room after."""
     plain = tmp_path / "plain"
-    data = os.urandom(5 * BLOCK + 3)
-    plain.write_bytes(data)
+    data = os.urandom(BLOCK + 3)
+    with open(plain, "wb") as f:
+        f.truncate(64 * BLOCK)
+        f.seek(20 * BLOCK + 5)
+        f.write(data)
     src, dst = os.open(plain, os.O_RDONLY), _open(tmp_path / "sealed")
     try:
         s = Sealer(KEY)
-        s.copy_plain(src, dst, len(data), chunk=BLOCK + 5)
-        assert s.pread(dst, len(data), 0) == data
+        seal_file(src, dst, s)
+        assert s.size(dst) == 64 * BLOCK
+        assert s.pread(dst, 64 * BLOCK, 0) == plain.read_bytes()
+        assert os.fstat(dst).st_blocks * 512 <= 4 * SLOT + 4096
     finally:
         os.close(src)
         os.close(dst)

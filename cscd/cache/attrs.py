@@ -42,12 +42,12 @@ def get(ix: Index, txn: lmdb.Transaction, node: Node) -> dict[bytes, bytes]:
     if Flag.XATTRS not in node.flags:
         return {}
     data = txn.get(u64(node.id), db=ix.xattrs)
-    return {} if data is None else _unpack(data)
+    return {} if data is None else _unpack(ix.unseal(data))
 
 
 def _store(ix: Index, txn: lmdb.Transaction, node: Node, values: dict[bytes, bytes]) -> None:
     if values:
-        txn.put(u64(node.id), _pack(values), db=ix.xattrs)
+        txn.put(u64(node.id), ix.seal(_pack(values)), db=ix.xattrs)
         node.flags |= Flag.XATTRS
     else:
         txn.delete(u64(node.id), db=ix.xattrs)

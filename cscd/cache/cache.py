@@ -35,6 +35,7 @@ from cscd.cache.listings import Listings, RemoteSource
 from cscd.cache.namespace import Namespace
 from cscd.cache.protection import CacheProtection
 from cscd.cache.residency import Residency
+from cscd.cache.sealing import Sealer
 from cscd.cache.syncside import SyncSide
 
 
@@ -43,10 +44,10 @@ class Cache:
 
     def __init__(self, cache_dir: Path, folders: Iterable[bytes], source: RemoteSource, *,
                  limit_bytes: int | None = None, uncached: Iterable[bytes] = (),
-                 max_file_bytes: int | None = None) -> None:
+                 max_file_bytes: int | None = None, sealer: Sealer | None = None) -> None:
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(cache_dir, 0o700)
-        self.core = CacheCore(cache_dir, folders)
+        self.core = CacheCore(cache_dir, folders, sealer)
         self.listings = Listings(self.core, source)
         self.residency = Residency(self.core, limit_bytes, uncached=uncached, max_file_bytes=max_file_bytes)
         self.namespace = Namespace(self.core, self.listings)

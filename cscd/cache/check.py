@@ -21,20 +21,28 @@ from cscd.cache.store import ContentStore
 from cscd.types import ROOT_ID
 
 
-def check_cache(cache_dir: Path) -> list[str]:
-    """All problems found in the cache at ``cache_dir`` (an empty list means consistent)."""
+def check_cache(cache_dir: Path, sealer: sealing.Sealer | None = None) -> list[str]:
+    """All problems found in the cache at ``cache_dir`` (an empty list means consistent).
+    A sealed cache is checked with its ``sealer`` only."""
     problems: list[str] = []
     env = lmdb.open(str(cache_dir / "index"), max_dbs=16, readonly=True, lock=False)
     store = ContentStore(cache_dir / "content", create=False)
+    same = (lambda v: bytes(v))  # noqa: E731
+    unseal = same if sealer is None else (lambda v: sealer.open_value(bytes(v)))  # noqa: E731
+    name_of = ((lambda k: bytes(k[8:])) if sealer is None  # noqa: E731
+               else (lambda k: sealer.open_name(bytes(k[:8]), bytes(k[8:]))))
     try:
         dbs = {name: env.open_db(name.encode()) for name in
                ("nodes", "children", "dirents", "bases", "dirty", "ranges", "meta")}
         with env.begin() as txn:
-            nodes = {from_u64(k): Node.unpack(from_u64(k), bytes(v)) for k, v in txn.cursor(db=dbs["nodes"])}
+            if (txn.get(b"sealed", db=dbs["meta"]) is None) != (sealer is None):
+                return ["the index is sealed: check it with its key" if sealer is None
+                        else "the index is not sealed, and a key was given"]
+            nodes = {from_u64(k): Node.unpack(from_u64(k), unseal(v)) for k, v in txn.cursor(db=dbs["nodes"])}
             next_id = from_u64(txn.get(b"next_id", db=dbs["meta"]))
-            children = {(from_u64(k[:8]), bytes(k[8:])): from_u64(v) for k, v in txn.cursor(db=dbs["children"])}
-            dirents = {(from_u64(k[:8]), from_u64(k[8:16])): bytes(v) for k, v in txn.cursor(db=dbs["dirents"])}
-            bases = {(from_u64(k[:8]), bytes(k[8:])): from_u64(v) for k, v in txn.cursor(db=dbs["bases"])}
+            children = {(from_u64(k[:8]), name_of(k)): from_u64(v) for k, v in txn.cursor(db=dbs["children"])}
+            dirents = {(from_u64(k[:8]), from_u64(k[8:16])): unseal(v) for k, v in txn.cursor(db=dbs["dirents"])}
+            bases = {(from_u64(k[:8]), name_of(k)): from_u64(v) for k, v in txn.cursor(db=dbs["bases"])}
             dirty = {from_u64(k): DirtyReason(from_u32(v)) for k, v in txn.cursor(db=dbs["dirty"])}
             present = {from_u64(k): unpack(bytes(v)) for k, v in txn.cursor(db=dbs["ranges"])}
             schema = bytes(txn.get(b"schema", db=dbs["meta"]) or b"")

@@ -55,7 +55,7 @@ def get(ix: Index, txn: lmdb.Transaction, node: Node) -> list[ChunkTriple] | Non
     data = txn.get(u64(node.id), db=ix.chunks)
     if data is None:
         return None
-    ident, chunks = unpack(data)
+    ident, chunks = unpack(ix.unseal(data))
     return chunks if ident == _identity(node) else None
 
 
@@ -64,7 +64,7 @@ def put(ix: Index, txn: lmdb.Transaction, node: Node, chunks: Sequence[ChunkTrip
     if not node.has_base or node.is_dir:
         txn.delete(u64(node.id), db=ix.chunks)
         return
-    txn.put(u64(node.id), pack(*_identity(node), chunks), db=ix.chunks)
+    txn.put(u64(node.id), ix.seal(pack(*_identity(node), chunks)), db=ix.chunks)
 
 
 def after_sync(
@@ -98,7 +98,7 @@ def after_sync(
     data = txn.get(key, db=ix.chunks)
     if data is None:
         return
-    ident, old = unpack(data)
+    ident, old = unpack(ix.unseal(data))
     new = _identity(node)
     if ident == old_base and ident != new and (ident[0], ident[1]) == (new[0], new[1]):
         put(ix, txn, node, old)

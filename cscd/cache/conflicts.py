@@ -52,7 +52,7 @@ def rename_for_conflict(cache: CacheCore, node_id: int, new_name: bytes) -> None
         nodes.link(ix, txn, node)
         record = {"original": old_name.decode("utf-8", "surrogateescape"), "parent": node.parent,
                   "at": time.time_ns(), "host": socket.gethostname()}
-        txn.put(u64(node_id), json.dumps(record).encode(), db=ix.conflicts)
+        txn.put(u64(node_id), ix.seal(json.dumps(record).encode()), db=ix.conflicts)
     cache.publish(("entry", node.parent, old_name))
     cache.publish(("entry", node.parent, new_name))
 
@@ -62,7 +62,7 @@ def list_conflicts(cache: CacheCore) -> list[dict]:
     ix = cache.index
     out = []
     with cache.txn() as txn:
-        records = [(from_u64(k), json.loads(bytes(v))) for k, v in txn.cursor(db=ix.conflicts)]
+        records = [(from_u64(k), json.loads(ix.unseal(bytes(v)))) for k, v in txn.cursor(db=ix.conflicts)]
     for copy_id, rec in records:
         try:
             copy = cache.node(copy_id)
@@ -84,7 +84,7 @@ def _find(cache: CacheCore, node: Node) -> tuple[int, dict]:
     ix = cache.index
     with cache.txn() as txn:
         for k, v in txn.cursor(db=ix.conflicts):
-            copy_id, rec = from_u64(k), json.loads(bytes(v))
+            copy_id, rec = from_u64(k), json.loads(ix.unseal(bytes(v)))
             if copy_id == node.id:
                 return copy_id, rec
             if rec["parent"] == node.parent and rec["original"].encode("utf-8", "surrogateescape") == node.name:

@@ -29,6 +29,7 @@ import trio
 from cscd.cache import newer, nodes, ranges
 from cscd.cache.index import Index, u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
+from cscd.cache.sealing import Sealer
 from cscd.cache.store import ContentStore
 from cscd.errors import NotFound
 from cscd.types import ROOT_ID
@@ -39,10 +40,11 @@ log = logging.getLogger(__name__)
 class CacheCore:
     """The index and content store of every redirected folder, and how they change together."""
 
-    def __init__(self, cache_dir: Path, folders: Iterable[bytes]) -> None:
+    def __init__(self, cache_dir: Path, folders: Iterable[bytes], sealer: Sealer | None = None) -> None:
+        """``sealer``: the cache is sealed by cscd (``cscd.cache.sealed_cache``)."""
         self.dir = cache_dir
-        self.index = Index(cache_dir / "index")
-        self.store = ContentStore(cache_dir / "content")
+        self.index = Index(cache_dir / "index", sealer)
+        self.store = ContentStore(cache_dir / "content", sealer=sealer)
         for node_id in newer.recover(self.index, self.store.root):
             log.info("node %s: the swap of its newer server version, cut by a crash, is finished", node_id)
         self.folders = list(folders)

@@ -113,7 +113,7 @@ _PENDING = (
 
 def _conflict_partner(ix, txn, node) -> str | None:
     for key, value in txn.cursor(db=ix.conflicts):
-        rec = json.loads(bytes(value))
+        rec = json.loads(ix.unseal(bytes(value)))
         original = rec["original"]
         if from_u64(key) == node.id:
             return original

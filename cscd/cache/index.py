@@ -83,6 +83,16 @@ Named databases (all integers big-endian, so byte order is numeric order):
     id u64 of a conflict copy → JSON ``{"original": name, "parent": id, "at": ns, "host": name}``,
     what ``cscd conflicts`` lists until the user resolves it.
 
+A sealed index (``Index(path, sealer)``: the cache encrypted by cscd, ``cscd.cache.sealing``)
+keeps the same tables with every name and every value that says something of the files sealed:
+the names in the keys of ``children``, ``bases`` and ``unrecorded`` (``Index.child_key``,
+deterministic, so lookups stay one get), and the values of ``nodes``, ``dirents``, ``chunks``,
+``listed``, ``xattrs`` and ``conflicts`` (``Index.seal``/``unseal``). Ids, dirty bits, range
+maps, LRU times and ``newer``'s server versions stay as they are; ``meta`` holds ``b"sealed"``,
+a sealed check value that says which key opens the index. A name's order in ``bases`` is then
+the order of its sealed bytes, which nothing relies on but a walk's resumption
+(``nodes.iter_base_children``).
+
 Invariants: every live node but the root has exactly one ``children`` and one ``dirents``
 entry (hard links are not supported); a live node is in ``bases`` iff it has a base; ids are
 never reused (a tombstone waiting for its server delete may have lost its ``bases``
@@ -98,8 +108,9 @@ from pathlib import Path
 
 import lmdb
 
+from cscd.cache.sealing import Sealer
 from cscd.cache.store import scrub_file
-from cscd.errors import ConfigError
+from cscd.errors import ConfigError, CorruptContent
 from cscd.types import ROOT_ID
 
 log = logging.getLogger(__name__)
@@ -132,6 +143,14 @@ def from_u32(b: bytes) -> int:
 
 def child_key(parent: int, name: bytes) -> bytes:
     return _U64.pack(parent) + name
+
+
+def _as_is(value: bytes) -> bytes:
+    return value
+
+
+#: what ``meta``'s ``b"sealed"`` holds, sealed: the key that opens it is the index's
+_SEALED_CHECK = b"cscd sealed index"
 
 
 def dirent_key(parent: int, child: int) -> bytes:
@@ -171,9 +190,13 @@ def compact_after_wipe(path: Path) -> bool:
 class Index:
     """The opened LMDB environment and its named databases."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
+        self.sealer = sealer
+        #: a value as it is stored, and back (the identity where the index is not sealed)
+        self.seal = _as_is if sealer is None else sealer.seal_value
+        self.unseal = _as_is if sealer is None else sealer.open_value
         try:
             if compact_after_wipe(path):
                 log.info("the cache index was rewritten without what a wipe removed")
@@ -221,8 +244,44 @@ class Index:
                     f"{path}: cache index has schema {version.decode(errors='replace')}, "
                     f"this cscd needs {SCHEMA_VERSION.decode()}; move the cache directory away"
                 )
+            self._check_sealing(txn, fresh=version is None)
         for p in path.iterdir():
             os.chmod(p, 0o600)
+
+    def _check_sealing(self, txn: lmdb.Transaction, *, fresh: bool) -> None:
+        """A sealed index opens only with its key, and a plain one only without a key."""
+        check = txn.get(b"sealed", db=self.meta)
+        if self.sealer is None:
+            if check is not None:
+                self.env.close()
+                raise ConfigError(f"{self.path}: the cache index is sealed and no key was given to open it")
+            return
+        if check is None:
+            if not fresh:
+                self.env.close()
+                raise ConfigError(f"{self.path}: the cache index is not sealed (seal it first: "
+                                  "cscd.cache.sealed_cache)")
+            txn.put(b"sealed", self.sealer.seal_value(_SEALED_CHECK), db=self.meta)
+            return
+        try:
+            ok = self.sealer.open_value(bytes(check)) == _SEALED_CHECK
+        except CorruptContent:
+            ok = False
+        if not ok:
+            self.env.close()
+            raise ConfigError(f"{self.path}: the cache index is sealed with another key than the one "
+                              "device.cache_key gives; was the key replaced? Restore it, or remove the "
+                              "cache (changes not yet uploaded are lost)", exit_code=4)
+
+    def child_key(self, parent: int, name: bytes) -> bytes:
+        """The key of ``name`` under ``parent`` in ``children``, ``bases`` and ``unrecorded``."""
+        prefix = _U64.pack(parent)
+        return prefix + (name if self.sealer is None else self.sealer.seal_name(prefix, name))
+
+    def name_of(self, key: bytes) -> bytes:
+        """The name in a ``child_key``."""
+        key = bytes(key)
+        return key[8:] if self.sealer is None else self.sealer.open_name(key[:8], key[8:])
 
     def _migrate(self, txn: lmdb.Transaction) -> None:
         """Schema 1 → 2: fill ``listed``, ``tombstones`` and ``pins`` from the node flags.

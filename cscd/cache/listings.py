@@ -137,7 +137,8 @@ class Listings:
         # changes, see ``nodes.forget_listing``), so this holds across restarts too.
         digest = await merge.digest_of(entries)
         with self.core.txn() as txn:
-            if txn.get(u64(dir_id), db=self.core.index.listed) == digest:
+            stored = txn.get(u64(dir_id), db=self.core.index.listed)
+            if stored and self.core.index.unseal(stored) == digest:
                 return True
         try:
             keep = self.source.serves_cached(self.core.folder_of(self.core.node(dir_id))[0])

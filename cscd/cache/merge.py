@@ -26,7 +26,7 @@ import trio
 import xxhash
 
 from cscd.cache import attrs, newer, nodes, unrecorded
-from cscd.cache.index import child_key, u64
+from cscd.cache.index import u64
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.reconcile import Action, Local, Ours, Unrecorded, decide
 from cscd.types import ROOT_ID, RemoteEntry
@@ -164,7 +164,7 @@ def _mark_listed(ix, txn, dir_id: int, digest: bytes) -> None:
     parent.flags |= Flag.LISTED
     nodes.put(ix, txn, parent)
     if dir_id != ROOT_ID and Flag.TOMBSTONE not in parent.flags:
-        txn.put(u64(dir_id), digest, db=ix.listed)
+        txn.put(u64(dir_id), ix.seal(digest), db=ix.listed)
 
 def _match(cache: CacheCore, txn, dir_id: int, entries: list[RemoteEntry], now: int, keep_complete: bool) -> None:
     """Merge entries into a directory that has children or agreed names: ``reconcile.decide``
@@ -252,7 +252,7 @@ def _add_placeholder(ix, txn, dir_id: int, node_id: int, entry: RemoteEntry, now
         0 if entry.is_dir else entry.size, entry.mtime_ns or now, entry.ctime_ns or now,
         0, dir_id, entry.file_id, entry.size, entry.mtime_ns, entry.name, entry.name,
     )
-    txn.put(child_key(dir_id, entry.name), u64(node_id), db=ix.bases)
+    txn.put(ix.child_key(dir_id, entry.name), u64(node_id), db=ix.bases)
     if entry.eas:
         attrs.take_server(ix, txn, node, entry.eas)
     nodes.put(ix, txn, node)

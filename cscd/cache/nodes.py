@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import lmdb
 
-from cscd.cache.index import Index, child_key, dirent_key, from_u32, from_u64, u32, u64
+from cscd.cache.index import Index, dirent_key, from_u32, from_u64, u32, u64
 from cscd.errors import NotFound
 from cscd.types import ROOT_ID, RemoteEntry
 
@@ -150,20 +150,20 @@ def get(ix: Index, txn: lmdb.Transaction, node_id: int) -> Node:
     data = txn.get(u64(node_id), db=ix.nodes)
     if data is None:
         raise NotFound(f"node {node_id} is gone")
-    return Node.unpack(node_id, data)
+    return Node.unpack(node_id, ix.unseal(data))
 
 
 def find(ix: Index, txn: lmdb.Transaction, node_id: int) -> Node | None:
     data = txn.get(u64(node_id), db=ix.nodes)
-    return None if data is None else Node.unpack(node_id, data)
+    return None if data is None else Node.unpack(node_id, ix.unseal(data))
 
 
 def get_packed(ix: Index, txn: lmdb.Transaction, node_id: int) -> bytes:
-    """The node's record as stored (``Node.unpack`` reads it); the same bytes mean the same node."""
+    """The node's record packed (``Node.unpack`` reads it); the same bytes mean the same node."""
     data = txn.get(u64(node_id), db=ix.nodes)
     if data is None:
         raise NotFound(f"node {node_id} is gone")
-    return data
+    return ix.unseal(data)
 
 
 def is_pinned(ix: Index, txn: lmdb.Transaction, node: Node) -> bool:
@@ -179,7 +179,7 @@ def is_pinned(ix: Index, txn: lmdb.Transaction, node: Node) -> bool:
 def put(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     """Store ``node``; keeps ``listed`` and ``tombstones`` in step with its flags."""
     key = u64(node.id)
-    txn.put(key, node.pack(), db=ix.nodes)
+    txn.put(key, ix.seal(node.pack()), db=ix.nodes)
     flags = int(node.flags)  # int tests: enum ones cost ~1 µs, and every listed entry comes here
     if flags & _TOMBSTONE:
         txn.put(key, b"", db=ix.tombstones)
@@ -190,19 +190,19 @@ def put(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
 
 
 def lookup_id(ix: Index, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
-    data = txn.get(child_key(parent, name), db=ix.children)
+    data = txn.get(ix.child_key(parent, name), db=ix.children)
     return None if data is None else from_u64(data)
 
 
 def base_lookup_id(ix: Index, txn: lmdb.Transaction, base_parent: int, base_name: bytes) -> int | None:
-    data = txn.get(child_key(base_parent, base_name), db=ix.bases)
+    data = txn.get(ix.child_key(base_parent, base_name), db=ix.bases)
     return None if data is None else from_u64(data)
 
 
 def link(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     """Enter ``node`` under its (parent, name) in the local namespace."""
-    txn.put(child_key(node.parent, node.name), u64(node.id), db=ix.children)
-    txn.put(dirent_key(node.parent, node.id), node.name, db=ix.dirents)
+    txn.put(ix.child_key(node.parent, node.name), u64(node.id), db=ix.children)
+    txn.put(dirent_key(node.parent, node.id), ix.seal(node.name), db=ix.dirents)
 
 
 def unlink(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
@@ -212,7 +212,7 @@ def unlink(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     for its server delete) left its name long ago, and another node may hold it now, as
     after an atomic save's rename over it.
     """
-    key = child_key(node.parent, node.name)
+    key = ix.child_key(node.parent, node.name)
     held = txn.get(key, db=ix.children)
     if held is not None and from_u64(held) == node.id:
         txn.delete(key, db=ix.children)
@@ -230,7 +230,7 @@ def set_base(ix: Index, txn: lmdb.Transaction, node: Node, base_parent: int, ent
     node.base_size = entry.size
     node.base_mtime_ns = entry.mtime_ns
     node.flags |= Flag.HAS_BASE
-    key = child_key(base_parent, entry.name)
+    key = ix.child_key(base_parent, entry.name)
     held = txn.get(key, db=ix.bases)
     if held is not None and from_u64(held) != node.id:
         other = find(ix, txn, from_u64(held))
@@ -246,7 +246,7 @@ def set_base(ix: Index, txn: lmdb.Transaction, node: Node, base_parent: int, ent
 
 def clear_base(ix: Index, txn: lmdb.Transaction, node: Node) -> None:
     if node.has_base:
-        key = child_key(node.base_parent, node.base_name)
+        key = ix.child_key(node.base_parent, node.base_name)
         if txn.get(key, db=ix.bases) == u64(node.id):
             txn.delete(key, db=ix.bases)
         forget_listing(ix, txn, node.base_parent)
@@ -301,23 +301,24 @@ def iter_children(ix: Index, txn: lmdb.Transaction, parent: int, after_id: int =
     for key, name in cur:
         if key[:8] != prefix:
             return
-        yield from_u64(key[8:16]), bytes(name)
+        yield from_u64(key[8:16]), ix.unseal(bytes(name))
 
 
 def iter_base_children(ix: Index, txn: lmdb.Transaction, base_parent: int, after: bytes | None = None):
     """Yield ``(base_name, id)`` of everything whose agreed server location is under
-    ``base_parent``, in name order; with ``after``, only the names that sort after it."""
+    ``base_parent``, in key order (name order, unless the index is sealed); with ``after``,
+    only the names whose keys sort after its key."""
     prefix = u64(base_parent)
     cur = txn.cursor(db=ix.bases)
-    if not cur.set_range(prefix if after is None else prefix + after):
+    start = prefix if after is None else ix.child_key(base_parent, after)
+    if not cur.set_range(start):
         return
     for key, value in cur:
         if key[:8] != prefix:
             return
-        name = bytes(key[8:])
-        if name == after:
+        if key == start and after is not None:
             continue
-        yield name, from_u64(value)
+        yield ix.name_of(key), from_u64(value)
 
 
 def has_children(ix: Index, txn: lmdb.Transaction, parent: int) -> bool:

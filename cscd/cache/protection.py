@@ -10,9 +10,13 @@ unreadable on the disk without the key:
   files overwritten with zeros before they are deleted (so the freed blocks do not keep them);
 - at stop, ``lock()`` takes the key back from the kernel: after the last close, the files
   read as ENOKEY and their names are garbled until the next start brings the key again;
-- where it cannot be done (a file system without encryption, no key), the answer is
-  ``ONLINE_ONLY`` with the reason: the daemon then caches no folder (Work Folders' "the device
-  does not comply": served from the server only) and says so in its status and an event.
+- where the file system cannot encrypt (no fscrypt: Debian's default ext4, btrfs, xfs, tmpfs)
+  or the kernel does not take the key, cscd seals the cache itself (``SEALED``:
+  ``cscd.cache.sealed_cache``, AES-GCM and AES-SIV with the same key); a sealed cache stays
+  sealed, also on a file system that could encrypt later;
+- with no key at all, the answer is ``ONLINE_ONLY`` with the reason: the daemon then caches
+  no folder (Work Folders' "the device does not comply": served from the server only) and
+  says so in its status and an event.
 
 A cache that is encrypted but whose key cannot be had now is not "online only": its files are
 there and must not be touched, so ``protect`` raises ``CacheLocked`` (the daemon stops with
@@ -29,15 +33,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cscd.cache import fscrypt
-from cscd.cache.store import data_segments, scrub_file
+from cscd.cache import fscrypt, sealed_cache
+from cscd.cache.sealing import Sealer
+from cscd.cache.store import data_segments, scrub_tree
 from cscd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 #: what the cache keeps that must not be readable from the disk
 PROTECTED = ("index", "content")
-PLAIN, ENCRYPTED, ONLINE_ONLY = "plain", "encrypted", "online only"
+PLAIN, ENCRYPTED, SEALED, ONLINE_ONLY = "plain", "encrypted", "sealed", "online only"
 #: names of a migration's two sides, beside the directory (a crash leaves them for next time)
 _NEW, _OLD = ".encrypting", ".plain"
 _CHUNK = 1 << 20
@@ -57,6 +62,8 @@ class CacheProtection:
     identifier: bytes | None = None
     #: the kernel's AES-XTS implementation at start (``/proc/crypto``)
     driver: str = ""
+    #: the cache's sealer where cscd encrypts it itself (``SEALED``)
+    sealer: Sealer | None = None
 
     @property
     def online_only(self) -> bool:
@@ -64,11 +71,15 @@ class CacheProtection:
 
     def as_dict(self) -> dict[str, str]:
         how = (f"fscrypt v2, AES-256-XTS contents, AES-256-CTS names; kernel cipher {self.driver or '?'}"
-               if self.state == ENCRYPTED else "")
+               if self.state == ENCRYPTED else
+               "sealed by cscd: AES-256-GCM content in 64 KiB blocks, AES-SIV names, AES-256-GCM index values"
+               if self.state == SEALED else "")
         return {"state": self.state, "reason": self.reason, "how": how}
 
     def lock(self) -> None:
-        """Take the key back from the kernel (at stop): the cache is unreadable until next start."""
+        """Take the key back from the kernel (at stop): the cache is unreadable until next start.
+        A sealed cache's key was only ever in this process."""
+        self.sealer = None
         if self.root is None or self.identifier is None:
             return
         try:
@@ -82,11 +93,20 @@ def protect(cache_dir: Path, key: bytes | None, key_problem: str = "") -> CacheP
     says why). Returns how it is kept; raises ``CacheLocked`` for an encrypted cache without
     its key, ``ConfigError`` for one encrypted with another key."""
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if sealed_cache.is_sealed(cache_dir):
+        if key is None:
+            raise CacheLocked(f"the cache at {cache_dir} is sealed and its key cannot be had: {key_problem}",
+                              exit_code=4)
+        return _sealed(cache_dir, sealed_cache.open_sealed(cache_dir, key))
     try:
         existing = {name: _policy_of(cache_dir / name) for name in PROTECTED}
         fscrypt.policy_key(cache_dir)  # does this file system encrypt at all?
     except fscrypt.FscryptError as exc:
-        return CacheProtection(ONLINE_ONLY, f"the cache's file system cannot encrypt ({exc.strerror})")
+        if key is None:
+            return CacheProtection(ONLINE_ONLY, f"{key_problem} (and the cache's file system cannot encrypt: "
+                                                f"{exc.strerror})")
+        log.info("the cache's file system cannot encrypt (%s): cscd seals the cache itself", exc.strerror)
+        return _seal(cache_dir, key)
     if key is None:
         if any(existing.values()):
             raise CacheLocked(f"the cache at {cache_dir} is encrypted and its key cannot be had: "
@@ -98,7 +118,8 @@ def protect(cache_dir: Path, key: bytes | None, key_problem: str = "") -> CacheP
         problem = f"the kernel did not take the cache's key ({exc.strerror or exc})"
         if any(existing.values()):
             raise CacheLocked(f"the cache at {cache_dir} is encrypted and {problem}", exit_code=4) from None
-        return CacheProtection(ONLINE_ONLY, problem)
+        log.info("%s: cscd seals the cache itself", problem)
+        return _seal(cache_dir, key)
     for name in PROTECTED:
         directory = cache_dir / name
         have = existing[name]
@@ -127,8 +148,25 @@ def protect(cache_dir: Path, key: bytes | None, key_problem: str = "") -> CacheP
     return CacheProtection(ENCRYPTED, "", cache_dir, identifier, driver)
 
 
+def _seal(cache_dir: Path, key: bytes) -> CacheProtection:
+    try:
+        sealer = sealed_cache.seal(cache_dir, key)
+    except OSError as exc:
+        raise ConfigError(f"the cache at {cache_dir} could not be sealed in place ({exc.strerror or exc}); it is "
+                          "unchanged and used by nothing until this is fixed (sealing copies it once: the "
+                          "cache's disk needs as much free space as it holds)", exit_code=4) from None
+    return _sealed(cache_dir, sealer)
+
+
+def _sealed(cache_dir: Path, sealer: Sealer) -> CacheProtection:
+    log.info("the cache at %s is sealed by cscd (AES-GCM, the CPU's AES instructions through OpenSSL)", cache_dir)
+    return CacheProtection(SEALED, "", cache_dir, sealer=sealer)
+
+
 def is_encrypted(cache_dir: Path) -> bool:
-    """True if the cache's index is under an fscrypt key (whatever the policy says now)."""
+    """True if the cache is under an fscrypt key or sealed (whatever the policy says now)."""
+    if sealed_cache.is_sealed(cache_dir):
+        return True
     try:
         return _policy_of(cache_dir / PROTECTED[0]) is not None
     except fscrypt.FscryptError:
@@ -156,7 +194,7 @@ def _encrypt_dir(directory: Path, identifier: bytes) -> None:
         directory.rename(old)
         new.rename(directory)
     if old.exists():
-        _scrub_tree(old)
+        scrub_tree(old)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -189,11 +227,3 @@ def _copy_sparse(src: Path, dst: Path) -> None:
             os.close(fout)
     finally:
         os.close(fin)
-
-
-def _scrub_tree(root: Path) -> None:
-    """Overwrite every data block of every file under ``root`` with zeros, then delete it all."""
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            scrub_file(os.path.join(dirpath, name))
-    shutil.rmtree(root)

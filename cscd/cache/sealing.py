@@ -240,17 +240,6 @@ class Sealer:
                 _write_all(fd, self._seal_block(file_id, index, plain), _slot_offset(index))
         os.ftruncate(fd, physical_size(size))
 
-    def copy_plain(self, src: int, dst: int, size: int, *, chunk: int = 16 * BLOCK) -> None:
-        """Seal the first ``size`` bytes of the plain file ``src`` into the empty ``dst``."""
-        done = 0
-        while done < size:
-            data = os.pread(src, min(chunk, size - done), done)
-            if not data:
-                break
-            self.pwrite(dst, data, done)
-            done += len(data)
-        self.truncate(dst, size)
-
 
 def _read_all(fd: int, length: int, offset: int) -> bytes:
     data = os.pread(fd, length, offset)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import shutil
 from pathlib import Path
 
 from cscd.cache.sealing import Sealer
@@ -67,6 +68,14 @@ def scrub_file(path: Path | str) -> int:
         os.close(fd)
     os.unlink(path)
     return done
+
+
+def scrub_tree(root: Path) -> None:
+    """Overwrite every data block of every file under ``root`` with zeros, then delete it all."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            scrub_file(os.path.join(dirpath, name))
+    shutil.rmtree(root)
 
 
 class ContentStore:

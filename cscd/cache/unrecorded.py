@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import lmdb
 
-from cscd.cache.index import Index, child_key, from_u64, u64
+from cscd.cache.index import Index, from_u64, u64
 from cscd.reconcile import Ours, Unrecorded
 
 _NOTE = struct.Struct(">QBQqQ")  # node id, is a directory, size, write time ns, file id
@@ -48,11 +48,11 @@ def _pack(notes: list[Unrecorded]) -> bytes:
 
 def at(ix: Index, txn: lmdb.Transaction, parent: int, name: bytes) -> list[Unrecorded]:
     """The notes of one name, newest first."""
-    return _unpack(parent, name, bytes(txn.get(child_key(parent, name), b"", db=ix.unrecorded)))
+    return _unpack(parent, name, bytes(txn.get(ix.child_key(parent, name), b"", db=ix.unrecorded)))
 
 
 def _store(ix: Index, txn: lmdb.Transaction, parent: int, name: bytes, notes: list[Unrecorded]) -> None:
-    key = child_key(parent, name)
+    key = ix.child_key(parent, name)
     if notes:
         txn.put(key, _pack(notes[:KEPT]), db=ix.unrecorded)
     else:
@@ -76,7 +76,7 @@ def remove(ix: Index, txn: lmdb.Transaction, parent: int, name: bytes, node_id: 
 
 def clear(ix: Index, txn: lmdb.Transaction, parent: int, name: bytes) -> None:
     """Drop every note of a name (the server holds a recorded version there now)."""
-    txn.delete(child_key(parent, name), db=ix.unrecorded)
+    txn.delete(ix.child_key(parent, name), db=ix.unrecorded)
 
 
 def discard(ix: Index, txn: lmdb.Transaction, note: Unrecorded) -> None:
@@ -88,7 +88,7 @@ def discard(ix: Index, txn: lmdb.Transaction, note: Unrecorded) -> None:
 
 def iter_all(ix: Index, txn: lmdb.Transaction) -> Iterator[Unrecorded]:
     for key, value in txn.cursor(db=ix.unrecorded):
-        yield from _unpack(from_u64(bytes(key[:8])), bytes(key[8:]), bytes(value))
+        yield from _unpack(from_u64(bytes(key[:8])), ix.name_of(key), bytes(value))
 
 
 def any_under(ix: Index, txn: lmdb.Transaction, dir_id: int) -> bool:

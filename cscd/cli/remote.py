@@ -83,7 +83,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"cache disk: {progress.size(c['disk']['available_bytes'])} free of "
               f"{progress.size(c['disk']['total_bytes'])}")
     protection = c.get("protection") or {}
-    if protection.get("state") == "encrypted":
+    if protection.get("state") in ("encrypted", "sealed"):
         print(f"cache protection: encrypted at rest ({protection['how']})")
     elif protection.get("state") == "online only":
         print(f"cache protection: none possible, so nothing is cached (online only): {protection['reason']}")

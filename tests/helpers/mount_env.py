@@ -48,6 +48,8 @@ class MountEnv:
         self.server.mkdir(parents=True)
         workdir.mkdir(parents=True, exist_ok=True)
         self.proxy = TcpProxy((smbd.host, smbd.port))
+        #: the key of a cache the daemon seals (``cscd.cache.sealing``), for the check at close
+        self.check_sealer = None
         self.credentials = write_credentials(workdir / "credentials", smbd.username, smbd.password)
         self.daemon = DaemonProcess(
             workdir,
@@ -77,7 +79,7 @@ class MountEnv:
             self.daemon.close()
             self.proxy.close()
         if (self.daemon.cache / "index").exists():
-            problems = check_cache(self.daemon.cache)
+            problems = check_cache(self.daemon.cache, self.check_sealer)
             assert not problems, "cache inconsistent after the test:\n" + "\n".join(problems)
 
 
