@@ -1,12 +1,13 @@
 """Case 13: what the encrypted cache costs (``device.encrypt_cache``, issue 21's "within 10%").
 
-Two more cscd daemons on the run's smbd, each with its cache on an ext4 image of its own made
-with the ``encrypt`` feature and loop-mounted (``tests/helpers/loop_disk.py``): one with the
-device policy on (fscrypt, the key a systemd credential), one without. Same folder content,
-same steps, one after the other in each repeat: a file written through the mount (until
-``close``, i.e. into the cache), the same file read back cold from the cache (page cache
-dropped) and 1,000 small files written. The ratio is encrypted against plain; ≥ 0.9 (writes,
-reads: higher is better) meets the goal. Root only (loop mounts, drop_caches).
+Three more cscd daemons on the run's smbd, each with its cache on an ext4 image of its own,
+loop-mounted (``tests/helpers/loop_disk.py``): one with the device policy on an image made with
+the ``encrypt`` feature (fscrypt, the key a systemd credential), one with the policy on an image
+without it (cscd seals the cache itself: ``cscd.cache.sealing``), one plain. Same folder
+content, same steps, one after the other in each repeat: a file written through the mount
+(until ``close``, i.e. into the cache), the same file read back cold from the cache (page
+cache dropped) and 1,000 small files written. The ratios are each encrypted cache against the
+plain one; ≥ 0.9 (higher is better) meets the goal. Root only (loop mounts, drop_caches).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
     small = make_bytes("at-rest-small", SMALL_FILES * 4 * KiB)
     with ExitStack() as stack:
         sides: dict[str, Path] = {}
-        for name, encrypted in (("plain", False), ("encrypted", True)):
-            disk = stack.enter_context(LoopDisk(env.workdir / f"at-rest-{name}-disk", encrypt=True,
+        for name, encrypted in (("plain", False), ("encrypted", True), ("sealed", True)):
+            disk = stack.enter_context(LoopDisk(env.workdir / f"at-rest-{name}-disk", encrypt=name != "sealed",
                                                 size_mib=size // MiB * 2 + 256))
             daemon = _daemon(env, disk, name, encrypted=encrypted)
             stack.callback(daemon.close)
@@ -92,9 +93,10 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
         for name in sides:
             shutil.rmtree(env.samba.share_dir / "bench" / f"at-rest-{name}", ignore_errors=True)
     what = f"{size // MiB} MiB"
-    res.row(f"write {what} into the cache (MB/s), encrypted cache", "write.encrypted", "write.plain",
-            "plain cache", higher_is_better=True)
-    res.row(f"cold read {what} from the cache (MB/s), encrypted cache", "read.encrypted", "read.plain",
-            "plain cache", higher_is_better=True)
-    res.row(f"write {SMALL_FILES:,} x 4 KiB (files/s), encrypted cache", "small.encrypted", "small.plain",
-            "plain cache", higher_is_better=True)
+    for name, how in (("encrypted", "fscrypt"), ("sealed", "sealed by cscd")):
+        res.row(f"write {what} into the cache (MB/s), {how}", f"write.{name}", "write.plain",
+                "plain cache", higher_is_better=True)
+        res.row(f"cold read {what} from the cache (MB/s), {how}", f"read.{name}", "read.plain",
+                "plain cache", higher_is_better=True)
+        res.row(f"write {SMALL_FILES:,} x 4 KiB (files/s), {how}", f"small.{name}", "small.plain",
+                "plain cache", higher_is_better=True)
