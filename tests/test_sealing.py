@@ -1,4 +1,5 @@
-"""Sealed content files and index entries (``cscd.cache.sealing``): real files on the disk.
+"""Sealed content files and index entries (``cscd.cache.sealing``, ``sealed_cache``): real files
+and a real LMDB on the disk.
 
 A sealed file must behave like a plain one under any sequence of writes, truncations and reads
 (a hypothesis state machine keeps a plain file beside it), hold no plaintext on the disk, and
@@ -15,10 +16,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from cscd.cache import sealing
+from cscd.cache import attrs, nodes, sealed_cache, sealing, unrecorded
+from cscd.cache.check import check_cache
+from cscd.cache.index import Index
+from cscd.cache.nodes import Flag, Node
 from cscd.cache.sealed_cache import seal_file
 from cscd.cache.sealing import BLOCK, HEADER, OVERHEAD, SLOT, Sealer
-from cscd.errors import CorruptContent
+from cscd.errors import ConfigError, CorruptContent
+from cscd.reconcile import Ours, Unrecorded
+from cscd.types import ROOT_ID, RemoteEntry
 
 KEY = bytes(range(64))
 OTHER_KEY = bytes(range(1, 65))
@@ -190,3 +196,107 @@ class SealedLikePlain(RuleBasedStateMachine):
 SealedLikePlain.TestCase.settings = settings(max_examples=60, stateful_step_count=12, deadline=None,
                                              suppress_health_check=[HealthCheck.too_slow])
 test_sealed_file_behaves_like_a_plain_one = SealedLikePlain.TestCase
+
+
+# ---------------------------------------------------------------------- the sealed index
+
+
+def _sealed_tree(path, sealer) -> tuple[Index, dict[str, int]]:
+    """A sealed index holding a folder, two files with agreed server names, an attribute, an
+    unrecorded upload and a conflict record, each with a name to look for on the disk."""
+    ix = Index(path, sealer)
+    with ix.env.begin(write=True) as txn:
+        nodes.put(ix, txn, Node(ROOT_ID, 0, True, Flag.LISTED, 0o755, 0, 1, 1, 0, 0, 0, 0, 0, b"", b""))
+        ids = {}
+        for parent, name, is_dir in ((ROOT_ID, b"Documents", True), ("Documents", b"salaries-2026.ods", False),
+                                     ("Documents", b"merger-plan.txt", False)):
+            pid = parent if isinstance(parent, int) else ids[parent]
+            node = Node(ix.allocate_id(txn), pid, is_dir, Flag.HYDRATED, 0o644, 0, 1, 1, 0, 0, 0, 0, 0, name, b"")
+            nodes.put(ix, txn, node)
+            nodes.link(ix, txn, node)
+            if not is_dir:
+                nodes.set_base(ix, txn, node, pid, RemoteEntry(name, False, 10, 1, 1, 7))
+                nodes.put(ix, txn, node)
+            ids[name.decode()] = node.id
+        node = nodes.get(ix, txn, ids["merger-plan.txt"])
+        attrs.set_local(ix, txn, node, b"user.project", b"codename-bluebird")
+        nodes.put(ix, txn, node)
+        unrecorded.add(ix, txn, Unrecorded(ids["Documents"], b"draft-layoffs.txt", node.id, Ours(3, 4, 5, False)))
+    return ix, ids
+
+
+def test_a_sealed_index_answers_like_a_plain_one_and_keeps_no_name_in_its_file(tmp_path):
+    sealer = Sealer(KEY)
+    ix, ids = _sealed_tree(tmp_path / "index", sealer)
+    with ix.env.begin() as txn:
+        docs = ids["Documents"]
+        assert nodes.lookup_id(ix, txn, docs, b"merger-plan.txt") == ids["merger-plan.txt"]
+        assert nodes.base_lookup_id(ix, txn, docs, b"salaries-2026.ods") == ids["salaries-2026.ods"]
+        assert sorted(name for _, name in nodes.iter_children(ix, txn, docs)) == [
+            b"merger-plan.txt", b"salaries-2026.ods"]
+        walked = list(nodes.iter_base_children(ix, txn, docs))
+        assert sorted(walked) == sorted([(b"merger-plan.txt", ids["merger-plan.txt"]),
+                                         (b"salaries-2026.ods", ids["salaries-2026.ods"])])
+        # a walk resumed after its first name gives the rest, as merges do in steps
+        assert list(nodes.iter_base_children(ix, txn, docs, walked[0][0])) == walked[1:]
+        node = nodes.get(ix, txn, ids["merger-plan.txt"])
+        assert attrs.get(ix, txn, node) == {b"user.project": b"codename-bluebird"}
+        assert [n.name for n in unrecorded.iter_all(ix, txn)] == [b"draft-layoffs.txt"]
+    ix.close()
+    assert check_cache(tmp_path, sealer) == []
+    assert check_cache(tmp_path) == ["the index is sealed: check it with its key"]
+    raw = (tmp_path / "index" / "data.mdb").read_bytes()
+    for needle in (b"merger-plan", b"salaries", b"codename-bluebird", b"draft-layoffs", b"Documents"):
+        assert needle not in raw, needle
+
+
+def test_a_sealed_index_opens_with_its_key_only(tmp_path):
+    ix, _ = _sealed_tree(tmp_path / "index", Sealer(KEY))
+    ix.close()
+    with pytest.raises(ConfigError, match="another key"):
+        Index(tmp_path / "index", Sealer(OTHER_KEY))
+    with pytest.raises(ConfigError, match="no key"):
+        Index(tmp_path / "index")
+    Index(tmp_path / "plain").close()
+    with pytest.raises(ConfigError, match="not sealed"):
+        Index(tmp_path / "plain", Sealer(KEY))
+
+
+def test_a_plain_cache_sealed_in_place_keeps_every_entry(tmp_path):
+    """``sealed_cache.seal``: the same answers from the sealed copy, and the plain file gone."""
+    plain = Index(tmp_path / "index")
+    with plain.env.begin(write=True) as txn:
+        nodes.put(plain, txn, Node(ROOT_ID, 0, True, Flag.LISTED, 0o755, 0, 1, 1, 0, 0, 0, 0, 0, b"", b""))
+        folder = Node(plain.allocate_id(txn), ROOT_ID, True, Flag.HYDRATED, 0o755, 0, 1, 1, 0, 0, 0, 0, 0,
+                      b"Documents", b"")
+        nodes.put(plain, txn, folder)
+        nodes.link(plain, txn, folder)
+        for i in range(30_000):  # more than one copy step
+            node = Node(plain.allocate_id(txn), folder.id, False, Flag.HYDRATED, 0o644, 0, 1, 1, 0, 0, 0, 0, 0,
+                        f"quarterly-{i}.txt".encode(), b"")
+            nodes.put(plain, txn, node)
+            nodes.link(plain, txn, node)
+            nodes.set_base(plain, txn, node, folder.id, RemoteEntry(node.name, False, 10, 1, 1, node.id))
+            nodes.put(plain, txn, node)
+    plain.close()
+    content = tmp_path / "content" / "00"
+    content.mkdir(parents=True)
+    (content / "0000000000000005").write_bytes(b"the plain content of a cached file" * 100)
+
+    sealer = sealed_cache.seal(tmp_path, KEY)
+    assert sealed_cache.is_sealed(tmp_path)
+    assert check_cache(tmp_path, sealer) == []
+    ix = Index(tmp_path / "index", sealer)
+    with ix.env.begin() as txn:
+        assert nodes.lookup_id(ix, txn, folder.id, b"quarterly-29999.txt") is not None
+        assert len(list(nodes.iter_base_children(ix, txn, folder.id))) == 30_000
+    ix.close()
+    assert b"quarterly-" not in (tmp_path / "index" / "data.mdb").read_bytes()
+    fd = os.open(tmp_path / "content" / "00" / "0000000000000005", os.O_RDONLY)
+    try:
+        assert sealer.pread(fd, 34, 0) == b"the plain content of a cached file"
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["content", "index", "sealed"]
+    with pytest.raises(ConfigError, match="another key"):
+        sealed_cache.open_sealed(tmp_path, OTHER_KEY)

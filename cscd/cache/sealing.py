@@ -28,9 +28,9 @@ authenticated; the directory's id is its associated data, so equal names in two 
 do not look alike. Values are sealed with AES-GCM and a random nonce.
 
 What this does not hide: sizes of files (to a block), the shape of the tree (ids and how
-many entries), and when things changed. A block's nonce is random (96 bits): one key is good
-for 2^32 block writes, about 256 TiB written into the cache, before the birthday bound
-matters; ``Sealer`` takes a new content key with every new cache.
+many entries), and when things changed. A block's nonce is random (96 bits): NIST's bound for
+random nonces under one key is 2^32 encryptions, here 2^32 block writes (256 TiB written
+into one cache) before the key should change.
 
 Blocking local I/O on file descriptors; callers use it where they used ``os.pread`` and
 ``os.pwrite``, on the same threads. Reads and writes of one file are not atomic against each
@@ -199,8 +199,8 @@ class Sealer:
             covered = offset <= start and end >= min(start + BLOCK, new_size)
             if not covered and start < size:
                 old[i] = self._read_blocks(fd, file_id, i, i, size)[0]
-        # The block that ended the file, if this write leaves it partial and short: the slot's
-        # tag moves when it grows, so it is sealed again at its new length.
+        # Every block the write touches is sealed again whole, at its new length: a block that
+        # ended the file and grows moves its tag to the new end of its slot.
         sealed = []
         view = memoryview(data)
         for i in range(first, last + 1):

@@ -26,7 +26,7 @@ from cscd.cache.moved import adopt_moved_bases
 from cscd.cache.namespace import Namespace
 from cscd.cache.nodes import DirtyReason, Flag, Node
 from cscd.cache.residency import Residency
-from cscd.errors import CacheFull, NotFound, SourceChanged
+from cscd.errors import CacheFull, CorruptContent, NotFound, SourceChanged
 from cscd.reconcile import Ours, Unrecorded
 from cscd.types import ROOT_ID, ContentSnapshot, RemoteEntry
 
@@ -380,7 +380,14 @@ class SyncSide:
             fd = self._snapshot_fd(node)
         else:
             async with self._snapshot_limiter:
-                fd = await trio.to_thread.run_sync(self._snapshot_fd, node)
+                try:
+                    fd = await trio.to_thread.run_sync(self._snapshot_fd, node)
+                except CorruptContent:
+                    # A sealed file's block read while the trio thread rewrote it fails its tag:
+                    # a change during the copy, unless the node is as it was.
+                    if self._live_file(node_id).version != node.version:
+                        raise SourceChanged(f"{node.name!r} changed while its upload was being prepared") from None
+                    raise
             try:
                 now = self._live_file(node_id)
             except NotFound:

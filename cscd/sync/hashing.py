@@ -18,6 +18,7 @@ Cancellation: a cancelled job kills its worker (``kill_on_cancel``), nothing is 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -101,6 +102,20 @@ class Hasher:
         return await trio_parallel.run_sync(_chunk_in_worker, self.foreground_clock, path, start, end,
                                             kill_on_cancel=True, limiter=self._limiter)
 
+    async def _chunks_of_content(self, local: LocalSide, node_id: int, size: int) -> list[Chunk]:
+        """The chunks of a cached file: its content file, or in a sealed cache (whose file is
+        not the content) a plaintext copy in memory, ``LocalSide.content_snapshot``."""
+        try:
+            return await self.chunks_of(local.content_path(node_id), size)
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        snap = await local.content_snapshot(node_id)
+        try:
+            return await self.chunks_of(Path(snap.path), snap.size)
+        finally:
+            snap.close()
+
     async def run_after_hydration(self, local: LocalSide) -> None:
         """Record the chunk map of every file whose download completes (task ``sync.chunk``)."""
         async for node_id in local.hydrated:
@@ -110,7 +125,7 @@ class Hasher:
                 if base is None or not node.is_hydrated or node.size != base.size:
                     continue
                 version = node.version
-                chunks = await self.chunks_of(local.content_path(node_id), node.size)
+                chunks = await self._chunks_of_content(local, node_id, node.size)
                 if local.record_base_chunks(node_id, version, base, chunks):
                     log.debug("chunk map of downloaded node %s: %d chunks", node_id, len(chunks))
             except Exception as exc:  # noqa: BLE001 - best effort; the next upload is plain

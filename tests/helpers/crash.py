@@ -645,7 +645,8 @@ class CrashRun:
         from cscd.cache.check import check_cache  # the daemon's own checker, run read-only
 
         try:
-            found = [p for p in check_cache(self.env.daemon.cache) if CRASH_LEFT_TRANSIENT not in p]
+            found = [p for p in check_cache(self.env.daemon.cache, self.env.check_sealer)
+                     if CRASH_LEFT_TRANSIENT not in p]
         except Exception as exc:  # noqa: BLE001 - a cache the checker cannot read is a finding
             found = [f"the check failed: {exc!r}"]
         if found:

@@ -10,6 +10,7 @@ suite's shared daemons) apply at a test's end.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import uuid
@@ -61,6 +62,23 @@ class MountEnv:
         )
         self.mount = self.daemon.mount
         self.docs = self.mount / "Documents"
+        if os.environ.get("CSCD_TEST_SEALED"):
+            self._seal_the_cache()
+
+    def _seal_the_cache(self) -> None:
+        """``CSCD_TEST_SEALED=1``: every mount test runs on a cache sealed by cscd (the policy
+        ``device.encrypt_cache`` on a file system without fscrypt), to find what sealing breaks."""
+        from cscd.cache.sealing import KEY_BYTES, Sealer
+
+        key = os.urandom(KEY_BYTES)
+        creds = self.workdir / "sealed-credentials"
+        creds.mkdir(mode=0o700, exist_ok=True)
+        (creds / "cscd-test-key").write_bytes(key)
+        self.daemon.env["CREDENTIALS_DIRECTORY"] = str(creds)
+        policy = self.daemon.workdir / "cscd-policy"
+        policy.mkdir(exist_ok=True)
+        (policy / "policy.yaml").write_text("device:\n  encrypt_cache: true\n  cache_key: 'systemd:cscd-test-key'\n")
+        self.check_sealer = Sealer(key)
 
     def start_daemon(self) -> None:
         self.daemon.start()
