@@ -26,7 +26,7 @@ from tests.helpers.daemon import DaemonProcess
 from tests.helpers.loop_disk import LoopDisk
 
 KEY_NAME = "cscd-cache-key"
-POLICY = f"device:\n  encrypt_cache: true\n  cache_key: 'systemd:{KEY_NAME}'\n"
+POLICY = f"device:\n  encrypt_cache: true\n  cache_key: 'systemd:{KEY_NAME}'\n  encrypt_with: "
 SMALL_FILES = 1000
 
 
@@ -46,7 +46,7 @@ def _daemon(env: Env, disk: LoopDisk, name: str, *, encrypted: bool) -> DaemonPr
         creds.mkdir(mode=0o700)
         (creds / KEY_NAME).write_bytes(secrets.token_bytes(64))
         daemon.env["CREDENTIALS_DIRECTORY"] = str(creds)
-        (policy_dir / "policy.yaml").write_text(POLICY)
+        (policy_dir / "policy.yaml").write_text(POLICY + ("cscd\n" if name == "sealed" else "fscrypt\n"))
     return daemon
 
 

@@ -355,7 +355,7 @@ def _protect_cache(config: DaemonConfig) -> CacheProtection:
         key, problem = cache_key(device.cache_key, config.cache), ""
     except KeyUnavailable as exc:
         key, problem = None, str(exc)
-    protection = protect(config.cache, key, problem)
+    protection = protect(config.cache, key, problem, way=device.encrypt_with)
     if protection.online_only:
         emit(EventId.CACHE_NOT_ENCRYPTED, reason=protection.reason)
     else:

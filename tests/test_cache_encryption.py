@@ -32,6 +32,8 @@ from tests.helpers.wait import eventually
 
 KEY_NAME = "cscd-cache-key"
 POLICY = f"device:\n  encrypt_cache: true\n  cache_key: 'systemd:{KEY_NAME}'\n"
+#: the kernel's encryption and nothing else, also where its AES is the portable code (this VM)
+FSCRYPT_POLICY = POLICY + "  encrypt_with: fscrypt\n"
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="loop-mounting an ext4 image needs root"),
@@ -56,14 +58,14 @@ def key_dir(tmp_path: Path) -> tuple[Path, bytes]:
     return creds, key
 
 
-def encrypted_env(mount_env, disk: LoopDisk, creds: Path, *, policy: bool = True) -> MountEnv:
+def encrypted_env(mount_env, disk: LoopDisk, creds: Path, *, policy: str | None = FSCRYPT_POLICY) -> MountEnv:
     env = mount_env(start=False)
     env.daemon.cache = disk.mountpoint / "cache"
     env.daemon.env["CREDENTIALS_DIRECTORY"] = str(creds)
     policy_dir = env.daemon.workdir / "cscd-policy"
     policy_dir.mkdir(exist_ok=True)
     if policy:
-        (policy_dir / "policy.yaml").write_text(POLICY)
+        (policy_dir / "policy.yaml").write_text(policy)
     return env
 
 
@@ -149,7 +151,7 @@ def test_an_encrypted_cache_leaves_no_content_and_no_name_on_the_disk(disk, moun
 
 def test_a_plain_cache_is_encrypted_in_place_and_its_plain_blocks_overwritten(disk, mount_env, tmp_path) -> None:
     creds, key = key_dir(tmp_path)
-    env = encrypted_env(mount_env, disk, creds, policy=False)
+    env = encrypted_env(mount_env, disk, creds, policy=None)
     before = marker("cached-before-the-policy") * 64
     (env.server / "old.txt").write_bytes(before)
     env.start_daemon()
@@ -157,7 +159,7 @@ def test_a_plain_cache_is_encrypted_in_place_and_its_plain_blocks_overwritten(di
     env.daemon.stop()
     assert disk.raw_contains(before[:40]), "without the policy the cache is plain (the scan's control)"
 
-    (env.daemon.workdir / "cscd-policy" / "policy.yaml").write_text(POLICY)
+    (env.daemon.workdir / "cscd-policy" / "policy.yaml").write_text(FSCRYPT_POLICY)
     env.start_daemon()
     assert cli_json(env.daemon, "status")["cache"]["protection"]["state"] == "encrypted"
     env.proxy.stop_listening()
@@ -196,7 +198,7 @@ def test_a_file_system_without_fscrypt_gets_a_cache_sealed_by_cscd(mount_env, tm
     """ext4 without its ``encrypt`` feature (Debian's default): cscd seals the cache itself."""
     creds, key = key_dir(tmp_path)
     with LoopDisk(tmp_path, encrypt=False) as plain_disk:
-        env = encrypted_env(mount_env, plain_disk, creds)
+        env = encrypted_env(mount_env, plain_disk, creds, policy=POLICY)
         env.check_sealer = Sealer(key)
         from_server, written = marker("server-content") * 50, marker("written-here") * 50
         secret_name = marker("secret-name").decode() + ".txt"
@@ -248,7 +250,7 @@ def test_a_file_system_without_fscrypt_gets_a_cache_sealed_by_cscd(mount_env, tm
 def test_a_plain_cache_is_sealed_in_place_and_its_plain_blocks_overwritten(mount_env, tmp_path) -> None:
     creds, key = key_dir(tmp_path)
     with LoopDisk(tmp_path, encrypt=False) as plain_disk:
-        env = encrypted_env(mount_env, plain_disk, creds, policy=False)
+        env = encrypted_env(mount_env, plain_disk, creds, policy=None)
         before = marker("cached-before-the-policy") * 64
         name = marker("named-before-the-policy").decode()
         (env.server / f"{name}.txt").write_bytes(before)
@@ -272,6 +274,36 @@ def test_a_plain_cache_is_sealed_in_place_and_its_plain_blocks_overwritten(mount
         assert not plain_disk.raw_contains(before[:40]), "the plain copy's blocks still hold the content"
         assert not plain_disk.raw_contains(name.encode()), "the plain index's blocks still hold the name"
         assert not any(p.name.endswith((".plain", ".sealing")) for p in env.daemon.cache.iterdir())
+        env.close()
+
+
+def test_auto_takes_fscrypt_only_where_the_kernel_has_fast_aes(disk, mount_env, tmp_path) -> None:
+    """``encrypt_with: auto`` (the default) on a file system that encrypts: fscrypt, unless the
+    kernel's AES is its portable code (this VM's), where cscd seals the cache itself."""
+    creds, key = key_dir(tmp_path)
+    env = encrypted_env(mount_env, disk, creds, policy=POLICY)
+    driver = fscrypt.contents_cipher_driver()
+    portable = fscrypt.is_generic_driver(driver)
+    if portable:
+        env.check_sealer = Sealer(key)
+    env.start_daemon()
+    protection = cli_json(env.daemon, "status")["cache"]["protection"]
+    assert protection["state"] == ("sealed" if portable else "encrypted"), (driver, protection)
+    (env.docs / "kept.txt").write_text("kept")
+    env.daemon.stop()
+    assert fscrypt.policy_key(env.daemon.cache / "content") is None if portable else not None
+    if not portable:
+        unlock_for_the_check(env, key)
+
+
+def test_fscrypt_only_on_a_file_system_that_cannot_leaves_the_folders_online_only(mount_env, tmp_path) -> None:
+    creds, _key = key_dir(tmp_path)
+    with LoopDisk(tmp_path, encrypt=False) as plain_disk:
+        env = encrypted_env(mount_env, plain_disk, creds)
+        env.start_daemon()
+        protection = cli_json(env.daemon, "status")["cache"]["protection"]
+        assert protection["state"] == "online only", protection
+        assert "cannot encrypt" in protection["reason"] and "encrypt_with" in protection["reason"], protection
         env.close()
 
 
@@ -301,9 +333,9 @@ def test_without_a_key_the_folders_are_served_online_only(mount_env, tmp_path) -
 @pytest.mark.skipif(shutil.which("gnome-keyring-daemon") is None, reason="needs gnome-keyring")
 def test_the_key_is_made_in_the_session_keyring_and_a_locked_keyring_keeps_the_cache_shut(
         disk, mount_env, tmp_path, keyring) -> None:
-    env = encrypted_env(mount_env, disk, tmp_path, policy=False)
+    env = encrypted_env(mount_env, disk, tmp_path, policy=None)
     (env.daemon.workdir / "cscd-policy" / "policy.yaml").write_text(
-        "device:\n  encrypt_cache: true\n  cache_key: secret-service\n")
+        "device:\n  encrypt_cache: true\n  cache_key: secret-service\n  encrypt_with: fscrypt\n")
     env.daemon.env["DBUS_SESSION_BUS_ADDRESS"] = keyring.address
     env.start_daemon()
     assert cli_json(env.daemon, "status")["cache"]["protection"]["state"] == "encrypted"

@@ -290,7 +290,7 @@ def wait_synced(env: MountEnv, name: str, content_sha: str, timeout_s: float = 6
              timeout_s, f"{name} did not reach the server", interval_s=0.2)
 
     def recorded() -> bool:
-        st = node_state(env.daemon.cache, "Documents", name)
+        st = node_state(env.daemon.cache, "Documents", name, sealer=env.check_sealer)
         return st is not None and not st.is_dirty and st.chunk_map is not None
 
     wait_for(recorded, 20, f"{name} has no chunk map after its upload")
@@ -332,8 +332,8 @@ def test_downloaded_file_gets_a_chunk_map_and_later_a_delta(env: MountEnv) -> No
     old = rand(BIG, 5)
     (env.server / "theirs.bin").write_bytes(old)
     assert file_sha(env.docs / "theirs.bin") == sha(old)  # a full download
-    wait_for(lambda: (st := node_state(env.daemon.cache, "Documents", "theirs.bin")) is not None
-             and st.chunk_map is not None, 20, "no chunk map after the download")
+    wait_for(lambda: (st := node_state(env.daemon.cache, "Documents", "theirs.bin", sealer=env.check_sealer))
+             is not None and st.chunk_map is not None, 20, "no chunk map after the download")
     env.proxy.reset_counters()
     with open(env.docs / "theirs.bin", "r+b") as f:
         f.seek(BIG // 3)

@@ -88,10 +88,18 @@ class CacheProtection:
             log.warning("the cache's key could not be taken back from the kernel: %s", exc)
 
 
-def protect(cache_dir: Path, key: bytes | None, key_problem: str = "") -> CacheProtection:
+#: ``device.encrypt_with``: how a cache not yet encrypted is encrypted
+AUTO, FSCRYPT, CSCD = "auto", "fscrypt", "cscd"
+
+
+def protect(cache_dir: Path, key: bytes | None, key_problem: str = "", *, way: str = AUTO) -> CacheProtection:
     """Encrypt the cache at ``cache_dir`` with ``key`` (None: none could be had, ``key_problem``
     says why). Returns how it is kept; raises ``CacheLocked`` for an encrypted cache without
-    its key, ``ConfigError`` for one encrypted with another key."""
+    its key, ``ConfigError`` for one encrypted with another key.
+
+    A cache already encrypted stays as it is. Otherwise ``way`` chooses: ``fscrypt`` only
+    (online only where it cannot be had), ``cscd`` (sealed), or ``auto``: fscrypt where the file
+    system encrypts and the kernel's AES is not its portable code, sealed elsewhere."""
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if sealed_cache.is_sealed(cache_dir):
         if key is None:
@@ -101,23 +109,31 @@ def protect(cache_dir: Path, key: bytes | None, key_problem: str = "") -> CacheP
     try:
         existing = {name: _policy_of(cache_dir / name) for name in PROTECTED}
         fscrypt.policy_key(cache_dir)  # does this file system encrypt at all?
+        no_fscrypt = ""
     except fscrypt.FscryptError as exc:
-        if key is None:
-            return CacheProtection(ONLINE_ONLY, f"{key_problem} (and the cache's file system cannot encrypt: "
-                                                f"{exc.strerror})")
-        log.info("the cache's file system cannot encrypt (%s): cscd seals the cache itself", exc.strerror)
-        return _seal(cache_dir, key)
+        existing, no_fscrypt = {}, f"the cache's file system cannot encrypt ({exc.strerror})"
+    encrypted = any(existing.values())
     if key is None:
-        if any(existing.values()):
+        if encrypted:
             raise CacheLocked(f"the cache at {cache_dir} is encrypted and its key cannot be had: "
                               f"{key_problem}", exit_code=4)
         return CacheProtection(ONLINE_ONLY, key_problem)
+    if not encrypted and way != FSCRYPT:
+        driver = fscrypt.contents_cipher_driver()
+        if way == CSCD or no_fscrypt or fscrypt.is_generic_driver(driver):
+            log.info("the cache is sealed by cscd: %s", "device.encrypt_with says so" if way == CSCD else no_fscrypt
+                     or f"the kernel's AES is its portable code ({driver}), several times slower than OpenSSL's")
+            return _seal(cache_dir, key)
+    if no_fscrypt:
+        return CacheProtection(ONLINE_ONLY, f"{no_fscrypt} and device.encrypt_with is {FSCRYPT}")
     try:
         identifier = fscrypt.add_key(cache_dir, key)
     except OSError as exc:
         problem = f"the kernel did not take the cache's key ({exc.strerror or exc})"
-        if any(existing.values()):
+        if encrypted:
             raise CacheLocked(f"the cache at {cache_dir} is encrypted and {problem}", exit_code=4) from None
+        if way == FSCRYPT:
+            return CacheProtection(ONLINE_ONLY, problem)
         log.info("%s: cscd seals the cache itself", problem)
         return _seal(cache_dir, key)
     for name in PROTECTED:

@@ -173,6 +173,8 @@ SECRET_SERVICE_KEY = "secret-service"
 #: ``device.wipe: all``: every folder of the user on this machine; ``wipe_when_unreachable``
 WIPE_ALL = "all"
 WIPE_CHOICES = ("wait", "wipe")
+#: ``device.encrypt_with``
+ENCRYPT_WITH_CHOICES = ("auto", "fscrypt", "cscd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,8 @@ class DevicePolicy:
     #: where the key is kept: ``secret-service``, or ``systemd:NAME`` (a credential the unit
     #: passes: ``LoadCredentialEncrypted=NAME:...``)
     cache_key: str = SECRET_SERVICE_KEY
+    #: how a cache not yet encrypted is: ``auto``, ``fscrypt`` or ``cscd`` (``cscd.cache.protection``)
+    encrypt_with: str = "auto"
     #: the session must lock its screen, with a password, within ``screen_lock_max_idle_min``
     require_screen_lock: bool = False
     screen_lock_max_idle_min: int = 15

@@ -33,6 +33,7 @@ from cscd.policy.located import Located, Origin, load_yaml
 from cscd.policy.model import (
     CENTRAL,
     DIRECTORY,
+    ENCRYPT_WITH_CHOICES,
     KNOWN_FOLDERS,
     PROFILE_KINDS,
     REDIRECTION,
@@ -442,6 +443,7 @@ ROAMING_KEYS: Mapping[str, Reader] = {
 DEVICE_KEYS: Mapping[str, Reader] = {
     "encrypt_cache": Located.as_bool,
     "cache_key": cache_key_source,
+    "encrypt_with": lambda loc: loc.as_choice(ENCRYPT_WITH_CHOICES),
     "require_screen_lock": Located.as_bool,
     "screen_lock_max_idle_min": lambda loc: loc.as_int(1, 24 * 60, "min"),
     "offline_when_noncompliant": Located.as_bool,

@@ -17,6 +17,7 @@ import lmdb
 from cscd.cache import chunks as chunkmaps
 from cscd.cache import nodes
 from cscd.cache.index import u64
+from cscd.cache.sealing import Sealer
 from cscd.types import ROOT_ID
 
 __all__ = ["NodeState", "node_state"]
@@ -30,12 +31,18 @@ class NodeState:
     chunk_map: list[tuple[int, int, bytes]] | None
 
 
-def node_state(cache_dir: Path, folder: str, *parts: str) -> NodeState | None:
-    """The state of ``folder/parts...`` in the daemon's index (None if no such name)."""
+def node_state(cache_dir: Path, folder: str, *parts: str, sealer: Sealer | None = None) -> NodeState | None:
+    """The state of ``folder/parts...`` in the daemon's index (None if no such name); a
+    sealed cache's with its ``sealer``."""
     env = lmdb.open(str(cache_dir / "index"), readonly=True, lock=True, max_dbs=16)
     try:
+        # what ``cscd.cache.nodes`` reads of an ``Index``: its tables and how it keys and seals
+        same = bytes
         ix = SimpleNamespace(**{n: env.open_db(n.encode()) for n in
-                                ("nodes", "children", "dirty", "chunks", "bases")})
+                                ("nodes", "children", "dirty", "chunks", "bases")},
+                             child_key=(lambda p, n: u64(p) + (n if sealer is None else sealer.seal_name(u64(p), n))),
+                             seal=same if sealer is None else sealer.seal_value,
+                             unseal=same if sealer is None else sealer.open_value)
         with env.begin() as txn:
             nid: int | None = ROOT_ID
             for name in (folder, *parts):
