@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -61,6 +62,8 @@ _ZERO_NONCE = bytes(NONCE)
 _BLOCK_AAD = struct.Struct(">16sQ")
 #: the key ``Sealer`` is made from: what ``cscd.policy.cache_key`` keeps
 KEY_BYTES = 64
+#: index values kept opened (``Sealer.open_value``), and names kept sealed, at most
+OPENED_KEPT = 8192
 
 
 def logical_size(physical: int) -> int:
@@ -93,12 +96,24 @@ class Sealer:
         self._content = AESGCM(content)
         self._names = AESSIV(names)
         self._values = AESGCM(values)
+        #: sealed value → its plaintext: a node record is read many times per request and
+        #: rewritten (with a new nonce) when it changes, so the sealed bytes are their own key
+        self._opened: dict[bytes, bytes] = {}
+        self._local = threading.local()
+        #: (directory, name) → sealed name: deterministic, and looked up on every request
+        self._sealed_names: dict[tuple[bytes, bytes], bytes] = {}
 
     # ------------------------------------------------------------------ index entries
 
     def seal_name(self, context: bytes, name: bytes) -> bytes:
         """``name`` sealed deterministically; ``context`` (the directory's key prefix) binds it."""
-        return self._names.encrypt(name, [context])
+        sealed = self._sealed_names.get((context, name))
+        if sealed is None:
+            sealed = self._names.encrypt(name, [context])
+            if len(self._sealed_names) >= OPENED_KEPT:
+                self._sealed_names.clear()
+            self._sealed_names[(context, name)] = sealed
+        return sealed
 
     def open_name(self, context: bytes, sealed: bytes) -> bytes:
         try:
@@ -107,14 +122,26 @@ class Sealer:
             raise CorruptContent("a name in the cache's index does not open with the cache's key") from None
 
     def seal_value(self, value: bytes) -> bytes:
-        nonce = os.urandom(NONCE)
-        return nonce + self._values.encrypt(nonce, value, None)
+        nonce = self._nonce()
+        sealed = nonce + self._values.encrypt(nonce, value, None)
+        self._keep_opened(sealed, bytes(value))  # a record written is read back at once, mostly
+        return sealed
+
+    def _keep_opened(self, sealed: bytes, plain: bytes) -> None:
+        if len(self._opened) >= OPENED_KEPT:
+            self._opened.clear()
+        self._opened[sealed] = plain
 
     def open_value(self, sealed: bytes) -> bytes:
+        plain = self._opened.get(sealed)
+        if plain is not None:
+            return plain
         try:
-            return self._values.decrypt(sealed[:NONCE], sealed[NONCE:], None)
+            plain = self._values.decrypt(sealed[:NONCE], sealed[NONCE:], None)
         except InvalidTag:
             raise CorruptContent("an entry of the cache's index does not open with the cache's key") from None
+        self._keep_opened(sealed, plain)
+        return plain
 
     # ------------------------------------------------------------------ content files
 
@@ -124,16 +151,21 @@ class Sealer:
     def _file_id(self, fd: int, *, make: bool) -> bytes | None:
         """The file's id from its header; a file without one (nothing written yet) gets one
         if ``make``, else None (all of it reads as zeros)."""
-        head = os.pread(fd, HEADER, 0)
-        if len(head) == HEADER and head[:8] == MAGIC:
-            return head[8:24]
-        if head.strip(b"\0"):
-            raise CorruptContent("a content file of the cache is not sealed with cscd's format")
-        if not make:
-            return None
+        file_id = self._id_in(os.pread(fd, HEADER, 0))
+        if file_id is not None or not make:
+            return file_id
         file_id = os.urandom(16)
-        _write_all(fd, MAGIC + file_id + bytes(HEADER - 24), 0)
+        _write_all(fd, _header(file_id), 0)
         return file_id
+
+    @staticmethod
+    def _id_in(head: bytes | memoryview) -> bytes | None:
+        """The file id a header holds; None for none yet (zeros or nothing)."""
+        if len(head) == HEADER and head[:8] == MAGIC:
+            return bytes(head[8:24])
+        if bytes(head).strip(b"\0"):
+            raise CorruptContent("a content file of the cache is not sealed with cscd's format")
+        return None
 
     def _open_block(self, file_id: bytes, index: int, slot: bytes | memoryview) -> bytes:
         if len(slot) <= OVERHEAD:
@@ -148,17 +180,41 @@ class Sealer:
                                  "(changed on the disk)") from None
 
     def _seal_block(self, file_id: bytes, index: int, plain: bytes | memoryview) -> bytes:
-        nonce = os.urandom(NONCE)
-        while nonce == _ZERO_NONCE:
-            nonce = os.urandom(NONCE)
-        return nonce + self._content.encrypt(nonce, plain, _BLOCK_AAD.pack(file_id, index))
+        out = bytearray(len(plain) + OVERHEAD)
+        self._seal_block_into(file_id, index, plain, memoryview(out))
+        return bytes(out)
+
+    def _seal_block_into(self, file_id: bytes, index: int, plain: bytes | memoryview, slot: memoryview) -> None:
+        """Seal ``plain`` into ``slot`` (``len(plain) + OVERHEAD`` bytes): no copy of the block
+        but the cipher's own, which matters at 1 GB/s of writes."""
+        nonce = self._nonce()
+        slot[:NONCE] = nonce
+        self._content.encrypt_into(nonce, plain, _BLOCK_AAD.pack(file_id, index), slot[NONCE:])
+
+    def _nonce(self) -> bytes:
+        """A random nonce (never all zeros: that marks a hole), from a pool the kernel fills
+        341 at a time: one ``getrandom`` per block released the GIL twice per block, and
+        another thread could take it for its whole switch interval."""
+        local = self._local
+        pool, at = getattr(local, "nonces", b""), getattr(local, "at", 0)
+        while True:
+            if at + NONCE > len(pool):
+                pool, at = os.urandom(NONCE * 341), 0
+                local.nonces = pool
+            nonce = pool[at:at + NONCE]
+            at += NONCE
+            if nonce != _ZERO_NONCE:
+                local.at = at
+                return nonce
 
     def _read_blocks(self, fd: int, file_id: bytes | None, first: int, last: int, size: int) -> list[bytes]:
         """Plaintext of blocks ``first..last`` (inclusive) of a file of ``size`` bytes."""
         lo = _slot_offset(first)
         hi = min(_slot_offset(last + 1), physical_size(size))
         raw = _read_all(fd, hi - lo, lo) if file_id is not None else b""
-        view = memoryview(raw)
+        return self._open_slots(file_id, memoryview(raw), first, last, size)
+
+    def _open_slots(self, file_id: bytes | None, view: memoryview, first: int, last: int, size: int) -> list[bytes]:
         out = []
         for i in range(first, last + 1):
             want = min(BLOCK, size - i * BLOCK)
@@ -174,7 +230,11 @@ class Sealer:
         if offset >= end:
             return b""
         first, last = offset // BLOCK, (end - 1) // BLOCK
-        blocks = self._read_blocks(fd, self._file_id(fd, make=False), first, last, size)
+        if first == 0:  # the header and the blocks in one read (every small file's case)
+            raw = memoryview(_read_all(fd, min(_slot_offset(last + 1), physical_size(size)), 0))
+            blocks = self._open_slots(self._id_in(raw[:HEADER]), raw[HEADER:], first, last, size)
+        else:
+            blocks = self._read_blocks(fd, self._file_id(fd, make=False), first, last, size)
         data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
         base = first * BLOCK
         return data[offset - base:end - base]
@@ -184,11 +244,17 @@ class Sealer:
         n = len(data)
         if not n:
             return 0
-        size = self.size(fd)
+        physical = os.fstat(fd).st_size
+        size = logical_size(physical)
         if offset > size:
             self.truncate(fd, offset)
-            size = offset
-        file_id = self._file_id(fd, make=True)
+            size, physical = offset, -1
+        header = b""
+        if physical == 0:  # a new file: its header goes with its first block
+            file_id = os.urandom(16)
+            header = _header(file_id)
+        else:
+            file_id = self._file_id(fd, make=True)
         end = offset + n
         new_size = max(size, end)
         first, last = offset // BLOCK, (end - 1) // BLOCK
@@ -200,12 +266,15 @@ class Sealer:
             if not covered and start < size:
                 old[i] = self._read_blocks(fd, file_id, i, i, size)[0]
         # Every block the write touches is sealed again whole, at its new length: a block that
-        # ended the file and grows moves its tag to the new end of its slot.
-        sealed = []
+        # ended the file and grows moves its tag to the new end of its slot. All of them, and a
+        # new file's header, go into one buffer and one write.
+        lengths = [min(BLOCK, new_size - i * BLOCK) for i in range(first, last + 1)]
+        slots = self._scratch(len(header) + sum(lengths) + OVERHEAD * len(lengths))
+        slots[:len(header)] = header
+        pos = len(header)
         view = memoryview(data)
-        for i in range(first, last + 1):
+        for i, length in zip(range(first, last + 1), lengths, strict=True):
             start = i * BLOCK
-            length = min(BLOCK, new_size - start)
             lo, hi = max(offset, start), min(end, start + length)
             if lo == start and hi == start + length:
                 plain = view[lo - offset:hi - offset]
@@ -213,9 +282,18 @@ class Sealer:
                 block = bytearray(old.get(i, b"").ljust(length, b"\0")[:length])
                 block[lo - start:hi - start] = view[lo - offset:hi - offset]
                 plain = block
-            sealed.append(self._seal_block(file_id, i, plain))
-        _write_all(fd, b"".join(sealed) if len(sealed) > 1 else sealed[0], _slot_offset(first))
+            self._seal_block_into(file_id, i, plain, slots[pos:pos + length + OVERHEAD])
+            pos += length + OVERHEAD
+        _write_all(fd, slots, 0 if header else _slot_offset(first))
         return n
+
+    def _scratch(self, size: int) -> memoryview:
+        """``size`` bytes of this thread's buffer for sealed blocks: a fresh megabyte-sized
+        ``bytearray`` per write cost more (its pages zeroed and faulted in) than sealing it."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < size:
+            buf = self._local.buf = bytearray(max(size, 1 << 20))
+        return memoryview(buf)[:size]
 
     def truncate(self, fd: int, size: int) -> None:
         """Like ``os.ftruncate``: cut, or extend with zeros (holes where the file had none).
@@ -241,6 +319,10 @@ class Sealer:
         os.ftruncate(fd, physical_size(size))
 
 
+def _header(file_id: bytes) -> bytes:
+    return MAGIC + file_id + bytes(HEADER - 24)
+
+
 def _read_all(fd: int, length: int, offset: int) -> bytes:
     data = os.pread(fd, length, offset)
     if len(data) == length or not data:
@@ -256,7 +338,7 @@ def _read_all(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     done = 0
     while done < len(view):
