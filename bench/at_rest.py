@@ -6,8 +6,9 @@ the ``encrypt`` feature (fscrypt, the key a systemd credential), one with the po
 without it (cscd seals the cache itself: ``cscd.cache.sealing``), one plain. Same folder
 content, same steps, one after the other in each repeat: a file written through the mount
 (until ``close``, i.e. into the cache), the same file read back cold from the cache (page
-cache dropped) and 1,000 small files written. The ratios are each encrypted cache against the
-plain one; ≥ 0.9 (higher is better) meets the goal. Root only (loop mounts, drop_caches).
+cache dropped) and 1,000 small files written; each step waits until the server has what the
+step before wrote, so no side's uploads run while another side is measured. The ratios are
+each encrypted cache against the plain one; ≥ 0.9 (higher is better) meets the goal. Root only (loop mounts, drop_caches).
 """
 
 from __future__ import annotations
@@ -50,6 +51,22 @@ def _daemon(env: Env, disk: LoopDisk, name: str, *, encrypted: bool) -> DaemonPr
     return daemon
 
 
+def _uploaded(env: Env, name: str, files: list[tuple[str, int]], timeout_s: float = 120.0) -> None:
+    """Wait until the side's server folder holds ``files`` (relative name, size): each step is
+    measured with no upload of an earlier one (of any side) still taking the CPU."""
+    assert env.samba is not None
+    server = env.samba.share_dir / "bench" / f"at-rest-{name}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [rel for rel, n in files if not (server / rel).exists() or (server / rel).stat().st_size != n]
+        if not missing:
+            time.sleep(0.5)  # the upload's last steps (rename, times) after its bytes
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: {len(missing)} files not on the server after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
     size = min(o.size, 256 * MiB)  # the images are small; the cost per byte is what counts
     data = make_bytes("at-rest", size)
@@ -69,6 +86,7 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
             for name, root in sides.items():
                 path = root / f"big-{i}.bin"
                 res.cell(f"write.{name}", "MB/s").sample(lambda path=path: mbps(size, write_file(path, data)))
+                _uploaded(env, name, [(f"big-{i}.bin", size)])
 
                 def cold_read(path: Path = path) -> float:
                     drop_caches()
@@ -89,6 +107,7 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
                     return SMALL_FILES / (time.perf_counter() - t0)
 
                 res.cell(f"small.{name}", "files/s").sample(small_files)
+                _uploaded(env, name, [(f"small-{i}/f{k:04d}", 4 * KiB) for k in range(SMALL_FILES)])
         assert env.samba is not None
         for name in sides:
             shutil.rmtree(env.samba.share_dir / "bench" / f"at-rest-{name}", ignore_errors=True)
