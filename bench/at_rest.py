@@ -8,7 +8,8 @@ content, same steps, one after the other in each repeat: a file written through 
 (until ``close``, i.e. into the cache), the same file read back cold from the cache (page
 cache dropped) and 1,000 small files written; each step waits until the server has what the
 step before wrote, so no side's uploads run while another side is measured. The ratios are
-each encrypted cache against the plain one; ≥ 0.9 (higher is better) meets the goal. Root only (loop mounts, drop_caches).
+each encrypted cache against the plain one; ≥ 0.9 (higher is better) meets the goal. Root
+only (loop mounts, drop_caches).
 """
 
 from __future__ import annotations
