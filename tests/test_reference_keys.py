@@ -80,6 +80,7 @@ EFFECTS: dict[str, str | tuple[str, str]] = {
     "roaming_profile.kind": "- roaming_profile: {kind: mandatory}",
     "device.encrypt_cache": "- device: {encrypt_cache: true}",
     "device.cache_key": "- device: {cache_key: 'systemd:cscd-cache-key'}",
+    "device.encrypt_with": "- device: {encrypt_with: cscd}",
     "device.require_screen_lock": "- device: {require_screen_lock: true}",
     "device.screen_lock_max_idle_min": "- device: {screen_lock_max_idle_min: 5}",
     "device.offline_when_noncompliant": "- device: {offline_when_noncompliant: false}",
