@@ -11,10 +11,14 @@ of the node after the snapshot cannot tear an upload, and the copy vanishes with
 descriptor, so a crash leaves nothing behind. Another process reads it through
 ``/proc/<daemon pid>/fd/<n>``, which opens the same file even though it has no name.
 
+A snapshot of a small file (``MEMORY_SNAPSHOT_BYTES``) is a copy in memory (``memfd``)
+instead: an ``O_TMPFILE`` costs a journalled inode, 0.87 ms each on this VM's ext4 against
+0.012 ms for a 4 KiB memory copy, and small files are copied on the trio thread.
+
 A sealed cache (``cscd.cache.sealing``: encrypted by cscd, where the file system has no
 fscrypt) keeps every content file sealed; ``read``, ``pwrite`` and ``set_length`` are then the
-sealer's, and a snapshot is a plaintext copy in memory (``memfd``), never on the disk, so the
-upload workers and the chunker read plain bytes as they do from a plain cache's snapshot.
+sealer's, and every snapshot is a plaintext copy in memory, never on the disk, so the upload
+workers and the chunker read plain bytes as they do from a plain cache's snapshot.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ _SNAPSHOT_SEQ = itertools.count()
 
 
 _SCRUB_CHUNK = 1 << 20
+#: snapshots up to this size are copies in memory, not on the cache's disk
+MEMORY_SNAPSHOT_BYTES = 4 << 20
 
 
 def data_segments(fd: int, size: int):
@@ -138,9 +144,9 @@ class ContentStore:
         unless the cache is sealed).
         """
         src = os.open(self.path_of(node_id), os.O_RDONLY | os.O_CLOEXEC)
-        if self.sealer is not None:
+        if self.sealer is not None or size <= MEMORY_SNAPSHOT_BYTES:
             try:
-                return self._plain_copy_in_memory(src, size)
+                return self._copy_in_memory(src, size)
             finally:
                 os.close(src)
         try:
@@ -163,14 +169,14 @@ class ContentStore:
         finally:
             os.close(src)
 
-    def _plain_copy_in_memory(self, src: int, size: int) -> int:
-        """The first ``size`` bytes of the sealed ``src``, opened, in an unnamed memory file."""
-        assert self.sealer is not None
+    def _copy_in_memory(self, src: int, size: int) -> int:
+        """The first ``size`` bytes of the content file ``src`` (plain bytes, also of a sealed
+        one) in an unnamed memory file, opened."""
         dst = os.memfd_create("cscd-snapshot", os.MFD_CLOEXEC)
         try:
             done = 0
             while done < size:
-                data = self.sealer.pread(src, min(_SCRUB_CHUNK, size - done), done)
+                data = self.read(src, min(_SCRUB_CHUNK, size - done), done)
                 if not data:
                     break  # shorter than the index says: the rest is zeros
                 done += os.pwrite(dst, data, done)
@@ -195,7 +201,7 @@ class ContentStore:
 
     def snapshot_empty(self) -> int:
         """An empty unnamed file: the snapshot of a node whose content file was never made."""
-        return self._unnamed_file()
+        return os.memfd_create("cscd-snapshot", os.MFD_CLOEXEC)
 
     def open_readonly(self, node_id: int) -> int:
         """The live content file, read-only (``FileNotFoundError`` if it has none); read it
