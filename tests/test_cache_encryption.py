@@ -73,6 +73,17 @@ def marker(what: str) -> bytes:
     return f"{what}-{uuid.uuid4().hex}".encode()
 
 
+def secrets_to_find(env: MountEnv, disk: LoopDisk) -> tuple[bytes, bytes, str, bytes]:
+    """What a raw scan of the disk must not find (the server's ``report.txt``, the content to
+    write and the name to write it under) and, beside the cache, plain bytes it must find."""
+    from_server, written = marker("server-content") * 50, marker("written-here") * 50
+    secret_name = marker("secret-name").decode() + ".txt"
+    (env.server / "report.txt").write_bytes(from_server)
+    plain_beside = marker("plain-beside-the-cache")
+    (disk.mountpoint / "not-the-cache.txt").write_bytes(plain_beside * 4)
+    return from_server, written, secret_name, plain_beside
+
+
 def assert_served_offline(env: MountEnv, files: dict[str, bytes]) -> None:
     """With the server out of reach, each file reads back from the cache as ``files`` says."""
     env.proxy.stop_listening()
@@ -106,11 +117,7 @@ def test_the_kernel_cipher_in_use_is_the_fastest_it_lists(tmp_path: Path) -> Non
 def test_an_encrypted_cache_leaves_no_content_and_no_name_on_the_disk(disk, mount_env, tmp_path) -> None:
     creds, key = key_dir(tmp_path)
     env = encrypted_env(mount_env, disk, creds)
-    from_server, written = marker("server-content") * 50, marker("written-here") * 50
-    secret_name = marker("secret-name").decode() + ".txt"
-    (env.server / "report.txt").write_bytes(from_server)
-    plain_beside = marker("plain-beside-the-cache")
-    (disk.mountpoint / "not-the-cache.txt").write_bytes(plain_beside * 4)
+    from_server, written, secret_name, plain_beside = secrets_to_find(env, disk)
 
     env.start_daemon()
     assert (env.docs / "report.txt").read_bytes() == from_server  # now cached
@@ -200,11 +207,7 @@ def test_a_file_system_without_fscrypt_gets_a_cache_sealed_by_cscd(mount_env, tm
     with LoopDisk(tmp_path, encrypt=False) as plain_disk:
         env = encrypted_env(mount_env, plain_disk, creds, policy=POLICY)
         env.check_sealer = Sealer(key)
-        from_server, written = marker("server-content") * 50, marker("written-here") * 50
-        secret_name = marker("secret-name").decode() + ".txt"
-        (env.server / "report.txt").write_bytes(from_server)
-        plain_beside = marker("plain-beside-the-cache")
-        (plain_disk.mountpoint / "not-the-cache.txt").write_bytes(plain_beside * 4)
+        from_server, written, secret_name, plain_beside = secrets_to_find(env, plain_disk)
         env.start_daemon()
         status = cli_json(env.daemon, "status")
         assert status["cache"]["protection"]["state"] == "sealed", status["cache"]

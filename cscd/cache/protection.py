@@ -35,7 +35,7 @@ from pathlib import Path
 
 from cscd.cache import fscrypt, sealed_cache
 from cscd.cache.sealing import Sealer
-from cscd.cache.store import data_segments, scrub_tree
+from cscd.cache.store import copy_data, scrub_tree
 from cscd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ PROTECTED = ("index", "content")
 PLAIN, ENCRYPTED, SEALED, ONLINE_ONLY = "plain", "encrypted", "sealed", "online only"
 #: names of a migration's two sides, beside the directory (a crash leaves them for next time)
 _NEW, _OLD = ".encrypting", ".plain"
-_CHUNK = 1 << 20
 
 
 class CacheLocked(ConfigError):
@@ -226,17 +225,9 @@ def _copy_tree(src: Path, dst: Path) -> None:
 def _copy_sparse(src: Path, dst: Path) -> None:
     fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(fin).st_size
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            for start, length in data_segments(fin, size):
-                done = 0
-                while done < length:
-                    block = os.pread(fin, min(_CHUNK, length - done), start + done)
-                    if not block:
-                        break
-                    os.pwrite(fout, block, start + done)
-                    done += len(block)
+            size = copy_data(fin, lambda data, offset: os.pwrite(fout, data, offset))
             os.ftruncate(fout, size)
             os.fsync(fout)
         finally:

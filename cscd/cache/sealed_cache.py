@@ -28,7 +28,7 @@ import lmdb
 
 from cscd.cache.index import Index, from_u64
 from cscd.cache.sealing import Sealer
-from cscd.cache.store import data_segments, scrub_tree
+from cscd.cache.store import copy_data, scrub_tree
 from cscd.errors import ConfigError, CorruptContent
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ _PARTS = ("index", "content")
 _NAME_KEYS = (b"children", b"bases", b"unrecorded")
 _SEALED_VALUES = (b"nodes", b"dirents", b"chunks", b"xattrs", b"conflicts", b"listed")
 _COPY_STEP = 20_000
-_CHUNK = 1 << 20
 
 
 def is_sealed(cache_dir: Path) -> bool:
@@ -140,16 +139,8 @@ def _seal_index(src_path: Path, dst_path: Path, sealer: Sealer) -> None:
 
 def seal_file(src: int, dst: int, sealer: Sealer) -> None:
     """The plain file ``src`` sealed into the empty ``dst``; its holes stay holes."""
-    size = os.fstat(src).st_size
-    sealer.truncate(dst, size)
-    for start, length in list(data_segments(src, size)):
-        done = 0
-        while done < length:
-            data = os.pread(src, min(_CHUNK, length - done), start + done)
-            if not data:
-                break
-            sealer.pwrite(dst, data, start + done)
-            done += len(data)
+    sealer.truncate(dst, os.fstat(src).st_size)  # holes first: blocks written later fill them
+    copy_data(src, lambda data, offset: sealer.pwrite(dst, data, offset))
     os.fsync(dst)
 
 

@@ -27,6 +27,7 @@ import errno
 import itertools
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from cscd.cache.sealing import Sealer
@@ -54,6 +55,22 @@ def data_segments(fd: int, size: int):
         end = os.lseek(fd, start, os.SEEK_HOLE)
         yield start, end - start
         offset = end
+
+
+def copy_data(src: int, write: Callable[[bytes, int], object]) -> int:
+    """Hand each stretch of data of the file ``src`` (not its holes) to ``write(data,
+    offset)``, a megabyte at a time; returns the file's length (the caller makes the copy as
+    long: its holes)."""
+    size = os.fstat(src).st_size
+    for start, length in list(data_segments(src, size)):
+        done = 0
+        while done < length:
+            data = os.pread(src, min(_SCRUB_CHUNK, length - done), start + done)
+            if not data:
+                break
+            write(data, start + done)
+            done += len(data)
+    return size
 
 
 def scrub_file(path: Path | str) -> int:
