@@ -169,12 +169,7 @@ def test_a_plain_cache_is_encrypted_in_place_and_its_plain_blocks_overwritten(di
     (env.daemon.workdir / "cscd-policy" / "policy.yaml").write_text(FSCRYPT_POLICY)
     env.start_daemon()
     assert cli_json(env.daemon, "status")["cache"]["protection"]["state"] == "encrypted"
-    env.proxy.stop_listening()
-    env.proxy.reset()
-    eventually(lambda: cli_json(env.daemon, "status")["folders"]["Documents"]["mode"] != "online", 20,
-               "the folder did not go offline")
-    assert (env.docs / "old.txt").read_bytes() == before, "the cached copy did not survive the move"
-    env.proxy.resume_listening()
+    assert_served_offline(env, {"old.txt": before})  # the cached copy survived the move
     env.daemon.stop()
     assert not disk.raw_contains(before[:40]), "the plain copy's blocks still hold the content"
     assert not any(p.name.endswith((".plain", ".encrypting")) for p in env.daemon.cache.iterdir())
@@ -267,12 +262,7 @@ def test_a_plain_cache_is_sealed_in_place_and_its_plain_blocks_overwritten(mount
         env.check_sealer = Sealer(key)
         env.start_daemon()
         assert cli_json(env.daemon, "status")["cache"]["protection"]["state"] == "sealed"
-        env.proxy.stop_listening()
-        env.proxy.reset()
-        eventually(lambda: cli_json(env.daemon, "status")["folders"]["Documents"]["mode"] != "online", 20,
-                   "the folder did not go offline")
-        assert (env.docs / f"{name}.txt").read_bytes() == before, "the cached copy did not survive sealing"
-        env.proxy.resume_listening()
+        assert_served_offline(env, {f"{name}.txt": before})  # the cached copy survived sealing
         env.daemon.stop()
         assert not plain_disk.raw_contains(before[:40]), "the plain copy's blocks still hold the content"
         assert not plain_disk.raw_contains(name.encode()), "the plain index's blocks still hold the name"

@@ -27,8 +27,7 @@ def check_cache(cache_dir: Path, sealer: sealing.Sealer | None = None) -> list[s
     problems: list[str] = []
     env = lmdb.open(str(cache_dir / "index"), max_dbs=16, readonly=True, lock=False)
     store = ContentStore(cache_dir / "content", create=False)
-    same = (lambda v: bytes(v))  # noqa: E731
-    unseal = same if sealer is None else (lambda v: sealer.open_value(bytes(v)))  # noqa: E731
+    unseal = bytes if sealer is None else (lambda v: sealer.open_value(bytes(v)))  # noqa: E731
     name_of = ((lambda k: bytes(k[8:])) if sealer is None  # noqa: E731
                else (lambda k: sealer.open_name(bytes(k[:8]), bytes(k[8:]))))
     try:

@@ -141,10 +141,6 @@ def from_u32(b: bytes) -> int:
     return _U32.unpack(b)[0]
 
 
-def child_key(parent: int, name: bytes) -> bytes:
-    return _U64.pack(parent) + name
-
-
 def _as_is(value: bytes) -> bytes:
     return value
 

@@ -154,7 +154,8 @@ class ContentStore:
 
     def snapshot(self, node_id: int, size: int) -> int:
         """A private read-write copy of the first ``size`` bytes of the node's content; returns
-        its fd (the caller closes it). Copies in the kernel; the caller decides the thread.
+        its fd (the caller closes it). Copies in the kernel, or into memory (a small file, a
+        sealed cache); the caller decides the thread.
 
         Raises ``FileNotFoundError`` if the node has no content file, ``CacheFull`` if the
         cache's disk cannot hold the copy (the caller may then read the live file instead,
