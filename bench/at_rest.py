@@ -8,15 +8,19 @@ content, same steps, one after the other in each repeat: a file written through 
 (until ``close``, i.e. into the cache), the same file read back cold from the cache (page
 cache dropped) and 1,000 small files written; each step waits until the server has what the
 step before wrote, so no side's uploads run while another side is measured. The ratios are
-each encrypted cache against the plain one; ≥ 0.9 (higher is better) meets the goal. Root
+each encrypted cache against the plain one; ≥ 0.9 (higher is better) meets the goal. While
+the large file uploads, the bytes the daemon holds in memory copies (``memfd``) are sampled:
+a sealed cache's large snapshot is a sealed copy on the disk, not plaintext in memory. Root
 only (loop mounts, drop_caches).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -52,20 +56,37 @@ def _daemon(env: Env, disk: LoopDisk, name: str, *, encrypted: bool) -> DaemonPr
     return daemon
 
 
-def _uploaded(env: Env, name: str, files: list[tuple[str, int]], timeout_s: float = 120.0) -> None:
+def _memory_copies(pid: int) -> int:
+    """Bytes the process holds in memory files (``memfd``: the snapshots of uploads that are
+    copies in memory, also a sealed cache's plaintext ones)."""
+    total = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith("/memfd:"):
+                total += os.stat(fd).st_size
+        except OSError:
+            continue  # closed meanwhile
+    return total
+
+
+def _uploaded(env: Env, name: str, files: list[tuple[str, int]], timeout_s: float = 120.0,
+              watch: Callable[[], object] | None = None) -> None:
     """Wait until the side's server folder holds ``files`` (relative name, size): each step is
-    measured with no upload of an earlier one (of any side) still taking the CPU."""
+    measured with no upload of an earlier one (of any side) still taking the CPU. ``watch``
+    is called at each look meanwhile."""
     assert env.samba is not None
     server = env.samba.share_dir / "bench" / f"at-rest-{name}"
     deadline = time.monotonic() + timeout_s
     while True:
+        if watch is not None:
+            watch()
         missing = [rel for rel, n in files if not (server / rel).exists() or (server / rel).stat().st_size != n]
         if not missing:
             time.sleep(0.5)  # the upload's last steps (rename, times) after its bytes
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name}: {len(missing)} files not on the server after {timeout_s:.0f} s")
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
@@ -74,6 +95,7 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
     small = make_bytes("at-rest-small", SMALL_FILES * 4 * KiB)
     with ExitStack() as stack:
         sides: dict[str, Path] = {}
+        pids: dict[str, int] = {}
         for name, encrypted in (("plain", False), ("encrypted", True), ("sealed", True)):
             disk = stack.enter_context(LoopDisk(env.workdir / f"at-rest-{name}-disk", encrypt=name != "sealed",
                                                 size_mib=size // MiB * 2 + 256))
@@ -82,12 +104,20 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
             daemon.start()
             stack.callback(daemon.stop)
             sides[name] = daemon.mount / "Documents"
+            assert daemon.proc is not None
+            pids[name] = daemon.proc.pid
             res.info[f"protection.{name}"] = daemon.run_cli("status").stdout.count("encrypted at rest")
         for i in range(o.repeat):
             for name, root in sides.items():
                 path = root / f"big-{i}.bin"
                 res.cell(f"write.{name}", "MB/s").sample(lambda path=path: mbps(size, write_file(path, data)))
-                _uploaded(env, name, [(f"big-{i}.bin", size)])
+                peak = [0]
+
+                def held(name: str = name, peak: list[int] = peak) -> None:
+                    peak[0] = max(peak[0], _memory_copies(pids[name]))
+
+                _uploaded(env, name, [(f"big-{i}.bin", size)], watch=held)
+                res.cell(f"memory.{name}", "MiB").add(peak[0] / MiB)
 
                 def cold_read(path: Path = path) -> float:
                     drop_caches()
@@ -120,3 +150,5 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
                 "plain cache", higher_is_better=True)
         res.row(f"write {SMALL_FILES:,} x 4 KiB (files/s), {how}", f"small.{name}", "small.plain",
                 "plain cache", higher_is_better=True)
+        res.row(f"memory held by the upload of the {what} file (MiB), {how}", f"memory.{name}", "memory.plain",
+                "plain cache", higher_is_better=False)

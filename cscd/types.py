@@ -239,6 +239,8 @@ class ContentSnapshot:
     upload reads this unnamed copy, never the live file, so it sends one consistent version;
     ``version`` says which, and sync records the base only if the node is still at it.
     ``path`` opens the same copy from another process (upload workers, hashing workers).
+    ``content_key`` is set when the copy is sealed (a large file of a sealed cache): it is
+    then read through ``cscd.sealed_files.SealedReader``, never as plain bytes.
     The owner closes it; closing twice is harmless.
     """
 
@@ -246,6 +248,7 @@ class ContentSnapshot:
     version: int
     size: int
     mtime_ns: int
+    content_key: bytes | None = field(default=None, repr=False)
 
     @property
     def path(self) -> str:

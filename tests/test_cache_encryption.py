@@ -219,9 +219,21 @@ def test_a_file_system_without_fscrypt_gets_a_cache_sealed_by_cscd(mount_env, tm
                 f.write(b"0123456789")
                 reference[at:at + 10] = b"0123456789"
         assert (env.docs / "pages.db").read_bytes() == reference
+        # a large file: its upload reads a sealed copy on the disk through the content key, in
+        # the upload and chunking workers; then an edit in place goes up as a delta
+        large = bytearray(os.urandom(12 << 20))
+        (env.docs / "large.bin").write_bytes(large)
         eventually(lambda: (env.server / "pages.db").exists()
                    and (env.server / "pages.db").read_bytes() == reference
-                   and (env.server / secret_name).exists(), 30, "the new files never reached the server")
+                   and (env.server / "large.bin").exists()
+                   and (env.server / "large.bin").read_bytes() == large
+                   and (env.server / secret_name).exists(), 60, "the new files never reached the server")
+        with open(env.docs / "large.bin", "r+b") as f:
+            f.seek(7_000_000)
+            f.write(b"an edit in the middle")
+        large[7_000_000:7_000_021] = b"an edit in the middle"
+        eventually(lambda: (env.server / "large.bin").read_bytes() == large, 60,
+                   "the edit of the large file never reached the server")
         doctor = run_cscd("doctor", "--config", str(env.daemon.config_path), timeout_s=60,
                           env_extra={"CREDENTIALS_DIRECTORY": str(creds)})
         line = next(x for x in doctor.stdout.splitlines() if "cache encryption" in x)
@@ -231,11 +243,13 @@ def test_a_file_system_without_fscrypt_gets_a_cache_sealed_by_cscd(mount_env, tm
         assert plain_disk.raw_contains(plain_beside), "the scan cannot find plain data: it proves nothing"
         for needle, what in ((from_server[:40], "cached content"), (written[:40], "written content"),
                              (bytes(reference[1000:1040]), "a rewritten file's content"),
+                             (bytes(large[9_000_000:9_000_040]), "a large file's content"),
                              (secret_name.encode(), "a file name (the index holds names)")):
             assert not plain_disk.raw_contains(needle), f"{what} is on the disk in the clear"
 
         env.start_daemon()
-        assert_served_offline(env, {"report.txt": from_server, secret_name: written, "pages.db": bytes(reference)})
+        assert_served_offline(env, {"report.txt": from_server, secret_name: written, "pages.db": bytes(reference),
+                                    "large.bin": bytes(large)})
         env.daemon.stop()
 
         (creds / KEY_NAME).write_bytes(secrets.token_bytes(fscrypt.KEY_BYTES))

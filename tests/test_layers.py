@@ -24,7 +24,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "cscd"
 ROOT = "cscd"
 """The package's own ``__init__.py`` (``__version__``): anyone may import it."""
 
-LEAVES = frozenset({"types", "errors", "events", "metrics", "names", "reconcile", "symlinks", "xattrs"})
+LEAVES = frozenset({"types", "errors", "events", "metrics", "names", "reconcile", "symlinks", "xattrs",
+                    "sealed_files"})
 
 # Top-level part of cscd (a module ``cscd/x.py`` or a package ``cscd/x/``) -> the parts it
 # may import besides itself and ROOT. Keep in step with STYLE.md §1.
@@ -36,6 +37,8 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     # the Minshall-French link format, pure: the cache writes and reads it
     "symlinks": frozenset({"types", "errors"}),
     "xattrs": frozenset({"types", "errors"}),
+    # the format of a content file cscd encrypted: the cache writes it, upload workers read it
+    "sealed_files": frozenset({"types", "errors"}),
     "events": frozenset({"types", "errors"}),
     "metrics": frozenset({"types", "errors", "events"}),
     # journald's explanations of the events

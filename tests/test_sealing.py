@@ -22,6 +22,9 @@ from cscd.cache.index import Index
 from cscd.cache.nodes import Flag, Node
 from cscd.cache.sealed_cache import seal_file
 from cscd.cache.sealing import BLOCK, HEADER, OVERHEAD, SLOT, Sealer
+from cscd.cache.store import MEMORY_SNAPSHOT_BYTES, ContentStore
+from cscd.sealed_files import SealedReader, read_source
+from cscd.sync import chunker
 from cscd.errors import ConfigError, CorruptContent
 from cscd.reconcile import Ours, Unrecorded
 from cscd.types import ROOT_ID, RemoteEntry
@@ -104,6 +107,90 @@ def test_a_kernel_copy_is_a_sealed_file_that_opens(tmp_path, sealed_fd):
         assert s.pread(copy, len(data) + 10, 0) == data
     finally:
         os.close(copy)
+
+
+def test_a_large_file_s_snapshot_is_a_sealed_copy_on_the_disk_that_workers_open(tmp_path):
+    """A large file's upload reads a sealed copy (no plaintext on the disk, none of its size in
+    memory) through ``SealedReader`` and the content key alone; the copy is cut at the size
+    the index gave, and later writes to the live file do not reach it."""
+    s = Sealer(KEY)
+    store = ContentStore(tmp_path / "content", sealer=s)
+    size = MEMORY_SNAPSHOT_BYTES + 3 * BLOCK + 1234  # not a block multiple: the copy is cut
+    data = (b"the plain text of a large file " * (size // 31 + 1))[:size]
+    live = store.open(7, 0)
+    try:
+        s.pwrite(live, data + b"written after the index's size", 0)
+        assert store.snapshot_is_sealed(size) and not store.snapshot_is_sealed(MEMORY_SNAPSHOT_BYTES)
+        snap = store.snapshot(7, size)
+        try:
+            s.pwrite(live, b"X" * 100, 0)  # the live file changes; the snapshot must not
+            assert not os.readlink(f"/proc/self/fd/{snap}").startswith("/memfd:"), "a copy in memory"
+            raw = os.pread(snap, os.fstat(snap).st_size, 0)
+            assert b"plain text" not in raw
+            assert len(raw) == sealing.physical_size(size)
+            reader = SealedReader(snap, s.content_key)  # what a worker process builds
+            assert reader.size() == size
+            assert reader.pread(size + 100, 0) == data
+            assert read_source(reader, 50, size - 20) == data[-20:]
+        finally:
+            os.close(snap)
+        small = store.snapshot(7, 1000)  # a small file's copy stays plain, in memory
+        try:
+            assert os.readlink(f"/proc/self/fd/{small}").startswith("/memfd:")
+            assert read_source(small, 2000, 0) == b"X" * 100 + data[100:1000]
+        finally:
+            os.close(small)
+    finally:
+        os.close(live)
+
+
+def test_a_sealed_file_chunked_a_window_at_a_time_chunks_as_the_plain_file(tmp_path):
+    """The chunker reads a sealed snapshot in windows; the cuts and digests must be the plain
+    file's, whole and as segments (the two-core split)."""
+    data = os.urandom(40 << 20)
+    (tmp_path / "plain").write_bytes(data)
+    s = Sealer(KEY)
+    fd = _open(tmp_path / "sealed")
+    try:
+        for at in range(0, len(data), 8 << 20):
+            s.pwrite(fd, data[at:at + (8 << 20)], at)
+        reader = SealedReader(fd, s.content_key)
+        whole = chunker.chunk_buffer(data)
+        assert len(whole) > 20
+        assert chunker._chunk_sealed(reader, 0, None, None, window=2 * chunker.MAX_CHUNK) == whole
+        assert chunker.chunk_segment(tmp_path / "sealed", 0, None, content_key=s.content_key) == whole
+        for start, end in ((5_000_000, 29_000_000), (17 << 20, None)):
+            assert (chunker._chunk_sealed(reader, start, end, None, window=2 * chunker.MAX_CHUNK)
+                    == chunker.chunk_segment(tmp_path / "plain", start, end))
+    finally:
+        os.close(fd)
+
+
+async def test_an_upload_from_a_sealed_snapshot_puts_its_plain_bytes(tmp_path):
+    """The upstream's reads (whole and as a delta) take a ``SealedReader`` where a descriptor
+    was: the server gets plain bytes."""
+    from cscd.upstream.base import Extent
+    from cscd.upstream.local import LocalUpstream
+
+    server = tmp_path / "server"
+    server.mkdir()
+    up = LocalUpstream(server)
+    s = Sealer(KEY)
+    data = os.urandom(3 * BLOCK + 5)
+    fd = _open(tmp_path / "sealed")
+    try:
+        s.pwrite(fd, data, 0)
+        reader = SealedReader(fd, s.content_key)
+        entry = await up.upload(b"a.bin", reader, len(data), 1_700_000_000 * 10**9)
+        assert (server / "a.bin").read_bytes() == data
+        changed = bytearray(data)
+        changed[BLOCK:BLOCK + 4] = b"EDIT"
+        s.pwrite(fd, b"EDIT", BLOCK)
+        plan = [Extent(0, BLOCK, 0), Extent(BLOCK, BLOCK), Extent(2 * BLOCK, len(data) - 2 * BLOCK, 2 * BLOCK)]
+        await up.upload_delta(b"a.bin", reader, len(data), 1_700_000_001 * 10**9, plan=plan, expected=entry)
+        assert (server / "a.bin").read_bytes() == bytes(changed)
+    finally:
+        os.close(fd)
 
 
 def test_a_plain_file_is_sealed_by_a_copy_that_keeps_its_holes(tmp_path):

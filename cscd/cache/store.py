@@ -17,8 +17,11 @@ instead: an ``O_TMPFILE`` costs a journalled inode, 0.87 ms each on this VM's ex
 
 A sealed cache (``cscd.cache.sealing``: encrypted by cscd, where the file system has no
 fscrypt) keeps every content file sealed; ``read``, ``pwrite`` and ``set_length`` are then the
-sealer's, and every snapshot is a plaintext copy in memory, never on the disk, so the upload
-workers and the chunker read plain bytes as they do from a plain cache's snapshot.
+sealer's. A small file's snapshot is a plaintext copy in memory, as in a plain cache; a large
+file's is a sealed copy on the disk (``copy_file_range`` keeps the file's id, so the content
+key opens it), which the upload and hashing workers read through
+``cscd.sealed_files.SealedReader``. Plaintext never reaches the disk, and a large file's
+upload does not hold its size in memory.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cscd.cache.sealing import Sealer
+from cscd.sealed_files import BLOCK, HEADER, SLOT
 from cscd.errors import CacheFull
 
 _SNAPSHOT_SEQ = itertools.count()
@@ -154,15 +158,16 @@ class ContentStore:
 
     def snapshot(self, node_id: int, size: int) -> int:
         """A private read-write copy of the first ``size`` bytes of the node's content; returns
-        its fd (the caller closes it). Copies in the kernel, or into memory (a small file, a
-        sealed cache); the caller decides the thread.
+        its fd (the caller closes it). Copies in the kernel, or into memory (a small file); in
+        a sealed cache a large file's copy is sealed (``snapshot_is_sealed``). The caller
+        decides the thread.
 
         Raises ``FileNotFoundError`` if the node has no content file, ``CacheFull`` if the
         cache's disk cannot hold the copy (the caller may then read the live file instead,
         unless the cache is sealed).
         """
         src = os.open(self.path_of(node_id), os.O_RDONLY | os.O_CLOEXEC)
-        if self.sealer is not None or size <= MEMORY_SNAPSHOT_BYTES:
+        if size <= MEMORY_SNAPSHOT_BYTES:
             try:
                 return self._copy_in_memory(src, size)
             finally:
@@ -170,13 +175,18 @@ class ContentStore:
         try:
             dst = self._unnamed_file()
             try:
+                # A sealed file's slots are copied whole (the last one may be longer in the live
+                # file), then the copy is cut to the size, which seals its last block again.
+                want = size if self.sealer is None else HEADER + -(-size // BLOCK) * SLOT
                 done = 0
-                while done < size:
-                    n = os.copy_file_range(src, dst, size - done, done, done)
+                while done < want:
+                    n = os.copy_file_range(src, dst, want - done, done, done)
                     if n == 0:
                         break  # the file is shorter than the index says: the rest is zeros
                     done += n
-                if done < size:
+                if self.sealer is not None:
+                    self.sealer.truncate(dst, size)
+                elif done < size:
                     os.ftruncate(dst, size)
             except OSError as exc:
                 os.close(dst)
@@ -186,6 +196,11 @@ class ContentStore:
             return dst
         finally:
             os.close(src)
+
+    def snapshot_is_sealed(self, size: int) -> bool:
+        """Whether ``snapshot`` of a file of ``size`` bytes is a sealed copy (read it with
+        ``SealedReader`` and the sealer's ``content_key``) rather than plain bytes."""
+        return self.sealer is not None and size > MEMORY_SNAPSHOT_BYTES
 
     def _copy_in_memory(self, src: int, size: int) -> int:
         """The first ``size`` bytes of the content file ``src`` (plain bytes, also of a sealed

@@ -33,6 +33,8 @@ from typing import NamedTuple
 import xxhash
 from fastcdc.fastcdc_cy import fastcdc_cy
 
+from cscd.sealed_files import SealedReader
+
 __all__ = [
     "AVG_CHUNK",
     "MAX_CHUNK",
@@ -84,15 +86,18 @@ def chunk_buffer(data: bytes | bytearray | memoryview | mmap.mmap, base: int = 0
 
 
 def chunk_segment(path: str | os.PathLike[str], start: int, end: int | None = None,
-                  pause: Callable[[], object] | None = None) -> list[Chunk]:
+                  pause: Callable[[], object] | None = None, content_key: bytes | None = None) -> list[Chunk]:
     """Chunk bytes ``[start, end)`` of a file as if the file began at ``start`` (``pause``:
     as for ``chunk_buffer``).
 
     ``end=None`` (or past the end of the file) means to the end of the file. The last chunk
-    ends at ``end`` whether or not that is a content-defined cut.
+    ends at ``end`` whether or not that is a content-defined cut. With ``content_key`` the
+    file is sealed (``cscd.sealed_files``) and its plain bytes are chunked.
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if content_key is not None:
+            return _chunk_sealed(SealedReader(fd, content_key), start, end, pause)
         size = os.fstat(fd).st_size
         end = size if end is None else min(end, size)
         if start >= end:
@@ -109,6 +114,34 @@ def chunk_segment(path: str | os.PathLike[str], start: int, end: int | None = No
                 view.release()
     finally:
         os.close(fd)
+
+
+#: plain bytes of a sealed file chunked at a time (many ``MAX_CHUNK``s: see ``_chunk_sealed``)
+SEALED_WINDOW = 32 << 20
+
+
+def _chunk_sealed(reader: SealedReader, start: int, end: int | None,
+                  pause: Callable[[], object] | None, window: int = SEALED_WINDOW) -> list[Chunk]:
+    """``chunk_segment`` of a sealed file, decrypted a window at a time, so memory stays at
+    one window whatever the file's size. A cut depends only on the bytes from the chunk's
+    start to the cut, so a window's chunks are final except its last (which the window's end
+    may have cut short): the next window starts at that chunk. The result equals chunking
+    the whole plain segment at once."""
+    if window < 2 * MAX_CHUNK:
+        raise ValueError("a window holds at least two of the largest chunks")
+    size = reader.size()
+    end = size if end is None else min(end, size)
+    out: list[Chunk] = []
+    pos = start
+    while pos < end:
+        stop = min(end, pos + window)
+        chunks = chunk_buffer(reader.pread(stop - pos, pos), pos, pause)
+        if stop == end:
+            out += chunks
+            break
+        out += chunks[:-1]
+        pos = chunks[-1].offset
+    return out
 
 
 def chunk_file(path: str | os.PathLike[str]) -> list[Chunk]:

@@ -38,10 +38,12 @@ log = logging.getLogger(__name__)
 PARALLEL_MIN = 64 << 20
 
 
-def _chunk_in_worker(clock_path: str | None, path: str, start: int, end: int) -> list[Chunk]:
+def _chunk_in_worker(clock_path: str | None, path: str, start: int, end: int,
+                     content_key: bytes | None) -> list[Chunk]:
     """In a worker process: ``chunker.chunk_segment``, pausing while the mount is busy."""
     clock = followed(clock_path) if clock_path else None
-    return run_in_background(chunker.chunk_segment, path, start, end, clock.make_way if clock else None)
+    return run_in_background(chunker.chunk_segment, path, start, end, clock.make_way if clock else None,
+                             content_key)
 
 
 class Hasher:
@@ -56,18 +58,19 @@ class Hasher:
         self.files_chunked = 0
         self.bytes_chunked = 0
 
-    async def chunks_of(self, path: Path, size: int) -> list[Chunk]:
-        """The chunks of the first ``size`` bytes of ``path`` (the file must not be shorter).
+    async def chunks_of(self, path: Path, size: int, *, content_key: bytes | None = None) -> list[Chunk]:
+        """The chunks of the first ``size`` bytes of ``path`` (the file must not be shorter);
+        with ``content_key``, of the plain bytes of the sealed file at ``path``.
 
         Waits for a worker process; raises ``OSError`` if the file cannot be read.
         """
         self.files_chunked += 1
         self.bytes_chunked += size
-        if size <= MIN_CHUNK:
+        if size <= MIN_CHUNK and content_key is None:
             return chunker.hash_file_inline(path, size)
         splits = chunker.split_points(size, self.workers, min_part=PARALLEL_MIN)
         if not splits:
-            return await self._run(str(path), 0, size)
+            return await self._run(content_key, str(path), 0, size)
         bounds = [0, *splits, size]
         parts: list[list[Chunk]] = [[] for _ in splits] + [[]]
 
@@ -76,7 +79,7 @@ class Hasher:
         async def one(i: int) -> None:
             end = bounds[i + 1] + (chunker.SEGMENT_OVERLAP if i + 1 < len(bounds) - 1 else 0)
             try:
-                parts[i] = await self._run(str(path), bounds[i], min(end, size))
+                parts[i] = await self._run(content_key, str(path), bounds[i], min(end, size))
             except Exception as exc:  # noqa: BLE001 - re-raised below, unwrapped
                 errors.append(exc)
 
@@ -91,20 +94,20 @@ class Hasher:
             if joined is None:
                 # No shared cut within the overlap (rare): chunk on from the last real cut.
                 restart = merged[-1].offset
-                rest = await self._run(str(path), restart, size)
+                rest = await self._run(content_key, str(path), restart, size)
                 return [*merged[:-1], *rest]
             merged = joined
         return merged
 
-    async def _run(self, path: str, start: int, end: int) -> list[Chunk]:
+    async def _run(self, content_key: bytes | None, path: str, start: int, end: int) -> list[Chunk]:
         # at the workers' lower priority, making way for the mount: chunking must not take
         # the CPU from cached reads
         return await trio_parallel.run_sync(_chunk_in_worker, self.foreground_clock, path, start, end,
-                                            kill_on_cancel=True, limiter=self._limiter)
+                                            content_key, kill_on_cancel=True, limiter=self._limiter)
 
     async def _chunks_of_content(self, local: LocalSide, node_id: int, size: int) -> list[Chunk]:
         """The chunks of a cached file: its content file, or in a sealed cache (whose file is
-        not the content) a plaintext copy in memory, ``LocalSide.content_snapshot``."""
+        not the content) its snapshot (``LocalSide.content_snapshot``), read with its key."""
         try:
             return await self.chunks_of(local.content_path(node_id), size)
         except OSError as exc:
@@ -112,7 +115,7 @@ class Hasher:
                 raise
         snap = await local.content_snapshot(node_id)
         try:
-            return await self.chunks_of(Path(snap.path), snap.size)
+            return await self.chunks_of(Path(snap.path), snap.size, content_key=snap.content_key)
         finally:
             snap.close()
 

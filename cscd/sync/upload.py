@@ -20,6 +20,7 @@ import trio_parallel
 from cscd.errors import NotFound, SourceChanged
 from cscd.names import join_path
 from cscd.reconcile import Action, Local, Ours, decide
+from cscd.sealed_files import SealedReader, Source
 from cscd.sync.chunker import Chunk, same_chunks
 from cscd.sync.conflicts import conflict_name
 from cscd.sync.counters import PushCounters
@@ -30,6 +31,11 @@ from cscd.types import ContentSnapshot, RemoteEntry
 from cscd.upstream.base import Conflict, Upstream
 
 log = logging.getLogger(__name__)
+
+
+def _source(snap: ContentSnapshot) -> Source:
+    """What the upstream reads of a snapshot: its descriptor, or a sealed copy with its key."""
+    return snap.fd if snap.content_key is None else SealedReader(snap.fd, snap.content_key)
 
 #: Below this a changed file is uploaded whole even when its base chunks are known: the
 #: extra round trips of a delta (open the base, resume key) cost more than the bytes saved.
@@ -127,11 +133,11 @@ class ContentUploads:
             if times_only and expected is not None:
                 return await self._times_only(target, snap.mtime_ns, expected, up), False
             if plan is None:
-                entry = await up.upload(target, snap.fd, snap.size, snap.mtime_ns,
+                entry = await up.upload(target, _source(snap), snap.size, snap.mtime_ns,
                                         expected=expected, replace=may_replace)
             else:
                 entry = await up.upload_delta(
-                    target, snap.fd, snap.size, snap.mtime_ns, plan=plan.extents, expected=expected,
+                    target, _source(snap), snap.size, snap.mtime_ns, plan=plan.extents, expected=expected,
                     replace=may_replace, resume_token=_resume_token(node, snap))
                 self.counters.delta_uploads += plan.copies_anything
         except Conflict:
@@ -153,7 +159,7 @@ class ContentUploads:
                 # what we build on. Whole, not as a delta: the delta's plan copies from the
                 # base, which is not what the server holds.
                 log.info("%r holds an earlier upload of ours; uploading the new version over it", target)
-                entry = await up.upload(target, snap.fd, snap.size, snap.mtime_ns, expected=current, replace=True)
+                entry = await up.upload(target, _source(snap), snap.size, snap.mtime_ns, expected=current, replace=True)
                 self.counters.files_uploaded += 1
                 self.counters.bytes_uploaded += snap.size
                 return entry, False
@@ -168,7 +174,7 @@ class ContentUploads:
             name = conflict_name(node.name)
             self.local.rename_for_conflict(node.id, name)
             self.local.record_sending(node.id, node.parent, name, Ours(snap.size, snap.mtime_ns))
-            entry = await up.upload(join_path(parent_path, name), snap.fd, snap.size, snap.mtime_ns,
+            entry = await up.upload(join_path(parent_path, name), _source(snap), snap.size, snap.mtime_ns,
                                     expected=None, replace=False)
             self.counters.conflicts += 1
             self.on_server_differs(node.parent)  # the server's version comes down under the name
@@ -185,7 +191,7 @@ class ContentUploads:
         """The chunks of the snapshot, or None if they cannot be computed (then the upload is
         a whole one and no chunk map is recorded)."""
         try:
-            return await self.hasher.chunks_of(Path(snap.path), snap.size)
+            return await self.hasher.chunks_of(Path(snap.path), snap.size, content_key=snap.content_key)
         except (OSError, trio_parallel.BrokenWorkerError) as exc:
             log.info("cannot chunk %r, uploading it whole: %s", node.name, exc)
             return None

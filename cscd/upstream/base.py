@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cscd.errors import CscdError
+from cscd.sealed_files import Source
 from cscd.types import RemoteEntry
 
 __all__ = [
@@ -160,14 +161,15 @@ class Upstream(Protocol):
     async def upload(
         self,
         path: bytes,
-        fd: int,
+        fd: Source,
         size: int,
         mtime_ns: int,
         *,
         expected: RemoteEntry | None = None,
         replace: bool = True,
     ) -> RemoteEntry:
-        """Make ``path`` hold the first ``size`` bytes of local file descriptor ``fd``.
+        """Make ``path`` hold the first ``size`` bytes of local file descriptor ``fd`` (or of the
+        sealed file a ``SealedReader`` opens: its plain bytes).
 
         Writes to a temporary name in the same directory, sets the write time to
         ``mtime_ns``, then renames it over ``path``; a reader on the server never sees a
@@ -180,7 +182,7 @@ class Upstream(Protocol):
     async def upload_delta(
         self,
         path: bytes,
-        fd: int,
+        fd: Source,
         size: int,
         mtime_ns: int,
         *,

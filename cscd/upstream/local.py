@@ -50,6 +50,7 @@ from cscd.errors import (
     UpstreamTimeout,
 )
 from cscd.names import UPLOAD_TEMP_PREFIX, check_name, is_internal_name
+from cscd.sealed_files import Source, read_source
 from cscd.upstream.base import (
     Change,
     Conflict,
@@ -312,7 +313,7 @@ class LocalUpstream:
     async def upload(
         self,
         path: bytes,
-        fd: int,
+        fd: Source,
         size: int,
         mtime_ns: int,
         *,
@@ -328,7 +329,7 @@ class LocalUpstream:
     async def upload_delta(
         self,
         path: bytes,
-        fd: int,
+        fd: Source,
         size: int,
         mtime_ns: int,
         *,
@@ -386,7 +387,7 @@ class LocalUpstream:
                                 raise UpstreamError(f"{target} ended before {e.source + hi}")
                             self._count(copied=n, requests=0)
                         else:
-                            data = os.pread(fd, n, pos)
+                            data = read_source(fd, n, pos)
                             if not data:
                                 raise UpstreamError(
                                     f"local file ended at {pos} bytes, short of {size}"

@@ -19,7 +19,8 @@ settings), and it runs ``WORKER_NICENESS`` lower than the daemon.
 Each worker process keeps its own connection per target (reconnecting when it needs to) and
 runs one ``trio.run`` per job. A job names the content by ``/proc/<daemon pid>/fd/<n>`` of
 the daemon's open snapshot, so file data never crosses the pipe and a deleted file stays
-readable.
+readable. A sealed snapshot (a large file of a sealed cache) travels with its content key,
+and the worker reads its plain bytes through ``SealedReader``.
 Byte counters of the jobs are added to this object's ``statistics()``, so counts stay exact.
 The upload cap of the in-process upstream travels with each job (a cap changed while a job
 runs applies from the next job). Cancellation kills the worker (``kill_on_cancel``); an upload
@@ -36,6 +37,7 @@ import trio
 import trio_parallel
 
 from cscd.errors import UpstreamTimeout, UpstreamUnavailable
+from cscd.sealed_files import SealedReader, Source
 from cscd.types import ServerSettings, UncTarget
 from cscd.upstream import open_upstream
 from cscd.upstream.base import UpstreamStatistics
@@ -98,10 +100,11 @@ def _job(target: UncTarget, settings: ServerSettings, op: str, args: tuple, kwar
     before = client.statistics()
 
     async def run() -> Any:
-        path, source, *rest = args
+        path, (source, content_key), *rest = args
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return await getattr(client, op)(path, fd, *rest, **kwargs)
+            local = fd if content_key is None else SealedReader(fd, content_key)
+            return await getattr(client, op)(path, local, *rest, **kwargs)
         finally:
             os.close(fd)
 
@@ -219,6 +222,14 @@ class _SmallUploads:
             self._lot.unpark_all()
 
 
+def _shared_source(local: Source) -> tuple[str, bytes | None]:
+    """How a worker opens what an upload reads: the shared path of its descriptor, and the
+    content key when it is a sealed file (the worker reads it through ``SealedReader``)."""
+    if isinstance(local, int):
+        return _shared_path(local), None
+    return _shared_path(local.fd), local.content_key
+
+
 def _shared_path(fd: int) -> str:
     """A path another process opens to reach this process's ``fd`` — the same open file,
     even when it has no name (an unlinked or ``O_TMPFILE`` snapshot): ``/proc/PID/fd/N``.
@@ -269,13 +280,13 @@ class OffloadedUpstream(SmbUpstream):
     # handing 8 MiB back through the worker's pipe halved a first read (bench case 3: 77-104
     # vs 151-180 MB/s).
 
-    async def upload(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
-        if size < BULK_BYTES:
+    async def upload(self, path: bytes, fd: Source, size: int, mtime_ns: int, **kwargs: Any) -> Any:
+        if size < BULK_BYTES and isinstance(fd, int):
             return await self._small.upload(path, fd, size, mtime_ns, kwargs)
-        return await self._in_worker("upload", path, _shared_path(fd), size, mtime_ns, **kwargs)
+        return await self._in_worker("upload", path, _shared_source(fd), size, mtime_ns, **kwargs)
 
-    async def upload_delta(self, path: bytes, fd: int, size: int, mtime_ns: int, **kwargs: Any) -> Any:
-        return await self._in_worker("upload_delta", path, _shared_path(fd), size, mtime_ns, **kwargs)
+    async def upload_delta(self, path: bytes, fd: Source, size: int, mtime_ns: int, **kwargs: Any) -> Any:
+        return await self._in_worker("upload_delta", path, _shared_source(fd), size, mtime_ns, **kwargs)
 
     def statistics(self) -> UpstreamStatistics:
         own = super().statistics()

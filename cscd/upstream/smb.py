@@ -48,6 +48,7 @@ import trio
 
 from cscd.errors import BadName, CscdError, NotDir, NotFound, Unsupported, UpstreamTimeout
 from cscd.names import server_name
+from cscd.sealed_files import Source
 from cscd.types import KerberosLogon, Logon, SmbSecurity, UncTarget
 from cscd.upstream import dfs, smb_delta, smb_move, smb_upload
 from cscd.upstream import smb_ops as ops
@@ -419,7 +420,7 @@ class SmbUpstream:
     async def upload(
         self,
         path: bytes,
-        fd: int,
+        fd: Source,
         size: int,
         mtime_ns: int,
         *,
@@ -437,7 +438,7 @@ class SmbUpstream:
     async def upload_delta(
         self,
         path: bytes,
-        fd: int,
+        fd: Source,
         size: int,
         mtime_ns: int,
         *,
@@ -458,7 +459,7 @@ class SmbUpstream:
                                  copy_state=self._copy_state)
         return await self._conditional_upload(path, fd, size, mtime_ns, resume_token, expected, replace, send)
 
-    async def _conditional_upload(self, path: bytes, fd: int, size: int, mtime_ns: int, resume_token: str | None,
+    async def _conditional_upload(self, path: bytes, fd: Source, size: int, mtime_ns: int, resume_token: str | None,
                                   expected: RemoteEntry | None, replace: bool,
                                   send: Callable[..., tuple[Attrs, int]]) -> RemoteEntry:
         """The part ``upload`` and ``upload_delta`` share: a temporary name, the check against

@@ -30,6 +30,7 @@ from smbprotocol.exceptions import SMBResponseException
 from smbprotocol.file_info import FileInformationClass
 
 from cscd.errors import UpstreamError
+from cscd.sealed_files import Source
 from cscd.upstream import smb_fsctl as f
 from cscd.upstream import smb_messages as m
 from cscd.upstream.base import Extent
@@ -101,7 +102,7 @@ def build_ops(extents: Sequence[Extent], start: int, *, copy: bool, io_size: int
 
 
 def _transfer(
-    link: SmbLink, call: Call, fd: int, file_id: bytes, key: bytes | None, ops: list[_Op]
+    link: SmbLink, call: Call, fd: Source, file_id: bytes, key: bytes | None, ops: list[_Op]
 ) -> None:
     """Send ``ops`` pipelined, in order, within ``RESUME_WINDOW``; check every reply."""
     inflight: collections.deque[tuple[_Op, object]] = collections.deque()
@@ -150,7 +151,7 @@ def upload_delta(
     *,
     temp_spath: str,
     target_spath: str,
-    fd: int,
+    fd: Source,
     size: int,
     mtime_ns: int,
     extents: Sequence[Extent],

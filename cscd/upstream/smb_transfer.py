@@ -18,6 +18,7 @@ from smbprotocol.exceptions import SMBResponseException
 from smbprotocol.file_info import FileInformationClass
 
 from cscd.errors import CscdError, UpstreamError
+from cscd.sealed_files import Source, read_source
 from cscd.upstream import smb_messages as m
 from cscd.upstream import smb_ops as ops
 from cscd.upstream.smb_errors import STATUS_END_OF_FILE, status_of
@@ -145,7 +146,7 @@ def upload(
     *,
     temp_spath: str,
     target_spath: str,
-    fd: int,
+    fd: Source,
     size: int,
     mtime_ns: int,
     replace: bool,
@@ -210,7 +211,7 @@ def upload_new_small(
     *,
     temp_spath: str,
     target_spath: str,
-    fd: int,
+    fd: Source,
     size: int,
     mtime_ns: int,
     leftovers: set[str],
@@ -263,15 +264,15 @@ def upload_new_small(
     raise AssertionError("unreachable")
 
 
-def pread_exact(fd: int, n: int, offset: int) -> bytes:
+def pread_exact(fd: Source, n: int, offset: int) -> bytes:
     """``n`` bytes of ``fd`` at ``offset``; the local file must not shrink during the upload.
 
     Local failures raise a plain ``CscdError`` (EIO): they are not the server's fault.
     """
     try:
-        data = os.pread(fd, n, offset)
+        data = read_source(fd, n, offset)
         while len(data) < n:
-            more = os.pread(fd, n - len(data), offset + len(data))
+            more = read_source(fd, n - len(data), offset + len(data))
             if not more:
                 break
             data += more
@@ -293,7 +294,7 @@ def count_write(link: SmbLink, reply: object, expected: int) -> None:
 
 
 def _pipelined_write(
-    link: SmbLink, call: Call, fd: int, file_id: bytes, start: int, end: int, chunk: int
+    link: SmbLink, call: Call, fd: Source, file_id: bytes, start: int, end: int, chunk: int
 ) -> None:
     inflight: collections.deque[tuple[int, object]] = collections.deque()
     pos = start

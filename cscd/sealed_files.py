@@ -1,0 +1,316 @@
+"""Sealed content files: the on-disk format of a file that cscd encrypted, and its reads and writes.
+
+A leaf, so that what reads a sealed file outside the cache can: the upload and hashing worker
+processes read the snapshots of large files in a sealed cache through ``SealedReader``, with
+the content key alone (not the cache's key, which also opens the index). ``cscd.cache.sealing``
+owns the rest (the cache's key, its index entries, why and when the cache is sealed).
+
+A content file is sealed in blocks, so that a read or write of a few bytes in a large file
+costs one block, not the file:
+
+- a 32-byte header: ``MAGIC`` and a random 16-byte file id (the header is written with the
+  first byte of content; a file of 0 bytes on the disk is an empty file);
+- then block *i* of ``BLOCK`` plaintext bytes in slot *i* of ``SLOT`` bytes: a random 12-byte
+  nonce, the ciphertext and the 16-byte GCM tag. Only the last block is shorter. The file id
+  and *i* are the authenticated data, so a block cannot be moved to another place or file;
+- a slot whose nonce is all zeros is a hole (``ftruncate`` made it, or a placeholder's
+  unfetched part) and reads as zeros, as a hole in a plain file does.
+
+The physical size says the logical one (``logical_size``), so a sealed file needs no other
+record. ``copy_file_range`` of a sealed file is a sealed file with the same id and key: the
+snapshot of a large file that an upload reads is such a copy, on the disk and sealed.
+
+Blocking local I/O on file descriptors; callers use it where they used ``os.pread`` and
+``os.pwrite``, on the same threads. Reads and writes of one file are not atomic against each
+other across threads (a read may see a block half written and fail its tag): the cache reads
+and writes a live file only on the trio thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+import threading
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from cscd.errors import CorruptContent
+
+MAGIC = b"cscdSL01"
+HEADER = 32
+BLOCK = 64 << 10
+NONCE = 12
+TAG = 16
+OVERHEAD = NONCE + TAG
+SLOT = BLOCK + OVERHEAD
+ZERO_NONCE = bytes(NONCE)
+_BLOCK_AAD = struct.Struct(">16sQ")
+#: bytes of the key of content files (AES-256)
+CONTENT_KEY_BYTES = 32
+
+
+def logical_size(physical: int) -> int:
+    """Plaintext bytes of a sealed file ``physical`` bytes long."""
+    if physical <= HEADER:
+        return 0
+    full, rest = divmod(physical - HEADER, SLOT)
+    return full * BLOCK + max(rest - OVERHEAD, 0)
+
+
+def physical_size(logical: int) -> int:
+    """Bytes on the disk of a sealed file of ``logical`` plaintext bytes (with its header)."""
+    full, rest = divmod(logical, BLOCK)
+    return HEADER + full * SLOT + (rest + OVERHEAD if rest else 0)
+
+
+def _slot_offset(index: int) -> int:
+    return HEADER + index * SLOT
+
+
+class SealedContent:
+    """Sealed reads and writes of content files under one content key."""
+
+    def __init__(self, content_key: bytes) -> None:
+        if len(content_key) != CONTENT_KEY_BYTES:
+            raise ValueError(f"a content key has {CONTENT_KEY_BYTES} bytes, not {len(content_key)}")
+        self.content_key = bytes(content_key)
+        self._content = AESGCM(content_key)
+        self._local = threading.local()
+
+    def size(self, fd: int) -> int:
+        return logical_size(os.fstat(fd).st_size)
+
+    def _file_id(self, fd: int, *, make: bool) -> bytes | None:
+        """The file's id from its header; a file without one (nothing written yet) gets one
+        if ``make``, else None (all of it reads as zeros)."""
+        file_id = self._id_in(os.pread(fd, HEADER, 0))
+        if file_id is not None or not make:
+            return file_id
+        file_id = os.urandom(16)
+        _write_all(fd, header_bytes(file_id), 0)
+        return file_id
+
+    @staticmethod
+    def _id_in(head: bytes | memoryview) -> bytes | None:
+        """The file id a header holds; None for none yet (zeros or nothing)."""
+        if len(head) == HEADER and head[:8] == MAGIC:
+            return bytes(head[8:24])
+        if bytes(head).strip(b"\0"):
+            raise CorruptContent("a content file of the cache is not sealed with cscd's format")
+        return None
+
+    def _open_block(self, file_id: bytes, index: int, slot: bytes | memoryview) -> bytes:
+        if len(slot) <= OVERHEAD:
+            return b""
+        if slot[:NONCE] == ZERO_NONCE:
+            return bytes(len(slot) - OVERHEAD)
+        try:
+            return self._content.decrypt(bytes(slot[:NONCE]), slot[NONCE:],
+                                         _BLOCK_AAD.pack(file_id, index))
+        except InvalidTag:
+            raise CorruptContent(f"block {index} of a cached file does not open with the cache's key "
+                                 "(changed on the disk)") from None
+
+    def _seal_block(self, file_id: bytes, index: int, plain: bytes | memoryview) -> bytes:
+        out = bytearray(len(plain) + OVERHEAD)
+        self._seal_block_into(file_id, index, plain, memoryview(out))
+        return bytes(out)
+
+    def _seal_block_into(self, file_id: bytes, index: int, plain: bytes | memoryview, slot: memoryview) -> None:
+        """Seal ``plain`` into ``slot`` (``len(plain) + OVERHEAD`` bytes): no copy of the block
+        but the cipher's own, which matters at 1 GB/s of writes."""
+        nonce = self._nonce()
+        slot[:NONCE] = nonce
+        self._content.encrypt_into(nonce, plain, _BLOCK_AAD.pack(file_id, index), slot[NONCE:])
+
+    def _nonce(self) -> bytes:
+        """A random nonce (never all zeros: that marks a hole), from a pool the kernel fills
+        341 at a time: one ``getrandom`` per block released the GIL twice per block, and
+        another thread could take it for its whole switch interval."""
+        local = self._local
+        pool, at = getattr(local, "nonces", b""), getattr(local, "at", 0)
+        while True:
+            if at + NONCE > len(pool):
+                pool, at = os.urandom(NONCE * 341), 0
+                local.nonces = pool
+            nonce = pool[at:at + NONCE]
+            at += NONCE
+            if nonce != ZERO_NONCE:
+                local.at = at
+                return nonce
+
+    def _read_blocks(self, fd: int, file_id: bytes | None, first: int, last: int, size: int) -> list[bytes]:
+        """Plaintext of blocks ``first..last`` (inclusive) of a file of ``size`` bytes."""
+        lo = _slot_offset(first)
+        hi = min(_slot_offset(last + 1), physical_size(size))
+        raw = _read_all(fd, hi - lo, lo) if file_id is not None else b""
+        return self._open_slots(file_id, memoryview(raw), first, last, size)
+
+    def _open_slots(self, file_id: bytes | None, view: memoryview, first: int, last: int, size: int) -> list[bytes]:
+        out = []
+        for i in range(first, last + 1):
+            want = min(BLOCK, size - i * BLOCK)
+            slot = view[(i - first) * SLOT:(i - first) * SLOT + want + OVERHEAD]
+            plain = self._open_block(file_id, i, slot) if file_id is not None and len(slot) else b""
+            out.append(plain.ljust(want, b"\0") if len(plain) < want else plain)
+        return out
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        """Like ``os.pread``: up to ``length`` bytes at ``offset``, fewer at the end."""
+        size = self.size(fd)
+        end = min(offset + length, size)
+        if offset >= end:
+            return b""
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        if first == 0:  # the header and the blocks in one read (every small file's case)
+            raw = memoryview(_read_all(fd, min(_slot_offset(last + 1), physical_size(size)), 0))
+            blocks = self._open_slots(self._id_in(raw[:HEADER]), raw[HEADER:], first, last, size)
+        else:
+            blocks = self._read_blocks(fd, self._file_id(fd, make=False), first, last, size)
+        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        base = first * BLOCK
+        return data[offset - base:end - base]
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        """Like ``os.pwrite``: all of ``data`` at ``offset``; a gap before it reads as zeros."""
+        n = len(data)
+        if not n:
+            return 0
+        physical = os.fstat(fd).st_size
+        size = logical_size(physical)
+        if offset > size:
+            self.truncate(fd, offset)
+            size, physical = offset, -1
+        header = b""
+        if physical == 0:  # a new file: its header goes with its first block
+            file_id = os.urandom(16)
+            header = header_bytes(file_id)
+        else:
+            file_id = self._file_id(fd, make=True)
+        end = offset + n
+        new_size = max(size, end)
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        # Only the first and the last block can hold bytes this write keeps.
+        old: dict[int, bytes] = {}
+        for i in {first, last}:
+            start = i * BLOCK
+            covered = offset <= start and end >= min(start + BLOCK, new_size)
+            if not covered and start < size:
+                old[i] = self._read_blocks(fd, file_id, i, i, size)[0]
+        # Every block the write touches is sealed again whole, at its new length: a block that
+        # ended the file and grows moves its tag to the new end of its slot. All of them, and a
+        # new file's header, go into one buffer and one write.
+        lengths = [min(BLOCK, new_size - i * BLOCK) for i in range(first, last + 1)]
+        slots = self._scratch(len(header) + sum(lengths) + OVERHEAD * len(lengths))
+        slots[:len(header)] = header
+        pos = len(header)
+        view = memoryview(data)
+        for i, length in zip(range(first, last + 1), lengths, strict=True):
+            start = i * BLOCK
+            lo, hi = max(offset, start), min(end, start + length)
+            if lo == start and hi == start + length:
+                plain = view[lo - offset:hi - offset]
+            else:
+                block = bytearray(old.get(i, b"").ljust(length, b"\0")[:length])
+                block[lo - start:hi - start] = view[lo - offset:hi - offset]
+                plain = block
+            self._seal_block_into(file_id, i, plain, slots[pos:pos + length + OVERHEAD])
+            pos += length + OVERHEAD
+        _write_all(fd, slots, 0 if header else _slot_offset(first))
+        return n
+
+    def _scratch(self, size: int) -> memoryview:
+        """``size`` bytes of this thread's buffer for sealed blocks: a fresh megabyte-sized
+        ``bytearray`` per write cost more (its pages zeroed and faulted in) than sealing it."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < size:
+            buf = self._local.buf = bytearray(max(size, 1 << 20))
+        return memoryview(buf)[:size]
+
+    def truncate(self, fd: int, size: int) -> None:
+        """Like ``os.ftruncate``: cut, or extend with zeros (holes where the file had none).
+
+        The block that is cut into, or that ended the file and grows, is sealed again at its
+        new length before the file's length changes: a crash in between leaves a longer file
+        whose blocks all open (growing) or that one block unreadable (cutting)."""
+        old = self.size(fd)
+        if size == old:
+            return
+        file_id = self._file_id(fd, make=size > 0)
+        if file_id is None:
+            os.ftruncate(fd, 0)
+            return
+        index = min(size, old) // BLOCK
+        keep = min(size, old) - index * BLOCK
+        new_length = min(BLOCK, size - index * BLOCK)
+        if keep and new_length != min(BLOCK, old - index * BLOCK):
+            slot = _read_all(fd, min(BLOCK, old - index * BLOCK) + OVERHEAD, _slot_offset(index))
+            if slot[:NONCE] != ZERO_NONCE:  # holes stay holes
+                plain = self._open_block(file_id, index, slot)[:keep].ljust(new_length, b"\0")
+                _write_all(fd, self._seal_block(file_id, index, plain), _slot_offset(index))
+        os.ftruncate(fd, physical_size(size))
+
+
+
+def header_bytes(file_id: bytes) -> bytes:
+    return MAGIC + file_id + bytes(HEADER - 24)
+
+
+def _read_all(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+@functools.lru_cache(maxsize=4)
+def content_for(content_key: bytes) -> SealedContent:
+    """The ``SealedContent`` of a key, made once per process (a worker reads many snapshots)."""
+    return SealedContent(content_key)
+
+
+class SealedReader:
+    """A sealed file opened for its plain bytes: what an upload or the chunker reads of a
+    sealed cache's snapshot. ``fd`` is the sealed file; ``content_key`` travels to the worker
+    process that opens the same file (``/proc/<pid>/fd/<fd>``)."""
+
+    __slots__ = ("content_key", "fd", "_content")
+
+    def __init__(self, fd: int, content_key: bytes) -> None:
+        self.fd = fd
+        self.content_key = content_key
+        self._content = content_for(content_key)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return self._content.pread(self.fd, length, offset)
+
+    def size(self) -> int:
+        return self._content.size(self.fd)
+
+
+#: what an upload reads: a plain file's descriptor, or a sealed file with its key
+Source = int | SealedReader
+
+
+def read_source(source: Source, length: int, offset: int) -> bytes:
+    """``os.pread`` of a plain descriptor or the plain bytes of a sealed one."""
+    if isinstance(source, int):
+        return os.pread(source, length, offset)
+    return source.pread(length, offset)
