@@ -63,11 +63,12 @@ class MountEnv:
         self.mount = self.daemon.mount
         self.docs = self.mount / "Documents"
         if os.environ.get("CSCD_TEST_SEALED"):
-            self._seal_the_cache()
+            self.seal_the_cache()
 
-    def _seal_the_cache(self) -> None:
-        """``CSCD_TEST_SEALED=1``: every mount test runs on a cache sealed by cscd (the policy
-        ``device.encrypt_cache`` on a file system without fscrypt), to find what sealing breaks."""
+    def seal_the_cache(self) -> None:
+        """Before the daemon starts: its cache is sealed by cscd (the policy
+        ``device.encrypt_cache`` on a file system without fscrypt). ``CSCD_TEST_SEALED=1`` does
+        it for every mount test, to find what sealing breaks; some tests ask for it themselves."""
         from cscd.cache.sealing import KEY_BYTES, Sealer
 
         key = os.urandom(KEY_BYTES)
