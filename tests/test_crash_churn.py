@@ -158,10 +158,15 @@ def test_bytes_of_a_write_the_kill_cut_never_show_when_the_file_grows(mount_env)
     eventually(lambda: (env.server / "grows.bin").exists(), 10, "grows.bin not uploaded")
     node_id = os.stat(path).st_ino
     env.daemon.kill()
-    content = ContentStore(env.daemon.cache / "content").path(node_id)
-    with open(content, "ab") as f:
-        f.write(b"X" * 8192)  # what the killed write left
-    assert check_cache(env.daemon.cache) == []  # longer than the index says is a crash's, allowed
+    # what the killed write left: 8 KiB past the end, sealed like the rest where the cache is
+    store = ContentStore(env.daemon.cache / "content", sealer=env.check_sealer)
+    fd = store.open_or_make(node_id, 100)
+    try:
+        store.pwrite(fd, b"X" * 8192, 100)
+    finally:
+        os.close(fd)
+    # longer than the index says is a crash's, allowed
+    assert check_cache(env.daemon.cache, env.check_sealer) == []
     env.start_daemon()
     os.truncate(path, 300)
     with open(path, "r+b") as f:
