@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import struct
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+import trio
 
 from cscd.cache import newer, nodes
 from cscd.cache.index import from_u64, u64
@@ -257,8 +260,29 @@ class Residency:
 
     # ------------------------------------------------------------ the size limit
 
+    async def measure_used_bytes(self) -> int:
+        """Bytes the content store occupies on disk, counted by ``du`` (coreutils) in a process
+        of its own, or by ``used_bytes`` where there is no ``du``.
+
+        Why not our own walk in a thread: it is one ``stat`` per cached file, and each one
+        hands the GIL back and forth with the trio thread. With 100,000 content files and the
+        trio thread busy, the walk took 115–210 s instead of 0.28 s and stalled the busy
+        thread for up to 9.5 ms at a time; ``du`` took 0.21 s and stalled it for at most
+        0.3 ms. ``du`` also counts the store's directories, which are disk space it uses."""
+        du = shutil.which("du")
+        if du is not None:
+            done = await trio.run_process([du, "-s", "-B1", "--", str(self.cache.store.root)],
+                                          capture_stdout=True, capture_stderr=True, check=False)
+            # A file deleted during the walk makes du complain and exit 1, with the total printed.
+            first = done.stdout.split(maxsplit=1)[:1]
+            if first and first[0].isdigit():
+                return int(first[0])
+            log.debug("du gave no total (%s); walking the content store instead",
+                      done.stderr.decode(errors="replace").strip()[:200])
+        return await trio.to_thread.run_sync(self.used_bytes)
+
     def used_bytes(self) -> int:
-        """Bytes the content store occupies on disk (a walk; call it from a thread)."""
+        """Bytes the content store's files occupy on disk (a walk; call it from a thread)."""
         total = 0
         for sub in os.scandir(self.cache.store.root):
             for f in os.scandir(sub.path):
