@@ -34,8 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cscd.cache.sealing import Sealer
-from cscd.sealed_files import BLOCK, HEADER, SLOT
 from cscd.errors import CacheFull
+from cscd.sealed_files import BLOCK, HEADER, SLOT
 
 _SNAPSHOT_SEQ = itertools.count()
 

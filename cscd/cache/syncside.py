@@ -396,10 +396,9 @@ class SyncSide:
             if now.version != node.version:
                 os.close(fd)
                 raise SourceChanged(f"{node.name!r} changed while its upload was being prepared")
-        store = self.core.store
-        sealed = store.snapshot_is_sealed(node.size) and store.sealer is not None
-        return ContentSnapshot(fd, node.version, node.size, node.mtime_ns,
-                               content_key=store.sealer.content_key if sealed else None)
+        sealer = self.core.store.sealer
+        key = sealer.content_key if sealer is not None and self.core.store.snapshot_is_sealed(node.size) else None
+        return ContentSnapshot(fd, node.version, node.size, node.mtime_ns, content_key=key)
 
     def _live_file(self, node_id: int) -> Node:
         with self.core.txn() as txn:

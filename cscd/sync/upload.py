@@ -32,17 +32,17 @@ from cscd.upstream.base import Conflict, Upstream
 
 log = logging.getLogger(__name__)
 
-
-def _source(snap: ContentSnapshot) -> Source:
-    """What the upstream reads of a snapshot: its descriptor, or a sealed copy with its key."""
-    return snap.fd if snap.content_key is None else SealedReader(snap.fd, snap.content_key)
-
 #: Below this a changed file is uploaded whole even when its base chunks are known: the
 #: extra round trips of a delta (open the base, resume key) cost more than the bytes saved.
 DELTA_MIN_BYTES = 1 << 20
 #: Uploads from this size on name their temporary after the content and resume after a
 #: lost link or a restart instead of starting over.
 RESUME_MIN_BYTES = 16 << 20
+
+
+def _source(snap: ContentSnapshot) -> Source:
+    """What the upstream reads of a snapshot: its descriptor, or a sealed copy with its key."""
+    return snap.fd if snap.content_key is None else SealedReader(snap.fd, snap.content_key)
 
 
 class ContentUploads:
