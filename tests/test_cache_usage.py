@@ -35,4 +35,8 @@ async def test_the_store_s_disk_use_is_counted_by_du_as_the_walk_counts_it_plus_
     assert await cache.residency.measure_used_bytes() == walked + sum(os.stat(d).st_blocks * 512 for d in dirs)
     monkeypatch.setattr("shutil.which", lambda name: None)
     assert await cache.residency.measure_used_bytes() == walked
+    not_a_program = tmp_path / "du"
+    not_a_program.write_text("")  # not executable: running it fails
+    monkeypatch.setattr("shutil.which", lambda name: str(not_a_program))
+    assert await cache.residency.measure_used_bytes() == walked
     cache.close()

@@ -271,14 +271,18 @@ class Residency:
         0.3 ms. ``du`` also counts the store's directories, which are disk space it uses."""
         du = shutil.which("du")
         if du is not None:
-            done = await trio.run_process([du, "-s", "-B1", "--", str(self.cache.store.root)],
-                                          capture_stdout=True, capture_stderr=True, check=False)
-            # A file deleted during the walk makes du complain and exit 1, with the total printed.
-            first = done.stdout.split(maxsplit=1)[:1]
-            if first and first[0].isdigit():
-                return int(first[0])
-            log.debug("du gave no total (%s); walking the content store instead",
-                      done.stderr.decode(errors="replace").strip()[:200])
+            try:
+                done = await trio.run_process([du, "-s", "-B1", "--", str(self.cache.store.root)],
+                                              capture_stdout=True, capture_stderr=True, check=False)
+            except OSError as exc:  # cannot be run after all: the walk answers
+                log.debug("du could not run (%s); walking the content store instead", exc)
+            else:
+                # A file deleted during the walk makes du complain and exit 1, with the total printed.
+                first = done.stdout.split(maxsplit=1)[:1]
+                if first and first[0].isdigit():
+                    return int(first[0])
+                log.debug("du gave no total (%s); walking the content store instead",
+                          done.stderr.decode(errors="replace").strip()[:200])
         return await trio.to_thread.run_sync(self.used_bytes)
 
     def used_bytes(self) -> int:
