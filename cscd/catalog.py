@@ -149,9 +149,11 @@ EXPLANATIONS: dict[EventId, tuple[str, str]] = {
     ),
     EventId.CACHE_WIPED: (
         "The cached copy of a revoked folder is destroyed",
-        "Every cached file of @FOLDER@ was overwritten with zeros and deleted (@FILES@ files,\n"
-        "@BYTES@ bytes) and its entries removed from the cache's index. @LOST@ changes that had\n"
-        "not reached the server were lost (device.wipe_when_unreachable: wipe).",
+        "Every cached file of @FOLDER@ was deleted (@FILES@ files, @HOW@) and its entries\n"
+        "removed from the cache's index. In a cache sealed by cscd the folder's own key is\n"
+        "destroyed, so no copy of its blocks opens again (crypto-erase); otherwise each file is\n"
+        "overwritten with zeros first. @LOST@ changes that had not reached the server were lost\n"
+        "(device.wipe_when_unreachable: wipe).",
     ),
     EventId.DEVICE_NOT_COMPLIANT: (
         "The session does not lock its screen as the device policy asks",

@@ -32,7 +32,7 @@ reuse one; add new ones in their group.
 | 7000 | CACHE_ENCRYPTED          | INFO    | how: the device policy's encryption at rest is in force |
 | 7001 | CACHE_NOT_ENCRYPTED      | WARNING | reason: the policy asks for it and it cannot be done; nothing is cached |
 | 7010 | CACHE_WIPE_STARTED       | WARNING | pending, then: a folder revoked by device.wipe: not served any more |
-| 7011 | CACHE_WIPED              | WARNING | files, bytes, lost: its cached copy destroyed |
+| 7011 | CACHE_WIPED              | WARNING | files, how, lost: its cached copy destroyed |
 | 7020 | DEVICE_NOT_COMPLIANT     | WARNING | reason, offline: the session does not lock its screen as the policy asks |
 | 7021 | DEVICE_COMPLIANT         | INFO    | reason: it does (again)                |
 
@@ -193,7 +193,7 @@ EVENTS: dict[EventId, EventSpec] = {
         logging.WARNING, "{folder} is revoked by the device policy (device.wipe): it is not served here any "
         "more; {pending} changes {then}", "3ba6fc8f291d5acaac20aa25d5d6340d"),
     EventId.CACHE_WIPED: _spec(
-        logging.WARNING, "the cached copy of {folder} is destroyed: {files} files, {bytes} bytes overwritten; "
+        logging.WARNING, "the cached copy of {folder} is destroyed: {files} files, {how}; "
         "{lost} changes that had not reached the server are lost", "9809d72ebe925b159a782469f86a936a"),
     EventId.DEVICE_NOT_COMPLIANT: _spec(
         logging.WARNING, "the session does not comply with device.require_screen_lock: {reason}; the "

@@ -8,8 +8,10 @@ owns the rest (the cache's key, its index entries, why and when the cache is sea
 A content file is sealed in blocks, so that a read or write of a few bytes in a large file
 costs one block, not the file:
 
-- a 32-byte header: ``MAGIC`` and a random 16-byte file id (the header is written with the
-  first byte of content; a file of 0 bytes on the disk is an empty file);
+- a 32-byte header: ``MAGIC``, a random 16-byte file id and the 8-byte id of the key that
+  seals its blocks (0: the content key itself; another id: a key of the file's own folder,
+  which a wipe destroys, ``cscd.cache.sealing``). The header is written with the first byte
+  of content; a file of 0 bytes on the disk is an empty file;
 - then block *i* of ``BLOCK`` plaintext bytes in slot *i* of ``SLOT`` bytes: a random 12-byte
   nonce, the ciphertext and the 16-byte GCM tag. Only the last block is shorter. The file id
   and *i* are the authenticated data, so a block cannot be moved to another place or file;
@@ -32,6 +34,7 @@ import functools
 import os
 import struct
 import threading
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -47,8 +50,17 @@ OVERHEAD = NONCE + TAG
 SLOT = BLOCK + OVERHEAD
 ZERO_NONCE = bytes(NONCE)
 _BLOCK_AAD = struct.Struct(">16sQ")
+_KEY_ID = struct.Struct(">Q")
 #: bytes of the key of content files (AES-256)
 CONTENT_KEY_BYTES = 32
+
+
+class SealedKey(NamedTuple):
+    """A key of content files and the id its files' headers name it by: what travels to a
+    worker process that reads a sealed snapshot."""
+
+    key_id: int
+    key: bytes
 
 
 def logical_size(physical: int) -> int:
@@ -69,61 +81,97 @@ def _slot_offset(index: int) -> int:
     return HEADER + index * SLOT
 
 
-class SealedContent:
-    """Sealed reads and writes of content files under one content key."""
+class _File(NamedTuple):
+    """What a sealed file's header says: its id (in every block's authenticated data) and
+    the cipher of the key it names."""
 
-    def __init__(self, content_key: bytes) -> None:
+    file_id: bytes
+    cipher: AESGCM
+
+
+class SealedContent:
+    """Sealed reads and writes of content files under one content key (id 0), and the keys
+    of other ids that a subclass adds (``keys``, ``new_file_key``)."""
+
+    def __init__(self, content_key: bytes, key_id: int = 0) -> None:
         if len(content_key) != CONTENT_KEY_BYTES:
             raise ValueError(f"a content key has {CONTENT_KEY_BYTES} bytes, not {len(content_key)}")
         self.content_key = bytes(content_key)
-        self._content = AESGCM(content_key)
+        #: key id → key and its cipher; a file's header names its key
+        self.keys: dict[int, SealedKey] = {key_id: SealedKey(key_id, self.content_key)}
+        self._ciphers: dict[int, AESGCM] = {key_id: AESGCM(content_key)}
         self._local = threading.local()
+
+    def add_key(self, key: SealedKey) -> None:
+        self.keys[key.key_id] = key
+        self._ciphers[key.key_id] = AESGCM(key.key)
+
+    def drop_key(self, key_id: int) -> None:
+        self.keys.pop(key_id, None)
+        self._ciphers.pop(key_id, None)
+
+    def new_file_key(self, owner: int | None) -> int:
+        """The id of the key a new file is sealed with; ``owner`` says whose it is (in the
+        cache: a node id of its folder)."""
+        return 0
+
+    def key_of(self, fd: int) -> SealedKey:
+        """The key that opens the sealed file ``fd`` (its snapshot's, for a worker)."""
+        key_id = key_id_in(os.pread(fd, HEADER, 0))
+        self._cipher(key_id)  # a key this cache no longer holds: said here, not in the worker
+        return self.keys[key_id]
 
     def size(self, fd: int) -> int:
         return logical_size(os.fstat(fd).st_size)
 
-    def _file_id(self, fd: int, *, make: bool) -> bytes | None:
-        """The file's id from its header; a file without one (nothing written yet) gets one
-        if ``make``, else None (all of it reads as zeros)."""
-        file_id = self._id_in(os.pread(fd, HEADER, 0))
-        if file_id is not None or not make:
-            return file_id
-        file_id = os.urandom(16)
-        _write_all(fd, header_bytes(file_id), 0)
-        return file_id
+    def _file(self, fd: int, *, make: bool, owner: int | None = None) -> _File | None:
+        """The file's header; a file without one (nothing written yet) gets one (the key of
+        ``owner``'s new files) if ``make``, else None (all of it reads as zeros)."""
+        found = self._file_in(os.pread(fd, HEADER, 0))
+        if found is not None or not make:
+            return found
+        file_id, key_id = os.urandom(16), self.new_file_key(owner)
+        _write_all(fd, header_bytes(file_id, key_id), 0)
+        return _File(file_id, self._cipher(key_id))
 
-    @staticmethod
-    def _id_in(head: bytes | memoryview) -> bytes | None:
-        """The file id a header holds; None for none yet (zeros or nothing)."""
+    def _file_in(self, head: bytes | memoryview) -> _File | None:
+        """The file a header describes; None for none yet (zeros or nothing)."""
         if len(head) == HEADER and head[:8] == MAGIC:
-            return bytes(head[8:24])
+            return _File(bytes(head[8:24]), self._cipher(_KEY_ID.unpack_from(head, 24)[0]))
         if bytes(head).strip(b"\0"):
             raise CorruptContent("a content file of the cache is not sealed with cscd's format")
         return None
 
-    def _open_block(self, file_id: bytes, index: int, slot: bytes | memoryview) -> bytes:
+    def _cipher(self, key_id: int) -> AESGCM:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            raise CorruptContent(f"a content file of the cache is sealed with a key the cache no longer holds "
+                                 f"(key {key_id:016x}: its folder was wiped)")
+        return cipher
+
+    @staticmethod
+    def _open_block(file: _File, index: int, slot: bytes | memoryview) -> bytes:
         if len(slot) <= OVERHEAD:
             return b""
         if slot[:NONCE] == ZERO_NONCE:
             return bytes(len(slot) - OVERHEAD)
         try:
-            return self._content.decrypt(bytes(slot[:NONCE]), slot[NONCE:],
-                                         _BLOCK_AAD.pack(file_id, index))
+            return file.cipher.decrypt(bytes(slot[:NONCE]), slot[NONCE:], _BLOCK_AAD.pack(file.file_id, index))
         except InvalidTag:
             raise CorruptContent(f"block {index} of a cached file does not open with the cache's key "
                                  "(changed on the disk)") from None
 
-    def _seal_block(self, file_id: bytes, index: int, plain: bytes | memoryview) -> bytes:
+    def _seal_block(self, file: _File, index: int, plain: bytes | memoryview) -> bytes:
         out = bytearray(len(plain) + OVERHEAD)
-        self._seal_block_into(file_id, index, plain, memoryview(out))
+        self._seal_block_into(file, index, plain, memoryview(out))
         return bytes(out)
 
-    def _seal_block_into(self, file_id: bytes, index: int, plain: bytes | memoryview, slot: memoryview) -> None:
+    def _seal_block_into(self, file: _File, index: int, plain: bytes | memoryview, slot: memoryview) -> None:
         """Seal ``plain`` into ``slot`` (``len(plain) + OVERHEAD`` bytes): no copy of the block
         but the cipher's own, which matters at 1 GB/s of writes."""
         nonce = self._nonce()
         slot[:NONCE] = nonce
-        self._content.encrypt_into(nonce, plain, _BLOCK_AAD.pack(file_id, index), slot[NONCE:])
+        file.cipher.encrypt_into(nonce, plain, _BLOCK_AAD.pack(file.file_id, index), slot[NONCE:])
 
     def _nonce(self) -> bytes:
         """A random nonce (never all zeros: that marks a hole), from a pool the kernel fills
@@ -141,19 +189,19 @@ class SealedContent:
                 local.at = at
                 return nonce
 
-    def _read_blocks(self, fd: int, file_id: bytes | None, first: int, last: int, size: int) -> list[bytes]:
+    def _read_blocks(self, fd: int, file: _File | None, first: int, last: int, size: int) -> list[bytes]:
         """Plaintext of blocks ``first..last`` (inclusive) of a file of ``size`` bytes."""
         lo = _slot_offset(first)
         hi = min(_slot_offset(last + 1), physical_size(size))
-        raw = _read_all(fd, hi - lo, lo) if file_id is not None else b""
-        return self._open_slots(file_id, memoryview(raw), first, last, size)
+        raw = _read_all(fd, hi - lo, lo) if file is not None else b""
+        return self._open_slots(file, memoryview(raw), first, last, size)
 
-    def _open_slots(self, file_id: bytes | None, view: memoryview, first: int, last: int, size: int) -> list[bytes]:
+    def _open_slots(self, file: _File | None, view: memoryview, first: int, last: int, size: int) -> list[bytes]:
         out = []
         for i in range(first, last + 1):
             want = min(BLOCK, size - i * BLOCK)
             slot = view[(i - first) * SLOT:(i - first) * SLOT + want + OVERHEAD]
-            plain = self._open_block(file_id, i, slot) if file_id is not None and len(slot) else b""
+            plain = self._open_block(file, i, slot) if file is not None and len(slot) else b""
             out.append(plain.ljust(want, b"\0") if len(plain) < want else plain)
         return out
 
@@ -166,29 +214,33 @@ class SealedContent:
         first, last = offset // BLOCK, (end - 1) // BLOCK
         if first == 0:  # the header and the blocks in one read (every small file's case)
             raw = memoryview(_read_all(fd, min(_slot_offset(last + 1), physical_size(size)), 0))
-            blocks = self._open_slots(self._id_in(raw[:HEADER]), raw[HEADER:], first, last, size)
+            blocks = self._open_slots(self._file_in(raw[:HEADER]), raw[HEADER:], first, last, size)
         else:
-            blocks = self._read_blocks(fd, self._file_id(fd, make=False), first, last, size)
+            blocks = self._read_blocks(fd, self._file(fd, make=False), first, last, size)
         data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
         base = first * BLOCK
         return data[offset - base:end - base]
 
-    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
-        """Like ``os.pwrite``: all of ``data`` at ``offset``; a gap before it reads as zeros."""
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int, owner: int | None = None) -> int:
+        """Like ``os.pwrite``: all of ``data`` at ``offset``; a gap before it reads as zeros.
+        ``owner``: whose file it is, for the key of a new one (``new_file_key``)."""
         n = len(data)
         if not n:
             return 0
         physical = os.fstat(fd).st_size
+        if physical == 0 and offset == 0 and n <= BLOCK:
+            return self._write_new_small(fd, data, owner)
         size = logical_size(physical)
         if offset > size:
-            self.truncate(fd, offset)
+            self.truncate(fd, offset, owner)
             size, physical = offset, -1
         header = b""
         if physical == 0:  # a new file: its header goes with its first block
-            file_id = os.urandom(16)
-            header = header_bytes(file_id)
+            file_id, key_id = os.urandom(16), self.new_file_key(owner)
+            header = header_bytes(file_id, key_id)
+            file = _File(file_id, self._cipher(key_id))
         else:
-            file_id = self._file_id(fd, make=True)
+            file = self._file(fd, make=True, owner=owner)
         end = offset + n
         new_size = max(size, end)
         first, last = offset // BLOCK, (end - 1) // BLOCK
@@ -198,7 +250,7 @@ class SealedContent:
             start = i * BLOCK
             covered = offset <= start and end >= min(start + BLOCK, new_size)
             if not covered and start < size:
-                old[i] = self._read_blocks(fd, file_id, i, i, size)[0]
+                old[i] = self._read_blocks(fd, file, i, i, size)[0]
         # Every block the write touches is sealed again whole, at its new length: a block that
         # ended the file and grows moves its tag to the new end of its slot. All of them, and a
         # new file's header, go into one buffer and one write.
@@ -216,10 +268,19 @@ class SealedContent:
                 block = bytearray(old.get(i, b"").ljust(length, b"\0")[:length])
                 block[lo - start:hi - start] = view[lo - offset:hi - offset]
                 plain = block
-            self._seal_block_into(file_id, i, plain, slots[pos:pos + length + OVERHEAD])
+            self._seal_block_into(file, i, plain, slots[pos:pos + length + OVERHEAD])
             pos += length + OVERHEAD
         _write_all(fd, slots, 0 if header else _slot_offset(first))
         return n
+
+    def _write_new_small(self, fd: int, data: bytes | memoryview, owner: int | None) -> int:
+        """A new file of one block, written whole (most files a user saves): its header and
+        its block in one buffer, without the general case's bookkeeping."""
+        file_id, key_id = os.urandom(16), self.new_file_key(owner)
+        nonce = self._nonce()
+        sealed = self._cipher(key_id).encrypt(nonce, data, _BLOCK_AAD.pack(file_id, 0))
+        _write_all(fd, b"".join((header_bytes(file_id, key_id), nonce, sealed)), 0)
+        return len(data)
 
     def _scratch(self, size: int) -> memoryview:
         """``size`` bytes of this thread's buffer for sealed blocks: a fresh megabyte-sized
@@ -229,7 +290,7 @@ class SealedContent:
             buf = self._local.buf = bytearray(max(size, 1 << 20))
         return memoryview(buf)[:size]
 
-    def truncate(self, fd: int, size: int) -> None:
+    def truncate(self, fd: int, size: int, owner: int | None = None) -> None:
         """Like ``os.ftruncate``: cut, or extend with zeros (holes where the file had none).
 
         The block that is cut into, or that ended the file and grows, is sealed again at its
@@ -238,8 +299,8 @@ class SealedContent:
         old = self.size(fd)
         if size == old:
             return
-        file_id = self._file_id(fd, make=size > 0)
-        if file_id is None:
+        file = self._file(fd, make=size > 0, owner=owner)
+        if file is None:
             os.ftruncate(fd, 0)
             return
         index = min(size, old) // BLOCK
@@ -248,14 +309,25 @@ class SealedContent:
         if keep and new_length != min(BLOCK, old - index * BLOCK):
             slot = _read_all(fd, min(BLOCK, old - index * BLOCK) + OVERHEAD, _slot_offset(index))
             if slot[:NONCE] != ZERO_NONCE:  # holes stay holes
-                plain = self._open_block(file_id, index, slot)[:keep].ljust(new_length, b"\0")
-                _write_all(fd, self._seal_block(file_id, index, plain), _slot_offset(index))
+                plain = self._open_block(file, index, slot)[:keep].ljust(new_length, b"\0")
+                _write_all(fd, self._seal_block(file, index, plain), _slot_offset(index))
         os.ftruncate(fd, physical_size(size))
 
 
 
-def header_bytes(file_id: bytes) -> bytes:
-    return MAGIC + file_id + bytes(HEADER - 24)
+def key_id_in(head: bytes) -> int:
+    """The key id a sealed file's first bytes name (0 for a file with no header yet)."""
+    return _KEY_ID.unpack_from(head, 24)[0] if len(head) == HEADER and head[:8] == MAGIC else 0
+
+
+def key_id_of_path(path: str) -> int:
+    """``key_id_in`` of the sealed file at ``path`` (``FileNotFoundError`` if there is none)."""
+    with open(path, "rb") as file:
+        return key_id_in(file.read(HEADER))
+
+
+def header_bytes(file_id: bytes, key_id: int = 0) -> bytes:
+    return MAGIC + file_id + _KEY_ID.pack(key_id)
 
 
 def _read_all(fd: int, length: int, offset: int) -> bytes:
@@ -280,20 +352,20 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
-@functools.lru_cache(maxsize=4)
-def content_for(content_key: bytes) -> SealedContent:
+@functools.lru_cache(maxsize=16)
+def content_for(content_key: SealedKey) -> SealedContent:
     """The ``SealedContent`` of a key, made once per process (a worker reads many snapshots)."""
-    return SealedContent(content_key)
+    return SealedContent(content_key.key, content_key.key_id)
 
 
 class SealedReader:
     """A sealed file opened for its plain bytes: what an upload or the chunker reads of a
-    sealed cache's snapshot. ``fd`` is the sealed file; ``content_key`` travels to the worker
-    process that opens the same file (``/proc/<pid>/fd/<fd>``)."""
+    sealed cache's snapshot. ``fd`` is the sealed file; ``content_key`` (the key its header
+    names) travels to the worker process that opens the same file (``/proc/<pid>/fd/<fd>``)."""
 
     __slots__ = ("content_key", "fd", "_content")
 
-    def __init__(self, fd: int, content_key: bytes) -> None:
+    def __init__(self, fd: int, content_key: SealedKey) -> None:
         self.fd = fd
         self.content_key = content_key
         self._content = content_for(content_key)

@@ -240,7 +240,8 @@ class ContentSnapshot:
     ``version`` says which, and sync records the base only if the node is still at it.
     ``path`` opens the same copy from another process (upload workers, hashing workers).
     ``content_key`` is set when the copy is sealed (a large file of a sealed cache): it is
-    then read through ``cscd.sealed_files.SealedReader``, never as plain bytes.
+    then read through ``cscd.sealed_files.SealedReader`` with that key (a ``SealedKey``: the
+    key's id and bytes), never as plain bytes.
     The owner closes it; closing twice is harmless.
     """
 
@@ -248,7 +249,7 @@ class ContentSnapshot:
     version: int
     size: int
     mtime_ns: int
-    content_key: bytes | None = field(default=None, repr=False)
+    content_key: tuple[int, bytes] | None = field(default=None, repr=False)
 
     @property
     def path(self) -> str:

@@ -162,7 +162,7 @@ def test_bytes_of_a_write_the_kill_cut_never_show_when_the_file_grows(mount_env)
     store = ContentStore(env.daemon.cache / "content", sealer=env.check_sealer)
     fd = store.open_or_make(node_id, 100)
     try:
-        store.pwrite(fd, b"X" * 8192, 100)
+        store.pwrite(fd, b"X" * 8192, 100, node_id)
     finally:
         os.close(fd)
     # longer than the index says is a crash's, allowed

@@ -115,11 +115,12 @@ def test_a_large_file_s_snapshot_is_a_sealed_copy_on_the_disk_that_workers_open(
     the index gave, and later writes to the live file do not reach it."""
     s = Sealer(KEY)
     store = ContentStore(tmp_path / "content", sealer=s)
+    s.folder_of = lambda node_id: b"Videos"  # the live file is sealed with its folder's key
     size = MEMORY_SNAPSHOT_BYTES + 3 * BLOCK + 1234  # not a block multiple: the copy is cut
     data = (b"the plain text of a large file " * (size // 31 + 1))[:size]
     live = store.open(7, 0)
     try:
-        s.pwrite(live, data + b"written after the index's size", 0)
+        store.pwrite(live, data + b"written after the index's size", 0, 7)
         assert store.snapshot_is_sealed(size) and not store.snapshot_is_sealed(MEMORY_SNAPSHOT_BYTES)
         snap = store.snapshot(7, size)
         try:
@@ -128,7 +129,9 @@ def test_a_large_file_s_snapshot_is_a_sealed_copy_on_the_disk_that_workers_open(
             raw = os.pread(snap, os.fstat(snap).st_size, 0)
             assert b"plain text" not in raw
             assert len(raw) == sealing.physical_size(size)
-            reader = SealedReader(snap, s.content_key)  # what a worker process builds
+            key = store.snapshot_key(snap, size)
+            assert key.key_id != 0 and key.key != s.content_key, "not the folder's own key"
+            reader = SealedReader(snap, key)  # what a worker process builds
             assert reader.size() == size
             assert reader.pread(size + 100, 0) == data
             assert read_source(reader, 50, size - 20) == data[-20:]
@@ -144,6 +147,59 @@ def test_a_large_file_s_snapshot_is_a_sealed_copy_on_the_disk_that_workers_open(
         os.close(live)
 
 
+def test_each_folder_has_its_own_key_and_a_wipe_erases_it(tmp_path):
+    """Crypto-erase: a folder's files are sealed with a key of its own, kept on the disk
+    sealed with the cache's key. Destroying it makes any copy of the folder's blocks
+    unreadable (a copy taken before stands for a block a flash disk remapped, or a file
+    system snapshot), while another folder's files, and a restart, are untouched."""
+    folders = {1: b"Documents", 2: b"Pictures", 3: None}  # node 3: not in a folder (key 0)
+    s = Sealer(KEY)
+    store = ContentStore(tmp_path / "content", sealer=s)
+    s.folder_of = folders.get
+    texts = {nid: f"the plain text of node {nid} ".encode() * 300 for nid in folders}
+    for nid, text in texts.items():
+        fd = store.open(nid)
+        try:
+            store.pwrite(fd, text, 0, nid)
+        finally:
+            os.close(fd)
+    ids = {nid: sealing.key_id_of_path(store.path_of(nid)) for nid in folders}
+    assert ids[3] == 0 and 0 != ids[1] != ids[2] != 0, ids
+    assert sorted(os.listdir(tmp_path / "keys")) == sorted(f"{ids[n]:016x}" for n in (1, 2))
+    taken = {nid: store.path(nid).read_bytes() for nid in folders}  # what a disk may keep
+
+    def reads(sealer: Sealer, nid: int) -> bytes:
+        (tmp_path / "copy").write_bytes(taken[nid])
+        fd = os.open(tmp_path / "copy", os.O_RDONLY)
+        try:
+            return sealer.pread(fd, 1 << 20, 0)
+        finally:
+            os.close(fd)
+
+    assert all(reads(s, nid) == texts[nid] for nid in folders)
+    with pytest.raises(CorruptContent):  # the cache's content key alone opens no folder's file
+        SealedReader(os.open(store.path_of(1), os.O_RDONLY), sealing.SealedKey(0, s.content_key)).pread(10, 0)
+
+    assert store.destroy(1) == 0, "a file a key erase covers was overwritten (slow, and needless)"
+    assert store.destroy(3) == len(taken[3]), "a file under the content key must be overwritten"
+    assert s.erase_folder_keys(b"Documents") == 1
+    assert os.listdir(tmp_path / "keys") == [f"{ids[2]:016x}"]
+    assert not store.exists(1) and not store.exists(3)
+    with pytest.raises(CorruptContent, match="wiped"):
+        reads(s, 1)
+    assert reads(s, 2) == texts[2]
+
+    again = Sealer(KEY)  # the next start: the keys on the disk, opened with the cache's key
+    ContentStore(tmp_path / "content", sealer=again)
+    with pytest.raises(CorruptContent, match="wiped"):
+        reads(again, 1)
+    assert reads(again, 2) == texts[2]
+    other = Sealer(OTHER_KEY)  # a key file opens with its cache's key only
+    ContentStore(tmp_path / "content", sealer=other)
+    with pytest.raises(CorruptContent):
+        reads(other, 2)
+
+
 def test_a_sealed_file_chunked_a_window_at_a_time_chunks_as_the_plain_file(tmp_path):
     """The chunker reads a sealed snapshot in windows; the cuts and digests must be the plain
     file's, whole and as segments (the two-core split)."""
@@ -154,11 +210,11 @@ def test_a_sealed_file_chunked_a_window_at_a_time_chunks_as_the_plain_file(tmp_p
     try:
         for at in range(0, len(data), 8 << 20):
             s.pwrite(fd, data[at:at + (8 << 20)], at)
-        reader = SealedReader(fd, s.content_key)
+        reader = SealedReader(fd, s.key_of(fd))
         whole = chunker.chunk_buffer(data)
         assert len(whole) > 20
         assert chunker._chunk_sealed(reader, 0, None, None, window=2 * chunker.MAX_CHUNK) == whole
-        assert chunker.chunk_segment(tmp_path / "sealed", 0, None, content_key=s.content_key) == whole
+        assert chunker.chunk_segment(tmp_path / "sealed", 0, None, content_key=s.key_of(fd)) == whole
         for start, end in ((5_000_000, 29_000_000), (17 << 20, None)):
             assert (chunker._chunk_sealed(reader, start, end, None, window=2 * chunker.MAX_CHUNK)
                     == chunker.chunk_segment(tmp_path / "plain", start, end))
@@ -180,7 +236,7 @@ async def test_an_upload_from_a_sealed_snapshot_puts_its_plain_bytes(tmp_path):
     fd = _open(tmp_path / "sealed")
     try:
         s.pwrite(fd, data, 0)
-        reader = SealedReader(fd, s.content_key)
+        reader = SealedReader(fd, s.key_of(fd))
         entry = await up.upload(b"a.bin", reader, len(data), 1_700_000_000 * 10**9)
         assert (server / "a.bin").read_bytes() == data
         changed = bytearray(data)

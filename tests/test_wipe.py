@@ -163,3 +163,56 @@ def test_a_revocation_is_one_clear_line_for_a_bad_value(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_file(path)
     assert f"{path}:2: device.wipe" in str(exc.value)
+
+
+def test_a_sealed_cache_s_wipe_destroys_the_folder_s_key_so_no_copy_of_its_blocks_opens(mount_env, tmp_path) -> None:
+    """Crypto-erase: in a cache sealed by cscd each folder's files have a key of their own;
+    the wipe destroys the revoked folder's and deletes its files without overwriting them.
+    A copy of the content taken before the wipe (what a flash disk's remapped blocks or a
+    file system snapshot keep) must then open only for the other folder, with the cache's key."""
+    import shutil
+
+    from cscd.cache.store import ContentStore
+    from cscd.errors import CorruptContent
+
+    env = mount_env(start=False)
+    pictures = env.smbd.share_dir / env.user_dir / "Pictures"
+    pictures.mkdir()
+    env.daemon.folders["Pictures"] = env.smbd.unc(f"{env.user_dir}\\Pictures")
+    env.seal_the_cache()
+    sealing_policy = (env.daemon.workdir / "cscd-policy" / "policy.yaml").read_text()
+    report, photo = marker("server-report"), marker("photo-kept")
+    (env.server / "report.txt").write_bytes(report)
+    (pictures / "photo.txt").write_bytes(photo)
+    env.start_daemon()
+    assert (env.docs / "report.txt").read_bytes() == report
+    assert (env.mount / "Pictures" / "photo.txt").read_bytes() == photo
+    keys = env.daemon.cache / "keys"
+    assert len(os.listdir(keys)) == 2, "not one key per folder"
+    kept = tmp_path / "kept-blocks"
+    shutil.copytree(env.daemon.cache / "content", kept)
+
+    local_policy(env, sealing_policy + "  wipe: [Documents]\n")
+    assert "device.wipe" in cli_json(env.daemon, "reload")["applied"]
+    eventually(lambda: wiped(env), 30, "the folder was not wiped")
+    log = env.daemon.log_text()
+    assert "its key destroyed (crypto-erase), 0 bytes overwritten" in log, log[-2000:]
+    assert (env.mount / "Pictures" / "photo.txt").read_bytes() == photo
+    env.daemon.stop()
+    assert len(os.listdir(keys)) == 1
+
+    ContentStore(env.daemon.cache / "content", sealer=env.check_sealer, create=False)  # loads the keys
+    opened, refused_files = [], 0
+    for path in kept.rglob("*"):
+        if not path.is_file() or not path.stat().st_size:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            opened.append(env.check_sealer.pread(fd, 1 << 20, 0))
+        except CorruptContent as exc:
+            assert "wiped" in str(exc)
+            refused_files += 1
+        finally:
+            os.close(fd)
+    assert photo in opened, "the other folder's copy does not open: the check proves nothing"
+    assert report not in opened and refused_files >= 1, "a copy of the revoked folder's blocks still opens"

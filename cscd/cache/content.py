@@ -116,8 +116,8 @@ class Content:
             if offset > node.size:
                 # The hole must read as zeros: cut what a write the daemon was killed in left
                 # past the end (its bytes reached the file, its size never the index).
-                self.core.store.set_length(fd, node.size)
-            n = self.core.store.pwrite(fd, data, offset)
+                self.core.store.set_length(fd, node.size, node.parent)
+            n = self.core.store.pwrite(fd, data, offset, node.parent)
             end = offset + n
             if not node.is_hydrated:
                 have = ranges.add(self.core.present(txn, node), offset, end)

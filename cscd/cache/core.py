@@ -63,6 +63,11 @@ class CacheCore:
         self.child_mtimes: dict[int, dict[bytes, int]] = {}
         #: content-file changes that wait for the write transaction under way to commit
         self._after_commit: list[tuple[str, int, int]] = []
+        #: directory id → the folder it is in: a new file's key in a sealed cache is its
+        #: folder's. A node never changes folder (a rename across folders is EXDEV).
+        self._folder_of_dir: dict[int, bytes] = {}
+        if sealer is not None:
+            sealer.folder_of = self.folder_name_of
 
     def close(self) -> None:
         self.index.close()
@@ -174,6 +179,34 @@ class CacheCore:
                 node = nodes.get(self.index, txn, node.parent)
         parts.reverse()
         return node.name, parts
+
+    def folder_name_of(self, node_id: int) -> bytes | None:
+        """The name of the folder node ``node_id`` is in (a folder's own name for a folder),
+        as committed; None for the root or a node not (yet) in the index. A directory's
+        answer is remembered: a caller that has the node asks with its directory's id."""
+        folder = self._folder_of_dir.get(node_id)
+        if folder is not None:
+            return folder
+        dirs = []
+        with self.txn() as txn:
+            node = nodes.find(self.index, txn, node_id)
+            while node is not None and node.id != ROOT_ID:
+                if node.is_dir:
+                    dirs.append(node.id)
+                if node.parent == ROOT_ID:
+                    folder = node.name
+                    break
+                folder = self._folder_of_dir.get(node.parent)
+                if folder is not None:
+                    break
+                node = nodes.find(self.index, txn, node.parent)
+        if folder is None:
+            return None
+        if len(self._folder_of_dir) >= 65536:
+            self._folder_of_dir.clear()
+        for directory in dirs:
+            self._folder_of_dir[directory] = folder
+        return folder
 
     def remote_path(self, node: Node) -> tuple[bytes, bytes]:
         """(folder, server path) of a node's agreed server location, following base names."""

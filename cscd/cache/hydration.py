@@ -361,7 +361,7 @@ class Hydration:
             fd = self.core.store.open(node_id)
             try:
                 for s, e in holes:
-                    self.core.store.pwrite(fd, data[s - offset : e - offset], s)
+                    self.core.store.pwrite(fd, data[s - offset : e - offset], s, node.parent)
                     have = ranges.add(have, s, e)
                     self.bytes_fetched += e - s
             finally:

@@ -176,7 +176,7 @@ class Namespace:
         node = self.create(parent_id, name, 0o777)
         fd = self.core.store.open(node.id)
         try:
-            self.core.store.pwrite(fd, data, 0)
+            self.core.store.pwrite(fd, data, 0, node.parent)
         finally:
             os.close(fd)
         ix = self.core.index

@@ -27,7 +27,7 @@ from pathlib import Path
 import lmdb
 
 from cscd.cache.index import Index, from_u64
-from cscd.cache.sealing import Sealer
+from cscd.cache.sealing import Sealer, fsync_dir
 from cscd.cache.store import copy_data, scrub_tree
 from cscd.errors import ConfigError, CorruptContent
 
@@ -88,7 +88,7 @@ def seal(cache_dir: Path, key: bytes) -> Sealer:
     finally:
         os.close(fd)
     os.rename(tmp, marker)
-    _fsync_dir(cache_dir)
+    fsync_dir(cache_dir)
     for part in _PARTS:
         _finish_swap(cache_dir / part)
     return sealer
@@ -160,14 +160,5 @@ def _seal_tree(src: Path, dst: Path, sealer: Sealer) -> None:
                     os.close(fout)
             finally:
                 os.close(fin)
-    _fsync_dir(dst)
+    fsync_dir(dst)
 
-
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,6 +15,14 @@ which is deterministic (the same name under the same directory is the same bytes
 authenticated; the directory's id is its associated data, so equal names in two directories
 do not look alike. Values are sealed with AES-GCM and a random nonce.
 
+Each redirected folder's content files are sealed with a key of its own, random, kept in
+``<cache>/keys/<id>`` sealed with the cache's key (``FolderKeys``); a file's header names its
+key. A selective wipe destroys the folder's key (its file overwritten and deleted): the
+content is then unreadable wherever its blocks went, on a flash disk that remapped them or in
+a snapshot of the file system (crypto-erase), and the files are deleted without being
+overwritten. Files sealed before folder keys existed, or in place from a plain cache, name
+the content key (id 0); a wipe overwrites those.
+
 What this does not hide: sizes of files (to a block), the shape of the tree (ids and how
 many entries), and when things changed. A block's nonce is random (96 bits): NIST's bound for
 random nonces under one key is 2^32 encryptions, here 2^32 block writes (256 TiB written
@@ -22,6 +30,11 @@ into one cache) before the key should change.
 """
 
 from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -37,6 +50,8 @@ from cscd.sealed_files import (  # noqa: F401 - the format's names, for the cach
     OVERHEAD,
     SLOT,
     SealedContent,
+    SealedKey,
+    key_id_of_path,
     logical_size,
     physical_size,
 )
@@ -45,6 +60,9 @@ from cscd.sealed_files import (  # noqa: F401 - the format's names, for the cach
 KEY_BYTES = 64
 #: index values kept opened (``Sealer.open_value``), and names kept sealed, at most
 OPENED_KEPT = 8192
+#: a folder key's file: its id is in the name and in the authenticated data
+_FOLDER_KEY_AAD = b"cscd folder key "
+_KEY_ID = struct.Struct(">Q")
 
 
 class Sealer(SealedContent):
@@ -65,6 +83,90 @@ class Sealer(SealedContent):
         self._opened: dict[bytes, bytes] = {}
         #: (directory, name) → sealed name: deterministic, and looked up on every request
         self._sealed_names: dict[tuple[bytes, bytes], bytes] = {}
+        #: folder name → id of its key (``keys``); loaded by ``use_folder_keys``
+        self._folder_keys: dict[bytes, int] = {}
+        self._keys_dir: Path | None = None
+        #: node id → the name of the folder it is in (None: none known); the cache sets it
+        self.folder_of: Callable[[int], bytes | None] | None = None
+
+    # ------------------------------------------------------------------ folder keys
+
+    def use_folder_keys(self, keys_dir: Path) -> None:
+        """Seal each folder's new files with a key of its own, kept in ``keys_dir``; load the
+        keys there. A key file that does not open is left alone and its folder's files do not
+        open either (``CorruptContent`` names the key)."""
+        if self._keys_dir == keys_dir:
+            return
+        self._keys_dir = keys_dir
+        keys_dir.mkdir(mode=0o700, exist_ok=True)
+        for entry in os.scandir(keys_dir):
+            if entry.name.endswith(".new"):
+                os.unlink(entry.path)  # a key made when the daemon was killed: never used
+                continue
+            try:
+                key_id = int(entry.name, 16)
+                sealed = Path(entry.path).read_bytes()
+                plain = self._values.decrypt(sealed[:NONCE], sealed[NONCE:], _FOLDER_KEY_AAD + _KEY_ID.pack(key_id))
+            except (ValueError, InvalidTag):
+                continue
+            self.add_key(SealedKey(key_id, plain[:32]))
+            self._folder_keys[plain[32:]] = key_id
+
+    def new_file_key(self, owner: int | None) -> int:
+        if owner is None or self.folder_of is None or self._keys_dir is None:
+            return 0
+        folder = self.folder_of(owner)
+        if folder is None:
+            return 0
+        key_id = self._folder_keys.get(folder)
+        return key_id if key_id is not None else self._make_folder_key(folder)
+
+    def _make_folder_key(self, folder: bytes) -> int:
+        """A new random key for ``folder``'s files, on the disk (synced) before any file uses it."""
+        assert self._keys_dir is not None
+        key_id = int.from_bytes(os.urandom(8), "big") or 1
+        key = os.urandom(32)
+        nonce = os.urandom(NONCE)
+        sealed = nonce + self._values.encrypt(nonce, key + folder, _FOLDER_KEY_AAD + _KEY_ID.pack(key_id))
+        path = self._keys_dir / f"{key_id:016x}"
+        tmp = path.with_name(path.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, sealed)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        fsync_dir(self._keys_dir)
+        self.add_key(SealedKey(key_id, key))
+        self._folder_keys[folder] = key_id
+        return key_id
+
+    def is_erasable(self, key_id: int) -> bool:
+        """Whether files naming ``key_id`` go with their folder's key (``erase_folder_keys``)."""
+        return key_id != 0 and key_id in self.keys
+
+    def erase_folder_keys(self, folder: bytes) -> int:
+        """Destroy ``folder``'s key: its file overwritten with zeros, synced, deleted. Files
+        sealed with it never open again. Returns how many keys went (0 or 1)."""
+        key_id = self._folder_keys.pop(folder, None)
+        if key_id is None or self._keys_dir is None:
+            return 0
+        path = self._keys_dir / f"{key_id:016x}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(path)
+            fsync_dir(self._keys_dir)
+        self.drop_key(key_id)
+        return 1
 
     # ------------------------------------------------------------------ index entries
 
@@ -105,3 +207,11 @@ class Sealer(SealedContent):
             raise CorruptContent("an entry of the cache's index does not open with the cache's key") from None
         self._keep_opened(sealed, plain)
         return plain
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

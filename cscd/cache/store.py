@@ -35,7 +35,7 @@ from pathlib import Path
 
 from cscd.cache.sealing import Sealer
 from cscd.errors import CacheFull
-from cscd.sealed_files import BLOCK, HEADER, SLOT
+from cscd.sealed_files import BLOCK, HEADER, SLOT, SealedKey, key_id_of_path
 
 _SNAPSHOT_SEQ = itertools.count()
 
@@ -43,6 +43,8 @@ _SNAPSHOT_SEQ = itertools.count()
 _SCRUB_CHUNK = 1 << 20
 #: snapshots up to this size are copies in memory, not on the cache's disk
 MEMORY_SNAPSHOT_BYTES = 4 << 20
+#: a sealed cache's folder keys, beside ``content/`` (``cscd.cache.sealing``)
+KEYS_DIR = "keys"
 
 
 def data_segments(fd: int, size: int):
@@ -116,9 +118,8 @@ class ContentStore:
         self.sealer = sealer
         #: ``os.pread`` of a content file's bytes (bound once: it is on every read)
         self.read = os.pread if sealer is None else sealer.pread
-        self._pwrite = os.pwrite if sealer is None else sealer.pwrite
-        #: ``os.ftruncate`` of a content file
-        self.set_length = os.ftruncate if sealer is None else sealer.truncate
+        if sealer is not None and (create or (root.parent / KEYS_DIR).is_dir()):
+            sealer.use_folder_keys(root.parent / KEYS_DIR)
         if not create:
             return
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -137,11 +138,18 @@ class ContentStore:
         fd = os.open(self.path_of(node_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if size is not None and self.length(fd) != size:
             try:
-                self.set_length(fd, size)
+                self.set_length(fd, size, node_id)
             except BaseException:
                 os.close(fd)
                 raise
         return fd
+
+    def set_length(self, fd: int, size: int, owner: int) -> None:
+        """``os.ftruncate`` of a content file; ``owner`` as for ``pwrite``."""
+        if self.sealer is None:
+            os.ftruncate(fd, size)
+        else:
+            self.sealer.truncate(fd, size, owner)
 
     def length(self, fd: int) -> int:
         """The content's length (a sealed file is longer on the disk)."""
@@ -199,8 +207,13 @@ class ContentStore:
 
     def snapshot_is_sealed(self, size: int) -> bool:
         """Whether ``snapshot`` of a file of ``size`` bytes is a sealed copy (read it with
-        ``SealedReader`` and the sealer's ``content_key``) rather than plain bytes."""
+        ``SealedReader`` and ``snapshot_key``) rather than plain bytes."""
         return self.sealer is not None and size > MEMORY_SNAPSHOT_BYTES
+
+    def snapshot_key(self, fd: int, size: int) -> SealedKey | None:
+        """The key a worker opens the snapshot ``fd`` of a ``size``-byte file with; None
+        where the snapshot is plain bytes."""
+        return self.sealer.key_of(fd) if self.sealer is not None and self.snapshot_is_sealed(size) else None
 
     def _copy_in_memory(self, src: int, size: int) -> int:
         """The first ``size`` bytes of the content file ``src`` (plain bytes, also of a sealed
@@ -254,9 +267,27 @@ class ContentStore:
         fd = self.open(node_id, size)
         os.close(fd)
 
-    def scrub(self, node_id: int) -> int:
-        """Overwrite the node's content file with zeros and delete it (a wipe); bytes overwritten."""
-        return scrub_file(self.path(node_id))
+    def destroy(self, node_id: int) -> int:
+        """Delete the node's content file for a wipe so that none of it can be read again;
+        returns the bytes overwritten. A file sealed with its folder's key is deleted as it
+        is: the wipe erases the key (``Sealer.erase_folder_keys``). Any other is overwritten
+        with zeros first. A newer server version fetched for it (``cscd.cache.newer``) goes too."""
+        return sum(self._destroy_file(path) for path in (self.path_of(node_id),
+                                                          f"{self._root}/newer/{node_id:016x}"))
+
+    def _destroy_file(self, path: str) -> int:
+        if self.sealer is not None:
+            try:
+                key_id = key_id_of_path(path)
+            except FileNotFoundError:
+                return 0
+            if self.sealer.is_erasable(key_id):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                return 0
+        return scrub_file(path)
 
     def remove(self, node_id: int) -> None:
         try:
@@ -270,9 +301,13 @@ class ContentStore:
         except FileNotFoundError:
             return 0
 
-    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+    def pwrite(self, fd: int, data: bytes, offset: int, owner: int) -> int:
+        """``os.pwrite`` into a content file (sealed in a sealed cache: a new one with the key
+        of its folder, found from ``owner``, the node's id or its directory's); ``CacheFull``."""
         try:
-            return self._pwrite(fd, data, offset)
+            if self.sealer is None:
+                return os.pwrite(fd, data, offset)
+            return self.sealer.pwrite(fd, data, offset, owner)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise CacheFull("the cache's filesystem is full; free space or raise its size") from None

@@ -271,9 +271,10 @@ class SyncSide:
         ``write_content``: a sealed cache's file there must be sealed."""
         return newer.fetched_path(self.core.store.root, node_id)
 
-    def write_content(self, fd: int, data: bytes, offset: int) -> int:
-        """``os.pwrite`` into a content file (sealed where the cache is); ``CacheFull``."""
-        return self.core.store.pwrite(fd, data, offset)
+    def write_content(self, node_id: int, fd: int, data: bytes, offset: int) -> int:
+        """``os.pwrite`` into a content file of the node (sealed where the cache is, with its
+        folder's key); ``CacheFull``."""
+        return self.core.store.pwrite(fd, data, offset, node_id)
 
     def forget_newer(self, node_id: int) -> None:
         """The server no longer holds a newer version (it went back, or the file went)."""
@@ -396,8 +397,11 @@ class SyncSide:
             if now.version != node.version:
                 os.close(fd)
                 raise SourceChanged(f"{node.name!r} changed while its upload was being prepared")
-        sealer = self.core.store.sealer
-        key = sealer.content_key if sealer is not None and self.core.store.snapshot_is_sealed(node.size) else None
+        try:
+            key = self.core.store.snapshot_key(fd, node.size)
+        except BaseException:
+            os.close(fd)
+            raise
         return ContentSnapshot(fd, node.version, node.size, node.mtime_ns, content_key=key)
 
     def _live_file(self, node_id: int) -> Node:

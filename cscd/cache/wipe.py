@@ -2,7 +2,9 @@
 
 Owns finding everything the cache holds for one redirected folder — every node below it,
 live or a tombstone waiting for its server delete — and removing it: its content file
-overwritten with zeros before it is deleted (``ContentStore.scrub``), its rows in every table
+overwritten with zeros before it is deleted, or in a sealed cache deleted and its folder's
+key destroyed, which makes every copy of its blocks unreadable (``ContentStore.destroy``,
+``Sealer.erase_folder_keys``), its rows in every table
 of the index (record, names, base, dirty mark, ranges, chunks, pins, LRU, conflicts, notes of
 uploads under way). The folder's own node stays, empty and never listed, so the mount's
 root keeps a consistent shape; ``Hydration.revoked`` refuses it.
@@ -36,6 +38,8 @@ class WipeReport:
     bytes_overwritten: int = 0
     #: changes that had not reached the server
     dirty: int = 0
+    #: folder keys destroyed (a sealed cache: its files never open again, crypto-erase)
+    keys_erased: int = 0
 
 
 def _members(core: CacheCore, folder: bytes) -> tuple[int | None, list[int]]:
@@ -76,7 +80,7 @@ async def wipe_folder(core: CacheCore, folder: bytes) -> WipeReport:
         # Content first, then the rows: a daemon killed in between leaves rows without
         # content (the next start wipes the folder again), never content without rows.
         for nid in batch:
-            report.bytes_overwritten += await trio.to_thread.run_sync(core.store.scrub, nid)
+            report.bytes_overwritten += await trio.to_thread.run_sync(core.store.destroy, nid)
         with core.txn(write=True) as txn:
             for nid in batch:
                 node = nodes.find(ix, txn, nid)
@@ -100,6 +104,10 @@ async def wipe_folder(core: CacheCore, folder: bytes) -> WipeReport:
         txn.delete(u64(root), db=ix.dirty)
         txn.delete(u64(root), db=ix.listed)
         nodes.put(ix, txn, node)
+    # The folder's key last: until its rows are gone its files must still open for a
+    # daemon killed midway (which wipes again at its next start, this key included).
+    if core.store.sealer is not None:
+        report.keys_erased = await trio.to_thread.run_sync(core.store.sealer.erase_folder_keys, folder)
     # LMDB's freed pages still hold the rows until it reuses them: the next start rewrites the
     # index compacted and overwrites the old file (``index.compact_after_wipe``).
     (core.index.path / COMPACT_MARKER).touch()

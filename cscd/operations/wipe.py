@@ -9,8 +9,8 @@ policy fetch after (``cscd reload``, SIGHUP, the periodic refresh):
    wipe, until it answers; ``wipe`` goes on and the changes are lost. Either way the log says
    which, with the count (event 7010);
 3. its traffic stops (working offline, so no watch or listing brings names back);
-4. its cached copy goes (``cache.wipe``): content overwritten, index rows removed (event
-   7011). Nothing outside the redirected folder is touched: not the home directory, not the
+4. its cached copy goes (``cache.wipe``): content overwritten, or in a sealed cache its
+   folder's key destroyed, index rows removed (event 7011). Nothing outside the redirected folder is touched: not the home directory, not the
    other folders, not the server.
 
 A folder stays revoked for the daemon's life; a policy that no longer revokes it takes a
@@ -96,7 +96,10 @@ class WipeKeeper:
             self.state[name] = f"failed: {exc.strerror or exc}"
             return
         self.state[name] = "wiped"
-        emit(EventId.CACHE_WIPED, folder=name, files=report.files, bytes=report.bytes_overwritten, lost=lost)
+        how = f"{report.bytes_overwritten} bytes overwritten"
+        if report.keys_erased:
+            how = f"its key destroyed (crypto-erase), {how}"
+        emit(EventId.CACHE_WIPED, folder=name, files=report.files, how=how, lost=lost)
 
     async def _upload_first(self, name: str) -> int:
         """Push the folder's changes until none is left; returns how many are given up: all of

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import xxhash
 from fastcdc.fastcdc_cy import fastcdc_cy
 
-from cscd.sealed_files import SealedReader
+from cscd.sealed_files import SealedKey, SealedReader
 
 __all__ = [
     "AVG_CHUNK",
@@ -86,7 +86,7 @@ def chunk_buffer(data: bytes | bytearray | memoryview | mmap.mmap, base: int = 0
 
 
 def chunk_segment(path: str | os.PathLike[str], start: int, end: int | None = None,
-                  pause: Callable[[], object] | None = None, content_key: bytes | None = None) -> list[Chunk]:
+                  pause: Callable[[], object] | None = None, content_key: SealedKey | None = None) -> list[Chunk]:
     """Chunk bytes ``[start, end)`` of a file as if the file began at ``start`` (``pause``:
     as for ``chunk_buffer``).
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import trio
 import trio_parallel
 
+from cscd.sealed_files import SealedKey
 from cscd.sync import chunker
 from cscd.sync.chunker import MIN_CHUNK, Chunk
 from cscd.sync.local import LocalSide
@@ -39,7 +40,7 @@ PARALLEL_MIN = 64 << 20
 
 
 def _chunk_in_worker(clock_path: str | None, path: str, start: int, end: int,
-                     content_key: bytes | None) -> list[Chunk]:
+                     content_key: SealedKey | None) -> list[Chunk]:
     """In a worker process: ``chunker.chunk_segment``, pausing while the mount is busy."""
     clock = followed(clock_path) if clock_path else None
     return run_in_background(chunker.chunk_segment, path, start, end, clock.make_way if clock else None,
@@ -58,7 +59,7 @@ class Hasher:
         self.files_chunked = 0
         self.bytes_chunked = 0
 
-    async def chunks_of(self, path: Path, size: int, *, content_key: bytes | None = None) -> list[Chunk]:
+    async def chunks_of(self, path: Path, size: int, *, content_key: SealedKey | None = None) -> list[Chunk]:
         """The chunks of the first ``size`` bytes of ``path`` (the file must not be shorter);
         with ``content_key``, of the plain bytes of the sealed file at ``path``.
 
@@ -99,7 +100,7 @@ class Hasher:
             merged = joined
         return merged
 
-    async def _run(self, content_key: bytes | None, path: str, start: int, end: int) -> list[Chunk]:
+    async def _run(self, content_key: SealedKey | None, path: str, start: int, end: int) -> list[Chunk]:
         # at the workers' lower priority, making way for the mount: chunking must not take
         # the CPU from cached reads
         return await trio_parallel.run_sync(_chunk_in_worker, self.foreground_clock, path, start, end,

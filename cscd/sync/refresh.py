@@ -13,6 +13,7 @@ the push keep both versions).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -85,7 +86,7 @@ class Refresher:
         if not current.same_version(noted):
             return False  # changed again: the next listing notes the newest
         fetched = self.local.newer_fetch_path(node.id)
-        await self._fetch(up, path, noted.size, fetched, self.local.write_content)
+        await self._fetch(up, path, noted.size, fetched, functools.partial(self.local.write_content, node.id))
         try:
             after = await up.stat(path)
         except NotFound:

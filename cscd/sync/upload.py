@@ -20,7 +20,7 @@ import trio_parallel
 from cscd.errors import NotFound, SourceChanged
 from cscd.names import join_path
 from cscd.reconcile import Action, Local, Ours, decide
-from cscd.sealed_files import SealedReader, Source
+from cscd.sealed_files import SealedKey, SealedReader, Source
 from cscd.sync.chunker import Chunk, same_chunks
 from cscd.sync.conflicts import conflict_name
 from cscd.sync.counters import PushCounters
@@ -42,7 +42,7 @@ RESUME_MIN_BYTES = 16 << 20
 
 def _source(snap: ContentSnapshot) -> Source:
     """What the upstream reads of a snapshot: its descriptor, or a sealed copy with its key."""
-    return snap.fd if snap.content_key is None else SealedReader(snap.fd, snap.content_key)
+    return snap.fd if snap.content_key is None else SealedReader(snap.fd, SealedKey(*snap.content_key))
 
 
 class ContentUploads:

@@ -37,7 +37,7 @@ import trio
 import trio_parallel
 
 from cscd.errors import UpstreamTimeout, UpstreamUnavailable
-from cscd.sealed_files import SealedReader, Source
+from cscd.sealed_files import SealedKey, SealedReader, Source
 from cscd.types import ServerSettings, UncTarget
 from cscd.upstream import open_upstream
 from cscd.upstream.base import UpstreamStatistics
@@ -222,7 +222,7 @@ class _SmallUploads:
             self._lot.unpark_all()
 
 
-def _shared_source(local: Source) -> tuple[str, bytes | None]:
+def _shared_source(local: Source) -> tuple[str, SealedKey | None]:
     """How a worker opens what an upload reads: the shared path of its descriptor, and the
     content key when it is a sealed file (the worker reads it through ``SealedReader``)."""
     if isinstance(local, int):

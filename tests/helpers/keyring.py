@@ -32,11 +32,28 @@ class Keyring:
         self._daemon.stdin.write(b"keyring-password")
         self._daemon.stdin.close()
         wait_for(self._answers, 10, "gnome-keyring-daemon does not answer on the private bus")
+        # It answers on the bus before it has read the password and made the login keyring
+        # the default one; a client in between (cscd storing its key) would be asked for a
+        # new keyring through a prompt nobody answers. A PAM logon has the same order, but
+        # the desktop starts long after.
+        wait_for(self._login_keyring_unlocked, 10, "gnome-keyring-daemon did not unlock the login keyring")
 
     def _answers(self) -> bool:
         res = subprocess.run(["secret-tool", "search", "application", "nothing-here"], env=self.env,
                              capture_output=True, timeout=10)
         return res.returncode in (0, 1) and b"not provided" not in res.stderr
+
+    def _login_keyring_unlocked(self) -> bool:
+        import secretstorage
+        from jeepney.io.blocking import open_dbus_connection
+        from secretstorage.exceptions import SecretStorageException
+
+        with open_dbus_connection(bus=self.address) as conn:
+            try:
+                default = secretstorage.Collection(conn, "/org/freedesktop/secrets/aliases/default")
+                return not default.is_locked()
+            except SecretStorageException:
+                return False
 
     def store(self, password: str, **attributes: str) -> None:
         args = [a for kv in attributes.items() for a in kv]
