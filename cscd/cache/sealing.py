@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,8 +84,12 @@ class Sealer(SealedContent):
         self._opened: dict[bytes, bytes] = {}
         #: (directory, name) → sealed name: deterministic, and looked up on every request
         self._sealed_names: dict[tuple[bytes, bytes], bytes] = {}
-        #: folder name → id of its key (``keys``); loaded by ``use_folder_keys``
+        #: folder name → id of the key its new files get (``keys``); loaded by ``use_folder_keys``
         self._folder_keys: dict[bytes, int] = {}
+        #: key id → its folder, for every folder key on the disk (a folder has more than one
+        #: if two were made at once: a wipe destroys them all)
+        self._key_folders: dict[int, bytes] = {}
+        self._making = threading.Lock()
         self._keys_dir: Path | None = None
         #: node id → the name of the folder it is in (None: none known); the cache sets it
         self.folder_of: Callable[[int], bytes | None] | None = None
@@ -111,6 +116,7 @@ class Sealer(SealedContent):
                 continue
             self.add_key(SealedKey(key_id, plain[:32]))
             self._folder_keys[plain[32:]] = key_id
+            self._key_folders[key_id] = plain[32:]
 
     def new_file_key(self, owner: int | None) -> int:
         if owner is None or self.folder_of is None or self._keys_dir is None:
@@ -119,7 +125,11 @@ class Sealer(SealedContent):
         if folder is None:
             return 0
         key_id = self._folder_keys.get(folder)
-        return key_id if key_id is not None else self._make_folder_key(folder)
+        if key_id is not None:
+            return key_id
+        with self._making:  # the trio thread and a sync thread may both write a folder's first file
+            key_id = self._folder_keys.get(folder)
+            return key_id if key_id is not None else self._make_folder_key(folder)
 
     def _make_folder_key(self, folder: bytes) -> int:
         """A new random key for ``folder``'s files, on the disk (synced) before any file uses it."""
@@ -139,34 +149,40 @@ class Sealer(SealedContent):
         os.rename(tmp, path)
         fsync_dir(self._keys_dir)
         self.add_key(SealedKey(key_id, key))
+        self._key_folders[key_id] = folder
         self._folder_keys[folder] = key_id
         return key_id
 
     def is_erasable(self, key_id: int) -> bool:
         """Whether files naming ``key_id`` go with their folder's key (``erase_folder_keys``)."""
-        return key_id != 0 and key_id in self.keys
+        return key_id in self._key_folders
 
     def erase_folder_keys(self, folder: bytes) -> int:
-        """Destroy ``folder``'s key: its file overwritten with zeros, synced, deleted. Files
-        sealed with it never open again. Returns how many keys went (0 or 1)."""
-        key_id = self._folder_keys.pop(folder, None)
-        if key_id is None or self._keys_dir is None:
+        """Destroy ``folder``'s keys: each one's file overwritten with zeros, synced, deleted.
+        Files sealed with them never open again. Returns how many keys went."""
+        with self._making:
+            self._folder_keys.pop(folder, None)
+            gone = [key_id for key_id, owner in self._key_folders.items() if owner == folder]
+            for key_id in gone:
+                del self._key_folders[key_id]
+                self.drop_key(key_id)
+        if self._keys_dir is None:
             return 0
-        path = self._keys_dir / f"{key_id:016x}"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            pass
-        else:
+        for key_id in gone:
+            path = self._keys_dir / f"{key_id:016x}"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
             try:
                 os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.unlink(path)
+        if gone:
             fsync_dir(self._keys_dir)
-        self.drop_key(key_id)
-        return 1
+        return len(gone)
 
     # ------------------------------------------------------------------ index entries
 
