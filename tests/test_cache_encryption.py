@@ -360,6 +360,51 @@ def test_the_key_is_made_in_the_session_keyring_and_a_locked_keyring_keeps_the_c
     unlock_for_the_check(env, key)
 
 
+@pytest.mark.skipif(shutil.which("gnome-keyring-daemon") is None, reason="needs gnome-keyring")
+def test_a_keyring_that_comes_up_after_the_daemon_starts_is_waited_for(mount_env, tmp_path) -> None:
+    """At logon the user's cscd.service may start before PAM has unlocked the keyring (or
+    before the Secret Service is on the session bus): cscd waits for it
+    (``timings.keyring_wait_s``) rather than leave the cache shut for the whole session."""
+    import threading
+    import time
+
+    from tests.helpers.keyring import Keyring
+
+    late = Keyring(tmp_path / "late-keyring", start=False)
+    try:
+        env = mount_env(start=False, timings={"keyring_wait_s": 40})
+        policy = env.daemon.workdir / "cscd-policy"
+        policy.mkdir(exist_ok=True)
+        (policy / "policy.yaml").write_text(
+            "device:\n  encrypt_cache: true\n  cache_key: secret-service\n  encrypt_with: cscd\n")
+        env.daemon.env["DBUS_SESSION_BUS_ADDRESS"] = late.address
+        failed: list[BaseException] = []
+
+        def logon() -> None:
+            try:
+                deadline = time.monotonic() + 20
+                while "waiting up to 40 s for the keyring" not in env.daemon.log_text():
+                    assert time.monotonic() < deadline, "the daemon did not say it waits for the keyring"
+                    time.sleep(0.1)
+                late.start()
+            except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+                failed.append(exc)
+
+        unlocking = threading.Thread(target=logon)
+        unlocking.start()
+        env.start_daemon()
+        unlocking.join()
+        assert not failed, failed
+        assert cli_json(env.daemon, "status")["cache"]["protection"]["state"] == "sealed"
+        key = keyring_item(late, env.daemon.cache)
+        env.check_sealer = Sealer(key)
+        (env.docs / "kept.txt").write_text("cached under the keyring's key")
+        assert (env.docs / "kept.txt").read_text() == "cached under the keyring's key"
+        env.close()
+    finally:
+        late.close()
+
+
 def keyring_item(keyring, cache: Path) -> bytes:
     import secretstorage
     from jeepney.io.blocking import open_dbus_connection

@@ -31,7 +31,13 @@ MAKE_SYSTEMD_KEY = ("head -c 64 /dev/urandom | systemd-creds encrypt --name={nam
 
 
 class KeyUnavailable(Exception):
-    """No key can be had now: the sentence says why and what to do."""
+    """No key can be had now: the sentence says why and what to do. ``transient``: the
+    keyring may answer in a moment (locked, or not on the session bus yet), as it does while
+    a logon is still unlocking it."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def cache_key(source: str, cache_dir: Path) -> bytes:
@@ -81,7 +87,7 @@ def _from_secret_service(cache_dir: Path) -> bytes:
                 item = items[0]
                 if item.is_locked():
                     raise KeyUnavailable(f"{where}: the keyring holding the cache's key is locked: "
-                                         "unlock the session (or log in again)")
+                                         "unlock the session (or log in again)", transient=True)
                 raw = item.get_secret()
                 if len(raw) != KEY_BYTES:
                     raise KeyUnavailable(f"{where}: the keyring's cache key has {len(raw)} bytes, not "
@@ -90,13 +96,13 @@ def _from_secret_service(cache_dir: Path) -> bytes:
             collection = secretstorage.get_default_collection(conn)
             if collection.is_locked():
                 raise KeyUnavailable(f"{where}: the keyring is locked, so no key can be stored for the "
-                                     "cache: unlock the session (or log in again)")
+                                     "cache: unlock the session (or log in again)", transient=True)
             raw = os.urandom(KEY_BYTES)
             collection.create_item(ITEM_LABEL, attributes, raw, content_type="application/octet-stream")
             return raw
         except SecretStorageException as exc:
             raise KeyUnavailable(f"{where}: no Secret Service answers on the session bus "
                                  f"({type(exc).__name__}); start the keyring, or use a systemd "
-                                 "credential (systemd:NAME)") from None
+                                 "credential (systemd:NAME)", transient=True) from None
     finally:
         conn.close()

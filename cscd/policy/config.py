@@ -89,6 +89,7 @@ class Timings:
     space_interval_s: float = 60.0  # how often each share is asked its size and free space (df)
     compliance_interval_s: float = 30.0  # how often the screen lock is checked (device.require_screen_lock)
     policy_refresh_s: float = 5400.0  # the policy fetched again (plus up to a third more): a wipe, a rule
+    keyring_wait_s: float = 15.0  # at start, a keyring still locked or not yet on the bus is waited for
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,19 @@ from tests.helpers.wait import wait_for
 
 
 class Keyring:
-    def __init__(self, workdir: Path) -> None:
-        self.address, self._bus_pid = start_bus(workdir)
+    def __init__(self, workdir: Path, *, start: bool = True) -> None:
+        """``start=False``: the bus only; ``start()`` brings the keyring later (a logon that
+        unlocks it after the user's services started)."""
+        self.address, self._bus_pid = start_bus(workdir, activation=False)
         self.env = {"DBUS_SESSION_BUS_ADDRESS": self.address, "HOME": str(workdir),
                     "XDG_DATA_HOME": str(workdir / "data"), "XDG_RUNTIME_DIR": str(workdir),
                     "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         (workdir / "data").mkdir(exist_ok=True)
+        self._daemon: subprocess.Popen[bytes] | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
         self._daemon = subprocess.Popen(
             ["gnome-keyring-daemon", "--unlock", "--components=secrets", "--foreground"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -73,11 +80,12 @@ class Keyring:
             assert collection.is_locked()
 
     def close(self) -> None:
-        self._daemon.terminate()
-        try:
-            self._daemon.wait(5)
-        except subprocess.TimeoutExpired:
-            self._daemon.kill()
+        if self._daemon is not None:
+            self._daemon.terminate()
+            try:
+                self._daemon.wait(5)
+            except subprocess.TimeoutExpired:
+                self._daemon.kill()
         try:
             os.kill(self._bus_pid, signal.SIGTERM)
         except ProcessLookupError:

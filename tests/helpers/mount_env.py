@@ -36,6 +36,7 @@ FAST_TIMINGS = {
     "revalidate_interval_s": 0.5,
     "roaming_poll_s": 0.5,
     "compliance_interval_s": 0.5,
+    "keyring_wait_s": 1,
 }
 
 

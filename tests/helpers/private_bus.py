@@ -18,12 +18,35 @@ from jeepney import Message, MessageType, message_bus
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
 
-def start_bus(workdir: Path) -> tuple[str, int]:
-    """A private session ``dbus-daemon`` listening in ``workdir``: (its address, its pid)."""
+#: a session bus that starts no service on demand (no ``<servicedir>``): what owns a name on
+#: it is what the test started, never the machine's gnome-keyring
+_NO_ACTIVATION = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={dir}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+def start_bus(workdir: Path, *, activation: bool = True) -> tuple[str, int]:
+    """A private session ``dbus-daemon`` listening in ``workdir``: (its address, its pid).
+    ``activation=False``: it starts no service when a client calls a name nobody owns."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if activation:
+        config = ["--session", f"--address=unix:dir={workdir}"]
+    else:
+        path = workdir / "bus.conf"
+        path.write_text(_NO_ACTIVATION.format(dir=workdir))
+        config = [f"--config-file={path}"]
     out = subprocess.run(
-        ["dbus-daemon", "--session", "--print-address=1", "--print-pid=1", "--fork",
-         f"--address=unix:dir={workdir}"],
+        ["dbus-daemon", *config, "--print-address=1", "--print-pid=1", "--fork"],
         capture_output=True, text=True, check=True, timeout=10,
     ).stdout.split()
     return out[0], int(out[1])
