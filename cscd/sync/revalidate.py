@@ -51,6 +51,8 @@ POLL_RECENT_S = 600.0
 POLL_MAX_PER_TICK = 32
 #: Pause between two listings of a catch-up (20 a second).
 CATCHUP_GAP_S = 0.05
+#: directories looked at between two checkpoints of the slow revalidation's choice
+REVALIDATE_STEP = 4096
 
 
 @dataclass
@@ -164,13 +166,15 @@ class Revalidator:
             skip = self.watched(name) | set(self._polls) if self.mode(name) == "notify" else set(self._polls)
             best, oldest = None, math.inf
             cost = self.local.listing_cost
-            for dir_id in self.local.listed_dirs():
+            notify = self.mode(name) == "notify"
+            for i, dir_id in enumerate(self.local.listed_dirs()):
+                if i % REVALIDATE_STEP == REVALIDATE_STEP - 1:
+                    await trio.lowlevel.checkpoint()  # a million directories: not one long stall
                 if dir_id in skip or self._folder_of(dir_id) != name:
                     continue
-                if self.mode(name) == "notify" and self._is_top(dir_id):
-                    continue
                 listed_at = cost[dir_id][0] if dir_id in cost else -math.inf
-                if listed_at < oldest:
+                # whether it is the folder's top (a few index reads) only for a better candidate
+                if listed_at < oldest and not (notify and self._is_top(dir_id)):
                     best, oldest = dir_id, listed_at
             if best is not None:
                 self.revalidated += 1
