@@ -51,6 +51,9 @@ SLOT = BLOCK + OVERHEAD
 ZERO_NONCE = bytes(NONCE)
 _BLOCK_AAD = struct.Struct(">16sQ")
 _KEY_ID = struct.Struct(">Q")
+#: a read that ends within this many bytes of the file's start learns the file's size from
+#: what comes back rather than from an fstat (``SealedContent.pread``)
+UNSIZED_READ_BYTES = 4 * BLOCK
 #: bytes of the key of content files (AES-256)
 CONTENT_KEY_BYTES = 32
 
@@ -130,7 +133,7 @@ class SealedContent:
         found = self._file_in(os.pread(fd, HEADER, 0))
         if found is not None or not make:
             return found
-        file_id, key_id = os.urandom(16), self.new_file_key(owner)
+        file_id, key_id = self._file_id(), self.new_file_key(owner)
         _write_all(fd, header_bytes(file_id, key_id), 0)
         return _File(file_id, self._cipher(key_id))
 
@@ -173,6 +176,11 @@ class SealedContent:
         slot[:NONCE] = nonce
         file.cipher.encrypt_into(nonce, plain, _BLOCK_AAD.pack(file.file_id, index), slot[NONCE:])
 
+    def _file_id(self) -> bytes:
+        """A new file's random id, from the nonces' pool (a ``getrandom`` per file cost as
+        much as sealing its block): two draws, never used as nonces."""
+        return (self._nonce() + self._nonce())[:16]
+
     def _nonce(self) -> bytes:
         """A random nonce (never all zeros: that marks a hole), from a pool the kernel fills
         341 at a time: one ``getrandom`` per block released the GIL twice per block, and
@@ -207,14 +215,28 @@ class SealedContent:
 
     def pread(self, fd: int, length: int, offset: int) -> bytes:
         """Like ``os.pread``: up to ``length`` bytes at ``offset``, fewer at the end."""
-        size = self.size(fd)
+        if length <= 0:
+            return b""
+        if offset < BLOCK and offset + length <= UNSIZED_READ_BYTES:
+            # Every small file's case: the header and the blocks in one read, and no fstat. A
+            # read that comes back short says where the file ends; a full one, that its blocks
+            # up to there are whole (only a file's last block is short).
+            last = (offset + length - 1) // BLOCK
+            want = _slot_offset(last + 1)
+            raw = memoryview(_read_all(fd, want, 0))
+            size = logical_size(len(raw)) if len(raw) < want else (last + 1) * BLOCK
+            first = 0
+        else:
+            size, raw = self.size(fd), None
+            first = offset // BLOCK
         end = min(offset + length, size)
         if offset >= end:
             return b""
-        first, last = offset // BLOCK, (end - 1) // BLOCK
-        if first == 0:  # the header and the blocks in one read (every small file's case)
+        last = (end - 1) // BLOCK
+        if raw is None and first == 0:  # the header and the blocks in one read
             raw = memoryview(_read_all(fd, min(_slot_offset(last + 1), physical_size(size)), 0))
-            blocks = self._open_slots(self._file_in(raw[:HEADER]), raw[HEADER:], first, last, size)
+        if raw is not None:
+            blocks = self._open_slots(self._file_in(raw[:HEADER]), raw[HEADER:], 0, last, size)
         else:
             blocks = self._read_blocks(fd, self._file(fd, make=False), first, last, size)
         data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
@@ -236,7 +258,7 @@ class SealedContent:
             size, physical = offset, -1
         header = b""
         if physical == 0:  # a new file: its header goes with its first block
-            file_id, key_id = os.urandom(16), self.new_file_key(owner)
+            file_id, key_id = self._file_id(), self.new_file_key(owner)
             header = header_bytes(file_id, key_id)
             file = _File(file_id, self._cipher(key_id))
         else:
@@ -276,7 +298,7 @@ class SealedContent:
     def _write_new_small(self, fd: int, data: bytes | memoryview, owner: int | None) -> int:
         """A new file of one block, written whole (most files a user saves): its header and
         its block in one buffer, without the general case's bookkeeping."""
-        file_id, key_id = os.urandom(16), self.new_file_key(owner)
+        file_id, key_id = self._file_id(), self.new_file_key(owner)
         nonce = self._nonce()
         sealed = self._cipher(key_id).encrypt(nonce, data, _BLOCK_AAD.pack(file_id, 0))
         _write_all(fd, b"".join((header_bytes(file_id, key_id), nonce, sealed)), 0)
