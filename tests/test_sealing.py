@@ -201,6 +201,36 @@ def test_each_folder_has_its_own_key_and_a_wipe_erases_it(tmp_path):
         reads(other, 2)
 
 
+def test_a_check_of_a_live_cache_changes_no_key_and_a_damaged_key_is_told(tmp_path, caplog):
+    """``cache.check`` opens the store read-only beside a running daemon: a key the daemon is
+    making (``.new``) stays. A key file that does not open is skipped with a warning, and
+    its folder's files say which key they need."""
+    s = Sealer(KEY)
+    store = ContentStore(tmp_path / "content", sealer=s)
+    s.folder_of = lambda node_id: b"Documents"
+    fd = store.open(1)
+    try:
+        store.pwrite(fd, b"the plain text", 0, 1)
+    finally:
+        os.close(fd)
+    keys = tmp_path / "keys"
+    (keys / "00000000000000ab.new").write_bytes(b"being made")
+    ContentStore(tmp_path / "content", sealer=Sealer(KEY), create=False)
+    assert (keys / "00000000000000ab.new").exists(), "a read-only look removed a key being made"
+    [key_file] = [p for p in keys.iterdir() if not p.name.endswith(".new")]
+    key_file.write_bytes(b"\0" * len(key_file.read_bytes()))
+    again = Sealer(KEY)
+    ContentStore(tmp_path / "content", sealer=again)
+    assert "not a folder key that opens with the cache's key" in caplog.text
+    assert not (keys / "00000000000000ab.new").exists(), "the daemon's own start tidies a cut key"
+    fd = os.open(store.path_of(1), os.O_RDONLY)
+    try:
+        with pytest.raises(CorruptContent, match=key_file.name):
+            again.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
+
+
 def test_a_sealed_file_chunked_a_window_at_a_time_chunks_as_the_plain_file(tmp_path):
     """The chunker reads a sealed snapshot in windows; the cuts and digests must be the plain
     file's, whole and as segments (the two-core split)."""

@@ -31,6 +31,7 @@ into one cache) before the key should change.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -56,6 +57,8 @@ from cscd.sealed_files import (  # noqa: F401 - the format's names, for the cach
     logical_size,
     physical_size,
 )
+
+log = logging.getLogger(__name__)
 
 #: the key ``Sealer`` is made from: what ``cscd.policy.cache_key`` keeps
 KEY_BYTES = 64
@@ -96,23 +99,28 @@ class Sealer(SealedContent):
 
     # ------------------------------------------------------------------ folder keys
 
-    def use_folder_keys(self, keys_dir: Path) -> None:
+    def use_folder_keys(self, keys_dir: Path, *, owner: bool = True) -> None:
         """Seal each folder's new files with a key of its own, kept in ``keys_dir``; load the
         keys there. A key file that does not open is left alone and its folder's files do not
-        open either (``CorruptContent`` names the key)."""
+        open either (``CorruptContent`` names the key). ``owner=False``: only read (a check
+        of a cache a daemon may be using): change nothing in ``keys_dir``."""
         if self._keys_dir == keys_dir:
             return
         self._keys_dir = keys_dir
-        keys_dir.mkdir(mode=0o700, exist_ok=True)
+        if owner:
+            keys_dir.mkdir(mode=0o700, exist_ok=True)
         for entry in os.scandir(keys_dir):
             if entry.name.endswith(".new"):
-                os.unlink(entry.path)  # a key made when the daemon was killed: never used
+                if owner:
+                    os.unlink(entry.path)  # a key made when the daemon was killed: never used
                 continue
             try:
                 key_id = int(entry.name, 16)
                 sealed = Path(entry.path).read_bytes()
                 plain = self._values.decrypt(sealed[:NONCE], sealed[NONCE:], _FOLDER_KEY_AAD + _KEY_ID.pack(key_id))
-            except (ValueError, InvalidTag):
+            except (ValueError, InvalidTag, OSError) as exc:
+                log.warning("%s: not a folder key that opens with the cache's key (%s); files sealed with "
+                            "it cannot be read", entry.path, type(exc).__name__)
                 continue
             self.add_key(SealedKey(key_id, plain[:32]))
             self._folder_keys[plain[32:]] = key_id

@@ -119,7 +119,7 @@ class ContentStore:
         #: ``os.pread`` of a content file's bytes (bound once: it is on every read)
         self.read = os.pread if sealer is None else sealer.pread
         if sealer is not None and (create or (root.parent / KEYS_DIR).is_dir()):
-            sealer.use_folder_keys(root.parent / KEYS_DIR)
+            sealer.use_folder_keys(root.parent / KEYS_DIR, owner=create)
         if not create:
             return
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
