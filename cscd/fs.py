@@ -416,7 +416,7 @@ class CscdFs(pyfuse3.Operations):
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         await self.cache.hydration.guard(parent_inode)
         node = self.cache.namespace.create(parent_inode, name, mode & ~ctx.umask)
-        fd = self.cache.content.open(node.id, truncate=False, write=True, node=node)
+        fd = self.cache.content.open(node.id, truncate=False, write=True, node=node, new=True)
         fh = self._new_handle(node.id, fd, write=True)
         self._handles[fh].unpushed = True  # even an empty new file goes to the server at close
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node)), self._entry(node)

@@ -94,16 +94,19 @@ class Content:
             self.core.cut_content(node.id, size)
         node.size = size
 
-    def open(self, node_id: int, *, truncate: bool, write: bool, node: Node | None = None) -> int:
+    def open(self, node_id: int, *, truncate: bool, write: bool, node: Node | None = None,
+             new: bool = False) -> int:
         """Open the node's content file; returns a local fd. Counts handles for ``forget``.
-        ``node``: its record as the caller just read it (one read less on every open)."""
+        ``node``: its record as the caller just read it (one read less on every open).
+        ``new``: the node was just created, so its content file is not there yet (one failed
+        ``open`` less on every create)."""
         if node is None:
             node = self.core.node(node_id)
         if node.is_dir:
             raise IsDir(f"{node.name!r} is a directory")
         if truncate and node.size:
             node = self.setattr(node_id, size=0)
-        fd = self.core.store.open_or_make(node_id, node.size)
+        fd = self.core.store.open(node_id) if new else self.core.store.open_or_make(node_id, node.size)
         self.residency.touch(node_id)
         self.core.opened(node_id, write=write)
         return fd
