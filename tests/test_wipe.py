@@ -189,6 +189,7 @@ def test_a_sealed_cache_s_wipe_destroys_the_folder_s_key_so_no_copy_of_its_block
     assert (env.mount / "Pictures" / "photo.txt").read_bytes() == photo
     keys = env.daemon.cache / "keys"
     assert len(os.listdir(keys)) == 2, "not one key per folder"
+    assert "a key per folder" in cli_json(env.daemon, "status")["cache"]["protection"]["how"]
     kept = tmp_path / "kept-blocks"
     shutil.copytree(env.daemon.cache / "content", kept)
 

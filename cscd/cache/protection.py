@@ -71,7 +71,8 @@ class CacheProtection:
     def as_dict(self) -> dict[str, str]:
         how = (f"fscrypt v2, AES-256-XTS contents, AES-256-CTS names; kernel cipher {self.driver or '?'}"
                if self.state == ENCRYPTED else
-               "sealed by cscd: AES-256-GCM content in 64 KiB blocks, AES-SIV names, AES-256-GCM index values"
+               "sealed by cscd: AES-256-GCM content in 64 KiB blocks under a key per folder (a wipe "
+               "destroys the folder's key), AES-SIV names, AES-256-GCM index values"
                if self.state == SEALED else "")
         return {"state": self.state, "reason": self.reason, "how": how}
 
