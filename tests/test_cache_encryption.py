@@ -366,9 +366,9 @@ def test_a_keyring_that_comes_up_after_the_daemon_starts_is_waited_for(mount_env
     before the Secret Service is on the session bus): cscd waits for it
     (``timings.keyring_wait_s``) rather than leave the cache shut for the whole session."""
     import threading
-    import time
 
     from tests.helpers.keyring import Keyring
+    from tests.helpers.wait import wait_for
 
     late = Keyring(tmp_path / "late-keyring", start=False)
     try:
@@ -382,10 +382,8 @@ def test_a_keyring_that_comes_up_after_the_daemon_starts_is_waited_for(mount_env
 
         def logon() -> None:
             try:
-                deadline = time.monotonic() + 20
-                while "waiting up to 40 s for the keyring" not in env.daemon.log_text():
-                    assert time.monotonic() < deadline, "the daemon did not say it waits for the keyring"
-                    time.sleep(0.1)
+                wait_for(lambda: "waiting up to 40 s for the keyring" in env.daemon.log_text(), 20,
+                         "the daemon did not say it waits for the keyring")
                 late.start()
             except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
                 failed.append(exc)
