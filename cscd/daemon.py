@@ -49,7 +49,6 @@ import logging
 import os
 import random
 import signal
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,8 +96,6 @@ log = logging.getLogger(__name__)
 GRACE_S = 5.0
 #: How much longer systemd should wait for the start while one folder's content moves.
 MOVE_EXTEND_S = 300.0
-#: how often a keyring that is not ready at start is asked again (``_cache_key``)
-KEYRING_POLL_S = 0.5
 #: The longest logoff push at stop; systemd's TimeoutStopSec is 30 s.
 PROFILE_LOGOFF_S = 10.0
 
@@ -354,33 +351,17 @@ def _protect_cache(config: DaemonConfig) -> CacheProtection:
         return CacheProtection()
     # A plain cache is copied once into its encrypted twin: give systemd's start timeout room.
     systemd.sd_notify(f"EXTEND_TIMEOUT_USEC={int(MOVE_EXTEND_S * 1e6)}\nSTATUS=encrypting the cache if needed")
-    key, problem = _cache_key(config)
+    try:
+        key, problem = cache_key(device.cache_key, config.cache, wait_s=config.timings.keyring_wait_s,
+                                 on_wait=lambda: systemd.sd_notify("STATUS=waiting for the keyring")), ""
+    except KeyUnavailable as exc:
+        key, problem = None, str(exc)
     protection = protect(config.cache, key, problem, way=device.encrypt_with)
     if protection.online_only:
         emit(EventId.CACHE_NOT_ENCRYPTED, reason=protection.reason)
     else:
         emit(EventId.CACHE_ENCRYPTED, how=protection.as_dict()["how"])
     return protection
-
-
-def _cache_key(config: DaemonConfig) -> tuple[bytes | None, str]:
-    """The cache's key, or None and why not. A keyring that is locked, or not on the session
-    bus yet, is waited for ``timings.keyring_wait_s``: at logon the user's service may start
-    before PAM has unlocked the keyring, and giving up at once would leave the cache shut
-    (online only) for the whole session. Blocking."""
-    deadline = time.monotonic() + config.timings.keyring_wait_s
-    said = False
-    while True:
-        try:
-            return cache_key(config.device.cache_key, config.cache), ""
-        except KeyUnavailable as exc:
-            if not exc.transient or time.monotonic() >= deadline:
-                return None, str(exc)
-            if not said:
-                log.info("waiting up to %.0f s for the keyring (%s)", config.timings.keyring_wait_s, exc)
-                systemd.sd_notify("STATUS=waiting for the keyring to hold the cache's key")
-                said = True
-            time.sleep(KEYRING_POLL_S)
 
 
 async def _serve(config, cache, monitor, engine, ops, links, on_ready, signals, metered, keeper, plan,

@@ -17,12 +17,19 @@ what to do. Blocking (a file read or a few D-Bus round trips).
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cscd.policy.model import SECRET_SERVICE_KEY
 
+log = logging.getLogger(__name__)
+
 KEY_BYTES = 64
+#: how often a keyring that is not ready is asked again (``cache_key``'s wait)
+POLL_S = 0.5
 #: what the keyring item carries (not ``application cscd``: that is the password's item)
 ITEM_APPLICATION = "cscd-cache-key"
 ITEM_LABEL = "cscd cache key"
@@ -40,9 +47,32 @@ class KeyUnavailable(Exception):
         self.transient = transient
 
 
-def cache_key(source: str, cache_dir: Path) -> bytes:
+def cache_key(source: str, cache_dir: Path, *, wait_s: float = 0.0,
+              on_wait: Callable[[], object] | None = None) -> bytes:
     """The 64-byte key for the cache at ``cache_dir`` from ``source`` (``device.cache_key``);
-    made and stored in the keyring if ``secret-service`` has none yet."""
+    made and stored in the keyring if ``secret-service`` has none yet.
+
+    A keyring that is locked, or not on the session bus yet, is asked again for ``wait_s``
+    (``timings.keyring_wait_s``; ``on_wait`` is called once, when the wait begins): at logon
+    the user's service may start before PAM has unlocked the keyring, and giving up at once
+    would leave the cache shut (online only) for the whole session."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            return _cache_key(source, cache_dir)
+        except KeyUnavailable as exc:
+            if not exc.transient or time.monotonic() >= deadline:
+                raise
+            if not said:
+                log.info("waiting up to %.0f s for the keyring (%s)", wait_s, exc)
+                if on_wait is not None:
+                    on_wait()
+                said = True
+            time.sleep(POLL_S)
+
+
+def _cache_key(source: str, cache_dir: Path) -> bytes:
     if source == SECRET_SERVICE_KEY:
         return _from_secret_service(cache_dir)
     if source.startswith("systemd:"):
