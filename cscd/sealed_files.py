@@ -54,6 +54,8 @@ _KEY_ID = struct.Struct(">Q")
 #: a read that ends within this many bytes of the file's start learns the file's size from
 #: what comes back rather than from an fstat (``SealedContent.pread``)
 UNSIZED_READ_BYTES = 4 * BLOCK
+#: headers of files read before, kept per object (``SealedContent._known``): at most this many
+HEADERS_KEPT = 4096
 #: bytes of the key of content files (AES-256)
 CONTENT_KEY_BYTES = 32
 
@@ -104,6 +106,8 @@ class SealedContent:
         self.keys: dict[int, SealedKey] = {key_id: SealedKey(key_id, self.content_key)}
         self._ciphers: dict[int, AESGCM] = {key_id: AESGCM(content_key)}
         self._local = threading.local()
+        #: (st_dev, st_ino) → the header of a file read before (``_read_known``)
+        self._known: dict[tuple[int, int], _File] = {}
 
     def add_key(self, key: SealedKey) -> None:
         self.keys[key.key_id] = key
@@ -225,23 +229,69 @@ class SealedContent:
             want = _slot_offset(last + 1)
             raw = memoryview(_read_all(fd, want, 0))
             size = logical_size(len(raw)) if len(raw) < want else (last + 1) * BLOCK
-            first = 0
-        else:
-            size, raw = self.size(fd), None
-            first = offset // BLOCK
+            end = min(offset + length, size)
+            if offset >= end:
+                return b""
+            blocks = self._open_slots(self._file_in(raw[:HEADER]), raw[HEADER:], 0, (end - 1) // BLOCK, size)
+            data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+            return data[offset:end]
+        st = os.fstat(fd)
+        size = logical_size(st.st_size)
         end = min(offset + length, size)
         if offset >= end:
             return b""
-        last = (end - 1) // BLOCK
-        if raw is None and first == 0:  # the header and the blocks in one read
-            raw = memoryview(_read_all(fd, min(_slot_offset(last + 1), physical_size(size)), 0))
-        if raw is not None:
-            blocks = self._open_slots(self._file_in(raw[:HEADER]), raw[HEADER:], 0, last, size)
-        else:
-            blocks = self._read_blocks(fd, self._file(fd, make=False), first, last, size)
-        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
-        base = first * BLOCK
-        return data[offset - base:end - base]
+        return self._read_known(fd, (st.st_dev, st.st_ino), offset, end, size)
+
+    def _read_known(self, fd: int, inode: tuple[int, int], offset: int, end: int, size: int) -> bytes:
+        """``[offset, end)`` of a file past its first blocks, with its header as read before.
+
+        Why not read the header again: a sequential reader of a large file (a FUSE read of
+        128 KiB, over and over) then read 32 bytes at offset 0 before each of its reads: a
+        system call more per read. A header kept from before that no longer fits (a new file
+        under a reused inode number, one cut to nothing and written again) fails its blocks'
+        tags, and is read again once."""
+        file = self._known.get(inode)
+        if file is not None:
+            try:
+                return self._read_range(fd, file, offset, end, size)
+            except CorruptContent:
+                del self._known[inode]
+        file = self._file(fd, make=False)
+        if file is not None:
+            if len(self._known) >= HEADERS_KEPT:
+                self._known.clear()
+            self._known[inode] = file
+        return self._read_range(fd, file, offset, end, size)
+
+    def _read_range(self, fd: int, file: _File | None, offset: int, end: int, size: int) -> bytes:
+        """Plaintext of ``[offset, end)`` (within ``size``): whole blocks are opened straight
+        into the result, without a copy per block and a join."""
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        out = bytearray(end - offset)  # a hole, or a file without a header, reads as zeros
+        if file is None:
+            return bytes(out)
+        lo = _slot_offset(first)
+        raw = memoryview(_read_all(fd, min(_slot_offset(last + 1), physical_size(size)) - lo, lo))
+        view = memoryview(out)
+        for i in range(first, last + 1):
+            start = i * BLOCK
+            length = min(BLOCK, size - start)
+            pos = (i - first) * SLOT
+            slot = raw[pos:pos + length + OVERHEAD]
+            if len(slot) <= OVERHEAD or slot[:NONCE] == ZERO_NONCE:
+                continue  # beyond what the disk holds, or a hole: zeros
+            a, b = max(offset, start), min(end, start + length)
+            if a == start and b == start + length and len(slot) == length + OVERHEAD:
+                try:
+                    file.cipher.decrypt_into(bytes(slot[:NONCE]), slot[NONCE:], _BLOCK_AAD.pack(file.file_id, i),
+                                             view[a - offset:b - offset])
+                except InvalidTag:
+                    raise CorruptContent(f"block {i} of a cached file does not open with the cache's key "
+                                         "(changed on the disk)") from None
+            else:
+                plain = self._open_block(file, i, slot)
+                view[a - offset:a - offset + len(plain[a - start:b - start])] = plain[a - start:b - start]
+        return bytes(out)
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int, owner: int | None = None) -> int:
         """Like ``os.pwrite``: all of ``data`` at ``offset``; a gap before it reads as zeros.

@@ -95,6 +95,27 @@ def test_a_changed_byte_or_a_moved_block_is_refused(tmp_path, sealed_fd):
         Sealer(OTHER_KEY).pread(sealed_fd, 10, 0)
 
 
+def test_a_header_kept_from_a_read_is_read_again_when_the_file_is_new(tmp_path, sealed_fd):
+    """Reads past a file's first blocks reuse its header from the read before (no read at
+    offset 0 each time). A file cut to nothing and written again has a new header on the same
+    inode: its bytes still read back, and a changed block is still refused."""
+    s = Sealer(KEY)
+    far = 6 * BLOCK
+    old = os.urandom(8 * BLOCK)
+    s.pwrite(sealed_fd, old, 0)
+    assert s.pread(sealed_fd, 1000, far) == old[far:far + 1000]  # the header is kept now
+    s.truncate(sealed_fd, 0)
+    new = os.urandom(8 * BLOCK)
+    s.pwrite(sealed_fd, new, 0)
+    assert os.pread(sealed_fd, HEADER, 0) != b"", "the file has a header of its own"
+    assert s.pread(sealed_fd, 1000, far) == new[far:far + 1000]
+    assert s.pread(sealed_fd, 2 * BLOCK, far - 10) == new[far - 10:far - 10 + 2 * BLOCK]
+    at = HEADER + 6 * SLOT + 100
+    os.pwrite(sealed_fd, bytes([os.pread(sealed_fd, 1, at)[0] ^ 1]), at)
+    with pytest.raises(CorruptContent, match="block 6"):
+        s.pread(sealed_fd, 10, far + 5)
+
+
 def test_a_kernel_copy_is_a_sealed_file_that_opens(tmp_path, sealed_fd):
     """Upload snapshots are ``copy_file_range`` copies of the content file."""
     s = Sealer(KEY)
