@@ -116,6 +116,7 @@ class SealedContent:
     def drop_key(self, key_id: int) -> None:
         self.keys.pop(key_id, None)
         self._ciphers.pop(key_id, None)
+        self._known.clear()  # kept headers hold their key's cipher: none may outlive the key
 
     def new_file_key(self, owner: int | None) -> int:
         """The id of the key a new file is sealed with; ``owner`` says whose it is (in the
@@ -255,7 +256,7 @@ class SealedContent:
             try:
                 return self._read_range(fd, file, offset, end, size)
             except CorruptContent:
-                del self._known[inode]
+                self._known.pop(inode, None)  # another thread may have dropped it too
         file = self._file(fd, make=False)
         if file is not None:
             if len(self._known) >= HEADERS_KEPT:

@@ -200,6 +200,11 @@ def test_each_folder_has_its_own_key_and_a_wipe_erases_it(tmp_path):
     assert all(reads(s, nid) == texts[nid] for nid in folders)
     with pytest.raises(CorruptContent):  # the cache's content key alone opens no folder's file
         SealedReader(os.open(store.path_of(1), os.O_RDONLY), sealing.SealedKey(0, s.content_key)).pread(10, 0)
+    s.folder_of = {**folders, 4: b"Documents"}.get
+    big = os.urandom(6 * BLOCK)
+    kept = store.open(4)  # a descriptor still open when the wipe comes
+    store.pwrite(kept, big, 0, 4)
+    assert s.pread(kept, 100, 5 * BLOCK) == big[5 * BLOCK:5 * BLOCK + 100]  # its header is kept now
 
     assert store.destroy(1) == 0, "a file a key erase covers was overwritten (slow, and needless)"
     assert store.destroy(3) == len(taken[3]), "a file under the content key must be overwritten"
@@ -209,6 +214,9 @@ def test_each_folder_has_its_own_key_and_a_wipe_erases_it(tmp_path):
     assert not store.exists(1) and not store.exists(3)
     with pytest.raises(CorruptContent, match="wiped"):
         reads(s, 1)
+    with pytest.raises(CorruptContent, match="wiped"):  # no header kept from before holds the key
+        s.pread(kept, 100, 5 * BLOCK)
+    os.close(kept)
     assert reads(s, 2) == texts[2]
 
     again = Sealer(KEY)  # the next start: the keys on the disk, opened with the cache's key
