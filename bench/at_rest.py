@@ -4,10 +4,11 @@ Three more cscd daemons on the run's smbd, each with its cache on an ext4 image 
 loop-mounted (``tests/helpers/loop_disk.py``): one with the device policy on an image made with
 the ``encrypt`` feature (fscrypt, the key a systemd credential), one with the policy on an image
 without it (cscd seals the cache itself: ``cscd.cache.sealing``), one plain. Same folder
-content, same steps, one after the other in each repeat: a file written through the mount
-(until ``close``, i.e. into the cache), the same file read back cold from the cache (page
-cache dropped) and 1,000 small files written; each step waits until the server has what the
-step before wrote, so no side's uploads run while another side is measured. The ratios are
+content, same steps, the sides taking turns in a rotating order: a file written through the
+mount (until ``close``, i.e. into the cache), the same file read back cold from the cache
+(page cache dropped, then the file deleted), and twice per repeat 1,000 small files written,
+with the daemon's CPU time for them and their uploads; each step waits until the server has
+what the step before wrote, so no side's uploads run while another side is measured. The ratios are
 each encrypted cache against the plain one; ≥ 0.9 (higher is better) meets the goal. While
 the large file uploads, the bytes the daemon holds in memory copies (``memfd``) are sampled:
 a sealed cache's large snapshot is a sealed copy on the disk, not plaintext in memory. Root
@@ -38,6 +39,9 @@ SMALL_FILES = 1000
 #: the small image) it ran in the sealed cache only, inside the timed steps: a sealed 4 KiB
 #: file takes two disk blocks (its header and tag), so that cache reached the limit first.
 CACHE_LIMIT = "90%"
+#: small-file steps per side and repeat: the step is short and its spread wide, so it gets
+#: more samples than the large file
+SMALL_ROUNDS = 2
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -119,9 +123,16 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
             assert daemon.proc is not None
             pids[name] = daemon.proc.pid
             res.info[f"protection.{name}"] = daemon.run_cli("status").stdout.count("encrypted at rest")
+        names = list(sides)
+
+        def rotated(k: int) -> list[str]:
+            """The sides in turn ``k``'s order: each goes first as often as the others, so a
+            drift of the machine's speed during a run falls on all of them alike."""
+            return names[k % len(names):] + names[:k % len(names)]
+
         for i in range(o.repeat):
-            for name, root in sides.items():
-                path = root / f"big-{i}.bin"
+            for name in rotated(i):
+                path = sides[name] / f"big-{i}.bin"
                 res.cell(f"write.{name}", "MB/s").sample(lambda path=path: mbps(size, write_file(path, data)))
                 peak = [0]
 
@@ -140,22 +151,26 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
 
                 res.cell(f"read.{name}", "MB/s").sample(cold_read)
                 path.unlink()  # room for the next repeat's file: the image holds one (and its snapshot)
-                d = root / f"small-{i}"
-                d.mkdir()
+            for r in range(SMALL_ROUNDS):
+                turn = i * SMALL_ROUNDS + r
+                for name in rotated(turn):
+                    d = sides[name] / f"small-{turn}"
+                    d.mkdir()
 
-                def small_files(d: Path = d) -> float:
-                    view = memoryview(small)
-                    t0 = time.perf_counter()
-                    for k in range(SMALL_FILES):
-                        write_file(d / f"f{k:04d}", view[k * 4 * KiB:(k + 1) * 4 * KiB], fsync=False)
-                    return SMALL_FILES / (time.perf_counter() - t0)
+                    def small_files(d: Path = d) -> float:
+                        view = memoryview(small)
+                        t0 = time.perf_counter()
+                        for k in range(SMALL_FILES):
+                            write_file(d / f"f{k:04d}", view[k * 4 * KiB:(k + 1) * 4 * KiB], fsync=False)
+                        return SMALL_FILES / (time.perf_counter() - t0)
 
-                cpu_before = _cpu_seconds(pids[name])
-                res.cell(f"small.{name}", "files/s").sample(small_files)
-                _uploaded(env, name, [(f"small-{i}/f{k:04d}", 4 * KiB) for k in range(SMALL_FILES)])
-                # The daemon's CPU time for the files, their uploads included: steadier than the
-                # wall clock on a shared machine, where one side's run may meet a busy moment.
-                res.cell(f"small_cpu.{name}", "µs/file").add((_cpu_seconds(pids[name]) - cpu_before) / SMALL_FILES * 1e6)
+                    cpu_before = _cpu_seconds(pids[name])
+                    res.cell(f"small.{name}", "files/s").sample(small_files)
+                    _uploaded(env, name, [(f"small-{turn}/f{k:04d}", 4 * KiB) for k in range(SMALL_FILES)])
+                    # The daemon's CPU time for the files, their uploads included: steadier than
+                    # the wall clock on a shared machine, where one side may meet a busy moment.
+                    res.cell(f"small_cpu.{name}", "µs/file").add(
+                        (_cpu_seconds(pids[name]) - cpu_before) / SMALL_FILES * 1e6)
         assert env.samba is not None
         for name in sides:
             shutil.rmtree(env.samba.share_dir / "bench" / f"at-rest-{name}", ignore_errors=True)
