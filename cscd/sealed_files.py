@@ -290,8 +290,8 @@ class SealedContent:
                     raise CorruptContent(f"block {i} of a cached file does not open with the cache's key "
                                          "(changed on the disk)") from None
             else:
-                plain = self._open_block(file, i, slot)
-                view[a - offset:a - offset + len(plain[a - start:b - start])] = plain[a - start:b - start]
+                piece = self._open_block(file, i, slot)[a - start:b - start]  # short if the disk holds less
+                view[a - offset:a - offset + len(piece)] = piece
         return bytes(out)
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int, owner: int | None = None) -> int:
