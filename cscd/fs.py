@@ -434,7 +434,7 @@ class CscdFs(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.cache.residency.keeps_content(node))
 
     @_errno_boundary
-    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes | bytearray:  # pyfuse3 takes any buffer
         h = self._handles[fh]
         await self.cache.hydration.guard(h.node_id)
         return await self.cache.hydration.read(h.node_id, h.fd, off, size)

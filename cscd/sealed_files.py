@@ -220,6 +220,14 @@ class SealedContent:
 
     def pread(self, fd: int, length: int, offset: int) -> bytes:
         """Like ``os.pread``: up to ``length`` bytes at ``offset``, fewer at the end."""
+        data = self.read_reply(fd, length, offset)
+        return data if type(data) is bytes else bytes(data)
+
+    def read_reply(self, fd: int, length: int, offset: int) -> bytes | bytearray:
+        """``pread`` for a caller that hands the bytes on at once (a FUSE read's reply, which
+        takes any buffer): a read past the first blocks comes back as the ``bytearray`` its
+        blocks were opened into, without the copy into ``bytes`` (12 µs of a 128 KiB read's
+        55 µs, measured in-process on tmpfs)."""
         if length <= 0:
             return b""
         if offset < BLOCK and offset + length <= UNSIZED_READ_BYTES:
@@ -243,7 +251,7 @@ class SealedContent:
             return b""
         return self._read_known(fd, (st.st_dev, st.st_ino), offset, end, size)
 
-    def _read_known(self, fd: int, inode: tuple[int, int], offset: int, end: int, size: int) -> bytes:
+    def _read_known(self, fd: int, inode: tuple[int, int], offset: int, end: int, size: int) -> bytearray:
         """``[offset, end)`` of a file past its first blocks, with its header as read before.
 
         Why not read the header again: a sequential reader of a large file (a FUSE read of
@@ -264,13 +272,13 @@ class SealedContent:
             self._known[inode] = file
         return self._read_range(fd, file, offset, end, size)
 
-    def _read_range(self, fd: int, file: _File | None, offset: int, end: int, size: int) -> bytes:
+    def _read_range(self, fd: int, file: _File | None, offset: int, end: int, size: int) -> bytearray:
         """Plaintext of ``[offset, end)`` (within ``size``): whole blocks are opened straight
         into the result, without a copy per block and a join."""
         first, last = offset // BLOCK, (end - 1) // BLOCK
         out = bytearray(end - offset)  # a hole, or a file without a header, reads as zeros
         if file is None:
-            return bytes(out)
+            return out
         lo = _slot_offset(first)
         raw = memoryview(_read_all(fd, min(_slot_offset(last + 1), physical_size(size)) - lo, lo))
         view = memoryview(out)
@@ -292,7 +300,7 @@ class SealedContent:
             else:
                 piece = self._open_block(file, i, slot)[a - start:b - start]  # short if the disk holds less
                 view[a - offset:a - offset + len(piece)] = piece
-        return bytes(out)
+        return out
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int, owner: int | None = None) -> int:
         """Like ``os.pwrite``: all of ``data`` at ``offset``; a gap before it reads as zeros.

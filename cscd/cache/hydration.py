@@ -95,8 +95,9 @@ class Hydration:
         #: files whose content a fetch (or a swap of a newer version) made complete here
         self.files_downloaded = 0
 
-    async def read(self, node_id: int, fd: int, offset: int, length: int) -> bytes:
-        """Bytes of the node's content; waits on the network only for bytes not present."""
+    async def read(self, node_id: int, fd: int, offset: int, length: int) -> bytes | bytearray:
+        """Bytes of the node's content, for a FUSE reply (any buffer); waits on the network
+        only for bytes not present."""
         node = self.core.node(node_id)
         end = min(offset + length, node.size)
         if offset >= end:
@@ -108,7 +109,7 @@ class Hydration:
         else:
             await self.hydrate(node_id, offset, end)
             self._read_ahead(node, end)
-        return self.core.store.read(fd, end - offset, offset)
+        return self.core.store.read_reply(fd, end - offset, offset)
 
     def _read_ahead(self, node: Node, end: int) -> None:
         """Keep up to ``READAHEAD_WINDOWS`` windows fetching ahead of a sequential reader, in the

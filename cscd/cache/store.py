@@ -118,6 +118,9 @@ class ContentStore:
         self.sealer = sealer
         #: ``os.pread`` of a content file's bytes (bound once: it is on every read)
         self.read = os.pread if sealer is None else sealer.pread
+        #: ``read`` for a FUSE reply: any buffer (``SealedContent.read_reply``)
+        self.read_reply: Callable[[int, int, int], bytes | bytearray] = (
+            os.pread if sealer is None else sealer.read_reply)
         if sealer is not None and (create or (root.parent / KEYS_DIR).is_dir()):
             sealer.use_folder_keys(root.parent / KEYS_DIR, owner=create)
         if not create:
