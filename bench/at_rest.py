@@ -49,12 +49,35 @@ SMALL_BATCH = 100
 #: cold reads of each repeat's large file per side: the plain side alone spreads 2.5× on
 #: this disk (416-1,044 MB/s), so one read per repeat gave three samples for a 10% question
 COLD_READS = 3
+#: the share of the machine's CPU time under which it counts as quiet between steps
+QUIET_BUSY = 0.15
 
 
 def _cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> tuple[float, float]:
+    """CPU time the whole machine has spent busy and in all, in clock ticks (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _quiet(timeout_s: float = 60.0) -> None:
+    """Wait until the machine is about idle (under ``QUIET_BUSY`` of its CPUs over half a
+    second): what a side left running after its step (the chunk map of its upload, computed
+    in a worker process) must not fall on the next side's timed step."""
+    deadline = time.monotonic() + timeout_s
+    busy0, all0 = _machine_busy()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        busy1, all1 = _machine_busy()
+        if all1 > all0 and (busy1 - busy0) / (all1 - all0) < QUIET_BUSY:
+            return
+        busy0, all0 = busy1, all1
 
 
 def _daemon(env: Env, disk: LoopDisk, name: str, *, encrypted: bool) -> DaemonProcess:
@@ -136,6 +159,7 @@ def _small_files_round(env: Env, res: CaseResult, daemons: dict[str, DaemonProce
         _switch(daemons[name], "offline")
     view = memoryview(small)
     spent = dict.fromkeys(sides, 0.0)
+    _quiet()
     pids = {name: daemons[name].pid or 0 for name in sides}
     cpu_before = {name: _cpu_seconds(pids[name]) for name in sides}
     for b in range(SMALL_FILES // SMALL_BATCH):
@@ -185,6 +209,13 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
         for i in range(o.repeat):
             for name in rotated(i):
                 path = sides[name] / f"big-{i}.bin"
+                # The write ends with an fsync. Without a sync and a drop of the page cache
+                # before it, the third side of each turn wrote at 41-78 MB/s (against 416-674),
+                # whichever it was; three ext4 loop images alone show the same (a script:
+                # 1,127, 1,021, then 198 MB/s; with the drop: 986-1,318 for all three).
+                os.sync()
+                drop_caches()
+                _quiet()
                 res.cell(f"write.{name}", "MB/s").sample(lambda path=path: mbps(size, write_file(path, data)))
                 peak = [0]
 
@@ -199,6 +230,7 @@ def run_at_rest(env: Env, o: Options, res: CaseResult, _state: None) -> None:
 
                     def cold_read(path: Path = path) -> float:
                         drop_caches()
+                        _quiet()
                         t, n = read_file(path)
                         if n != size:
                             raise RuntimeError(f"{path}: read {n} bytes, expected {size}")
