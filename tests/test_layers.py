@@ -25,13 +25,15 @@ ROOT = "cscd"
 """The package's own ``__init__.py`` (``__version__``): anyone may import it."""
 
 LEAVES = frozenset({"types", "errors", "events", "metrics", "names", "reconcile", "symlinks", "xattrs",
-                    "sealed_files"})
+                    "sealed_files", "durable"})
 
 # Top-level part of cscd (a module ``cscd/x.py`` or a package ``cscd/x/``) -> the parts it
 # may import besides itself and ROOT. Keep in step with STYLE.md §1.
 ALLOWED: Mapping[str, frozenset[str]] = {
     # leaves: nothing above them; among themselves an order, so no cycles
     "types": frozenset(),
+    # syncing a directory after a name changed in it: the one copy
+    "durable": frozenset(),
     "errors": frozenset({"types"}),
     "names": frozenset({"types", "errors"}),
     # the Minshall-French link format, pure: the cache writes and reads it

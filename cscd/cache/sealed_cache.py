@@ -27,7 +27,8 @@ from pathlib import Path
 import lmdb
 
 from cscd.cache.index import Index, from_u64
-from cscd.cache.sealing import Sealer, fsync_dir
+from cscd.cache.sealing import Sealer
+from cscd.durable import fsync_dir
 from cscd.cache.store import copy_data, scrub_tree
 from cscd.errors import ConfigError, CorruptContent
 

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cscd.durable import fsync_dir
 from cscd.errors import CorruptContent
 from cscd.sealed_files import (  # noqa: F401 - the format's names, for the cache's callers
     BLOCK,
@@ -231,11 +232,3 @@ class Sealer(SealedContent):
             raise CorruptContent("an entry of the cache's index does not open with the cache's key") from None
         self._keep_opened(sealed, plain)
         return plain
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

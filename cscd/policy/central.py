@@ -31,6 +31,7 @@ from typing import Protocol
 
 import trio
 
+from cscd.durable import fsync_dir
 from cscd.errors import ConfigError, UpstreamError
 from cscd.policy.fslogix import parse_redirections_xml
 from cscd.policy.located import MAX_POLICY_FILE_BYTES
@@ -199,11 +200,7 @@ def _update_copy(cache_dir: Path, contents: Mapping[str, bytes], stale: list[str
         except FileNotFoundError:
             pass
     _write_atomic(cache_dir / MANIFEST, json.dumps(manifest, sort_keys=True).encode(), 0o644)
-    fd = os.open(cache_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(cache_dir)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

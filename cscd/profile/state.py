@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cscd.durable import fsync_dir
 from cscd.profile.scope import LOCAL_TEMP_PREFIX
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,4 @@ def save_state(path: Path, target: str, entries: dict[bytes, BaseEntry]) -> None
     finally:
         os.close(fd)
     os.rename(temp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)

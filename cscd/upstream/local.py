@@ -35,6 +35,7 @@ from typing import TypeVar
 
 import trio
 
+from cscd.durable import fsync_dir
 from cscd.errors import (
     AccessDenied,
     BadName,
@@ -421,7 +422,7 @@ class LocalUpstream:
                         _rename_noreplace(temp, target)
                     except FileExistsError:
                         raise Conflict(f"{target} was created in the meantime") from None
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
                 return self._entry(name, os.stat(target))
             except BaseException:
                 if not (resumable and abandoned.is_set()):
@@ -534,14 +535,6 @@ class LocalUpstream:
 
     async def remove_target(self) -> None:
         await self._run(self.root, os.rmdir, self.root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _eas_of(path: str) -> ServerEas:
