@@ -135,7 +135,6 @@ def _uploaded(env: Env, name: str, files: list[tuple[str, int]], timeout_s: floa
         time.sleep(0.1)
 
 
-
 def _switch(daemon: DaemonProcess, command: str) -> None:
     """``cscd offline`` or ``cscd online``, checked."""
     done = daemon.run_cli(command)
@@ -156,22 +155,26 @@ def _small_files_round(env: Env, res: CaseResult, daemons: dict[str, DaemonProce
     the same side's samples spread from 1,260 to 1,976 files/s within one run."""
     for name in sides:
         (sides[name] / f"small-{turn}").mkdir()  # online: offline, a folder never listed takes no new name
-        _switch(daemons[name], "offline")
     view = memoryview(small)
     spent = dict.fromkeys(sides, 0.0)
-    _quiet()
     pids = {name: daemons[name].pid or 0 for name in sides}
-    cpu_before = {name: _cpu_seconds(pids[name]) for name in sides}
-    for b in range(SMALL_FILES // SMALL_BATCH):
-        for name in rotated(turn * SMALL_FILES // SMALL_BATCH + b):
-            d = sides[name] / f"small-{turn}"
-            t0 = time.perf_counter()
-            for k in range(b * SMALL_BATCH, (b + 1) * SMALL_BATCH):
-                write_file(d / f"f{k:04d}", view[k * 4 * KiB:(k + 1) * 4 * KiB], fsync=False)
-            spent[name] += time.perf_counter() - t0
+    try:
+        for name in sides:
+            _switch(daemons[name], "offline")
+        _quiet()
+        cpu_before = {name: _cpu_seconds(pids[name]) for name in sides}
+        for b in range(SMALL_FILES // SMALL_BATCH):
+            for name in rotated(turn * (SMALL_FILES // SMALL_BATCH) + b):
+                d = sides[name] / f"small-{turn}"
+                t0 = time.perf_counter()
+                for k in range(b * SMALL_BATCH, (b + 1) * SMALL_BATCH):
+                    write_file(d / f"f{k:04d}", view[k * 4 * KiB:(k + 1) * 4 * KiB], fsync=False)
+                spent[name] += time.perf_counter() - t0
+    finally:
+        for name in sides:  # also after a failed write: the next steps need the daemons online
+            _switch(daemons[name], "online")
     for name in sides:
         res.cell(f"small.{name}", "files/s").add(SMALL_FILES / spent[name])
-        _switch(daemons[name], "online")
     for name in sides:
         _uploaded(env, name, [(f"small-{turn}/f{k:04d}", 4 * KiB) for k in range(SMALL_FILES)])
         # The daemon's CPU time for the files, their uploads included: the uploads of the
