@@ -28,8 +28,8 @@ import lmdb
 
 from cscd.cache.index import Index, from_u64
 from cscd.cache.sealing import Sealer
-from cscd.durable import fsync_dir
 from cscd.cache.store import copy_data, scrub_tree
+from cscd.durable import fsync_dir
 from cscd.errors import ConfigError, CorruptContent
 
 log = logging.getLogger(__name__)
